@@ -1,0 +1,35 @@
+# Shared by scripts/run and scripts/test: install what a fresh Debian machine lacks.
+# Sourced, not run.
+
+# Build outside the clone so fresh clones (CI) reuse the compiled RocksDB when it exists.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}"
+
+say() { printf 'tally: %s\n' "$*" >&2; }
+
+apt_install() {
+  # Installs the Debian packages given that are not installed yet.
+  local missing=()
+  for package in "$@"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_toolchain() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    say "no Rust toolchain found; installing one with rustup (Rust >= 1.88 is needed)"
+    apt_install curl ca-certificates
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component clippy,rustfmt
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  # rocksdb's bindings need libclang; its C++ build needs a compiler and make.
+  apt_install libclang-dev build-essential pkg-config
+}

@@ -1,0 +1,114 @@
+//! The API's one error type: an HTTP status, a gRPC code and a message, as F5 answers.
+//!
+//! Internal detail (store errors, panics) is logged and never returned.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::log::append::AppendError;
+use crate::log::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 / INVALID_ARGUMENT: the request is wrong; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 / UNAUTHENTICATED: no token, or not a valid one.
+    #[error("a valid `Authorization: APIToken <token>` header is required")]
+    Unauthenticated,
+    /// 403 / PERMISSION_DENIED: a valid token without the right to this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 / NOT_FOUND.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists with other methods.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// 413 / RESOURCE_EXHAUSTED: the body or batch is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 503 / UNAVAILABLE: storage cannot be written or read now; retrying later is safe.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 / INTERNAL: logged with its detail; the client sees a plain message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u8,
+    message: &'a str,
+    details: [(); 0],
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, u8) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, 3),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, 16),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 5),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 12),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let message = self.to_string();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                code,
+                message: &message,
+                details: [],
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("APIToken"),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Rocks(e) => {
+                tracing::error!(error = %e, "storage error");
+                ApiError::Unavailable("storage is unavailable; retry later".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(error: AppendError) -> Self {
+        tracing::error!(%error, "append failed");
+        ApiError::Unavailable(
+            "the log cannot be written right now; nothing was recorded, retry later".into(),
+        )
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        ApiError::Internal(format!("blocking task failed: {error}"))
+    }
+}

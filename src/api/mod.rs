@@ -1,0 +1,218 @@
+//! The HTTP API: F5 Billing & Usage paths, Tally's own `/api/tally/…`, health and metrics.
+//!
+//! [`router`] builds every route in one place; handlers are thin: parse, authorize, call the
+//! store or the pure report code, shape the answer.
+
+pub mod error;
+pub mod ingest;
+pub mod ops;
+pub mod usage;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::auth::{Caller, Role};
+use crate::engine::Engine;
+use crate::event::is_dns1035_label;
+use crate::log::keys::Scope;
+use crate::metrics::{RequestLabels, RouteLabels};
+
+/// Largest HTTP ingest body.
+pub const MAX_INGEST_BODY: usize = 10 * 1024 * 1024;
+/// Largest body of every other request.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub openapi: Arc<Bytes>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>) -> AppState {
+        AppState {
+            engine,
+            openapi: Arc::new(ops::openapi_document()),
+        }
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    let usage = Router::new()
+        .route(
+            "/api/web/namespaces/{namespace}/usage_details",
+            post(usage::usage_details),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/hourly_usage_details",
+            post(usage::hourly_usage_details),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/current_usage",
+            post(usage::current_usage),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/monthly_usage",
+            post(usage::monthly_usage),
+        )
+        .route(
+            "/api/data/namespaces/system/billing/usage_summary",
+            post(usage::usage_summary),
+        )
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY));
+    let ingest = Router::new()
+        .route("/api/tally/events", post(ingest::ingest_events))
+        .layer(DefaultBodyLimit::max(MAX_INGEST_BODY));
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/tally/openapi.json", get(ops::openapi));
+    Router::new()
+        .merge(usage)
+        .merge(ingest)
+        .merge(ops)
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_request))
+        .fallback(|| async { ApiError::NotFound("no such path".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.engine.metrics;
+    metrics
+        .request_seconds
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: response.status().as_u16().to_string(),
+        })
+        .inc();
+    response
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthenticated)?;
+        let token = header
+            .strip_prefix("APIToken ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthenticated)?;
+        state
+            .engine
+            .tokens
+            .verify(token, state.engine.now())
+            .ok_or(ApiError::Unauthenticated)
+    }
+}
+
+/// Refuses callers below `role`.
+pub fn require_role(caller: &Caller, role: Role) -> Result<(), ApiError> {
+    if caller.role >= role {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            format!(
+                "this token's role ({:?}) cannot do this; it needs {:?}",
+                caller.role, role
+            )
+            .to_lowercase(),
+        ))
+    }
+}
+
+/// The projection scope a path namespace reads: `system` is the whole tenant.
+pub fn namespace_scope<'a>(caller: &Caller, namespace: &'a str) -> Result<Scope<'a>, ApiError> {
+    if namespace == "system" {
+        if caller.may_read_namespace("*") {
+            return Ok(Scope::Tenant);
+        }
+        return Err(ApiError::Forbidden(
+            "the `system` namespace needs a token scoped to every namespace".into(),
+        ));
+    }
+    if !is_dns1035_label(namespace) {
+        return Err(ApiError::BadRequest(format!(
+            "namespace: `{}` is not a DNS-1035 label",
+            namespace.chars().take(64).collect::<String>()
+        )));
+    }
+    if !caller.may_read_namespace(namespace) {
+        return Err(ApiError::Forbidden(format!(
+            "this token is not scoped to namespace `{namespace}`"
+        )));
+    }
+    Ok(Scope::Namespace(namespace))
+}
+
+/// Parses a JSON body into `T`, naming the field at fault. An empty body reads as `{}`.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let (field, message) = crate::event::json_error_field(e, "body");
+        ApiError::BadRequest(format!("{field}: {message}"))
+    })
+}
+
+/// A body namespace, when given, must match the path's.
+pub fn check_body_namespace(
+    path_namespace: &str,
+    body_namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    match body_namespace {
+        Some(ns) if !ns.is_empty() && ns != path_namespace => Err(ApiError::BadRequest(format!(
+            "namespace: the body names `{ns}` but the path names `{path_namespace}`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// How long an ingest answer waits for the projections to include its events.
+pub const PROJECTION_WAIT: Duration = Duration::from_secs(10);

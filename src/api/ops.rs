@@ -1,0 +1,125 @@
+//! Health, readiness, Prometheus metrics and the served OpenAPI document.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// The F5 paths this build serves; the OpenAPI document lists exactly these plus Tally's own.
+pub const SERVED_F5_PATHS: &[&str] = &[
+    "/api/web/namespaces/{namespace}/usage_details",
+    "/api/web/namespaces/{namespace}/hourly_usage_details",
+    "/api/web/namespaces/{namespace}/current_usage",
+    "/api/web/namespaces/{namespace}/monthly_usage",
+    "/api/data/namespaces/system/billing/usage_summary",
+];
+
+const F5_DOCUMENT: &str = include_str!("../../schemas/openapi/f5-billing-and-usage.json");
+const TALLY_DOCUMENT: &str = include_str!("../../schemas/openapi/tally.json");
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    log_entries: u64,
+    projected_entries: u64,
+    projector_failing: bool,
+}
+
+/// Ready when the projector is folding without errors; the positions let clients and tests see
+/// how far the projections are behind the log.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let engine = &state.engine;
+    let failing = engine.projector_health.is_failing();
+    let body = Readiness {
+        status: if failing { "unavailable" } else { "ready" },
+        log_entries: engine.head.get(),
+        projected_entries: *engine.projected.borrow(),
+        projector_failing: failing,
+    };
+    let status = if failing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let engine = &state.engine;
+    let text = engine
+        .metrics
+        .render(engine.head.get(), *engine.projected.borrow());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::clone(&state.openapi),
+    )
+        .into_response()
+}
+
+/// The F5 document cut to the served paths, with Tally's paths and schemas added. Both inputs
+/// are compiled in; a unit test proves they merge.
+pub fn openapi_document() -> Bytes {
+    let mut document: Value = serde_json::from_str(F5_DOCUMENT)
+        .unwrap_or_else(|_| json!({"openapi": "3.0.3", "paths": {}}));
+    let tally: Value = serde_json::from_str(TALLY_DOCUMENT).unwrap_or_else(|_| json!({}));
+    if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
+        paths.retain(|path, _| SERVED_F5_PATHS.contains(&path.as_str()));
+        if let Some(own) = tally.get("paths").and_then(Value::as_object) {
+            paths.extend(own.clone());
+        }
+    }
+    if let Some(schemas) = document
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        if let Some(own) = tally.get("schemas").and_then(Value::as_object) {
+            schemas.extend(own.clone());
+        }
+    }
+    if let Some(info) = document.get_mut("info").and_then(Value::as_object_mut) {
+        info.insert(
+            "title".into(),
+            json!("Tally — F5 Distributed Cloud Billing & Usage API"),
+        );
+        info.insert("x-tally-version".into(), json!(env!("CARGO_PKG_VERSION")));
+    }
+    Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_lists_exactly_what_is_served() {
+        let document: Value = serde_json::from_slice(&openapi_document()).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        for path in SERVED_F5_PATHS {
+            assert!(paths.contains_key(*path), "{path}");
+        }
+        assert!(paths.contains_key("/api/tally/events"));
+        assert!(!paths.contains_key("/api/web/namespaces/{namespace}/quotas/{name}"));
+        assert!(document["components"]["schemas"]["tallyIngestResponse"].is_object());
+        assert!(document["components"]["schemas"]["usageUsageItem"].is_object());
+    }
+}

@@ -1,0 +1,367 @@
+//! The F5 usage endpoints: usage_details, hourly_usage_details, current_usage, monthly_usage
+//! and usage_summary, answered from the projections.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, check_body_namespace, namespace_scope, parse_body};
+use crate::auth::Caller;
+use std::collections::BTreeMap;
+
+use crate::log::keys::{Scope, SeriesRow};
+use crate::log::store::CF_HOURLY;
+use crate::projection::Aggregate;
+use crate::projection::read;
+use crate::report::{
+    self, CalculatedUsageItem, HourRange, HourlyItem, HourlyQuery, MonthlyUsageItem, UsageItem,
+    UsageSummaryItem,
+};
+use crate::time::{self, UnixMicros};
+
+/// Longest range one usage query may cover.
+pub const MAX_QUERY_DAYS: i64 = 400;
+/// `usage_summary`'s default window.
+const SUMMARY_DEFAULT: i64 = 6 * time::MICROS_PER_HOUR;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeRequest {
+    namespace: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HourlyRequest {
+    namespace: Option<String>,
+    query: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonthlyRequest {
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryRequest {
+    start_time: Option<String>,
+    end_time: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct UsageDetailsResponse {
+    usage_items: Vec<UsageItem>,
+}
+
+#[derive(Serialize)]
+pub struct HourlyUsageDetailsResponse {
+    hourly_usage_items: Vec<HourlyItem>,
+}
+
+#[derive(Serialize)]
+pub struct CurrentUsageResponse {
+    usage_items: Vec<CalculatedUsageItem>,
+    total_cost: String,
+    discount: String,
+    coupons: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct MonthlyUsageResponse {
+    monthly_usage_items: Vec<MonthlyUsageItem>,
+}
+
+#[derive(Serialize)]
+pub struct UsageSummaryResponse {
+    usage_summary_items: Vec<UsageSummaryItem>,
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
+}
+
+fn parse_time(field: &str, text: &str) -> Result<UnixMicros, ApiError> {
+    time::parse_rfc3339(text).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{field}: `{}` is not an RFC 3339 time",
+            shorten(text)
+        ))
+    })
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// The open billing period containing `now`: `[start, end)`.
+fn open_period(now: UnixMicros) -> (u32, UnixMicros, UnixMicros) {
+    let period = time::billing_period_of(now);
+    (
+        period,
+        time::month_start(period),
+        time::month_start(period + 1),
+    )
+}
+
+/// Resolves `from`/`to` (each optional) against a default range and checks it.
+fn resolve_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    default: (UnixMicros, UnixMicros),
+) -> Result<(UnixMicros, UnixMicros), ApiError> {
+    let from = from
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time("from", s))
+        .transpose()?;
+    let to = to
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time("to", s))
+        .transpose()?;
+    let range = (from.unwrap_or(default.0), to.unwrap_or(default.1));
+    check_range(range, ("from", "to"))?;
+    Ok(range)
+}
+
+/// A query range must be ordered, after 1970 and at most [`MAX_QUERY_DAYS`] long.
+fn check_range(
+    (from, to): (UnixMicros, UnixMicros),
+    (from_name, to_name): (&str, &str),
+) -> Result<(), ApiError> {
+    if from >= to {
+        return Err(ApiError::BadRequest(format!(
+            "{from_name}: must be before `{to_name}`"
+        )));
+    }
+    if from < 0 {
+        return Err(ApiError::BadRequest(format!(
+            "{from_name}: must not be before 1970"
+        )));
+    }
+    if to - from > MAX_QUERY_DAYS * 24 * time::MICROS_PER_HOUR {
+        return Err(ApiError::BadRequest(format!(
+            "{to_name}: the range is longer than {MAX_QUERY_DAYS} days; query in parts"
+        )));
+    }
+    Ok(())
+}
+
+async fn hourly_rows(
+    state: &AppState,
+    tenant: &str,
+    scope: Scope<'_>,
+    range: HourRange,
+) -> Result<Vec<(SeriesRow, Aggregate)>, ApiError> {
+    let (store, tenant, scope) = (
+        state.engine.store.clone(),
+        tenant.to_owned(),
+        scope.as_key_part().to_owned(),
+    );
+    Ok(tokio::task::spawn_blocking(move || {
+        read::series_rows(
+            &store,
+            CF_HOURLY,
+            &tenant,
+            Scope::from_key_part(&scope),
+            range.from_hour,
+            range.to_hour,
+        )
+    })
+    .await??)
+}
+
+async fn period_totals(
+    state: &AppState,
+    tenant: &str,
+    scope: Scope<'_>,
+    period: Option<u32>,
+) -> Result<BTreeMap<u32, BTreeMap<String, i128>>, ApiError> {
+    let (store, tenant, scope) = (
+        state.engine.store.clone(),
+        tenant.to_owned(),
+        scope.as_key_part().to_owned(),
+    );
+    Ok(tokio::task::spawn_blocking(move || {
+        read::current_totals(&store, &tenant, Scope::from_key_part(&scope), period)
+    })
+    .await??)
+}
+
+/// `POST /api/web/namespaces/{namespace}/usage_details`
+pub async fn usage_details(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UsageDetailsResponse>, ApiError> {
+    let scope = namespace_scope(&caller, &namespace)?;
+    let request: RangeRequest = parse_body(&body_bytes(body)?)?;
+    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let now = state.engine.now();
+    let (_, period_start, _) = open_period(now);
+    let (from, to) = resolve_range(
+        request.from.as_deref(),
+        request.to.as_deref(),
+        (period_start, now.max(period_start + 1)),
+    )?;
+    let range = HourRange::covering(from, to);
+    let rows = hourly_rows(&state, &caller.tenant, scope, range).await?;
+    Ok(Json(UsageDetailsResponse {
+        usage_items: report::usage_items(&rows, &state.engine.config.catalog, range),
+    }))
+}
+
+/// `POST /api/web/namespaces/{namespace}/hourly_usage_details`
+pub async fn hourly_usage_details(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<HourlyUsageDetailsResponse>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let request: HourlyRequest = parse_body(&body_bytes(body)?)?;
+    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let text = request.query.filter(|q| !q.is_empty()).ok_or_else(|| {
+        ApiError::BadRequest("query: is required; pass an item's hourly_breakdown_query".into())
+    })?;
+    let query = HourlyQuery::decode(&text).ok_or_else(|| {
+        ApiError::BadRequest(
+            "query: is not an hourly_breakdown_query returned by usage_details".into(),
+        )
+    })?;
+    if namespace != "system" && query.namespace != namespace {
+        return Err(ApiError::BadRequest(format!(
+            "query: is for namespace `{}`, not `{namespace}`",
+            query.namespace
+        )));
+    }
+    if i64::from(query.to_hour - query.from_hour) > MAX_QUERY_DAYS * 24 {
+        return Err(ApiError::BadRequest(format!(
+            "query: covers more than {MAX_QUERY_DAYS} days"
+        )));
+    }
+    // The item's own namespace rows hold exactly its series; the tenant comes from the token.
+    let range = HourRange {
+        from_hour: query.from_hour,
+        to_hour: query.to_hour,
+    };
+    let rows = hourly_rows(
+        &state,
+        &caller.tenant,
+        Scope::Namespace(&query.namespace),
+        range,
+    )
+    .await?;
+    Ok(Json(HourlyUsageDetailsResponse {
+        hourly_usage_items: report::hourly_items(&rows, &state.engine.config.catalog, &query),
+    }))
+}
+
+/// `POST /api/web/namespaces/{namespace}/current_usage`
+pub async fn current_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CurrentUsageResponse>, ApiError> {
+    let scope = namespace_scope(&caller, &namespace)?;
+    let request: RangeRequest = parse_body(&body_bytes(body)?)?;
+    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let engine = &state.engine;
+    let (_, open_start, open_end) = open_period(engine.now());
+    let (from, to) = resolve_range(
+        request.from.as_deref(),
+        request.to.as_deref(),
+        (open_start, open_end),
+    )?;
+    // A whole billing period is answered from its running totals; any other range from hours.
+    let whole_period = time::billing_period_of(from);
+    let totals =
+        if time::month_start(whole_period) == from && time::month_start(whole_period + 1) == to {
+            period_totals(&state, &caller.tenant, scope, Some(whole_period))
+                .await?
+                .remove(&whole_period)
+                .unwrap_or_default()
+        } else {
+            let rows =
+                hourly_rows(&state, &caller.tenant, scope, HourRange::covering(from, to)).await?;
+            report::metric_totals(&rows, &engine.config.catalog)
+        };
+    let catalog = &engine.config.catalog;
+    let (usage_items, total) =
+        report::cost_lines(&totals, catalog, catalog.default_plan(), from, to);
+    Ok(Json(CurrentUsageResponse {
+        usage_items,
+        total_cost: total.0.to_string(),
+        discount: "0".into(),
+        coupons: Vec::new(),
+    }))
+}
+
+/// `POST /api/web/namespaces/{namespace}/monthly_usage`
+pub async fn monthly_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<MonthlyUsageResponse>, ApiError> {
+    let scope = namespace_scope(&caller, &namespace)?;
+    let request: MonthlyRequest = parse_body(&body_bytes(body)?)?;
+    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let totals = period_totals(&state, &caller.tenant, scope, None).await?;
+    let catalog = &state.engine.config.catalog;
+    Ok(Json(MonthlyUsageResponse {
+        monthly_usage_items: report::monthly_items(&totals, catalog, catalog.default_plan()),
+    }))
+}
+
+/// `POST /api/data/namespaces/system/billing/usage_summary`
+pub async fn usage_summary(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UsageSummaryResponse>, ApiError> {
+    let scope = namespace_scope(&caller, "system")?;
+    let request: SummaryRequest = parse_body(&body_bytes(body)?)?;
+    let parse = |field: &str, value: Option<&str>| -> Result<Option<UnixMicros>, ApiError> {
+        value
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                time::parse_unix_or_rfc3339(s).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "{field}: `{}` is neither a unix timestamp nor RFC 3339",
+                        shorten(s)
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let start = parse("start_time", request.start_time.as_deref())?;
+    let end = parse("end_time", request.end_time.as_deref())?;
+    // The spec's defaults: a missing bound is the other ± 6 h; with neither, the last 6 h.
+    let now = state.engine.now();
+    let (start, end) = match (start, end) {
+        (Some(s), Some(e)) => (s, e),
+        (Some(s), None) => (s, s + SUMMARY_DEFAULT),
+        (None, Some(e)) => (e - SUMMARY_DEFAULT, e),
+        (None, None) => (now - SUMMARY_DEFAULT, now),
+    };
+    check_range((start, end), ("start_time", "end_time"))?;
+    let rows = hourly_rows(
+        &state,
+        &caller.tenant,
+        scope,
+        HourRange::covering(start, end),
+    )
+    .await?;
+    let catalog = &state.engine.config.catalog;
+    let totals = report::metric_totals(&rows, catalog);
+    Ok(Json(UsageSummaryResponse {
+        usage_summary_items: report::usage_summary(&totals, catalog, end),
+    }))
+}

@@ -1,0 +1,124 @@
+//! Flags and environment parsed once into a validated [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::{Catalog, CatalogError};
+
+/// Flags of `tally serve`; each also reads an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Directory of the RocksDB store (created when missing).
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Operator token (admin of tenant `default`, may record events for any tenant). Without
+    /// it, and with no token stored yet, one is generated into <data-dir>/admin-token.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Catalog JSON file; the built-in catalog (schemas/catalog.default.json) when absent.
+    #[arg(long, env = "TALLY_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// How old an event time may be when it arrives (e.g. 35d, 12h).
+    #[arg(long, env = "TALLY_LATE_WINDOW", default_value = "35d", value_parser = humantime::parse_duration)]
+    pub late_window: Duration,
+    /// How far in the future an event time may be (producer clock skew).
+    #[arg(long, env = "TALLY_FUTURE_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub future_skew: Duration,
+    /// How long event ids are remembered for dedup; at least the late window (its default).
+    #[arg(long, env = "TALLY_DEDUP_HORIZON", value_parser = humantime::parse_duration)]
+    pub dedup_horizon: Option<Duration>,
+    /// Log format on stderr.
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Configuration that cannot be used; start-up stops with its message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(
+        "--dedup-horizon ({horizon}) is shorter than --late-window ({window}); a late duplicate would be counted twice"
+    )]
+    HorizonTooShort { horizon: String, window: String },
+    #[error("--late-window must be positive")]
+    NoLateWindow,
+}
+
+/// The validated configuration of one engine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub catalog: Arc<Catalog>,
+    pub late_window: Duration,
+    pub future_skew: Duration,
+    pub dedup_horizon: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let catalog = match &args.catalog {
+            Some(path) => Catalog::load(path)?,
+            None => Catalog::builtin()?,
+        };
+        if args.late_window.is_zero() {
+            return Err(ConfigError::NoLateWindow);
+        }
+        let dedup_horizon = args.dedup_horizon.unwrap_or(args.late_window);
+        if dedup_horizon < args.late_window {
+            return Err(ConfigError::HorizonTooShort {
+                horizon: humantime::format_duration(dedup_horizon).to_string(),
+                window: humantime::format_duration(args.late_window).to_string(),
+            });
+        }
+        Ok(Config {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen,
+            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            catalog: Arc::new(catalog),
+            late_window: args.late_window,
+            future_skew: args.future_skew,
+            dedup_horizon,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn refuses_a_dedup_horizon_shorter_than_the_late_window() {
+        let cli = Cli::parse_from(["tally", "--late-window", "10d", "--dedup-horizon", "2d"]);
+        let err = Config::from_args(&cli.serve).unwrap_err();
+        assert!(
+            err.to_string().contains("shorter than --late-window"),
+            "{err}"
+        );
+        let cli = Cli::parse_from(["tally", "--late-window", "2d"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().dedup_horizon,
+            Duration::from_secs(2 * 86_400)
+        );
+    }
+}

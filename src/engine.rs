@@ -1,0 +1,131 @@
+//! The engine: the store, the log writer and the projector, started and stopped together.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+use crate::auth::{OperatorTokenError, Tokens};
+use crate::config::Config;
+use crate::log::append::{Appender, LogHead};
+use crate::log::store::{Store, StoreError, StoreOptions};
+use crate::metrics::Metrics;
+use crate::projection::runner::{self, ProjectorHealth};
+use crate::time::{Clock, UnixMicros};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Open { dir: String, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    OperatorToken(#[from] OperatorTokenError),
+    #[error(transparent)]
+    WriterStart(#[from] crate::log::append::StartError),
+    #[error("cannot create {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A running engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    pub config: Config,
+    pub store: Store,
+    pub appender: Appender,
+    pub head: Arc<LogHead>,
+    pub projected: watch::Receiver<u64>,
+    pub projector_health: Arc<ProjectorHealth>,
+    pub tokens: Tokens,
+    pub metrics: Metrics,
+    pub clock: Clock,
+    /// The operator token when this start generated it (shown once, then forgotten).
+    pub generated_admin_token: Mutex<Option<String>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    pub fn open(config: Config, clock: Clock) -> Result<Engine, EngineError> {
+        let dir = config.data_dir.display().to_string();
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::DataDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let store = Store::open(
+            &config.data_dir,
+            &StoreOptions {
+                dedup_horizon: config.dedup_horizon,
+            },
+        )
+        .map_err(|source| EngineError::Open { dir, source })?;
+        let tokens = Tokens::load(store.clone())?;
+        let generated =
+            tokens.ensure_operator(config.admin_token.as_deref(), &config.data_dir, clock())?;
+
+        let head = LogHead::new(0);
+        let (appender, writer_thread) =
+            Appender::start(store.clone(), head.clone(), clock.clone())?;
+        let (projected_tx, projected) = watch::channel(0);
+        let projector_health = Arc::new(ProjectorHealth::default());
+        let projector_thread = runner::start(
+            store.clone(),
+            config.catalog.clone(),
+            head.clone(),
+            projected_tx,
+            projector_health.clone(),
+        )?;
+        Ok(Engine {
+            config,
+            store,
+            appender,
+            head,
+            projected,
+            projector_health,
+            tokens,
+            metrics: Metrics::new(),
+            clock,
+            generated_admin_token: Mutex::new(generated),
+            threads: Mutex::new(vec![writer_thread, projector_thread]),
+        })
+    }
+
+    pub fn now(&self) -> UnixMicros {
+        (self.clock)()
+    }
+
+    /// Waits until every log entry below `next_seq` is in the projections, up to `timeout`.
+    /// Returns whether it got there.
+    pub async fn wait_projected(&self, next_seq: u64, timeout: std::time::Duration) -> bool {
+        let mut projected = self.projected.clone();
+        tokio::time::timeout(timeout, projected.wait_for(|&p| p >= next_seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops writing, lets the projector fold everything written, and flushes the store.
+    /// Callers stop their own producers (HTTP, Kafka) first.
+    pub async fn shutdown(&self) {
+        self.appender.close().await;
+        let threads: Vec<JoinHandle<()>> = self
+            .threads
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        let store = self.store.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+            store.flush()
+        })
+        .await;
+        match joined {
+            Ok(Ok(())) => tracing::info!("engine stopped cleanly"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "flush at shutdown failed; the WAL still holds every write")
+            }
+            Err(error) => tracing::error!(%error, "shutdown task failed"),
+        }
+    }
+}

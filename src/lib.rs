@@ -1,0 +1,44 @@
+//! Tally: an event-sourced usage metering engine speaking the F5 Distributed Cloud Billing &
+//! Usage API.
+//!
+//! # Map of the crate
+//! Pure core (no I/O, no runtime):
+//! - [`units`]: fixed-point quantities (micro-units), cents, F5 billable rounding.
+//! - [`time`]: UTC hours, months and billing periods.
+//! - [`event`]: the usage event, its wire forms (Tally JSON, CloudEvents) and validation.
+//! - [`catalog`]: meters, plans, addons and prices.
+//! - [`projection`]: the folds from log entries into hourly, monthly and current rows.
+//! - [`report`]: rows → F5 response shapes (usage items, cost lines, summaries).
+//!
+//! Shell:
+//! - [`log`]: the append-only log in RocksDB (keys, codecs, store, the single writer).
+//! - [`projection::runner`]: the projector thread that checkpoints with its rows.
+//! - [`engine`]: starts and stops the store, writer and projector together.
+//! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
+//! - [`auth`], [`config`], [`metrics`].
+//!
+//! # Invariants
+//! - The log is the truth: projections are rebuilt from it and a fold of the same log gives the
+//!   same bytes, whatever the order or batching of its entries.
+//! - Appending events, their dedup records and dead letters is one durable write batch;
+//!   projection rows and the projector checkpoint are one batch. A crash loses nothing and
+//!   counts nothing twice.
+//! - No float is summed: quantities are `i64` micro-units, sums `i128`, money `i64` cents.
+//! - Input never panics the engine: bad input is answered with the field at fault and kept as
+//!   a dead letter.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod log;
+pub mod metrics;
+pub mod projection;
+pub mod report;
+pub mod server;
+pub mod time;
+pub mod units;

@@ -1,0 +1,365 @@
+//! The single writer of the log: decides new / duplicate / conflict per event and appends
+//! events, dedup records and dead letters in one durable write batch.
+//!
+//! One thread owns the sequence counter, so dedup checks and appends never race. Requests that
+//! queue up while a batch is being fsync'd are written together in the next one (group commit).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rocksdb::WriteBatch;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec;
+use super::keys;
+use super::store::{CF_DEAD_LETTER, CF_DEDUP, CF_LOG, Store, StoreError};
+use super::{DeadLetter, DedupRecord, LogEntry};
+use crate::event::{EventSource, Rejection, UsageEvent};
+use crate::time::Clock;
+
+/// Most events written in one batch; bounds memory and the time one fsync covers.
+const MAX_GROUP_EVENTS: usize = 50_000;
+
+/// One input to append: an event that passed validation, or input already refused.
+#[derive(Debug)]
+pub enum Candidate {
+    Event {
+        event: UsageEvent,
+        source: EventSource,
+    },
+    Rejected(DeadLetter),
+}
+
+/// What became of one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended to the log at `seq`.
+    Recorded { seq: u64 },
+    /// The same event (same id and body) is already in the log at `seq`; counted once.
+    Duplicate { seq: u64 },
+    /// The id is in the log at `seq` with a different body; stored as a dead letter.
+    Conflict { seq: u64 },
+    /// Stored as a dead letter.
+    DeadLettered,
+}
+
+/// How the dedup index judges an event. Pure: the writer feeds it what it looked up.
+pub fn classify(fingerprint: u64, existing: Option<&DedupRecord>) -> Outcome {
+    match existing {
+        None => Outcome::Recorded { seq: u64::MAX },
+        Some(record) if record.fingerprint == fingerprint => Outcome::Duplicate { seq: record.seq },
+        Some(record) => Outcome::Conflict { seq: record.seq },
+    }
+}
+
+/// Why an append failed. Nothing of the request was written; the caller may retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("the log could not be written: {0}")]
+    Store(Arc<StoreError>),
+    #[error("the log writer has stopped")]
+    Closed,
+}
+
+struct AppendRequest {
+    candidates: Vec<Candidate>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, AppendError>>,
+}
+
+enum Message {
+    Append(AppendRequest),
+    /// Write what is queued before this, then stop.
+    Close,
+}
+
+/// Why the writer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the log writer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The number of entries in the log (= the next seq), shared with those who wait for it.
+#[derive(Default)]
+pub struct LogHead {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl LogHead {
+    pub fn new(next_seq: u64) -> Arc<Self> {
+        Arc::new(LogHead {
+            state: Mutex::new((next_seq, false)),
+            changed: Condvar::new(),
+        })
+    }
+
+    pub fn get(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.0)
+    }
+
+    fn publish(&self, next_seq: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = next_seq;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Marks the log closed: waiters return at once from now on.
+    pub fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until the head passes `seen` or `timeout` elapses; returns (head, closed).
+    pub fn wait_beyond(&self, seen: u64, timeout: Duration) -> (u64, bool) {
+        let Ok(state) = self.state.lock() else {
+            return (seen, true);
+        };
+        match self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.0 <= seen && !s.1)
+        {
+            Ok((state, _)) => (state.0, state.1),
+            Err(_) => (seen, true),
+        }
+    }
+}
+
+/// A cloneable handle to the writer thread. The thread ends when every handle is dropped and
+/// the queue is drained.
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<Message>,
+}
+
+impl Appender {
+    /// Starts the writer over `store`; `head` is published after every durable batch.
+    pub fn start(
+        store: Store,
+        head: Arc<LogHead>,
+        clock: Clock,
+    ) -> Result<(Appender, JoinHandle<()>), StartError> {
+        let next_seq = store.last_seq(CF_LOG)?.map_or(0, |s| s + 1);
+        let next_dead_letter = store.last_seq(CF_DEAD_LETTER)?.map_or(0, |s| s + 1);
+        head.publish(next_seq);
+        let (tx, rx) = mpsc::channel(1024);
+        let writer = Writer {
+            store,
+            head,
+            clock,
+            next_seq,
+            next_dead_letter,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tally-log-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((Appender { tx }, thread))
+    }
+
+    /// Appends durably (fsync'd) and answers one outcome per candidate, in order.
+    pub async fn append(&self, candidates: Vec<Candidate>) -> Result<Vec<Outcome>, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Message::Append(AppendRequest { candidates, reply }))
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// As [`append`](Self::append), for callers on plain threads.
+    pub fn append_blocking(&self, candidates: Vec<Candidate>) -> Result<Vec<Outcome>, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .blocking_send(Message::Append(AppendRequest { candidates, reply }))
+            .map_err(|_| AppendError::Closed)?;
+        answer.blocking_recv().map_err(|_| AppendError::Closed)?
+    }
+
+    /// Asks the writer to finish what is queued and stop; later appends fail with `Closed`.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Message::Close).await;
+    }
+}
+
+struct Writer {
+    store: Store,
+    head: Arc<LogHead>,
+    clock: Clock,
+    next_seq: u64,
+    next_dead_letter: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut closing = false;
+        while !closing {
+            let first = match rx.blocking_recv() {
+                Some(Message::Append(request)) => request,
+                Some(Message::Close) | None => break,
+            };
+            let mut group_size = first.candidates.len();
+            let mut group = vec![first];
+            while group_size < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(Message::Append(request)) => {
+                        group_size += request.candidates.len();
+                        group.push(request);
+                    }
+                    Ok(Message::Close) => {
+                        closing = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.write_group(&group) {
+                Ok(outcomes) => {
+                    self.head.publish(self.next_seq);
+                    for (request, outcome) in group.into_iter().zip(outcomes) {
+                        let _ = request.reply.send(Ok(outcome));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "log append failed; nothing of the batch was written");
+                    let error = AppendError::Store(Arc::new(error));
+                    for request in group {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        self.head.close();
+    }
+
+    /// Writes one group in one batch. Counters advance only when the write succeeded.
+    fn write_group(&mut self, group: &[AppendRequest]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+        let events: Vec<&UsageEvent> = group
+            .iter()
+            .flat_map(|r| &r.candidates)
+            .filter_map(|c| match c {
+                Candidate::Event { event, .. } => Some(event),
+                Candidate::Rejected(_) => None,
+            })
+            .collect();
+        let dedup_keys: Vec<[u8; 16]> = events.iter().map(|e| e.dedup_key()).collect();
+        let stored = self.store.dedup_lookup(&dedup_keys)?;
+
+        let now = (self.clock)();
+        let mut next_seq = self.next_seq;
+        let mut next_dead_letter = self.next_dead_letter;
+        let mut in_batch: HashMap<[u8; 16], DedupRecord> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let (log_cf, dedup_cf, dead_cf) = (
+            self.store.cf(CF_LOG),
+            self.store.cf(CF_DEDUP),
+            self.store.cf(CF_DEAD_LETTER),
+        );
+        let mut lookups = dedup_keys.iter().zip(stored);
+        let mut all_outcomes = Vec::with_capacity(group.len());
+        for request in group {
+            let mut outcomes = Vec::with_capacity(request.candidates.len());
+            for candidate in &request.candidates {
+                let outcome = match candidate {
+                    Candidate::Rejected(letter) => {
+                        batch.put_cf(
+                            &dead_cf,
+                            keys::seq_key(next_dead_letter),
+                            codec::encode_dead_letter(letter),
+                        );
+                        next_dead_letter += 1;
+                        Outcome::DeadLettered
+                    }
+                    Candidate::Event { event, source } => {
+                        let Some((key, from_store)) = lookups.next() else {
+                            unreachable!("one dedup lookup per event")
+                        };
+                        let fingerprint = event.fingerprint();
+                        let existing = in_batch.get(key).or(from_store.as_ref());
+                        match classify(fingerprint, existing) {
+                            Outcome::Recorded { .. } => {
+                                let seq = next_seq;
+                                next_seq += 1;
+                                let entry = LogEntry::UsageRecorded {
+                                    event: event.clone(),
+                                    source: source.clone(),
+                                    recorded_at: now,
+                                };
+                                batch.put_cf(
+                                    &log_cf,
+                                    keys::seq_key(seq),
+                                    codec::encode_entry(&entry),
+                                );
+                                let record = DedupRecord {
+                                    seq,
+                                    event_time: event.timestamp,
+                                    fingerprint,
+                                };
+                                batch.put_cf(&dedup_cf, key, codec::encode_dedup(&record));
+                                in_batch.insert(*key, record);
+                                Outcome::Recorded { seq }
+                            }
+                            Outcome::Conflict { seq } => {
+                                let rejection = Rejection::new(
+                                    Some(&event.id),
+                                    "id",
+                                    format!(
+                                        "was already recorded (seq {seq}) with a different body; an id names one event"
+                                    ),
+                                );
+                                let raw = serde_json::to_vec(event).unwrap_or_default();
+                                let letter = DeadLetter::new(
+                                    now,
+                                    source.clone(),
+                                    &event.tenant,
+                                    rejection,
+                                    &raw,
+                                );
+                                batch.put_cf(
+                                    &dead_cf,
+                                    keys::seq_key(next_dead_letter),
+                                    codec::encode_dead_letter(&letter),
+                                );
+                                next_dead_letter += 1;
+                                Outcome::Conflict { seq }
+                            }
+                            duplicate => duplicate,
+                        }
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            all_outcomes.push(outcomes);
+        }
+        drop((log_cf, dedup_cf, dead_cf));
+        if !batch.is_empty() {
+            self.store.write(batch, true)?;
+        }
+        self.next_seq = next_seq;
+        self.next_dead_letter = next_dead_letter;
+        Ok(all_outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_tells_duplicates_from_conflicts() {
+        let record = DedupRecord {
+            seq: 7,
+            event_time: 0,
+            fingerprint: 42,
+        };
+        assert_eq!(classify(42, None), Outcome::Recorded { seq: u64::MAX });
+        assert_eq!(classify(42, Some(&record)), Outcome::Duplicate { seq: 7 });
+        assert_eq!(classify(41, Some(&record)), Outcome::Conflict { seq: 7 });
+    }
+}

@@ -1,0 +1,68 @@
+//! The append-only log and everything stored beside it: keys, value codecs, the RocksDB
+//! store and the single writer that appends.
+
+pub mod append;
+pub mod codec;
+pub mod keys;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventSource, Rejection, UsageEvent};
+use crate::time::UnixMicros;
+
+/// One immutable fact. Names are past tense: the log records what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogEntry {
+    /// A usage event was accepted (validated and not a duplicate).
+    UsageRecorded {
+        event: UsageEvent,
+        source: EventSource,
+        recorded_at: UnixMicros,
+    },
+}
+
+/// What the dedup index remembers of an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupRecord {
+    pub seq: u64,
+    /// Event time: the compaction filter forgets records past the dedup horizon by it.
+    pub event_time: UnixMicros,
+    pub fingerprint: u64,
+}
+
+/// Bytes of the raw input kept with a dead letter; enough to diagnose, bounded for safety.
+pub const DEAD_LETTER_RAW_LIMIT: usize = 4096;
+
+/// Input that could not be recorded, kept with the reason so nothing is silently lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub received_at: UnixMicros,
+    pub source: EventSource,
+    /// The tenant the input arrived for (token or message key).
+    pub tenant: String,
+    pub rejection: Rejection,
+    /// The input as received, cut to [`DEAD_LETTER_RAW_LIMIT`] bytes.
+    pub raw: Vec<u8>,
+    pub raw_truncated: bool,
+}
+
+impl DeadLetter {
+    pub fn new(
+        received_at: UnixMicros,
+        source: EventSource,
+        tenant: &str,
+        rejection: Rejection,
+        raw: &[u8],
+    ) -> Self {
+        let kept = raw.len().min(DEAD_LETTER_RAW_LIMIT);
+        DeadLetter {
+            received_at,
+            source,
+            tenant: tenant.to_owned(),
+            rejection,
+            raw: raw[..kept].to_vec(),
+            raw_truncated: kept < raw.len(),
+        }
+    }
+}

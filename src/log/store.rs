@@ -1,0 +1,350 @@
+//! The RocksDB store: column families, format version, reads and atomic batch writes.
+//!
+//! Every call here blocks; async callers go through `spawn_blocking` or a dedicated thread.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, ReadOptions, WriteBatch,
+    WriteOptions,
+};
+
+use super::codec::{self, CodecError};
+use super::keys;
+use super::{DeadLetter, DedupRecord, LogEntry};
+
+pub const CF_LOG: &str = "log";
+pub const CF_DEDUP: &str = "dedup";
+pub const CF_DEAD_LETTER: &str = "dead_letter";
+pub const CF_HOURLY: &str = "hourly";
+pub const CF_MONTHLY: &str = "monthly";
+pub const CF_CURRENT: &str = "current";
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+pub const CF_OFFSETS: &str = "offsets";
+pub const CF_TOKENS: &str = "tokens";
+pub const CF_META: &str = "meta";
+
+/// Every column family, in one list: opening creates the missing ones.
+pub const COLUMN_FAMILIES: &[&str] = &[
+    CF_LOG,
+    CF_DEDUP,
+    CF_DEAD_LETTER,
+    CF_HOURLY,
+    CF_MONTHLY,
+    CF_CURRENT,
+    CF_CHECKPOINTS,
+    CF_OFFSETS,
+    CF_TOKENS,
+    CF_META,
+];
+
+/// Layout version of this build's keys and values; a store of another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+const META_FORMAT_VERSION: &[u8] = b"format_version";
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// Storage failures. Each is handled by refusing the operation (HTTP 503 / consumer pause);
+/// `FormatVersion` and `Corrupt` stop start-up or the projector, since continuing would be wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error(
+        "data directory has format version {found}, this build reads {expected}; rebuild or use a matching build"
+    )]
+    FormatVersion { found: u32, expected: u32 },
+    #[error("corrupt value in {cf}: {source}")]
+    Corrupt {
+        cf: &'static str,
+        source: CodecError,
+    },
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// Settings that shape the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Dedup records whose event time is older than this are dropped at compaction.
+    pub dedup_horizon: Duration,
+}
+
+/// The RocksDB database with Tally's column families.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Db>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.increase_parallelism(2);
+        db_options.set_keep_log_file_num(4);
+        let descriptors = COLUMN_FAMILIES
+            .iter()
+            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, options)));
+        let db = Db::open_cf_descriptors(&db_options, dir, descriptors)?;
+        let store = Store { db: Arc::new(db) };
+        store.check_format_version()?;
+        Ok(store)
+    }
+
+    fn check_format_version(&self) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META);
+        match self.db.get_cf(&meta, META_FORMAT_VERSION)? {
+            Some(bytes) => {
+                let found = codec::decode_u64(&bytes, "format version").map_err(|source| {
+                    StoreError::Corrupt {
+                        cf: CF_META,
+                        source,
+                    }
+                })?;
+                let found = u32::try_from(found).unwrap_or(u32::MAX);
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::FormatVersion {
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => self.db.put_cf(
+                &meta,
+                META_FORMAT_VERSION,
+                codec::encode_u64(u64::from(FORMAT_VERSION)),
+            )?,
+        }
+        Ok(())
+    }
+
+    pub fn cf(&self, name: &'static str) -> Arc<BoundColumnFamily<'_>> {
+        // Every name in COLUMN_FAMILIES is created at open; asking for another is a bug.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is not opened"))
+    }
+
+    /// Writes a batch atomically; `durable` waits for the WAL to reach the disk (fsync).
+    pub fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(durable);
+        self.db.write_opt(batch, &write_options)?;
+        Ok(())
+    }
+
+    /// The highest key of a CF keyed by `u64` BE (log, dead letters), if any.
+    pub fn last_seq(&self, cf: &'static str) -> Result<Option<u64>, StoreError> {
+        let handle = self.cf(cf);
+        let mut iter = self.db.iterator_cf(&handle, IteratorMode::End);
+        match iter.next() {
+            Some(item) => Ok(keys::decode_seq_key(&item?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` log entries with seq ≥ `from`, in order.
+    pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let handle = self.cf(CF_LOG);
+        let start = keys::seq_key(from);
+        let mut entries = Vec::with_capacity(limit.min(65_536));
+        for item in self
+            .db
+            .iterator_cf(&handle, IteratorMode::From(&start, Direction::Forward))
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let corrupt = |source| StoreError::Corrupt { cf: CF_LOG, source };
+            let seq = keys::decode_seq_key(&key).ok_or_else(|| {
+                corrupt(CodecError {
+                    what: "log key",
+                    reason: format!("{} bytes", key.len()),
+                })
+            })?;
+            entries.push((seq, codec::decode_entry(&value).map_err(corrupt)?));
+        }
+        Ok(entries)
+    }
+
+    pub fn dedup_lookup(
+        &self,
+        dedup_keys: &[[u8; 16]],
+    ) -> Result<Vec<Option<DedupRecord>>, StoreError> {
+        let handle = self.cf(CF_DEDUP);
+        self.db
+            .batched_multi_get_cf(&handle, dedup_keys.iter(), false)
+            .into_iter()
+            .map(|result| match result? {
+                Some(bytes) => {
+                    codec::decode_dedup(&bytes)
+                        .map(Some)
+                        .map_err(|source| StoreError::Corrupt {
+                            cf: CF_DEDUP,
+                            source,
+                        })
+                }
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Raw values of `keys` in `cf`, in order.
+    pub fn multi_get(
+        &self,
+        cf: &'static str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let handle = self.cf(cf);
+        self.db
+            .batched_multi_get_cf(&handle, keys.iter(), false)
+            .into_iter()
+            .map(|result| Ok(result?.map(|slice| slice.to_vec())))
+            .collect()
+    }
+
+    pub fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(&self.cf(cf), key)?)
+    }
+
+    /// Calls `visit` with every (key, value) in `[start, end)`; `visit` returns false to stop.
+    pub fn scan(
+        &self,
+        cf: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let handle = self.cf(cf);
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = end {
+            read_options.set_iterate_upper_bound(end.to_vec());
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(&handle, read_options);
+        iter.seek(start);
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if !visit(key, value) {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(())
+    }
+
+    /// Every row whose key starts with `prefix`.
+    pub fn scan_prefix(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let end = keys::prefix_successor(prefix);
+        self.scan(cf, prefix, end.as_deref(), visit)
+    }
+
+    pub fn checkpoint(&self, projection: &str) -> Result<Option<u64>, StoreError> {
+        match self.get(CF_CHECKPOINTS, projection.as_bytes())? {
+            Some(bytes) => codec::decode_u64(&bytes, "checkpoint")
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    cf: CF_CHECKPOINTS,
+                    source,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    pub fn dead_letters(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let mut letters = Vec::new();
+        let mut failure = None;
+        self.scan(CF_DEAD_LETTER, &keys::seq_key(from), None, |key, value| {
+            match (keys::decode_seq_key(key), codec::decode_dead_letter(value)) {
+                (Some(n), Ok(letter)) => letters.push((n, letter)),
+                (_, Err(source)) => {
+                    failure = Some(StoreError::Corrupt {
+                        cf: CF_DEAD_LETTER,
+                        source,
+                    })
+                }
+                (None, _) => {}
+            }
+            failure.is_none() && letters.len() < limit
+        })?;
+        failure.map_or(Ok(letters), Err)
+    }
+
+    /// Flushes memtables so a clean shutdown leaves nothing to replay from the WAL.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in COLUMN_FAMILIES {
+            self.db.flush_cf(&self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    /// Approximate on-disk bytes of a column family (SST files).
+    pub fn cf_size(&self, cf: &'static str) -> u64 {
+        self.db
+            .property_int_value_cf(&self.cf(cf), "rocksdb.total-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+fn cf_options(name: &str, options: &StoreOptions) -> Options {
+    let mut cf = Options::default();
+    let mut table = BlockBasedOptions::default();
+    match name {
+        CF_LOG | CF_DEAD_LETTER => {
+            // Written once, read in order: compress hard at the bottom level.
+            cf.set_compression_type(DBCompressionType::Lz4);
+            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
+        }
+        CF_DEDUP => {
+            // Point lookups on every append: a bloom filter keeps misses off the disk.
+            table.set_bloom_filter(10.0, false);
+            cf.set_compression_type(DBCompressionType::Lz4);
+            let horizon_micros =
+                i64::try_from(options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+            cf.set_compaction_filter(
+                "tally-dedup-horizon",
+                move |_level: u32, _key: &[u8], value: &[u8]| {
+                    match codec::decode_dedup(value) {
+                        // Past the horizon the late window refuses the event anyway, so the
+                        // record can no longer catch a duplicate.
+                        Ok(record)
+                            if record.event_time < now_micros().saturating_sub(horizon_micros) =>
+                        {
+                            Decision::Remove
+                        }
+                        _ => Decision::Keep,
+                    }
+                },
+            );
+        }
+        _ => {
+            table.set_bloom_filter(10.0, false);
+            cf.set_compression_type(DBCompressionType::Lz4);
+        }
+    }
+    cf.set_block_based_table_factory(&table);
+    cf
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

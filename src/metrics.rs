@@ -1,0 +1,124 @@
+//! Prometheus metrics: ingest outcomes, HTTP requests, log and projector positions.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `recorded`, `duplicate`, `rejected` or `conflict`.
+    pub outcome: &'static str,
+    /// `http` or `kafka`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every metric Tally exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<OutcomeLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub log_entries: Gauge,
+    pub projected_entries: Gauge,
+    pub projector_lag: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tally");
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Usage events by outcome and source",
+            events.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let request_seconds =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            request_seconds.clone(),
+        );
+        let log_entries = Gauge::default();
+        registry.register(
+            "log_entries",
+            "Entries in the append-only log",
+            log_entries.clone(),
+        );
+        let projected_entries = Gauge::default();
+        registry.register(
+            "projected_entries",
+            "Log entries folded into the projections",
+            projected_entries.clone(),
+        );
+        let projector_lag = Gauge::default();
+        registry.register(
+            "projector_lag_entries",
+            "Log entries not yet folded",
+            projector_lag.clone(),
+        );
+        Metrics {
+            registry,
+            events,
+            requests,
+            request_seconds,
+            log_entries,
+            projected_entries,
+            projector_lag,
+        }
+    }
+
+    pub fn count_events(&self, outcome: &'static str, source: &'static str, n: u64) {
+        if n > 0 {
+            self.events
+                .get_or_create(&OutcomeLabels { outcome, source })
+                .inc_by(n);
+        }
+    }
+
+    /// The text exposition, after setting the position gauges.
+    pub fn render(&self, log_entries: u64, projected: u64) -> String {
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.log_entries.set(as_gauge(log_entries));
+        self.projected_entries.set(as_gauge(projected));
+        self.projector_lag
+            .set(as_gauge(log_entries.saturating_sub(projected)));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,244 @@
+//! Projections: pure folds of log entries into hourly, monthly and current-period rows.
+//!
+//! A row's [`Aggregate`] is a commutative monoid (sum, count, max and the newest value by a
+//! content-only order), so folding any permutation of the same events gives the same bytes,
+//! and a batch of deltas can be merged into stored rows in any grouping.
+
+pub mod read;
+pub mod runner;
+
+use std::collections::BTreeMap;
+
+use crate::catalog::{Aggregation, Catalog};
+use crate::event::UsageEvent;
+use crate::log::LogEntry;
+use crate::log::codec::{self, CodecError};
+use crate::log::keys::{self, Scope, SeriesRef};
+use crate::time::{self, UnixMicros};
+
+/// Names of the projections, used for checkpoints.
+pub const USAGE_PROJECTION: &str = "usage";
+
+/// What a projection row keeps of the events of one series in one bucket (micro-units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aggregate {
+    pub sum: i128,
+    pub count: u64,
+    pub max: i64,
+    /// Quantity of the newest event, ordered by (event time, id hash, quantity): content only,
+    /// so arrival order never matters.
+    pub last: i64,
+    pub last_at: UnixMicros,
+    pub last_tiebreak: u64,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Aggregate {
+            sum: 0,
+            count: 0,
+            max: 0,
+            last: 0,
+            last_at: i64::MIN,
+            last_tiebreak: 0,
+        }
+    }
+}
+
+const AGGREGATE_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8 + 8;
+
+impl Aggregate {
+    pub fn of(event: &UsageEvent) -> Self {
+        let quantity = event.quantity.0;
+        Aggregate {
+            sum: i128::from(quantity),
+            count: 1,
+            max: quantity,
+            last: quantity,
+            last_at: event.timestamp,
+            last_tiebreak: xxhash_rust::xxh3::xxh3_64(event.id.as_bytes()),
+        }
+    }
+
+    pub fn merge(&mut self, other: &Aggregate) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+        self.max = self.max.max(other.max);
+        if (other.last_at, other.last_tiebreak, other.last)
+            > (self.last_at, self.last_tiebreak, self.last)
+        {
+            self.last = other.last;
+            self.last_at = other.last_at;
+            self.last_tiebreak = other.last_tiebreak;
+        }
+    }
+
+    /// The series' value under a meter's aggregation, in micro-units (a COUNT of n events is
+    /// n whole units, so every value goes through the same billable arithmetic).
+    pub fn value(&self, aggregation: Aggregation) -> i128 {
+        if self.count == 0 {
+            return 0;
+        }
+        match aggregation {
+            Aggregation::Sum => self.sum,
+            Aggregation::Max => i128::from(self.max),
+            Aggregation::Latest => i128::from(self.last),
+            Aggregation::Count => {
+                i128::from(self.count) * i128::from(crate::units::MICROS_PER_UNIT)
+            }
+        }
+    }
+
+    pub fn encode(&self) -> [u8; AGGREGATE_LEN] {
+        let mut out = [0u8; AGGREGATE_LEN];
+        out[0] = codec::VALUE_VERSION;
+        out[1..17].copy_from_slice(&self.sum.to_be_bytes());
+        out[17..25].copy_from_slice(&self.count.to_be_bytes());
+        out[25..33].copy_from_slice(&self.max.to_be_bytes());
+        out[33..41].copy_from_slice(&self.last.to_be_bytes());
+        out[41..49].copy_from_slice(&self.last_at.to_be_bytes());
+        out[49..57].copy_from_slice(&self.last_tiebreak.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let body = codec::versioned_body(bytes, "aggregate")?;
+        if body.len() != AGGREGATE_LEN - 1 {
+            return Err(CodecError {
+                what: "aggregate",
+                reason: format!("{} bytes, expected {}", body.len(), AGGREGATE_LEN - 1),
+            });
+        }
+        let eight = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
+        Ok(Aggregate {
+            sum: i128::from_be_bytes(body[0..16].try_into().unwrap_or_default()),
+            count: u64::from_be_bytes(eight(16)),
+            max: i64::from_be_bytes(eight(24)),
+            last: i64::from_be_bytes(eight(32)),
+            last_at: i64::from_be_bytes(eight(40)),
+            last_tiebreak: u64::from_be_bytes(eight(48)),
+        })
+    }
+}
+
+/// Row deltas from a run of log entries, keyed by encoded row key.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UsageDeltas {
+    pub hourly: BTreeMap<Vec<u8>, Aggregate>,
+    pub monthly: BTreeMap<Vec<u8>, Aggregate>,
+    /// For each touched monthly row: the `current` row it rolls up into and the aggregation
+    /// that turns the series into a value.
+    pub rollups: BTreeMap<Vec<u8>, (Vec<u8>, Aggregation)>,
+}
+
+impl UsageDeltas {
+    /// Folds one entry; entries for meters the catalog no longer has are kept in the log but
+    /// not projected (they reappear if the meter returns and the projection is rebuilt).
+    pub fn fold(&mut self, entry: &LogEntry, catalog: &Catalog) {
+        let LogEntry::UsageRecorded { event, .. } = entry;
+        let Some(meter) = catalog.meter(&event.metric_label) else {
+            return;
+        };
+        let delta = Aggregate::of(event);
+        let series = SeriesRef {
+            namespace: &event.namespace,
+            metric_label: &event.metric_label,
+            object_name: &event.object_name,
+            deployment: &event.deployment,
+            container: &event.container,
+        };
+        let hour = time::hour_index(event.timestamp);
+        let month = time::month_index(event.timestamp);
+        let period = time::billing_period_of(event.timestamp);
+        for scope in [Scope::Namespace(&event.namespace), Scope::Tenant] {
+            self.hourly
+                .entry(keys::series_key(&event.tenant, scope, hour, &series))
+                .or_default()
+                .merge(&delta);
+            let monthly_key = keys::series_key(&event.tenant, scope, month, &series);
+            self.rollups.entry(monthly_key.clone()).or_insert_with(|| {
+                (
+                    keys::current_key(&event.tenant, scope, period, &event.metric_label),
+                    meter.aggregation,
+                )
+            });
+            self.monthly.entry(monthly_key).or_default().merge(&delta);
+        }
+    }
+}
+
+/// New row values after merging deltas into what is stored. Pure: the runner does the I/O.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RowUpdates {
+    pub hourly: Vec<(Vec<u8>, Aggregate)>,
+    pub monthly: Vec<(Vec<u8>, Aggregate)>,
+    pub current: Vec<(Vec<u8>, i128)>,
+}
+
+/// Merges `deltas` into stored rows. `stored_*` hold the current values of the delta keys in
+/// the same order (`None` = no row yet); `stored_current` gives the current totals by key.
+pub fn merge_rows(
+    deltas: &UsageDeltas,
+    stored_hourly: &[Option<Aggregate>],
+    stored_monthly: &[Option<Aggregate>],
+    stored_current: &BTreeMap<Vec<u8>, i128>,
+) -> RowUpdates {
+    let merge = |rows: &BTreeMap<Vec<u8>, Aggregate>,
+                 stored: &[Option<Aggregate>]|
+     -> Vec<(Vec<u8>, Aggregate, Aggregate)> {
+        rows.iter()
+            .zip(stored)
+            .map(|((key, delta), old)| {
+                let old = old.unwrap_or_default();
+                let mut new = old;
+                new.merge(delta);
+                (key.clone(), old, new)
+            })
+            .collect()
+    };
+    let hourly = merge(&deltas.hourly, stored_hourly)
+        .into_iter()
+        .map(|(k, _, new)| (k, new))
+        .collect();
+    let monthly = merge(&deltas.monthly, stored_monthly);
+    // The current total of a period is the sum of its series' values; each touched series
+    // moves it by (new value − old value), whatever the aggregation.
+    let mut current: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
+    for (key, old, new) in &monthly {
+        if let Some((current_key, aggregation)) = deltas.rollups.get(key) {
+            let total = current
+                .entry(current_key.clone())
+                .or_insert_with(|| stored_current.get(current_key).copied().unwrap_or(0));
+            *total += new.value(*aggregation) - old.value(*aggregation);
+        }
+    }
+    RowUpdates {
+        hourly,
+        monthly: monthly.into_iter().map(|(k, _, new)| (k, new)).collect(),
+        current: current.into_iter().collect(),
+    }
+}
+
+/// Folds entries into rows from nothing: what a rebuild computes, and what tests compare with.
+pub fn fold_from_scratch<'a>(
+    entries: impl IntoIterator<Item = &'a LogEntry>,
+    catalog: &Catalog,
+) -> RowUpdates {
+    let mut deltas = UsageDeltas::default();
+    for entry in entries {
+        deltas.fold(entry, catalog);
+    }
+    let none_hourly = vec![None; deltas.hourly.len()];
+    let none_monthly = vec![None; deltas.monthly.len()];
+    merge_rows(&deltas, &none_hourly, &none_monthly, &BTreeMap::new())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! Reads of projection rows for the API (blocking; callers use `spawn_blocking`).
+
+use std::collections::BTreeMap;
+
+use super::Aggregate;
+use crate::log::codec;
+use crate::log::keys::{self, Scope, SeriesRow};
+use crate::log::store::{CF_CURRENT, Store, StoreError};
+
+/// Rows of `cf` (`hourly` or `monthly`) for one tenant and scope with buckets in `[from, to)`.
+pub fn series_rows(
+    store: &Store,
+    cf: &'static str,
+    tenant: &str,
+    scope: Scope<'_>,
+    from_bucket: u32,
+    to_bucket: u32,
+) -> Result<Vec<(SeriesRow, Aggregate)>, StoreError> {
+    let start = keys::bucket_prefix(tenant, scope, from_bucket);
+    let end = keys::bucket_prefix(tenant, scope, to_bucket);
+    let mut rows = Vec::new();
+    let mut failure = None;
+    store.scan(cf, &start, Some(&end), |key, value| {
+        match (keys::decode_series_key(key), Aggregate::decode(value)) {
+            (Some(row), Ok(aggregate)) => rows.push((row, aggregate)),
+            (None, _) => {
+                failure = Some(StoreError::Corrupt {
+                    cf,
+                    source: codec::CodecError {
+                        what: "series key",
+                        reason: format!("{} bytes", key.len()),
+                    },
+                })
+            }
+            (_, Err(source)) => failure = Some(StoreError::Corrupt { cf, source }),
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(rows), Err)
+}
+
+/// Per-metric totals of every billing period of one tenant and scope: period → metric → micros.
+pub fn current_totals(
+    store: &Store,
+    tenant: &str,
+    scope: Scope<'_>,
+    period: Option<u32>,
+) -> Result<BTreeMap<u32, BTreeMap<String, i128>>, StoreError> {
+    let prefix = match period {
+        Some(period) => keys::bucket_prefix(tenant, scope, period),
+        None => keys::scope_prefix(tenant, scope),
+    };
+    let mut totals: BTreeMap<u32, BTreeMap<String, i128>> = BTreeMap::new();
+    let mut failure = None;
+    store.scan_prefix(CF_CURRENT, &prefix, |key, value| {
+        match (
+            keys::decode_current_key(key),
+            codec::decode_i128(value, "current total"),
+        ) {
+            (Some((_, _, period, metric)), Ok(total)) => {
+                totals.entry(period).or_default().insert(metric, total);
+            }
+            (None, _) => {
+                failure = Some(StoreError::Corrupt {
+                    cf: CF_CURRENT,
+                    source: codec::CodecError {
+                        what: "current key",
+                        reason: format!("{} bytes", key.len()),
+                    },
+                })
+            }
+            (_, Err(source)) => {
+                failure = Some(StoreError::Corrupt {
+                    cf: CF_CURRENT,
+                    source,
+                })
+            }
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(totals), Err)
+}

@@ -1,0 +1,163 @@
+//! The projector thread: tails the log, folds batches, writes rows and checkpoint atomically.
+//!
+//! A crash between batches loses nothing: rows and checkpoint move together, so the next start
+//! resumes at the checkpoint and folds the same entries into the same rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rocksdb::WriteBatch;
+use tokio::sync::watch;
+
+use super::{Aggregate, USAGE_PROJECTION, UsageDeltas, merge_rows};
+use crate::catalog::Catalog;
+use crate::log::append::LogHead;
+use crate::log::codec;
+use crate::log::store::{CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError};
+
+/// Entries folded per batch: large enough to amortise the row reads, small enough to keep a
+/// batch's memory and latency modest.
+pub const FOLD_BATCH: usize = 8_192;
+
+/// Whether the projector is keeping up; `/readyz` reads it.
+#[derive(Debug, Default)]
+pub struct ProjectorHealth {
+    failing: AtomicBool,
+}
+
+impl ProjectorHealth {
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the projector over `store`. `projected` carries the next seq to fold (everything
+/// below it is in the projections). The thread ends once the log is closed and folded.
+pub fn start(
+    store: Store,
+    catalog: Arc<Catalog>,
+    head: Arc<LogHead>,
+    projected: watch::Sender<u64>,
+    health: Arc<ProjectorHealth>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tally-projector".into())
+        .spawn(move || {
+            let mut next = loop {
+                match store.checkpoint(USAGE_PROJECTION) {
+                    Ok(checkpoint) => break checkpoint.unwrap_or(0),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot read the projector checkpoint; retrying");
+                        health.failing.store(true, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            };
+            projected.send_replace(next);
+            loop {
+                let (log_head, closed) = head.wait_beyond(next, Duration::from_millis(500));
+                if log_head > next {
+                    match fold_batch(&store, &catalog, next) {
+                        Ok(after) => {
+                            next = after;
+                            health.failing.store(false, Ordering::Relaxed);
+                            projected.send_replace(next);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, next, "projector batch failed; retrying");
+                            health.failing.store(true, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                } else if closed {
+                    break;
+                }
+            }
+            tracing::info!(next, "projector stopped");
+        })
+}
+
+/// Folds one batch starting at `from`; returns the next seq to fold.
+pub fn fold_batch(store: &Store, catalog: &Catalog, from: u64) -> Result<u64, StoreError> {
+    let entries = store.read_log(from, FOLD_BATCH)?;
+    let Some(&(last_seq, _)) = entries.last() else {
+        return Ok(from);
+    };
+    let mut deltas = UsageDeltas::default();
+    for (_, entry) in &entries {
+        deltas.fold(entry, catalog);
+    }
+    let stored_hourly = read_aggregates(store, CF_HOURLY, deltas.hourly.keys())?;
+    let stored_monthly = read_aggregates(store, CF_MONTHLY, deltas.monthly.keys())?;
+    let current_keys: Vec<Vec<u8>> = {
+        let mut unique: Vec<Vec<u8>> = deltas.rollups.values().map(|(k, _)| k.clone()).collect();
+        unique.sort();
+        unique.dedup();
+        unique
+    };
+    let mut stored_current = BTreeMap::new();
+    for (key, value) in current_keys
+        .iter()
+        .zip(store.multi_get(CF_CURRENT, &current_keys)?)
+    {
+        if let Some(bytes) = value {
+            let total = codec::decode_i128(&bytes, "current total").map_err(|source| {
+                StoreError::Corrupt {
+                    cf: CF_CURRENT,
+                    source,
+                }
+            })?;
+            stored_current.insert(key.clone(), total);
+        }
+    }
+    let updates = merge_rows(&deltas, &stored_hourly, &stored_monthly, &stored_current);
+
+    let next = last_seq + 1;
+    let mut batch = WriteBatch::default();
+    {
+        let (hourly, monthly, current, checkpoints) = (
+            store.cf(CF_HOURLY),
+            store.cf(CF_MONTHLY),
+            store.cf(CF_CURRENT),
+            store.cf(CF_CHECKPOINTS),
+        );
+        for (key, aggregate) in &updates.hourly {
+            batch.put_cf(&hourly, key, aggregate.encode());
+        }
+        for (key, aggregate) in &updates.monthly {
+            batch.put_cf(&monthly, key, aggregate.encode());
+        }
+        for (key, total) in &updates.current {
+            batch.put_cf(&current, key, codec::encode_i128(*total));
+        }
+        batch.put_cf(
+            &checkpoints,
+            USAGE_PROJECTION.as_bytes(),
+            codec::encode_u64(next),
+        );
+    }
+    // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
+    store.write(batch, false)?;
+    Ok(next)
+}
+
+fn read_aggregates<'a>(
+    store: &Store,
+    cf: &'static str,
+    keys: impl Iterator<Item = &'a Vec<u8>>,
+) -> Result<Vec<Option<Aggregate>>, StoreError> {
+    let keys: Vec<Vec<u8>> = keys.cloned().collect();
+    store
+        .multi_get(cf, &keys)?
+        .into_iter()
+        .map(|value| match value {
+            Some(bytes) => Aggregate::decode(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { cf, source }),
+            None => Ok(None),
+        })
+        .collect()
+}

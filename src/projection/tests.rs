@@ -1,0 +1,177 @@
+//! Property tests of the folds: order never matters, batches compose, buckets agree.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::EventSource;
+use crate::units::Micros;
+
+const METRICS: [&str; 4] = [
+    "http_lb_requests",
+    "object_storage_peak_bytes",
+    "http_loadbalancers",
+    "waf_security_events",
+];
+
+fn entry(
+    i: usize,
+    tenant: u8,
+    ns: u8,
+    metric: usize,
+    quantity: i64,
+    hour_offset: i64,
+    object: u8,
+) -> LogEntry {
+    // Late November 2026, spanning a month boundary with the hour offsets below.
+    let base = time::parse_rfc3339("2026-11-30T20:00:00Z").unwrap_or_default();
+    LogEntry::UsageRecorded {
+        event: UsageEvent {
+            tenant: format!("t{tenant}"),
+            id: format!("e{i}"),
+            namespace: format!("ns{ns}"),
+            metric_label: METRICS[metric].to_owned(),
+            quantity: Micros(quantity),
+            timestamp: base + hour_offset * time::MICROS_PER_HOUR / 4,
+            object_name: format!("o{object}"),
+            deployment: String::new(),
+            container: String::new(),
+            labels: BTreeMap::new(),
+        },
+        source: EventSource::Http { received_at: 0 },
+        recorded_at: 0,
+    }
+}
+
+fn entries() -> impl Strategy<Value = Vec<LogEntry>> {
+    proptest::collection::vec(
+        (0u8..2, 0u8..3, 0usize..4, 0i64..5_000_000, 0i64..40, 0u8..3),
+        1..60,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, ns, m, q, h, o))| entry(i, t, ns, m, q, h, o))
+            .collect()
+    })
+}
+
+fn incremental(chunks: &[&[LogEntry]], catalog: &Catalog) -> RowUpdates {
+    let mut hourly: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
+    let mut monthly: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
+    let mut current: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
+    for chunk in chunks {
+        let mut deltas = UsageDeltas::default();
+        for e in *chunk {
+            deltas.fold(e, catalog);
+        }
+        let stored_h: Vec<_> = deltas
+            .hourly
+            .keys()
+            .map(|k| hourly.get(k).copied())
+            .collect();
+        let stored_m: Vec<_> = deltas
+            .monthly
+            .keys()
+            .map(|k| monthly.get(k).copied())
+            .collect();
+        let updates = merge_rows(&deltas, &stored_h, &stored_m, &current);
+        hourly.extend(updates.hourly);
+        monthly.extend(updates.monthly);
+        current.extend(updates.current);
+    }
+    RowUpdates {
+        hourly: hourly.into_iter().collect(),
+        monthly: monthly.into_iter().collect(),
+        current: current.into_iter().collect(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn any_permutation_folds_to_the_same_rows(events in entries(), seed: u64) {
+        let catalog = Catalog::builtin().unwrap();
+        let expected = fold_from_scratch(&events, &catalog);
+        let mut shuffled = events.clone();
+        // A deterministic shuffle from the seed (Fisher–Yates with an LCG).
+        let mut state = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (state >> 33) as usize % (i + 1));
+        }
+        prop_assert_eq!(fold_from_scratch(&shuffled, &catalog), expected);
+    }
+
+    #[test]
+    fn folding_in_batches_equals_folding_at_once(events in entries(), cut1 in 0usize..60, cut2 in 0usize..60) {
+        let catalog = Catalog::builtin().unwrap();
+        let (a, b) = (cut1.min(events.len()), cut2.min(events.len()));
+        let (a, b) = (a.min(b), a.max(b));
+        let chunks = [&events[..a], &events[a..b], &events[b..]];
+        prop_assert_eq!(incremental(&chunks, &catalog), fold_from_scratch(&events, &catalog));
+    }
+
+    #[test]
+    fn hourly_sums_equal_monthly_sums(events in entries()) {
+        let catalog = Catalog::builtin().unwrap();
+        let rows = fold_from_scratch(&events, &catalog);
+        let mut from_hours: BTreeMap<(String, String, u32, keys::Series), Aggregate> = BTreeMap::new();
+        for (key, agg) in &rows.hourly {
+            let row = keys::decode_series_key(key).expect("hourly key");
+            from_hours
+                .entry((row.tenant, row.scope, time::month_of_hour(row.bucket), row.series))
+                .or_default()
+                .merge(agg);
+        }
+        let from_months: BTreeMap<_, _> = rows.monthly.iter().map(|(key, agg)| {
+            let row = keys::decode_series_key(key).expect("monthly key");
+            ((row.tenant, row.scope, row.bucket, row.series), *agg)
+        }).collect();
+        prop_assert_eq!(from_hours, from_months);
+    }
+
+    #[test]
+    fn current_totals_are_sums_of_series_values(events in entries()) {
+        let catalog = Catalog::builtin().unwrap();
+        let rows = fold_from_scratch(&events, &catalog);
+        let mut expected: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
+        for (key, agg) in &rows.monthly {
+            let row = keys::decode_series_key(key).expect("monthly key");
+            let aggregation = catalog.meter(&row.series.metric_label).expect("meter").aggregation;
+            let scope = if row.scope == keys::TENANT_SCOPE { Scope::Tenant } else { Scope::Namespace(&row.scope) };
+            *expected.entry(keys::current_key(&row.tenant, scope, row.bucket, &row.series.metric_label)).or_default() += agg.value(aggregation);
+        }
+        prop_assert_eq!(rows.current.into_iter().collect::<BTreeMap<_, _>>(), expected);
+    }
+
+    #[test]
+    fn aggregates_round_trip(sum: i128, count: u64, max: i64, last: i64, last_at: i64, last_tiebreak: u64) {
+        let agg = Aggregate { sum, count, max, last, last_at, last_tiebreak };
+        prop_assert_eq!(Aggregate::decode(&agg.encode()).unwrap(), agg);
+    }
+}
+
+#[test]
+fn tenant_scope_rows_mirror_namespace_rows() {
+    let catalog = Catalog::builtin().unwrap();
+    let rows = fold_from_scratch(
+        &[
+            entry(0, 0, 1, 0, 5_000_000, 0, 0),
+            entry(1, 0, 2, 0, 7_000_000, 0, 0),
+        ],
+        &catalog,
+    );
+    // Two namespaces → two namespace rows and two tenant-wide rows per bucket.
+    assert_eq!(rows.hourly.len(), 4);
+    let tenant_total: i128 = rows
+        .current
+        .iter()
+        .filter(|(k, _)| keys::decode_current_key(k).is_some_and(|(_, scope, _, _)| scope == "*"))
+        .map(|(_, total)| total)
+        .sum();
+    assert_eq!(tenant_total, 12_000_000);
+}

@@ -1,0 +1,222 @@
+//! Shared harness of the integration suites: a real `tally serve` process on a free loopback
+//! port, a blocking HTTP client, test catalogs and event generators.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+
+/// A test catalog: the built-in one with a priced default plan, so cost lines carry cents.
+pub fn priced_catalog(dir: &Path) -> PathBuf {
+    let mut catalog: Value =
+        serde_json::from_str(tally::catalog::DEFAULT_CATALOG_JSON).expect("catalog json");
+    catalog["default_plan"] = Value::from("individual-plan");
+    let path = dir.join("catalog.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&catalog).expect("encode"))
+        .expect("write catalog");
+    path
+}
+
+/// A running `tally serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    catalog: Option<PathBuf>,
+    log: PathBuf,
+    client: reqwest::blocking::Client,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, catalog: Option<&Path>) -> Server {
+        let log = data_dir.with_extension("log");
+        let mut server = Server {
+            child: None,
+            base: String::new(),
+            data_dir: data_dir.to_owned(),
+            catalog: catalog.map(Path::to_owned),
+            log,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .env("TALLY_ADMIN_TOKEN", OPERATOR_TOKEN)
+            .env("TALLY_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if let Some(catalog) = &self.catalog {
+            command.arg("--catalog").arg(catalog);
+        }
+        let mut child = command.spawn().expect("spawn tally");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("tally: listening on ") {
+                    let address = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(address);
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "tally did not start; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            });
+        self.base = address;
+        self.child = Some(child);
+    }
+
+    /// Graceful stop (SIGTERM) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "tally exited with {status} after SIGTERM");
+        }
+    }
+
+    /// SIGKILL: no chance to flush or drain.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    pub fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let mut request = self.client.post(format!("{}{path}", self.base)).body(body);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("APIToken {token}"));
+        }
+        let response = request.send()?;
+        let status = response.status().as_u16();
+        let text = response.text()?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(
+            path,
+            Some(OPERATOR_TOKEN),
+            serde_json::to_vec(body).expect("json"),
+        )
+        .expect("request")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .expect("request");
+        (response.status().as_u16(), response.text().expect("body"))
+    }
+
+    /// Waits until the projections include every log entry.
+    pub fn wait_caught_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get("/readyz");
+            let ready: Value = serde_json::from_str(&body).unwrap_or_default();
+            if status == 200 && ready["log_entries"] == ready["projected_entries"] {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "projections never caught up: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64), so every run generates the same workload.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Decimal text of micro-units, written independently of the engine's formatter.
+pub fn micros_text(micros: i64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+}
