@@ -213,12 +213,11 @@ impl Tokens {
         if let Some((id, secret)) = presented
             .strip_prefix("tly_")
             .and_then(|rest| rest.split_once('_'))
+            && let Some(record) = records.get(id).filter(|r| r.id != OPERATOR_ID)
         {
-            if let Some(record) = records.get(id).filter(|r| r.id != OPERATOR_ID) {
-                return record
-                    .matches(secret.as_bytes(), now)
-                    .then(|| record.caller());
-            }
+            return record
+                .matches(secret.as_bytes(), now)
+                .then(|| record.caller());
         }
         let operator = records.get(OPERATOR_ID)?;
         operator

@@ -255,14 +255,14 @@ fn parse_cloudevent(raw: &[u8]) -> Result<Unvalidated<'_>, Rejection> {
             "is required by CloudEvents 1.0",
         ));
     }
-    if let Some(content_type) = wire.datacontenttype.as_deref() {
-        if !content_type.starts_with("application/json") {
-            return Err(Rejection::new(
-                id,
-                "datacontenttype",
-                format!("`{content_type}` is not application/json"),
-            ));
-        }
+    if let Some(content_type) = wire.datacontenttype.as_deref()
+        && !content_type.starts_with("application/json")
+    {
+        return Err(Rejection::new(
+            id,
+            "datacontenttype",
+            format!("`{content_type}` is not application/json"),
+        ));
     }
     let Some(data) = wire.data else {
         return Err(Rejection::new(

@@ -67,6 +67,14 @@ pub fn parse_unix_or_rfc3339(text: &str) -> Option<UnixMicros> {
     parse_rfc3339(text)
 }
 
+/// The engine's clock, injectable so tests can move time.
+pub type Clock = std::sync::Arc<dyn Fn() -> UnixMicros + Send + Sync>;
+
+/// Wall-clock time.
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(|| Utc::now().timestamp_micros())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,12 +106,4 @@ mod tests {
         );
         assert_eq!(parse_unix_or_rfc3339("yesterday"), None);
     }
-}
-
-/// The engine's clock, injectable so tests can move time.
-pub type Clock = std::sync::Arc<dyn Fn() -> UnixMicros + Send + Sync>;
-
-/// Wall-clock time.
-pub fn system_clock() -> Clock {
-    std::sync::Arc::new(|| Utc::now().timestamp_micros())
 }

@@ -91,10 +91,9 @@ pub fn openapi_document() -> Bytes {
     if let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
+        && let Some(own) = tally.get("schemas").and_then(Value::as_object)
     {
-        if let Some(own) = tally.get("schemas").and_then(Value::as_object) {
-            schemas.extend(own.clone());
-        }
+        schemas.extend(own.clone());
     }
     if let Some(info) = document.get_mut("info").and_then(Value::as_object_mut) {
         info.insert(
