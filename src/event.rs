@@ -161,6 +161,18 @@ struct Unvalidated<'a> {
     labels: Option<BTreeMap<String, String>>,
 }
 
+/// Attributes only a CloudEvent has (Tally's own form shares `id` and `tenant`).
+const CLOUDEVENT_ATTRIBUTES: &[&str] = &[
+    "specversion",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+];
+
 /// Decodes and validates one event.
 pub fn decode(raw: &[u8], ctx: &DecodeContext<'_>) -> Result<UsageEvent, Rejection> {
     if raw.len() > MAX_EVENT_BYTES {
@@ -215,7 +227,21 @@ pub fn json_error_field(
 }
 
 fn parse_native(raw: &[u8]) -> Result<Unvalidated<'_>, Rejection> {
-    let wire: NativeWire<'_> = parse_json(raw)?;
+    let wire: NativeWire<'_> = parse_json(raw).map_err(|rejection| {
+        // A CloudEvent that lost its `specversion` fails here on its first CloudEvents attribute.
+        if CLOUDEVENT_ATTRIBUTES.contains(&rejection.field.as_str()) {
+            Rejection::new(
+                None,
+                "specversion",
+                format!(
+                    "is required: the event has the CloudEvents attribute `{}`",
+                    rejection.field
+                ),
+            )
+        } else {
+            rejection
+        }
+    })?;
     Ok(Unvalidated {
         id: wire.id,
         tenant: wire.tenant,
@@ -685,6 +711,71 @@ mod tests {
         )
         .unwrap();
         assert_eq!(event.tenant, "globex");
+    }
+
+    /// The JSON Schema and the decoder describe the same contract.
+    #[test]
+    fn schema_and_decoder_agree() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schemas/usage_event.schema.json")).unwrap();
+        let catalog = Catalog::builtin().unwrap();
+        let context = ctx(&catalog);
+        let full = serde_json::json!({
+            "id": "e1", "tenant": "acme", "namespace": "shop", "metric_label": "http_lb_requests",
+            "quantity": "1.5", "timestamp": "2026-11-28T11:00:00Z", "object_name": "lb",
+            "deployment": "web", "container": "nginx", "labels": {"k": "v"}
+        });
+        let tally = &schema["$defs"]["tally"];
+        let properties: Vec<&String> = tally["properties"].as_object().unwrap().keys().collect();
+        let mut declared: Vec<&String> = properties.clone();
+        declared.sort();
+        let mut sent: Vec<&String> = full.as_object().unwrap().keys().collect();
+        sent.sort();
+        assert_eq!(declared, sent, "the sample carries every declared property");
+        assert!(decode(full.to_string().as_bytes(), &context).is_ok());
+        for required in tally["required"].as_array().unwrap() {
+            let field = required.as_str().unwrap();
+            let mut event = full.clone();
+            event.as_object_mut().unwrap().remove(field);
+            let err = decode(event.to_string().as_bytes(), &context).unwrap_err();
+            assert_eq!(err.field, field);
+        }
+        for optional in properties.iter().filter(|p| {
+            !tally["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == **p)
+        }) {
+            let mut event = full.clone();
+            event.as_object_mut().unwrap().remove(optional.as_str());
+            assert!(
+                decode(event.to_string().as_bytes(), &context).is_ok(),
+                "{optional} is optional"
+            );
+        }
+        let mut extra = full.clone();
+        extra["colour"] = serde_json::json!("red");
+        assert_eq!(
+            decode(extra.to_string().as_bytes(), &context)
+                .unwrap_err()
+                .field,
+            "colour"
+        );
+
+        let cloudevent = &schema["$defs"]["cloudevent"];
+        let full = serde_json::json!({
+            "specversion": "1.0", "id": "c1", "source": "/lb", "type": "http_lb_requests", "subject": "shop",
+            "time": "2026-11-28T11:00:00Z", "data": {"quantity": 2}
+        });
+        assert!(decode(full.to_string().as_bytes(), &context).is_ok());
+        for required in cloudevent["required"].as_array().unwrap() {
+            let field = required.as_str().unwrap();
+            let mut event = full.clone();
+            event.as_object_mut().unwrap().remove(field);
+            let err = decode(event.to_string().as_bytes(), &context).unwrap_err();
+            assert_eq!(err.field, field);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -29,19 +30,32 @@ pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
     catalog: Option<PathBuf>,
+    admin_token: Option<String>,
     log: PathBuf,
+    /// Every line the server printed on stdout, across restarts.
+    pub stdout: Arc<Mutex<Vec<String>>>,
     client: reqwest::blocking::Client,
 }
 
 impl Server {
     pub fn start(data_dir: &Path, catalog: Option<&Path>) -> Server {
-        let log = data_dir.with_extension("log");
+        Self::start_with(data_dir, catalog, Some(OPERATOR_TOKEN))
+    }
+
+    /// `admin_token: None` starts without TALLY_ADMIN_TOKEN, as a new user would.
+    pub fn start_with(
+        data_dir: &Path,
+        catalog: Option<&Path>,
+        admin_token: Option<&str>,
+    ) -> Server {
         let mut server = Server {
             child: None,
             base: String::new(),
             data_dir: data_dir.to_owned(),
             catalog: catalog.map(Path::to_owned),
-            log,
+            admin_token: admin_token.map(str::to_owned),
+            log: data_dir.with_extension("log"),
+            stdout: Arc::default(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -61,18 +75,23 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
-            .env("TALLY_ADMIN_TOKEN", OPERATOR_TOKEN)
+            .env_remove("TALLY_ADMIN_TOKEN")
             .env("TALLY_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
         if let Some(catalog) = &self.catalog {
             command.arg("--catalog").arg(catalog);
         }
+        if let Some(token) = &self.admin_token {
+            command.env("TALLY_ADMIN_TOKEN", token);
+        }
         let mut child = command.spawn().expect("spawn tally");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = self.stdout.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().expect("stdout lines").push(line.clone());
                 if let Some(rest) = line.strip_prefix("tally: listening on ") {
                     let address = rest
                         .split_whitespace()
