@@ -37,18 +37,22 @@ fn raw_events(now: i64, offset: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn decode_and_fold(c: &mut Criterion) {
-    let catalog = Catalog::builtin().expect("catalog");
-    let now = (time::system_clock())();
-    let raws = raw_events(now, 0);
-    let context = DecodeContext {
-        catalog: &catalog,
+fn decode_context(catalog: &Catalog, now: i64) -> DecodeContext<'_> {
+    DecodeContext {
+        catalog,
         now,
         late_window: 35 * 24 * time::MICROS_PER_HOUR,
         future_skew: 300 * time::MICROS_PER_SECOND,
         tenant: "default",
         may_name_any_tenant: false,
-    };
+    }
+}
+
+fn decode_and_fold(c: &mut Criterion) {
+    let catalog = Catalog::builtin().expect("catalog");
+    let now = (time::system_clock())();
+    let raws = raw_events(now, 0);
+    let context = decode_context(&catalog, now);
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("decode_1000", |b| {
@@ -90,14 +94,7 @@ fn log_append(c: &mut Criterion) {
     let clock = time::system_clock();
     let now = clock();
     let (appender, _thread) = Appender::start(store, LogHead::new(0), clock).expect("appender");
-    let context = DecodeContext {
-        catalog: &catalog,
-        now,
-        late_window: 35 * 24 * time::MICROS_PER_HOUR,
-        future_skew: 300 * time::MICROS_PER_SECOND,
-        tenant: "default",
-        may_name_any_tenant: false,
-    };
+    let context = decode_context(&catalog, now);
     let mut offset = 0;
     let mut group = c.benchmark_group("log");
     group.throughput(Throughput::Elements(BATCH as u64));

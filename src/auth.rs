@@ -168,18 +168,20 @@ impl Tokens {
         data_dir: &Path,
         now: UnixMicros,
     ) -> Result<Option<String>, OperatorTokenError> {
-        let all = vec!["*".to_owned()];
-        if let Some(token) = given {
-            let record = TokenRecord::new(
+        let operator = |secret: &[u8]| {
+            let all = vec!["*".to_owned()];
+            TokenRecord::new(
                 OPERATOR_ID,
                 DEFAULT_TENANT,
                 Role::Admin,
                 all,
                 true,
-                token.as_bytes(),
+                secret,
                 now,
-            );
-            self.save(record)?;
+            )
+        };
+        if let Some(token) = given {
+            self.save(operator(token.as_bytes()))?;
             return Ok(None);
         }
         let exists = self
@@ -194,15 +196,7 @@ impl Tokens {
         rand::rng().fill_bytes(&mut secret);
         let token = format!("tly_{}", hex::encode(secret));
         write_private_file(&data_dir.join(ADMIN_TOKEN_FILE), &token)?;
-        self.save(TokenRecord::new(
-            OPERATOR_ID,
-            DEFAULT_TENANT,
-            Role::Admin,
-            all,
-            true,
-            token.as_bytes(),
-            now,
-        ))?;
+        self.save(operator(token.as_bytes()))?;
         Ok(Some(token))
     }
 

@@ -88,19 +88,21 @@ pub fn encode_dedup(record: &DedupRecord) -> [u8; 25] {
 }
 
 pub fn decode_dedup(bytes: &[u8]) -> Result<DedupRecord, CodecError> {
-    let body = versioned_body(bytes, "dedup record")?;
-    let field = |range: std::ops::Range<usize>| -> Result<[u8; 8], CodecError> {
-        body.get(range)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(CodecError {
-                what: "dedup record",
-                reason: format!("{} bytes, expected 24", body.len()),
-            })
-    };
+    let body: [u8; 24] = fixed_body(bytes, "dedup record")?;
+    let word = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
     Ok(DedupRecord {
-        seq: u64::from_be_bytes(field(0..8)?),
-        event_time: i64::from_be_bytes(field(8..16)?),
-        fingerprint: u64::from_be_bytes(field(16..24)?),
+        seq: u64::from_be_bytes(word(0)),
+        event_time: i64::from_be_bytes(word(8)),
+        fingerprint: u64::from_be_bytes(word(16)),
+    })
+}
+
+/// The body of a versioned fixed-width value, checked for its length.
+pub fn fixed_body<const N: usize>(bytes: &[u8], what: &'static str) -> Result<[u8; N], CodecError> {
+    let body = versioned_body(bytes, what)?;
+    body.try_into().map_err(|_| CodecError {
+        what,
+        reason: format!("{} bytes, expected {N}", body.len()),
     })
 }
 
@@ -112,13 +114,7 @@ pub fn encode_u64(value: u64) -> [u8; 9] {
 }
 
 pub fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, CodecError> {
-    let body = versioned_body(bytes, what)?;
-    Ok(u64::from_be_bytes(body.try_into().map_err(|_| {
-        CodecError {
-            what,
-            reason: format!("{} bytes, expected 8", body.len()),
-        }
-    })?))
+    fixed_body(bytes, what).map(u64::from_be_bytes)
 }
 
 pub fn encode_i128(value: i128) -> [u8; 17] {
@@ -129,13 +125,7 @@ pub fn encode_i128(value: i128) -> [u8; 17] {
 }
 
 pub fn decode_i128(bytes: &[u8], what: &'static str) -> Result<i128, CodecError> {
-    let body = versioned_body(bytes, what)?;
-    Ok(i128::from_be_bytes(body.try_into().map_err(|_| {
-        CodecError {
-            what,
-            reason: format!("{} bytes, expected 16", body.len()),
-        }
-    })?))
+    fixed_body(bytes, what).map(i128::from_be_bytes)
 }
 
 /// Encodes any serde value the same way log entries are (for records such as tokens).

@@ -109,13 +109,7 @@ impl Aggregate {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let body = codec::versioned_body(bytes, "aggregate")?;
-        if body.len() != AGGREGATE_LEN - 1 {
-            return Err(CodecError {
-                what: "aggregate",
-                reason: format!("{} bytes, expected {}", body.len(), AGGREGATE_LEN - 1),
-            });
-        }
+        let body: [u8; AGGREGATE_LEN - 1] = codec::fixed_body(bytes, "aggregate")?;
         let eight = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
         Ok(Aggregate {
             sum: i128::from_be_bytes(body[0..16].try_into().unwrap_or_default()),
