@@ -93,7 +93,8 @@ fn log_append(c: &mut Criterion) {
     .expect("store");
     let clock = time::system_clock();
     let now = clock();
-    let (appender, _thread) = Appender::start(store, LogHead::new(0), clock).expect("appender");
+    let (appender, _thread) =
+        Appender::start(store, LogHead::new(0), clock, Default::default()).expect("appender");
     let context = decode_context(&catalog, now);
     let mut offset = 0;
     let mut group = c.benchmark_group("log");

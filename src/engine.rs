@@ -7,10 +7,11 @@ use tokio::sync::watch;
 
 use crate::auth::{OperatorTokenError, Tokens};
 use crate::config::Config;
+use crate::health::Health;
 use crate::log::append::{Appender, LogHead};
 use crate::log::store::{Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
-use crate::projection::runner::{self, ProjectorHealth};
+use crate::projection::runner;
 use crate::time::{Clock, UnixMicros};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,9 @@ pub struct Engine {
     pub appender: Appender,
     pub head: Arc<LogHead>,
     pub projected: watch::Receiver<u64>,
-    pub projector_health: Arc<ProjectorHealth>,
+    pub projector_health: Arc<Health>,
+    /// Set while the log cannot be written (appends answer 503).
+    pub writer_health: Arc<Health>,
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub clock: Clock,
@@ -64,10 +67,15 @@ impl Engine {
             tokens.ensure_operator(config.admin_token.as_deref(), &config.data_dir, clock())?;
 
         let head = LogHead::new(0);
-        let (appender, writer_thread) =
-            Appender::start(store.clone(), head.clone(), clock.clone())?;
+        let writer_health = Arc::new(Health::default());
+        let (appender, writer_thread) = Appender::start(
+            store.clone(),
+            head.clone(),
+            clock.clone(),
+            writer_health.clone(),
+        )?;
         let (projected_tx, projected) = watch::channel(0);
-        let projector_health = Arc::new(ProjectorHealth::default());
+        let projector_health = Arc::new(Health::default());
         let projector_thread = runner::start(
             store.clone(),
             config.catalog.clone(),
@@ -82,6 +90,7 @@ impl Engine {
             head,
             projected,
             projector_health,
+            writer_health,
             tokens,
             metrics: Metrics::new(),
             clock,

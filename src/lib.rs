@@ -15,7 +15,7 @@
 //! - [`projection::runner`]: the projector thread that checkpoints with its rows.
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
-//! - [`auth`], [`config`], [`metrics`].
+//! - [`auth`], [`config`], [`metrics`], [`health`].
 //!
 //! # Invariants
 //! - The log is the truth: projections are rebuilt from it and a fold of the same log gives the
@@ -35,6 +35,7 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod projection;

@@ -31,19 +31,23 @@ struct Readiness {
     status: &'static str,
     log_entries: u64,
     projected_entries: u64,
+    log_writer_failing: bool,
     projector_failing: bool,
 }
 
-/// Ready when the projector is folding without errors; the positions let clients and tests see
-/// how far the projections are behind the log.
+/// Ready when the log can be written and the projector folds without errors; the positions let
+/// clients and tests see how far the projections are behind the log.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
-    let failing = engine.projector_health.is_failing();
+    let writer_failing = engine.writer_health.is_failing();
+    let projector_failing = engine.projector_health.is_failing();
+    let failing = writer_failing || projector_failing;
     let body = Readiness {
         status: if failing { "unavailable" } else { "ready" },
         log_entries: engine.head.get(),
         projected_entries: *engine.projected.borrow(),
-        projector_failing: failing,
+        log_writer_failing: writer_failing,
+        projector_failing,
     };
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE

@@ -17,6 +17,7 @@ use super::keys;
 use super::store::{CF_DEAD_LETTER, CF_DEDUP, CF_LOG, Store, StoreError};
 use super::{DeadLetter, DedupRecord, LogEntry};
 use crate::event::{EventSource, Rejection, UsageEvent};
+use crate::health::Health;
 use crate::time::Clock;
 
 /// Most events written in one batch; bounds memory and the time one fsync covers.
@@ -145,6 +146,7 @@ impl Appender {
         store: Store,
         head: Arc<LogHead>,
         clock: Clock,
+        health: Arc<Health>,
     ) -> Result<(Appender, JoinHandle<()>), StartError> {
         let next_seq = store.last_seq(CF_LOG)?.map_or(0, |s| s + 1);
         let next_dead_letter = store.last_seq(CF_DEAD_LETTER)?.map_or(0, |s| s + 1);
@@ -154,6 +156,7 @@ impl Appender {
             store,
             head,
             clock,
+            health,
             next_seq,
             next_dead_letter,
         };
@@ -192,6 +195,7 @@ struct Writer {
     store: Store,
     head: Arc<LogHead>,
     clock: Clock,
+    health: Arc<Health>,
     next_seq: u64,
     next_dead_letter: u64,
 }
@@ -221,12 +225,14 @@ impl Writer {
             }
             match self.write_group(&group) {
                 Ok(outcomes) => {
+                    self.health.set_failing(false);
                     self.head.publish(self.next_seq);
                     for (request, outcome) in group.into_iter().zip(outcomes) {
                         let _ = request.reply.send(Ok(outcome));
                     }
                 }
                 Err(error) => {
+                    self.health.set_failing(true);
                     tracing::error!(%error, "log append failed; nothing of the batch was written");
                     let error = AppendError::Store(Arc::new(error));
                     for request in group {

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use tokio::sync::watch;
 
 use super::{Aggregate, USAGE_PROJECTION, UsageDeltas, merge_rows};
 use crate::catalog::Catalog;
+use crate::health::Health;
 use crate::log::append::LogHead;
 use crate::log::codec;
 use crate::log::store::{CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError};
@@ -22,18 +22,6 @@ use crate::log::store::{CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store
 /// batch's memory and latency modest.
 pub const FOLD_BATCH: usize = 8_192;
 
-/// Whether the projector is keeping up; `/readyz` reads it.
-#[derive(Debug, Default)]
-pub struct ProjectorHealth {
-    failing: AtomicBool,
-}
-
-impl ProjectorHealth {
-    pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-}
-
 /// Starts the projector over `store`. `projected` carries the next seq to fold (everything
 /// below it is in the projections). The thread ends once the log is closed and folded.
 pub fn start(
@@ -41,7 +29,7 @@ pub fn start(
     catalog: Arc<Catalog>,
     head: Arc<LogHead>,
     projected: watch::Sender<u64>,
-    health: Arc<ProjectorHealth>,
+    health: Arc<Health>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tally-projector".into())
@@ -51,7 +39,7 @@ pub fn start(
                     Ok(checkpoint) => break checkpoint.unwrap_or(0),
                     Err(error) => {
                         tracing::error!(%error, "cannot read the projector checkpoint; retrying");
-                        health.failing.store(true, Ordering::Relaxed);
+                        health.set_failing(true);
                         std::thread::sleep(Duration::from_secs(1));
                     }
                 }
@@ -63,12 +51,12 @@ pub fn start(
                     match fold_batch(&store, &catalog, next) {
                         Ok(after) => {
                             next = after;
-                            health.failing.store(false, Ordering::Relaxed);
+                            health.set_failing(false);
                             projected.send_replace(next);
                         }
                         Err(error) => {
                             tracing::error!(%error, next, "projector batch failed; retrying");
-                            health.failing.store(true, Ordering::Relaxed);
+                            health.set_failing(true);
                             std::thread::sleep(Duration::from_secs(1));
                         }
                     }
