@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, AppState, PROJECTION_WAIT, require_role};
 use crate::auth::{Caller, Role};
-use crate::event::{self, DecodeContext, EventSource, Rejection};
+use crate::event::{self, DecodeContext, EventSource};
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome};
 
@@ -92,21 +92,6 @@ pub async fn ingest_events(
             )),
         })
         .collect();
-    let rejections: Vec<Option<Rejection>> = candidates
-        .iter()
-        .map(|c| match c {
-            Candidate::Rejected(letter) => Some(letter.rejection.clone()),
-            Candidate::Event { .. } => None,
-        })
-        .collect();
-    let ids: Vec<Option<String>> = candidates
-        .iter()
-        .map(|c| match c {
-            Candidate::Event { event, .. } => Some(event.id.clone()),
-            Candidate::Rejected(letter) => letter.rejection.id.clone(),
-        })
-        .collect();
-
     let outcomes = engine.appender.append(candidates).await?;
 
     let mut response = IngestResponse {
@@ -116,34 +101,29 @@ pub async fn ingest_events(
     };
     let mut conflicts = 0;
     let mut next_seq = 0;
-    for (index, outcome) in outcomes.iter().enumerate() {
-        match *outcome {
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let rejection = match outcome {
             Outcome::Recorded { seq } => {
                 response.accepted += 1;
                 next_seq = next_seq.max(seq + 1);
+                continue;
             }
-            Outcome::Duplicate { .. } => response.duplicates += 1,
-            Outcome::Conflict { seq } => {
+            Outcome::Duplicate { .. } => {
+                response.duplicates += 1;
+                continue;
+            }
+            Outcome::Conflict(rejection) => {
                 conflicts += 1;
-                response.rejected.push(RejectedEvent {
-                    index,
-                    id: ids[index].clone(),
-                    field: "id".into(),
-                    reason: format!("was already recorded (seq {seq}) with a different body; an id names one event"),
-                });
+                rejection
             }
-            Outcome::DeadLettered => {
-                let rejection = rejections[index]
-                    .clone()
-                    .unwrap_or_else(|| Rejection::new(None, "event", "rejected"));
-                response.rejected.push(RejectedEvent {
-                    index,
-                    id: rejection.id,
-                    field: rejection.field,
-                    reason: rejection.reason,
-                });
-            }
-        }
+            Outcome::Rejected(rejection) => rejection,
+        };
+        response.rejected.push(RejectedEvent {
+            index,
+            id: rejection.id,
+            field: rejection.field,
+            reason: rejection.reason,
+        });
     }
     let metrics = &engine.metrics;
     metrics.count_events("recorded", "http", response.accepted as u64);

@@ -34,25 +34,46 @@ pub enum Candidate {
 }
 
 /// What became of one candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Appended to the log at `seq`.
     Recorded { seq: u64 },
     /// The same event (same id and body) is already in the log at `seq`; counted once.
     Duplicate { seq: u64 },
-    /// The id is in the log at `seq` with a different body; stored as a dead letter.
-    Conflict { seq: u64 },
-    /// Stored as a dead letter.
-    DeadLettered,
+    /// The id is already in the log with a different body; stored as a dead letter.
+    Conflict(Rejection),
+    /// Refused input, stored as a dead letter.
+    Rejected(Rejection),
 }
 
-/// How the dedup index judges an event. Pure: the writer feeds it what it looked up.
-pub fn classify(fingerprint: u64, existing: Option<&DedupRecord>) -> Outcome {
+/// How the dedup index judges an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    New,
+    /// Same id, same body: already recorded at this seq.
+    Duplicate(u64),
+    /// Same id, different body: the id was recorded at this seq.
+    Conflict(u64),
+}
+
+/// Pure: the writer feeds it what the dedup index holds for the event's identity.
+pub fn classify(fingerprint: u64, existing: Option<&DedupRecord>) -> Verdict {
     match existing {
-        None => Outcome::Recorded { seq: u64::MAX },
-        Some(record) if record.fingerprint == fingerprint => Outcome::Duplicate { seq: record.seq },
-        Some(record) => Outcome::Conflict { seq: record.seq },
+        None => Verdict::New,
+        Some(record) if record.fingerprint == fingerprint => Verdict::Duplicate(record.seq),
+        Some(record) => Verdict::Conflict(record.seq),
     }
+}
+
+/// The answer to reusing an id with another body.
+pub fn conflict_rejection(id: &str, recorded_seq: u64) -> Rejection {
+    Rejection::new(
+        Some(id),
+        "id",
+        format!(
+            "was already recorded (seq {recorded_seq}) with a different body; an id names one event"
+        ),
+    )
 }
 
 /// Why an append failed. Nothing of the request was written; the caller may retry.
@@ -280,7 +301,7 @@ impl Writer {
                             codec::encode_dead_letter(letter),
                         );
                         next_dead_letter += 1;
-                        Outcome::DeadLettered
+                        Outcome::Rejected(letter.rejection.clone())
                     }
                     Candidate::Event { event, source } => {
                         let Some((key, from_store)) = lookups.next() else {
@@ -289,7 +310,7 @@ impl Writer {
                         let fingerprint = event.fingerprint();
                         let existing = in_batch.get(key).or(from_store.as_ref());
                         match classify(fingerprint, existing) {
-                            Outcome::Recorded { .. } => {
+                            Verdict::New => {
                                 let seq = next_seq;
                                 next_seq += 1;
                                 let entry = LogEntry::UsageRecorded {
@@ -311,20 +332,14 @@ impl Writer {
                                 in_batch.insert(*key, record);
                                 Outcome::Recorded { seq }
                             }
-                            Outcome::Conflict { seq } => {
-                                let rejection = Rejection::new(
-                                    Some(&event.id),
-                                    "id",
-                                    format!(
-                                        "was already recorded (seq {seq}) with a different body; an id names one event"
-                                    ),
-                                );
+                            Verdict::Conflict(seq) => {
+                                let rejection = conflict_rejection(&event.id, seq);
                                 let raw = serde_json::to_vec(event).unwrap_or_default();
                                 let letter = DeadLetter::new(
                                     now,
                                     source.clone(),
                                     &event.tenant,
-                                    rejection,
+                                    rejection.clone(),
                                     &raw,
                                 );
                                 batch.put_cf(
@@ -333,9 +348,9 @@ impl Writer {
                                     codec::encode_dead_letter(&letter),
                                 );
                                 next_dead_letter += 1;
-                                Outcome::Conflict { seq }
+                                Outcome::Conflict(rejection)
                             }
-                            duplicate => duplicate,
+                            Verdict::Duplicate(seq) => Outcome::Duplicate { seq },
                         }
                     }
                 };
@@ -364,8 +379,8 @@ mod tests {
             event_time: 0,
             fingerprint: 42,
         };
-        assert_eq!(classify(42, None), Outcome::Recorded { seq: u64::MAX });
-        assert_eq!(classify(42, Some(&record)), Outcome::Duplicate { seq: 7 });
-        assert_eq!(classify(41, Some(&record)), Outcome::Conflict { seq: 7 });
+        assert_eq!(classify(42, None), Verdict::New);
+        assert_eq!(classify(42, Some(&record)), Verdict::Duplicate(7));
+        assert_eq!(classify(41, Some(&record)), Verdict::Conflict(7));
     }
 }

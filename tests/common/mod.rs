@@ -90,15 +90,19 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = self.stdout.clone();
         std::thread::spawn(move || {
+            let mut address = String::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 lines.lock().expect("stdout lines").push(line.clone());
                 if let Some(rest) = line.strip_prefix("tally: listening on ") {
-                    let address = rest
+                    address = rest
                         .split_whitespace()
                         .next()
                         .unwrap_or_default()
                         .to_owned();
-                    let _ = tx.send(address);
+                }
+                // `tally: try …` ends the start-up banner.
+                if line.starts_with("tally: try") {
+                    let _ = tx.send(address.clone());
                 }
             }
         });
