@@ -115,7 +115,13 @@ impl HourlyQuery {
     pub fn decode(text: &str) -> Option<HourlyQuery> {
         let bytes = URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).ok()?;
         let query: HourlyQuery = serde_json::from_slice(&bytes).ok()?;
-        (query.v == 1 && query.from_hour <= query.to_hour).then_some(query)
+        // Forged queries must not steer key prefixes: the parts are checked like event fields.
+        let valid = query.v == 1
+            && query.from_hour <= query.to_hour
+            && crate::event::is_dns1035_label(&query.namespace)
+            && crate::catalog::is_metric_label(&query.metric_label)
+            && !query.object_name.contains(char::is_control);
+        valid.then_some(query)
     }
 }
 
@@ -362,8 +368,13 @@ mod tests {
             from_hour: 5,
             to_hour: 9,
         };
-        assert_eq!(HourlyQuery::decode(&query.encode()), Some(query));
+        assert_eq!(HourlyQuery::decode(&query.encode()), Some(query.clone()));
         assert_eq!(HourlyQuery::decode("not base64!"), None);
+        let forged = HourlyQuery {
+            namespace: "shop\u{0}x".into(),
+            ..query.clone()
+        };
+        assert_eq!(HourlyQuery::decode(&forged.encode()), None);
         assert_eq!(
             HourlyQuery::decode(&URL_SAFE_NO_PAD.encode(b"{\"v\":2}")),
             None
