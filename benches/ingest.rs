@@ -113,7 +113,11 @@ fn log_append(c: &mut Criterion) {
                     })
                     .collect::<Vec<_>>()
             },
-            |candidates| appender.append_blocking(candidates).expect("append"),
+            |candidates| {
+                appender
+                    .append_blocking(candidates, Vec::new())
+                    .expect("append")
+            },
             BatchSize::LargeInput,
         )
     });

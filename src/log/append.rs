@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use super::keys;
-use super::store::{CF_DEAD_LETTER, CF_DEDUP, CF_LOG, Store, StoreError};
+use super::store::{CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_OFFSETS, Store, StoreError};
 use super::{DeadLetter, DedupRecord, LogEntry};
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::health::Health;
@@ -85,8 +85,18 @@ pub enum AppendError {
     Closed,
 }
 
+/// The next offset to read of one source partition, stored with the events read before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
 struct AppendRequest {
     candidates: Vec<Candidate>,
+    /// Written in the same batch as the candidates: a replayed message is then recognised.
+    offsets: Vec<SourceOffset>,
     reply: oneshot::Sender<Result<Vec<Outcome>, AppendError>>,
 }
 
@@ -190,18 +200,33 @@ impl Appender {
     /// Appends durably (fsync'd) and answers one outcome per candidate, in order.
     pub async fn append(&self, candidates: Vec<Candidate>) -> Result<Vec<Outcome>, AppendError> {
         let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            candidates,
+            offsets: Vec::new(),
+            reply,
+        };
         self.tx
-            .send(Message::Append(AppendRequest { candidates, reply }))
+            .send(Message::Append(request))
             .await
             .map_err(|_| AppendError::Closed)?;
         answer.await.map_err(|_| AppendError::Closed)?
     }
 
-    /// As [`append`](Self::append), for callers on plain threads.
-    pub fn append_blocking(&self, candidates: Vec<Candidate>) -> Result<Vec<Outcome>, AppendError> {
+    /// As [`append`](Self::append), for callers on plain threads; `offsets` (where a consumer
+    /// stands after these candidates) are written in the same batch.
+    pub fn append_blocking(
+        &self,
+        candidates: Vec<Candidate>,
+        offsets: Vec<SourceOffset>,
+    ) -> Result<Vec<Outcome>, AppendError> {
         let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            candidates,
+            offsets,
+            reply,
+        };
         self.tx
-            .blocking_send(Message::Append(AppendRequest { candidates, reply }))
+            .blocking_send(Message::Append(request))
             .map_err(|_| AppendError::Closed)?;
         answer.blocking_recv().map_err(|_| AppendError::Closed)?
     }
@@ -358,7 +383,15 @@ impl Writer {
             }
             all_outcomes.push(outcomes);
         }
-        drop((log_cf, dedup_cf, dead_cf));
+        let offsets_cf = self.store.cf(CF_OFFSETS);
+        for offset in group.iter().flat_map(|r| &r.offsets) {
+            batch.put_cf(
+                &offsets_cf,
+                keys::offset_key(&offset.topic, offset.partition),
+                codec::encode_i64(offset.next_offset),
+            );
+        }
+        drop((log_cf, dedup_cf, dead_cf, offsets_cf));
         if !batch.is_empty() {
             self.store.write(batch, true)?;
         }
@@ -371,6 +404,101 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::log::store::StoreOptions;
+    use crate::units::Micros;
+
+    fn event(id: &str, quantity: i64) -> UsageEvent {
+        UsageEvent {
+            tenant: "acme".into(),
+            id: id.into(),
+            namespace: "shop".into(),
+            metric_label: "http_lb_requests".into(),
+            quantity: Micros(quantity),
+            timestamp: 1_000,
+            object_name: String::new(),
+            deployment: String::new(),
+            container: String::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn offsets_move_with_their_events_and_dedup_spans_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedup_horizon: Duration::from_secs(86_400),
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        let clock: Clock = std::sync::Arc::new(|| 5);
+        let (appender, thread) =
+            Appender::start(store.clone(), LogHead::new(0), clock, Default::default()).unwrap();
+        let kafka = |offset| EventSource::Kafka {
+            topic: "usage".into(),
+            partition: 2,
+            offset,
+        };
+        let candidates = vec![
+            Candidate::Event {
+                event: event("a", 1),
+                source: kafka(7),
+            },
+            Candidate::Event {
+                event: event("b", 2),
+                source: kafka(8),
+            },
+        ];
+        let at = |next_offset| {
+            vec![SourceOffset {
+                topic: "usage".into(),
+                partition: 2,
+                next_offset,
+            }]
+        };
+        let outcomes = appender.append_blocking(candidates, at(9)).unwrap();
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Recorded { seq: 0 }, Outcome::Recorded { seq: 1 }]
+        );
+        assert_eq!(
+            store.source_offsets("usage").unwrap(),
+            BTreeMap::from([(2, 9)])
+        );
+
+        // The same event arriving over HTTP is a duplicate; a replayed message too, and the
+        // offset still advances with it.
+        let http = vec![Candidate::Event {
+            event: event("a", 1),
+            source: EventSource::Http { received_at: 0 },
+        }];
+        assert_eq!(
+            appender.append_blocking(http, Vec::new()).unwrap(),
+            vec![Outcome::Duplicate { seq: 0 }]
+        );
+        let replay = vec![Candidate::Event {
+            event: event("b", 2),
+            source: kafka(8),
+        }];
+        assert_eq!(
+            appender.append_blocking(replay, at(10)).unwrap(),
+            vec![Outcome::Duplicate { seq: 1 }]
+        );
+        assert_eq!(
+            store.source_offsets("usage").unwrap(),
+            BTreeMap::from([(2, 10)])
+        );
+        assert_eq!(store.source_offsets("other").unwrap(), BTreeMap::new());
+
+        let entries = store.read_log(0, 10).unwrap();
+        assert_eq!(entries.len(), 2);
+        let LogEntry::UsageRecorded { source, .. } = &entries[1].1;
+        assert_eq!(source, &kafka(8));
+        drop(appender);
+        thread.join().unwrap();
+    }
 
     #[test]
     fn classify_tells_duplicates_from_conflicts() {

@@ -117,6 +117,17 @@ pub fn decode_u64(bytes: &[u8], what: &'static str) -> Result<u64, CodecError> {
     fixed_body(bytes, what).map(u64::from_be_bytes)
 }
 
+pub fn encode_i64(value: i64) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    out[0] = VALUE_VERSION;
+    out[1..].copy_from_slice(&value.to_be_bytes());
+    out
+}
+
+pub fn decode_i64(bytes: &[u8], what: &'static str) -> Result<i64, CodecError> {
+    fixed_body(bytes, what).map(i64::from_be_bytes)
+}
+
 pub fn encode_i128(value: i128) -> [u8; 17] {
     let mut out = [0u8; 17];
     out[0] = VALUE_VERSION;

@@ -166,9 +166,15 @@ pub fn decode_current_key(key: &[u8]) -> Option<(String, String, u32, String)> {
     rest.is_empty().then_some((tenant, scope, period, metric))
 }
 
-pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+/// `topic\0` — every partition of one topic.
+pub fn offset_prefix(topic: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + 5);
     push_str(&mut key, topic);
+    key
+}
+
+pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = offset_prefix(topic);
     key.extend_from_slice(&partition.to_be_bytes());
     key
 }

@@ -2,6 +2,7 @@
 //!
 //! Every call here blocks; async callers go through `spawn_blocking` or a dedicated thread.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -260,6 +261,30 @@ impl Store {
                 }),
             None => Ok(None),
         }
+    }
+
+    /// The next offset to read of each partition of `topic`, as stored with the events.
+    pub fn source_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let mut offsets = BTreeMap::new();
+        let mut failure = None;
+        let prefix = keys::offset_prefix(topic);
+        self.scan_prefix(CF_OFFSETS, &prefix, |key, value| {
+            let partition = key[prefix.len()..].try_into().ok().map(i32::from_be_bytes);
+            match (partition, codec::decode_i64(value, "source offset")) {
+                (Some(partition), Ok(offset)) => {
+                    offsets.insert(partition, offset);
+                }
+                (_, Err(source)) => {
+                    failure = Some(StoreError::Corrupt {
+                        cf: CF_OFFSETS,
+                        source,
+                    })
+                }
+                (None, _) => {}
+            }
+            failure.is_none()
+        })?;
+        failure.map_or(Ok(offsets), Err)
     }
 
     pub fn dead_letters(
