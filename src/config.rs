@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::ingest::kafka::KafkaSettings;
 
 /// Flags of `tally serve`; each also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +36,22 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Kafka bootstrap servers (HOST:PORT[,…]); with --kafka-topic, usage is consumed from Kafka
+    /// as well as HTTP.
+    #[arg(long, env = "TALLY_KAFKA_BROKERS", requires = "kafka_topic")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of usage events (keyed by tenant).
+    #[arg(long, env = "TALLY_KAFKA_TOPIC", requires = "kafka_brokers")]
+    pub kafka_topic: Option<String>,
+    /// Consumer group (engines in one group share the topic's partitions).
+    #[arg(long, env = "TALLY_KAFKA_GROUP", default_value = "tally")]
+    pub kafka_group: String,
+    /// Most messages appended in one batch.
+    #[arg(long, env = "TALLY_KAFKA_BATCH", default_value_t = 5_000)]
+    pub kafka_batch: usize,
+    /// Longest a batch waits to fill once it has a message (e.g. 20ms).
+    #[arg(long, env = "TALLY_KAFKA_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub kafka_linger: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +71,8 @@ pub enum ConfigError {
     HorizonTooShort { horizon: String, window: String },
     #[error("--late-window must be positive")]
     NoLateWindow,
+    #[error("--kafka-batch must be at least 1")]
+    NoKafkaBatch,
 }
 
 /// The validated configuration of one engine.
@@ -66,6 +85,7 @@ pub struct Config {
     pub late_window: Duration,
     pub future_skew: Duration,
     pub dedup_horizon: Duration,
+    pub kafka: Option<KafkaSettings>,
 }
 
 impl Config {
@@ -84,7 +104,21 @@ impl Config {
                 window: humantime::format_duration(args.late_window).to_string(),
             });
         }
+        if args.kafka_batch == 0 {
+            return Err(ConfigError::NoKafkaBatch);
+        }
+        let kafka = match (&args.kafka_brokers, &args.kafka_topic) {
+            (Some(brokers), Some(topic)) => Some(KafkaSettings {
+                brokers: brokers.clone(),
+                topic: topic.clone(),
+                group: args.kafka_group.clone(),
+                batch_max: args.kafka_batch,
+                batch_linger: args.kafka_linger,
+            }),
+            _ => None,
+        };
         Ok(Config {
+            kafka,
             data_dir: args.data_dir.clone(),
             listen: args.listen,
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),

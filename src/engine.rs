@@ -40,6 +40,8 @@ pub struct Engine {
     pub projector_health: Arc<Health>,
     /// Set while the log cannot be written (appends answer 503).
     pub writer_health: Arc<Health>,
+    /// Set while the Kafka brokers cannot be reached (only with a consumer).
+    pub kafka_health: Arc<Health>,
     pub tokens: Tokens,
     pub metrics: Metrics,
     pub clock: Clock,
@@ -91,6 +93,7 @@ impl Engine {
             projected,
             projector_health,
             writer_health,
+            kafka_health: Arc::default(),
             tokens,
             metrics: Metrics::new(),
             clock,

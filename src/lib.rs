@@ -12,6 +12,7 @@
 //!
 //! Shell:
 //! - [`log`]: the append-only log in RocksDB (keys, codecs, store, the single writer).
+//! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
 //! - [`projection::runner`]: the projector thread that checkpoints with its rows.
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod health;
+pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod projection;

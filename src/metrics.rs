@@ -27,6 +27,15 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: i32,
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
@@ -40,6 +49,8 @@ pub struct Metrics {
     pub log_entries: Gauge,
     pub projected_entries: Gauge,
     pub projector_lag: Gauge,
+    pub kafka_lag: Family<PartitionLabels, Gauge>,
+    pub kafka_batch_size: Histogram,
 }
 
 impl Default for Metrics {
@@ -90,6 +101,18 @@ impl Metrics {
             "Log entries not yet folded",
             projector_lag.clone(),
         );
+        let kafka_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "kafka_consumer_lag_messages",
+            "Messages between the stored offset and the high watermark, per partition",
+            kafka_lag.clone(),
+        );
+        let kafka_batch_size = batch_histogram();
+        registry.register(
+            "kafka_batch_size_messages",
+            "Messages per appended Kafka batch",
+            kafka_batch_size.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -98,6 +121,8 @@ impl Metrics {
             log_entries,
             projected_entries,
             projector_lag,
+            kafka_lag,
+            kafka_batch_size,
         }
     }
 
@@ -107,6 +132,12 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome, source })
                 .inc_by(n);
         }
+    }
+
+    pub fn set_kafka_lag(&self, partition: i32, lag: i64) {
+        self.kafka_lag
+            .get_or_create(&PartitionLabels { partition })
+            .set(lag.max(0));
     }
 
     /// The text exposition, after setting the position gauges.

@@ -7,19 +7,37 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::engine::Engine;
+use crate::ingest::kafka::KafkaConsumer;
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// and stops the engine (the writer drains, the projector folds what was written, RocksDB
-/// flushes).
+/// Serves the API on `listener` (and consumes Kafka when configured) until `shutdown` completes;
+/// then lets in-flight requests finish, stops the consumer after its batch, and stops the engine
+/// (the writer drains, the projector folds what was written, RocksDB flushes).
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let consumer = match engine.config.kafka.clone() {
+        Some(settings) => {
+            let topic = settings.topic.clone();
+            let consumer = KafkaConsumer::start(engine.clone(), settings).map_err(|e| {
+                std::io::Error::other(format!("cannot start the Kafka consumer: {e}"))
+            })?;
+            tracing::info!(%topic, "consuming from kafka");
+            Some(consumer)
+        }
+        None => None,
+    };
     let app = api::router(AppState::new(engine.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    if let Some(consumer) = consumer {
+        // The consumer finishes its batch first, so the writer sees it before it closes.
+        tokio::task::spawn_blocking(move || consumer.stop())
+            .await
+            .ok();
+    }
     engine.shutdown().await;
     served
 }

@@ -33,6 +33,9 @@ struct Readiness {
     projected_entries: u64,
     log_writer_failing: bool,
     projector_failing: bool,
+    /// Present when a Kafka consumer runs: whether its brokers are unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka_failing: Option<bool>,
 }
 
 /// Ready when the log can be written and the projector folds without errors; the positions let
@@ -41,13 +44,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
     let writer_failing = engine.writer_health.is_failing();
     let projector_failing = engine.projector_health.is_failing();
-    let failing = writer_failing || projector_failing;
+    let kafka_failing = engine
+        .config
+        .kafka
+        .as_ref()
+        .map(|_| engine.kafka_health.is_failing());
+    let failing = writer_failing || projector_failing || kafka_failing == Some(true);
     let body = Readiness {
         status: if failing { "unavailable" } else { "ready" },
         log_entries: engine.head.get(),
         projected_entries: *engine.projected.borrow(),
         log_writer_failing: writer_failing,
         projector_failing,
+        kafka_failing,
     };
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE
