@@ -33,3 +33,12 @@ ensure_toolchain() {
   # rocksdb's bindings need libclang; its C++ build needs a compiler and make.
   apt_install libclang-dev build-essential pkg-config
 }
+
+ensure_tansu() {
+  # The Kafka tests run against a real Kafka-protocol broker: Tansu, built from crates.io.
+  if command -v tansu >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/tansu" ]; then
+    return 0
+  fi
+  say "installing the Tansu broker for the Kafka tests (cargo install, 15-25 minutes once)"
+  cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
+}

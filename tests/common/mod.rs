@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     catalog: Option<PathBuf>,
     admin_token: Option<String>,
+    /// More `tally serve` arguments (e.g. the Kafka flags).
+    extra_args: Vec<String>,
     log: PathBuf,
     /// Every line the server printed on stdout, across restarts.
     pub stdout: Arc<Mutex<Vec<String>>>,
@@ -48,12 +52,30 @@ impl Server {
         catalog: Option<&Path>,
         admin_token: Option<&str>,
     ) -> Server {
+        Self::launch(data_dir, catalog, admin_token, Vec::new())
+    }
+
+    /// An engine that also consumes `topic` from `brokers`.
+    pub fn start_kafka(data_dir: &Path, brokers: &str, topic: &str) -> Server {
+        let args = ["--kafka-brokers", brokers, "--kafka-topic", topic]
+            .map(str::to_owned)
+            .to_vec();
+        Self::launch(data_dir, None, Some(OPERATOR_TOKEN), args)
+    }
+
+    fn launch(
+        data_dir: &Path,
+        catalog: Option<&Path>,
+        admin_token: Option<&str>,
+        extra_args: Vec<String>,
+    ) -> Server {
         let mut server = Server {
             child: None,
             base: String::new(),
             data_dir: data_dir.to_owned(),
             catalog: catalog.map(Path::to_owned),
             admin_token: admin_token.map(str::to_owned),
+            extra_args,
             log: data_dir.with_extension("log"),
             stdout: Arc::default(),
             client: reqwest::blocking::Client::builder()
@@ -63,6 +85,14 @@ impl Server {
         };
         server.spawn();
         server
+    }
+
+    /// `/readyz` as JSON (status code included as `http_status`).
+    pub fn readiness(&self) -> Value {
+        let (status, body) = self.get("/readyz");
+        let mut ready: Value = serde_json::from_str(&body).unwrap_or_default();
+        ready["http_status"] = Value::from(status);
+        ready
     }
 
     fn spawn(&mut self) {
@@ -85,6 +115,7 @@ impl Server {
         if let Some(token) = &self.admin_token {
             command.env("TALLY_ADMIN_TOKEN", token);
         }
+        command.args(&self.extra_args);
         let mut child = command.spawn().expect("spawn tally");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();

@@ -1,0 +1,460 @@
+//! Kafka ingestion against a real broker (Tansu): exactly-once totals, dead letters with
+//! their offsets, partition order, crashes, a broker restart, and `tally produce`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use common::kafka::Broker;
+use common::{Rng, Server};
+use serde_json::json;
+use tally::ingest::produce::TenantProducer;
+use tally::log::keys::Scope;
+use tally::log::store::{CF_HOURLY, Store, StoreOptions};
+use tally::log::{DeadLetter, LogEntry};
+use tally::projection::read;
+
+const TOPIC: &str = "usage";
+const TENANTS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
+const HOUR: i64 = 3_600_000_000;
+
+fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// One produced message.
+#[derive(Clone)]
+struct Message {
+    key: String,
+    payload: Vec<u8>,
+}
+
+/// What the engine must end with.
+#[derive(Default, Debug, PartialEq)]
+struct Expected {
+    /// tenant → (requests sum, security events count)
+    totals: BTreeMap<String, (i128, i128)>,
+    recorded: usize,
+}
+
+fn valid_event(n: u64, now: i64, rng: &mut Rng, expected: &mut Expected) -> Message {
+    let tenant = TENANTS[(n % TENANTS.len() as u64) as usize];
+    let late = n % 1_000 == 7;
+    let at = if late {
+        now - 5 * HOUR - (n as i64 % 600) * 1_000_000
+    } else {
+        now - rng.below(3_000) as i64 * 1_000_000
+    };
+    let namespace = if late {
+        "late".to_owned()
+    } else {
+        format!("ns-{}", n % 20)
+    };
+    let totals = expected.totals.entry(tenant.to_owned()).or_default();
+    let (metric, quantity) = if n % 7 == 0 {
+        totals.1 += 1;
+        ("waf_security_events", 1)
+    } else {
+        let quantity = (n % 1_000 + 1) as i128;
+        totals.0 += quantity;
+        ("http_lb_requests", quantity)
+    };
+    expected.recorded += 1;
+    let payload = json!({"id": format!("k-{n}"), "tenant": tenant, "namespace": namespace, "metric_label": metric,
+                         "quantity": quantity as i64, "timestamp": rfc3339(at), "object_name": format!("lb-{}", n % 3)});
+    Message {
+        key: tenant.to_owned(),
+        payload: payload.to_string().into_bytes(),
+    }
+}
+
+fn malformed(i: u64, now: i64) -> Message {
+    let base = json!({"id": format!("bad-{i}"), "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 1, "timestamp": rfc3339(now)});
+    let (key, payload) = match i % 5 {
+        0 => ("acme", format!("{{broken json {i}")),
+        1 => ("acme", {
+            let mut e = base.clone();
+            e["metric_label"] = json!("bogus");
+            e.to_string()
+        }),
+        2 => ("acme", {
+            let mut e = base.clone();
+            e["tenant"] = json!("globex");
+            e.to_string()
+        }),
+        3 => ("globex", {
+            let mut e = base.clone();
+            e["quantity"] = json!(-1);
+            e.to_string()
+        }),
+        _ => ("not a tenant!", base.to_string()),
+    };
+    Message {
+        key: key.to_owned(),
+        payload: payload.into_bytes(),
+    }
+}
+
+/// `valid` events, 1 % of them sent twice, `valid / 200` malformed, shuffled.
+fn workload(valid: u64, seed: u64) -> (Vec<Message>, Vec<Vec<u8>>, Expected) {
+    let now = Utc::now().timestamp_micros();
+    let mut rng = Rng(seed);
+    let mut expected = Expected::default();
+    let events: Vec<Message> = (0..valid)
+        .map(|n| valid_event(n, now, &mut rng, &mut expected))
+        .collect();
+    let bad: Vec<Message> = (0..valid / 200).map(|i| malformed(i, now)).collect();
+    let mut messages = events.clone();
+    messages.extend(events.iter().step_by(100).cloned());
+    messages.extend(bad.iter().cloned());
+    rng.shuffle(&mut messages);
+    (
+        messages,
+        bad.into_iter().map(|m| m.payload).collect(),
+        expected,
+    )
+}
+
+fn produce(broker: &Broker, messages: &[Message]) {
+    let mut producer = TenantProducer::new(&broker.address(), TOPIC).unwrap();
+    for message in messages {
+        producer.send(&message.key, &message.payload).unwrap();
+    }
+    let summary = producer.finish().unwrap();
+    assert_eq!(
+        (summary.delivered, summary.failed),
+        (messages.len() as u64, 0)
+    );
+}
+
+/// Waits until the engine has recorded `entries` events and folded them all.
+fn wait_for_entries(server: &Server, entries: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = server.readiness();
+        if ready["log_entries"] == entries && ready["projected_entries"] == entries {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck at {ready}; expected {entries} entries"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn open_store(server: &Server) -> Store {
+    Store::open(
+        &server.data_dir,
+        &StoreOptions {
+            dedup_horizon: Duration::from_secs(35 * 86_400),
+        },
+    )
+    .unwrap()
+}
+
+/// Totals per tenant from the stored projections, over every billing period.
+fn stored_totals(store: &Store) -> BTreeMap<String, (i128, i128)> {
+    TENANTS
+        .iter()
+        .map(|tenant| {
+            let periods = read::current_totals(store, tenant, Scope::Tenant, None).unwrap();
+            let sum = |metric: &str| {
+                periods.values().filter_map(|m| m.get(metric)).sum::<i128>() / 1_000_000
+            };
+            (
+                tenant.to_string(),
+                (sum("http_lb_requests"), sum("waf_security_events")),
+            )
+        })
+        .filter(|(_, totals)| *totals != (0, 0))
+        .collect()
+}
+
+fn metric_value(metrics: &str, line_start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_hundred_thousand_events_are_counted_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 4);
+    let (messages, bad, expected) = workload(200_000, 11);
+    produce(&broker, &messages);
+
+    let mut server = Server::start_kafka(&dir.path().join("data"), &broker.address(), TOPIC);
+    wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(600));
+    let (_, metrics) = server.get("/metrics");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tally_events_total{outcome=\"rejected\",source=\"kafka\"}"
+        ),
+        bad.len() as u64
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tally_events_total{outcome=\"duplicate\",source=\"kafka\"}"
+        ),
+        2_000
+    );
+    assert!(
+        metrics.contains("tally_kafka_consumer_lag_messages"),
+        "{metrics}"
+    );
+    server.stop();
+
+    let store = open_store(&server);
+    assert_eq!(stored_totals(&store), expected.totals);
+
+    // Every malformed message, and nothing else, is a dead letter with its offset.
+    let letters: Vec<DeadLetter> = store
+        .dead_letters(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    let raw: BTreeSet<Vec<u8>> = letters.iter().map(|l| l.raw.clone()).collect();
+    assert_eq!(raw, bad.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(letters.len(), bad.len());
+    let fields: BTreeSet<&str> = letters.iter().map(|l| l.rejection.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["event", "metric_label", "tenant", "quantity", "key"])
+    );
+    let mut seen_offsets = BTreeSet::new();
+    for letter in &letters {
+        let tally::event::EventSource::Kafka {
+            topic,
+            partition,
+            offset,
+        } = &letter.source
+        else {
+            panic!("{letter:?}")
+        };
+        assert_eq!(topic, TOPIC);
+        assert!(
+            seen_offsets.insert((*partition, *offset)),
+            "one dead letter per message"
+        );
+    }
+
+    // The stored offsets stand after the last message of every partition.
+    let offsets = store.source_offsets(TOPIC).unwrap();
+    assert_eq!(offsets.len(), 4);
+    assert_eq!(offsets.values().sum::<i64>(), messages.len() as i64);
+
+    // Each tenant's events come from one partition and are in the log in partition order;
+    // late events land in their own hour.
+    let entries = store.read_log(0, 1_000_000).unwrap();
+    assert_eq!(entries.len(), expected.recorded);
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    let mut last_offset: HashMap<i32, i64> = HashMap::new();
+    let mut late_hours: BTreeMap<(String, u32), i128> = BTreeMap::new();
+    for (_, entry) in &entries {
+        let LogEntry::UsageRecorded { event, source, .. } = entry;
+        let tally::event::EventSource::Kafka {
+            partition, offset, ..
+        } = source
+        else {
+            panic!("{source:?}")
+        };
+        assert_eq!(
+            *partition_of
+                .entry(event.tenant.clone())
+                .or_insert(*partition),
+            *partition,
+            "{}",
+            event.tenant
+        );
+        let previous = last_offset.insert(*partition, *offset);
+        assert!(
+            previous.is_none_or(|p| p < *offset),
+            "partition {partition} out of order"
+        );
+        if event.namespace == "late" && event.metric_label == "http_lb_requests" {
+            *late_hours
+                .entry((
+                    event.tenant.clone(),
+                    tally::time::hour_index(event.timestamp),
+                ))
+                .or_default() += i128::from(event.quantity.0);
+        }
+    }
+    assert!(!late_hours.is_empty());
+    for ((tenant, hour), sum) in late_hours {
+        let rows = read::series_rows(
+            &store,
+            CF_HOURLY,
+            &tenant,
+            Scope::Namespace("late"),
+            hour,
+            hour + 1,
+        )
+        .unwrap();
+        let stored: i128 = rows
+            .iter()
+            .filter(|(r, _)| r.series.metric_label == "http_lb_requests")
+            .map(|(_, a)| a.sum)
+            .sum();
+        assert_eq!(stored, sum, "{tenant} hour {hour}");
+    }
+}
+
+#[test]
+fn sigkill_three_times_while_consuming_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 4);
+    let (messages, _, expected) = workload(100_000, 23);
+    produce(&broker, &messages);
+
+    let seed = Utc::now().timestamp_micros() as u64;
+    println!("kill-point seed: {seed}");
+    let mut rng = Rng(seed);
+    let mut server = Server::start_kafka(&dir.path().join("data"), &broker.address(), TOPIC);
+    let total = expected.recorded as u64;
+    for cycle in 0..3 {
+        // Kill at a random point of this run's progress, while it is still consuming.
+        let before = server.readiness()["log_entries"].as_u64().unwrap_or(0);
+        let target = before + 2_000 + rng.below(((total - before) / 4).max(1));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while server.readiness()["log_entries"].as_u64().unwrap_or(0) < target {
+            assert!(Instant::now() < deadline, "no progress towards {target}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill();
+        println!("cycle {cycle}: killed at ≥ {target} of {total} entries");
+        server.start_again();
+    }
+    wait_for_entries(&server, total, Duration::from_secs(600));
+    server.stop();
+    let store = open_store(&server);
+    assert_eq!(stored_totals(&store), expected.totals);
+    assert_eq!(
+        store.read_log(0, 1_000_000).unwrap().len(),
+        expected.recorded
+    );
+}
+
+#[test]
+fn a_broker_restart_mid_stream_is_survived_and_shown_in_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_sqlite(dir.path());
+    broker.create_topic(TOPIC, 2);
+    let (messages, _, expected) = workload(20_000, 31);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    produce(&broker, first);
+    let mut server = Server::start_kafka(&dir.path().join("data"), &broker.address(), TOPIC);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.readiness()["log_entries"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "nothing consumed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = server.readiness();
+        if ready["http_status"] == 503 && ready["kafka_failing"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never showed the outage: {ready}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    broker.start_again();
+    produce(&broker, second);
+    wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.readiness()["http_status"] != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never recovered: {}",
+            server.readiness()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+    assert_eq!(stored_totals(&open_store(&server)), expected.totals);
+}
+
+#[test]
+fn tally_produce_sends_stdin_lines_and_synthetic_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 4);
+    let run = |args: &[&str], stdin: &str| -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["produce", "--brokers", &broker.address(), "--topic", TOPIC])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let now = rfc3339(Utc::now().timestamp_micros());
+    let lines = format!(
+        "{}\n\n{}\n",
+        json!({"id": "p1", "tenant": "acme", "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 5, "timestamp": now}),
+        json!({"id": "p2", "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 7, "timestamp": now}),
+    );
+    let summary = run(&[], &lines);
+    assert!(summary.contains("produced 2 events"), "{summary}");
+    let summary = run(
+        &[
+            "--synthetic",
+            "3000",
+            "--tenants",
+            "7",
+            "--namespaces",
+            "30",
+            "--seed",
+            "5",
+        ],
+        "",
+    );
+    assert!(
+        summary.contains("produced 3000 events") && summary.contains("3000 delivered"),
+        "{summary}"
+    );
+
+    let mut server = Server::start_kafka(&dir.path().join("data"), &broker.address(), TOPIC);
+    wait_for_entries(&server, 3_002, Duration::from_secs(300));
+    server.stop();
+    let store = open_store(&server);
+    let tenants: BTreeSet<String> = store
+        .read_log(0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, LogEntry::UsageRecorded { event, .. })| event.tenant)
+        .collect();
+    assert!(
+        tenants.contains("acme") && tenants.contains("default") && tenants.contains("tenant-0"),
+        "{tenants:?}"
+    );
+}
