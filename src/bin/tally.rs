@@ -28,6 +28,19 @@ enum Command {
     Serve(ServeArgs),
     /// Send usage events to a Kafka topic, keyed by tenant: NDJSON from stdin, or synthetic load.
     Produce(ProduceArgs),
+    /// Read a topic from the beginning with a bare consumer and print the rate (the ceiling to
+    /// compare Kafka ingest with).
+    Drain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// Kafka bootstrap servers (HOST:PORT[,…]).
+    #[arg(long, env = "TALLY_KAFKA_BROKERS")]
+    brokers: String,
+    /// Topic to read.
+    #[arg(long, env = "TALLY_KAFKA_TOPIC")]
+    topic: String,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +79,19 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Produce(args) => produce(args),
+        Command::Drain(args) => {
+            init_logging(LogFormat::Text);
+            let summary = tally::ingest::drain::drain(&args.brokers, &args.topic)?;
+            let seconds = summary.elapsed.as_secs_f64().max(1e-9);
+            println!(
+                "tally: drained {} messages ({} bytes) from {} in {seconds:.2} s: {:.0} messages/s",
+                summary.messages,
+                summary.bytes,
+                args.topic,
+                summary.messages as f64 / seconds
+            );
+            Ok(())
+        }
     }
 }
 

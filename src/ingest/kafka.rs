@@ -1,10 +1,12 @@
 //! The Kafka consumer: polls batches, decodes them, and appends events, dead letters and the
 //! partitions' next offsets in one write batch.
 //!
-//! Offsets live in RocksDB; on (re)assignment each partition is assigned at its stored offset,
-//! so a message replayed after a crash is either already in the log with its offset (and not
-//! read again) or not in the log at all. Offsets are committed to Kafka too, as a hint for lag
-//! tools only. Rebalance callbacks touch nothing but the assignment.
+//! Offsets live in RocksDB. Every partition of the topic is assigned explicitly at its stored
+//! offset (no group rebalancing: immediate, and no dead member can hold a partition after a
+//! crash), so a message replayed after a crash is either already in the log with its offset
+//! (and not read again) or not in the log at all. The topic's partitions are looked up again
+//! every few seconds and new ones assigned. Offsets are committed to Kafka under the group id
+//! too, as a hint for lag tools only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +20,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
 
 use crate::api::ingest::duration_micros;
 use crate::auth::DEFAULT_TENANT;
@@ -43,8 +44,6 @@ pub struct KafkaSettings {
 
 /// Assigns partitions at the offsets stored in RocksDB, and records broker errors as health.
 struct TallyContext {
-    store: Store,
-    topic: String,
     health: Arc<Health>,
 }
 
@@ -58,56 +57,34 @@ impl ClientContext for TallyContext {
     }
 }
 
-impl ConsumerContext for TallyContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let stored = match self.store.source_offsets(&self.topic) {
-                    Ok(stored) => stored,
-                    Err(error) => {
-                        // Without our offsets we cannot assign safely; leave unassigned and let
-                        // the group retry.
-                        tracing::error!(%error, "cannot read stored offsets; not assigning");
-                        return;
-                    }
-                };
-                let assigned: Vec<i32> = partitions
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect();
-                for partition in assigned {
-                    let offset = stored
-                        .get(&partition)
-                        .map_or(Offset::Beginning, |&o| Offset::Offset(o));
-                    tracing::info!(topic = %self.topic, partition, ?offset, "assigned");
-                    if let Err(error) =
-                        partitions.set_partition_offset(&self.topic, partition, offset)
-                    {
-                        tracing::error!(%error, partition, "cannot set the assignment offset");
-                    }
-                }
-                if let Err(error) = consumer.assign(partitions) {
-                    tracing::error!(%error, "assign failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::info!("partitions revoked");
-                if let Err(error) = consumer.unassign() {
-                    tracing::error!(%error, "unassign failed");
-                }
-            }
-            other => {
-                tracing::error!(?other, "rebalance error");
-                let _ = consumer.unassign();
-            }
-        }
+impl ConsumerContext for TallyContext {}
+
+/// Assigns every partition of the topic at the offset stored in RocksDB (its start when none).
+/// Returns the partitions assigned; an error leaves the previous assignment in place.
+fn assign_all(
+    consumer: &BaseConsumer<TallyContext>,
+    store: &Store,
+    topic: &str,
+) -> Result<Vec<i32>, String> {
+    let partitions = partitions_of(consumer, topic).map_err(|e| e.to_string())?;
+    if partitions.is_empty() {
+        return Err(format!(
+            "topic `{topic}` has no partitions (does it exist?)"
+        ));
     }
+    let stored = store.source_offsets(topic).map_err(|e| e.to_string())?;
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        let offset = stored
+            .get(&partition)
+            .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+        assignment
+            .add_partition_offset(topic, partition, offset)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%topic, partition, ?offset, "assigned");
+    }
+    consumer.assign(&assignment).map_err(|e| e.to_string())?;
+    Ok(partitions)
 }
 
 /// A running consumer thread; stop it with [`KafkaConsumer::stop`].
@@ -122,11 +99,7 @@ impl KafkaConsumer {
         settings: KafkaSettings,
     ) -> Result<KafkaConsumer, KafkaError> {
         let health = engine.kafka_health.clone();
-        let context = TallyContext {
-            store: engine.store.clone(),
-            topic: settings.topic.clone(),
-            health,
-        };
+        let context = TallyContext { health };
         let consumer: BaseConsumer<TallyContext> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group)
@@ -136,7 +109,6 @@ impl KafkaConsumer {
             .set("session.timeout.ms", "6000")
             .set("enable.partition.eof", "false")
             .create_with_context(context)?;
-        consumer.subscribe(&[&settings.topic])?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
@@ -176,7 +148,29 @@ fn run(
     stop: &AtomicBool,
 ) {
     let mut last_lag_check = Instant::now();
+    let mut assigned: Vec<i32> = Vec::new();
+    let mut last_assignment_check: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
+        // (Re)assign when partitions appear: between batches, so the stored offsets are exactly
+        // where reading stands.
+        if last_assignment_check.is_none_or(|at| at.elapsed() > ASSIGNMENT_REFRESH) {
+            last_assignment_check = Some(Instant::now());
+            match partitions_of(consumer, &settings.topic) {
+                Ok(partitions) if !partitions.is_empty() && partitions != assigned => {
+                    match assign_all(consumer, &engine.store, &settings.topic) {
+                        Ok(now_assigned) => assigned = now_assigned,
+                        Err(error) => tracing::warn!(%error, "cannot assign partitions; retrying"),
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot read topic metadata; retrying"),
+            }
+        }
+        if assigned.is_empty() {
+            std::thread::sleep(Duration::from_millis(500));
+            last_assignment_check = None;
+            continue;
+        }
         let batch = poll_batch(consumer, settings, stop, &engine.kafka_health);
         if !batch.is_empty() {
             if let Err(()) = append_batch(engine, settings, &batch) {
@@ -193,6 +187,22 @@ fn run(
             last_lag_check = Instant::now();
         }
     }
+}
+
+/// How often the topic's partitions are looked up again (new partitions get assigned).
+const ASSIGNMENT_REFRESH: Duration = Duration::from_secs(10);
+
+fn partitions_of(
+    consumer: &BaseConsumer<TallyContext>,
+    topic: &str,
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
 }
 
 fn poll_batch(

@@ -1,4 +1,5 @@
-//! Ingestion adapters beyond HTTP: the Kafka consumer and the `tally produce` producer.
+//! Ingestion adapters beyond HTTP: the Kafka consumer, `tally produce` and `tally drain`.
 
+pub mod drain;
 pub mod kafka;
 pub mod produce;

@@ -40,6 +40,7 @@ pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     storage: String,
+    dir: PathBuf,
     log: PathBuf,
 }
 
@@ -49,9 +50,10 @@ impl Broker {
         Self::start(dir, "memory://tansu/".to_owned())
     }
 
-    /// A broker keeping its data in a SQLite file in `dir`, so it survives a restart.
+    /// A broker keeping its data in a SQLite file in `dir`, so it survives a restart. (Tansu
+    /// resolves the file against its working directory, which is `dir`.)
     pub fn start_sqlite(dir: &Path) -> Broker {
-        Self::start(dir, format!("sqlite://{}", dir.join("tansu.db").display()))
+        Self::start(dir, "sqlite://tansu.db".to_owned())
     }
 
     fn start(dir: &Path, storage: String) -> Broker {
@@ -59,6 +61,7 @@ impl Broker {
             child: None,
             port: free_port(),
             storage,
+            dir: dir.to_owned(),
             log: dir.join("tansu.log"),
         };
         broker.spawn();
@@ -69,37 +72,54 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts Tansu and waits until it listens. A broker killed with clients connected leaves
+    /// its port in TIME_WAIT for up to a minute, and Tansu does not bind with SO_REUSEADDR, so
+    /// a restart is retried until the port is free again.
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("broker log");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                &self.storage,
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let deadline = Instant::now() + Duration::from_secs(150);
+        loop {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .expect("broker log");
+            let mut child = Command::new(tansu_binary())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                    "--storage-engine",
+                    &self.storage,
+                ])
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .stdin(Stdio::null())
+                .current_dir(&self.dir)
+                .spawn()
+                .expect("start tansu");
+            loop {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+            }
             assert!(
                 Instant::now() < deadline,
                 "tansu did not listen; log:\n{}",
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 
