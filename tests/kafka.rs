@@ -68,7 +68,7 @@ fn valid_event(n: u64, now: i64, rng: &mut Rng, expected: &mut Expected) -> Mess
         format!("ns-{}", n % 20)
     };
     let totals = expected.totals.entry(tenant.to_owned()).or_default();
-    let (metric, quantity) = if n % 7 == 0 {
+    let (metric, quantity) = if n.is_multiple_of(7) {
         totals.1 += 1;
         ("waf_security_events", 1)
     } else {
