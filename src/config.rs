@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Topic of usage events (keyed by tenant).
     #[arg(long, env = "TALLY_KAFKA_TOPIC", requires = "kafka_brokers")]
     pub kafka_topic: Option<String>,
-    /// Consumer group (engines in one group share the topic's partitions).
+    /// Group id the consumed offsets are committed under (a hint for lag tools; the engine's
+    /// own offsets live in RocksDB).
     #[arg(long, env = "TALLY_KAFKA_GROUP", default_value = "tally")]
     pub kafka_group: String,
     /// Most messages appended in one batch.

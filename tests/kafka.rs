@@ -328,7 +328,6 @@ fn two_hundred_thousand_events_are_counted_exactly_once() {
 }
 
 #[test]
-#[ignore = "known open defect (issue 3): after SIGKILL restarts at the stored offsets, consumption stalls a few thousand events short against Tansu 0.6; under investigation"]
 fn sigkill_three_times_while_consuming_loses_nothing_and_counts_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_memory(dir.path());

@@ -8,7 +8,7 @@
 //! every few seconds and new ones assigned. Offsets are committed to Kafka under the group id
 //! too, as a hint for lag tools only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -61,11 +61,19 @@ impl ConsumerContext for TallyContext {}
 
 /// Assigns every partition of the topic at the offset stored in RocksDB (its start when none).
 /// Returns the partitions assigned; an error leaves the previous assignment in place.
+/// Messages re-read before a stored offset on assignment. A broker asked to fetch from inside
+/// a record batch must return that whole batch; one that skips to the next batch instead
+/// (seen with Tansu 0.6) would silently lose the batch's tail. Starting a little earlier and
+/// dropping what lies below the stored offset makes that impossible.
+const REWIND_ON_ASSIGN: i64 = 10_000;
+
+/// Assigns every partition of the topic a little before the offset stored in RocksDB (its
+/// start when none). Returns the stored offsets: messages below them are already recorded.
 fn assign_all(
     consumer: &BaseConsumer<TallyContext>,
     store: &Store,
     topic: &str,
-) -> Result<Vec<i32>, String> {
+) -> Result<BTreeMap<i32, i64>, String> {
     let partitions = partitions_of(consumer, topic).map_err(|e| e.to_string())?;
     if partitions.is_empty() {
         return Err(format!(
@@ -74,17 +82,22 @@ fn assign_all(
     }
     let stored = store.source_offsets(topic).map_err(|e| e.to_string())?;
     let mut assignment = TopicPartitionList::new();
+    let mut resume = BTreeMap::new();
     for &partition in &partitions {
-        let offset = stored
-            .get(&partition)
-            .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+        let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+        let start = if stored_offset > REWIND_ON_ASSIGN {
+            Offset::Offset(stored_offset - REWIND_ON_ASSIGN)
+        } else {
+            Offset::Beginning
+        };
         assignment
-            .add_partition_offset(topic, partition, offset)
+            .add_partition_offset(topic, partition, start)
             .map_err(|e| e.to_string())?;
-        tracing::info!(%topic, partition, ?offset, "assigned");
+        resume.insert(partition, stored_offset);
+        tracing::info!(%topic, partition, stored_offset, ?start, "assigned");
     }
     consumer.assign(&assignment).map_err(|e| e.to_string())?;
-    Ok(partitions)
+    Ok(resume)
 }
 
 /// A running consumer thread; stop it with [`KafkaConsumer::stop`].
@@ -149,6 +162,8 @@ fn run(
 ) {
     let mut last_lag_check = Instant::now();
     let mut assigned: Vec<i32> = Vec::new();
+    // Per partition, the first offset not yet recorded; messages below it are skipped.
+    let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_assignment_check: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         // (Re)assign when partitions appear: between batches, so the stored offsets are exactly
@@ -158,7 +173,10 @@ fn run(
             match partitions_of(consumer, &settings.topic) {
                 Ok(partitions) if !partitions.is_empty() && partitions != assigned => {
                     match assign_all(consumer, &engine.store, &settings.topic) {
-                        Ok(now_assigned) => assigned = now_assigned,
+                        Ok(stored) => {
+                            assigned = stored.keys().copied().collect();
+                            resume = stored;
+                        }
                         Err(error) => tracing::warn!(%error, "cannot assign partitions; retrying"),
                     }
                 }
@@ -171,12 +189,17 @@ fn run(
             last_assignment_check = None;
             continue;
         }
-        let batch = poll_batch(consumer, settings, stop, &engine.kafka_health);
+        let mut batch = poll_batch(consumer, settings, stop, &engine.kafka_health);
+        batch.retain(|m| m.offset >= resume.get(&m.partition).copied().unwrap_or(0));
+        for message in &batch {
+            resume.insert(message.partition, message.offset + 1);
+        }
         if !batch.is_empty() {
             if let Err(()) = append_batch(engine, settings, &batch) {
-                // Nothing was written: rewind every partition of the batch to where the store
-                // says it stands, wait, and read the same messages again.
-                rewind(consumer, engine, settings, &batch);
+                // Nothing was written: assign again from what the store says, wait, and read
+                // the same messages again.
+                assigned.clear();
+                last_assignment_check = None;
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
@@ -202,6 +225,8 @@ fn partitions_of(
         .iter()
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect::<BTreeSet<i32>>()
+        .into_iter()
         .collect())
 }
 
@@ -335,33 +360,6 @@ fn decode_message(engine: &Engine, now: i64, source: EventSource, message: &Poll
             rejection,
             &message.payload,
         )),
-    }
-}
-
-fn rewind(
-    consumer: &BaseConsumer<TallyContext>,
-    engine: &Engine,
-    settings: &KafkaSettings,
-    batch: &[Polled],
-) {
-    let stored = engine
-        .store
-        .source_offsets(&settings.topic)
-        .unwrap_or_default();
-    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-    for message in batch {
-        first.entry(message.partition).or_insert(message.offset);
-    }
-    for (partition, first_offset) in first {
-        let offset = stored.get(&partition).copied().unwrap_or(first_offset);
-        if let Err(error) = consumer.seek(
-            &settings.topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(5),
-        ) {
-            tracing::error!(%error, partition, "cannot rewind after a failed append");
-        }
     }
 }
 
