@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::auth::{OperatorTokenError, Tokens};
 use crate::config::Config;
+use crate::event::DecodeContext;
 use crate::health::Health;
 use crate::log::append::{Appender, LogHead};
 use crate::log::store::{Store, StoreError, StoreOptions};
@@ -104,6 +105,24 @@ impl Engine {
 
     pub fn now(&self) -> UnixMicros {
         (self.clock)()
+    }
+
+    /// How events arriving now for `tenant` are validated (HTTP and Kafka alike).
+    pub fn decode_context<'a>(
+        &'a self,
+        now: UnixMicros,
+        tenant: &'a str,
+        may_name_any_tenant: bool,
+    ) -> DecodeContext<'a> {
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        DecodeContext {
+            catalog: &self.config.catalog,
+            now,
+            late_window: micros(self.config.late_window),
+            future_skew: micros(self.config.future_skew),
+            tenant,
+            may_name_any_tenant,
+        }
     }
 
     /// Waits until every log entry below `next_seq` is in the projections, up to `timeout`.

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, AppState, PROJECTION_WAIT, require_role};
 use crate::auth::{Caller, Role};
-use crate::event::{self, DecodeContext, EventSource};
+use crate::event::{self, EventSource};
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome};
 
@@ -67,14 +67,7 @@ pub async fn ingest_events(
 
     let engine = &state.engine;
     let now = engine.now();
-    let context = DecodeContext {
-        catalog: &engine.config.catalog,
-        now,
-        late_window: duration_micros(engine.config.late_window),
-        future_skew: duration_micros(engine.config.future_skew),
-        tenant: &caller.tenant,
-        may_name_any_tenant: caller.operator,
-    };
+    let context = engine.decode_context(now, &caller.tenant, caller.operator);
     let source = EventSource::Http { received_at: now };
     let candidates: Vec<Candidate> = events
         .iter()
@@ -168,10 +161,6 @@ fn split_events(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
         .collect())
-}
-
-pub fn duration_micros(duration: std::time::Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

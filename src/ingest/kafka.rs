@@ -21,10 +21,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::api::ingest::duration_micros;
 use crate::auth::DEFAULT_TENANT;
 use crate::engine::Engine;
-use crate::event::{self, DecodeContext, EventSource, Rejection};
+use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome, SourceOffset};
@@ -73,17 +72,12 @@ fn assign_all(
     consumer: &BaseConsumer<TallyContext>,
     store: &Store,
     topic: &str,
+    partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, String> {
-    let partitions = partitions_of(consumer, topic).map_err(|e| e.to_string())?;
-    if partitions.is_empty() {
-        return Err(format!(
-            "topic `{topic}` has no partitions (does it exist?)"
-        ));
-    }
     let stored = store.source_offsets(topic).map_err(|e| e.to_string())?;
     let mut assignment = TopicPartitionList::new();
     let mut resume = BTreeMap::new();
-    for &partition in &partitions {
+    for &partition in partitions {
         let stored_offset = stored.get(&partition).copied().unwrap_or(0);
         let start = if stored_offset > REWIND_ON_ASSIGN {
             Offset::Offset(stored_offset - REWIND_ON_ASSIGN)
@@ -171,8 +165,11 @@ fn run(
         if last_assignment_check.is_none_or(|at| at.elapsed() > ASSIGNMENT_REFRESH) {
             last_assignment_check = Some(Instant::now());
             match partitions_of(consumer, &settings.topic) {
-                Ok(partitions) if !partitions.is_empty() && partitions != assigned => {
-                    match assign_all(consumer, &engine.store, &settings.topic) {
+                Ok(partitions) if partitions.is_empty() => {
+                    tracing::warn!(topic = %settings.topic, "topic has no partitions (does it exist?); retrying");
+                }
+                Ok(partitions) if partitions != assigned => {
+                    match assign_all(consumer, &engine.store, &settings.topic, &partitions) {
                         Ok(stored) => {
                             assigned = stored.keys().copied().collect();
                             resume = stored;
@@ -343,14 +340,8 @@ fn decode_message(engine: &Engine, now: i64, source: EventSource, message: &Poll
             ));
         }
     };
-    let context = DecodeContext {
-        catalog: &engine.config.catalog,
-        now,
-        late_window: duration_micros(engine.config.late_window),
-        future_skew: duration_micros(engine.config.future_skew),
-        tenant: key_tenant.as_deref().unwrap_or(DEFAULT_TENANT),
-        may_name_any_tenant: key_tenant.is_none(),
-    };
+    let tenant = key_tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+    let context = engine.decode_context(now, tenant, key_tenant.is_none());
     match event::decode(&message.payload, &context) {
         Ok(event) => Candidate::Event { event, source },
         Err(rejection) => Candidate::Rejected(DeadLetter::new(
