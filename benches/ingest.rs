@@ -88,6 +88,7 @@ fn log_append(c: &mut Criterion) {
         dir.path(),
         &StoreOptions {
             dedup_horizon: Duration::from_secs(35 * 86_400),
+            min_free_disk: 0,
         },
     )
     .expect("store");

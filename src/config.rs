@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// How long event ids are remembered for dedup; at least the late window (its default).
     #[arg(long, env = "TALLY_DEDUP_HORIZON", value_parser = humantime::parse_duration)]
     pub dedup_horizon: Option<Duration>,
+    /// Appends pause (503, the Kafka consumer stops advancing) while the data directory's file
+    /// system has less free space than this, and resume when space is freed (e.g. 512MiB, 2GB;
+    /// 0 turns the check off).
+    #[arg(long, env = "TALLY_MIN_FREE_DISK", default_value = "256MiB")]
+    pub min_free_disk: bytesize::ByteSize,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -86,6 +91,8 @@ pub struct Config {
     pub late_window: Duration,
     pub future_skew: Duration,
     pub dedup_horizon: Duration,
+    /// Bytes of free disk below which appends pause.
+    pub min_free_disk: u64,
     pub kafka: Option<KafkaSettings>,
 }
 
@@ -127,6 +134,7 @@ impl Config {
             late_window: args.late_window,
             future_skew: args.future_skew,
             dedup_horizon,
+            min_free_disk: args.min_free_disk.as_u64(),
         })
     }
 }
@@ -155,5 +163,20 @@ mod tests {
             Config::from_args(&cli.serve).unwrap().dedup_horizon,
             Duration::from_secs(2 * 86_400)
         );
+    }
+
+    #[test]
+    fn reads_the_free_disk_reserve_in_human_units() {
+        let cli = Cli::parse_from(["tally"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().min_free_disk,
+            256 * 1024 * 1024
+        );
+        let cli = Cli::parse_from(["tally", "--min-free-disk", "2GB"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().min_free_disk,
+            2_000_000_000
+        );
+        assert!(Cli::try_parse_from(["tally", "--min-free-disk", "lots"]).is_err());
     }
 }

@@ -62,6 +62,7 @@ impl Engine {
             &config.data_dir,
             &StoreOptions {
                 dedup_horizon: config.dedup_horizon,
+                min_free_disk: config.min_free_disk,
             },
         )
         .map_err(|source| EngineError::Open { dir, source })?;

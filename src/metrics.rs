@@ -51,6 +51,7 @@ pub struct Metrics {
     pub projector_lag: Gauge,
     pub kafka_lag: Family<PartitionLabels, Gauge>,
     pub kafka_batch_size: Histogram,
+    pub disk_available: Gauge,
 }
 
 impl Default for Metrics {
@@ -113,7 +114,14 @@ impl Metrics {
             "Messages per appended Kafka batch",
             kafka_batch_size.clone(),
         );
+        let disk_available = Gauge::default();
+        registry.register(
+            "disk_available_bytes",
+            "Free space on the data directory's file system (appends pause below --min-free-disk)",
+            disk_available.clone(),
+        );
         Metrics {
+            disk_available,
             registry,
             events,
             requests,
@@ -140,9 +148,12 @@ impl Metrics {
             .set(lag.max(0));
     }
 
-    /// The text exposition, after setting the position gauges.
-    pub fn render(&self, log_entries: u64, projected: u64) -> String {
+    /// The text exposition, after setting the position and disk gauges.
+    pub fn render(&self, log_entries: u64, projected: u64, disk_available: Option<u64>) -> String {
         let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some(bytes) = disk_available {
+            self.disk_available.set(as_gauge(bytes));
+        }
         self.log_entries.set(as_gauge(log_entries));
         self.projected_entries.set(as_gauge(projected));
         self.projector_lag

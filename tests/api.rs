@@ -34,6 +34,7 @@ fn harness() -> Harness {
         late_window: Duration::from_secs(35 * 86_400),
         future_skew: Duration::from_secs(300),
         dedup_horizon: Duration::from_secs(35 * 86_400),
+        min_free_disk: 0,
         kafka: None,
     };
     let engine = Arc::new(Engine::open(config, tally::time::system_clock()).unwrap());

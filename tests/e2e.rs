@@ -577,6 +577,7 @@ fn ten_thousand_events_give_exact_totals_before_and_after_restart() {
         &dir.path().join("data"),
         &tally::log::store::StoreOptions {
             dedup_horizon: Duration::from_secs(35 * 86_400),
+            min_free_disk: 0,
         },
     )
     .unwrap();

@@ -165,6 +165,7 @@ fn open_store(server: &Server) -> Store {
         &server.data_dir,
         &StoreOptions {
             dedup_horizon: Duration::from_secs(35 * 86_400),
+            min_free_disk: 0,
         },
     )
     .unwrap()
@@ -472,4 +473,138 @@ fn tally_produce_sends_stdin_lines_and_synthetic_load() {
         tenants.contains("acme") && tenants.contains("default") && tenants.contains("tenant-0"),
         "{tenants:?}"
     );
+}
+
+/// How many distinct valid events `messages` carry (what consuming them records).
+fn unique_valid(messages: &[Message]) -> u64 {
+    messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("k-"))
+        .collect::<BTreeSet<_>>()
+        .len() as u64
+}
+
+/// A size-limited tmpfs mounted for one test (a disk that can really fill up), unmounted on
+/// drop. Mounting needs root, as the README's test command runs.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {} (the disk-full test needs root, as CI runs it)",
+            at.display()
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    /// Writes a file that leaves `leave` bytes free on the mount.
+    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        let stat = rustix::fs::statvfs(&self.0).unwrap();
+        let available = stat.f_bavail * stat.f_frsize;
+        assert!(available > leave, "only {available} bytes free");
+        let filler = self.0.join("filler");
+        let file = std::fs::File::create(&filler).unwrap();
+        // tmpfs allocates pages as they are written: write zeros, a sparse file would not fill.
+        let mut writer = std::io::BufWriter::new(file);
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = available - leave;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut writer, &chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        std::io::Write::flush(&mut writer).unwrap();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_consumption_and_writing_resumes_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let disk = Tmpfs::mount(&data, "256m");
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 2);
+    let (messages, _, expected) = workload(20_000, 43);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    produce(&broker, first);
+    let mut server = Server::start_kafka_with(
+        &data,
+        &broker.address(),
+        TOPIC,
+        &["--min-free-disk", "16MiB"],
+    );
+    // The first half is consumed while there is room.
+    let consumed_first = unique_valid(first);
+    wait_for_entries(&server, consumed_first, Duration::from_secs(120));
+
+    // The disk fills up: the consumer stops advancing, /readyz says why, HTTP ingest is
+    // refused with 503 and nothing of it is recorded.
+    let filler = disk.fill_leaving(8 << 20);
+    produce(&broker, second);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let ready = server.readiness();
+        if ready["http_status"] == 503 && ready["log_writer_failing"] == true {
+            break ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never showed the full disk: {ready}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reasons = ready["reasons"].to_string();
+    assert!(
+        reasons.contains("log writer") && reasons.contains("below the reserve of 16.0 MiB"),
+        "{ready}"
+    );
+    let now = rfc3339(Utc::now().timestamp_micros());
+    let (status, body) = server.post(
+        "/api/tally/events",
+        &json!([{"id": "while-full", "tenant": "acme", "namespace": "shop",
+                 "metric_label": "http_lb_requests", "quantity": 1, "timestamp": now}]),
+    );
+    assert_eq!(status, 503, "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled = server.readiness();
+    assert_eq!(stalled["log_entries"], consumed_first, "{stalled}");
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metric_value(&metrics, "tally_disk_available_bytes") < 16 << 20,
+        "{metrics}"
+    );
+
+    // Space is freed: writing resumes by itself and every message is counted exactly once.
+    std::fs::remove_file(filler).unwrap();
+    wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.readiness()["http_status"] != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never recovered: {}",
+            server.readiness()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+    assert_eq!(stored_totals(&open_store(&server)), expected.totals);
 }

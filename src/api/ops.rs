@@ -33,6 +33,9 @@ struct Readiness {
     projected_entries: u64,
     log_writer_failing: bool,
     projector_failing: bool,
+    /// Why the failing components fail (absent when ready).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
     /// Present when a Kafka consumer runs: whether its brokers are unreachable.
     #[serde(skip_serializing_if = "Option::is_none")]
     kafka_failing: Option<bool>,
@@ -50,12 +53,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .as_ref()
         .map(|_| engine.kafka_health.is_failing());
     let failing = writer_failing || projector_failing || kafka_failing == Some(true);
+    let reasons = [
+        ("log writer", &engine.writer_health),
+        ("projector", &engine.projector_health),
+        ("kafka consumer", &engine.kafka_health),
+    ]
+    .into_iter()
+    .filter_map(|(component, health)| health.reason().map(|r| format!("{component}: {r}")))
+    .collect();
     let body = Readiness {
         status: if failing { "unavailable" } else { "ready" },
         log_entries: engine.head.get(),
         projected_entries: *engine.projected.borrow(),
         log_writer_failing: writer_failing,
         projector_failing,
+        reasons,
         kafka_failing,
     };
     let status = if failing {
@@ -68,9 +80,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
-    let text = engine
-        .metrics
-        .render(engine.head.get(), *engine.projected.borrow());
+    let text = engine.metrics.render(
+        engine.head.get(),
+        *engine.projected.borrow(),
+        engine.store.available_disk().ok(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -51,7 +51,7 @@ impl ClientContext for TallyContext {
         tracing::warn!(%error, reason, "kafka client error");
         // Losing every broker is an outage; other errors are transient and logged.
         if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_failing(true);
+            self.health.fail(&error);
         }
     }
 }
@@ -245,7 +245,7 @@ fn poll_batch(
         };
         match consumer.poll(wait) {
             Some(Ok(message)) => {
-                health.set_failing(false);
+                health.recover();
                 batch.push(Polled {
                     partition: message.partition(),
                     offset: message.offset(),
@@ -381,7 +381,7 @@ fn record_lag(consumer: &BaseConsumer<TallyContext>, engine: &Engine, settings: 
         let partition = element.partition();
         match consumer.fetch_watermarks(&settings.topic, partition, Duration::from_secs(1)) {
             Ok((low, high)) => {
-                engine.kafka_health.set_failing(false);
+                engine.kafka_health.recover();
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 engine
                     .metrics
@@ -389,7 +389,7 @@ fn record_lag(consumer: &BaseConsumer<TallyContext>, engine: &Engine, settings: 
             }
             Err(error) => {
                 tracing::warn!(%error, partition, "cannot fetch watermarks");
-                engine.kafka_health.set_failing(true);
+                engine.kafka_health.fail(&error);
             }
         }
     }

@@ -271,15 +271,15 @@ impl Writer {
             }
             match self.write_group(&group) {
                 Ok(outcomes) => {
-                    self.health.set_failing(false);
+                    self.health.recover();
                     self.head.publish(self.next_seq);
                     for (request, outcome) in group.into_iter().zip(outcomes) {
                         let _ = request.reply.send(Ok(outcome));
                     }
                 }
                 Err(error) => {
-                    self.health.set_failing(true);
                     tracing::error!(%error, "log append failed; nothing of the batch was written");
+                    self.health.fail(&error);
                     let error = AppendError::Store(Arc::new(error));
                     for request in group {
                         let _ = request.reply.send(Err(error.clone()));
@@ -292,6 +292,7 @@ impl Writer {
 
     /// Writes one group in one batch. Counters advance only when the write succeeded.
     fn write_group(&mut self, group: &[AppendRequest]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+        self.store.ensure_room()?;
         let events: Vec<&UsageEvent> = group
             .iter()
             .flat_map(|r| &r.candidates)
@@ -431,6 +432,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions {
             dedup_horizon: Duration::from_secs(86_400),
+            min_free_disk: 0,
         };
         let store = Store::open(dir.path(), &options).unwrap();
         let clock: Clock = std::sync::Arc::new(|| 5);

@@ -3,7 +3,7 @@
 //! Every call here blocks; async callers go through `spawn_blocking` or a dedicated thread.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,16 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
+    #[error(
+        "only {available} free under {dir}, below the reserve of {reserve} (--min-free-disk); appends pause until space is freed"
+    )]
+    DiskFull {
+        dir: String,
+        available: bytesize::ByteSize,
+        reserve: bytesize::ByteSize,
+    },
+    #[error("cannot read the free space of {dir}: {source}")]
+    DiskStat { dir: String, source: std::io::Error },
 }
 
 /// Settings that shape the store.
@@ -73,12 +83,17 @@ pub enum StoreError {
 pub struct StoreOptions {
     /// Dedup records whose event time is older than this are dropped at compaction.
     pub dedup_horizon: Duration,
+    /// Appends are refused while the data directory's file system has less free space than
+    /// this (0: no check).
+    pub min_free_disk: u64,
 }
 
 /// The RocksDB database with Tally's column families.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Db>,
+    dir: Arc<PathBuf>,
+    min_free_disk: u64,
 }
 
 impl Store {
@@ -92,7 +107,11 @@ impl Store {
             .iter()
             .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, options)));
         let db = Db::open_cf_descriptors(&db_options, dir, descriptors)?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            dir: Arc::new(dir.to_path_buf()),
+            min_free_disk: options.min_free_disk,
+        };
         store.check_format_version()?;
         Ok(store)
     }
@@ -129,6 +148,35 @@ impl Store {
         self.db
             .cf_handle(name)
             .unwrap_or_else(|| panic!("column family {name} is not opened"))
+    }
+
+    /// Bytes free to unprivileged writers on the data directory's file system.
+    pub fn available_disk(&self) -> Result<u64, StoreError> {
+        let stat =
+            rustix::fs::statvfs(self.dir.as_path()).map_err(|errno| StoreError::DiskStat {
+                dir: self.dir.display().to_string(),
+                source: errno.into(),
+            })?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Refuses to grow the log below the free-space reserve. RocksDB latches a failed write
+    /// (ENOSPC) until the database is reopened, so appends stop short of a full disk and
+    /// resume by themselves once space is freed; the reserve leaves room for projections,
+    /// flushes and compactions meanwhile.
+    pub fn ensure_room(&self) -> Result<(), StoreError> {
+        if self.min_free_disk == 0 {
+            return Ok(());
+        }
+        let available = self.available_disk()?;
+        if available < self.min_free_disk {
+            return Err(StoreError::DiskFull {
+                dir: self.dir.display().to_string(),
+                available: bytesize::ByteSize::b(available),
+                reserve: bytesize::ByteSize::b(self.min_free_disk),
+            });
+        }
+        Ok(())
     }
 
     /// Writes a batch atomically; `durable` waits for the WAL to reach the disk (fsync).

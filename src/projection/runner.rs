@@ -39,7 +39,7 @@ pub fn start(
                     Ok(checkpoint) => break checkpoint.unwrap_or(0),
                     Err(error) => {
                         tracing::error!(%error, "cannot read the projector checkpoint; retrying");
-                        health.set_failing(true);
+                        health.fail(&error);
                         std::thread::sleep(Duration::from_secs(1));
                     }
                 }
@@ -51,12 +51,12 @@ pub fn start(
                     match fold_batch(&store, &catalog, next) {
                         Ok(after) => {
                             next = after;
-                            health.set_failing(false);
+                            health.recover();
                             projected.send_replace(next);
                         }
                         Err(error) => {
                             tracing::error!(%error, next, "projector batch failed; retrying");
-                            health.set_failing(true);
+                            health.fail(&error);
                             std::thread::sleep(Duration::from_secs(1));
                         }
                     }

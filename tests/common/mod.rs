@@ -57,9 +57,16 @@ impl Server {
 
     /// An engine that also consumes `topic` from `brokers`.
     pub fn start_kafka(data_dir: &Path, brokers: &str, topic: &str) -> Server {
+        Self::start_kafka_with(data_dir, brokers, topic, &[])
+    }
+
+    /// As [`start_kafka`](Self::start_kafka), with more flags.
+    pub fn start_kafka_with(data_dir: &Path, brokers: &str, topic: &str, extra: &[&str]) -> Server {
         let args = ["--kafka-brokers", brokers, "--kafka-topic", topic]
-            .map(str::to_owned)
-            .to_vec();
+            .iter()
+            .chain(extra)
+            .map(|arg| arg.to_string())
+            .collect();
         Self::launch(data_dir, None, Some(OPERATOR_TOKEN), args)
     }
 
