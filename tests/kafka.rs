@@ -584,10 +584,27 @@ fn a_full_disk_pauses_consumption_and_writing_resumes_without_loss() {
                  "metric_label": "http_lb_requests", "quantity": 1, "timestamp": now}]),
     );
     assert_eq!(status, 503, "{body}");
-    std::thread::sleep(Duration::from_secs(3));
+    // Lag shows every message of the second half waiting (the high watermarks come from
+    // fetch responses, refreshed every second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, metrics) = server.get("/metrics");
+        let lag: u64 = (0..2)
+            .map(|p| {
+                metric_value(
+                    &metrics,
+                    &format!("tally_kafka_consumer_lag_messages{{partition=\"{p}\"}}"),
+                )
+            })
+            .sum();
+        if lag == second.len() as u64 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "lag {lag}: {metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let stalled = server.readiness();
     assert_eq!(stalled["log_entries"], consumed_first, "{stalled}");
-    let (_, metrics) = server.get("/metrics");
     assert!(
         metric_value(&metrics, "tally_disk_available_bytes") < 16 << 20,
         "{metrics}"

@@ -1,12 +1,21 @@
 //! `tally drain`: read a topic from the beginning with a bare consumer and report the rate: the
 //! ceiling any consumer of this broker and machine can reach, to compare ingest figures with.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::watermarks::FetchedWatermarks;
+
+/// How long a drain waits for a message before it calls the topic drained.
+const IDLE: Duration = Duration::from_secs(10);
 
 /// What a drain read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,14 +26,29 @@ pub struct DrainSummary {
     pub elapsed: Duration,
 }
 
-/// Reads every partition of `topic` from its start to the high watermark seen at the start.
+struct DrainContext(FetchedWatermarks);
+
+impl ClientContext for DrainContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0.record(&statistics);
+    }
+}
+
+impl ConsumerContext for DrainContext {}
+
+/// Reads every partition of `topic` from its start until each has reached the high watermark
+/// its fetch responses report (or nothing arrived for [`IDLE`]). The end is taken from fetch
+/// responses rather than asked for up front, which Tansu 0.6 answers too low (see
+/// [`watermarks`](super::watermarks)).
 pub fn drain(brokers: &str, topic: &str) -> Result<DrainSummary, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<DrainContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "tally-drain")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .create()?;
+        // Often, so the end is seen soon after it is reached.
+        .set("statistics.interval.ms", "100")
+        .create_with_context(DrainContext(FetchedWatermarks::default()))?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -32,29 +56,45 @@ pub fn drain(brokers: &str, topic: &str) -> Result<DrainSummary, KafkaError> {
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0u64;
+    // The next offset to read of each partition; the low watermark until a message arrives.
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for &partition in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        remaining += u64::try_from(high - low).unwrap_or(0);
+        let (low, _) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
         assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        next.insert(partition, low);
     }
     consumer.assign(&assignment)?;
     let (mut messages, mut bytes) = (0u64, 0u64);
-    let mut started: Option<Instant> = None;
-    while messages < remaining {
-        match consumer.poll(Duration::from_secs(10)) {
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut last_message = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                started.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                first.get_or_insert(now);
+                (last, last_message) = (now, now);
                 messages += 1;
                 bytes += message.payload_len() as u64;
+                next.insert(message.partition(), message.offset() + 1);
             }
             Some(Err(error)) => return Err(error),
-            None => break,
+            None if last_message.elapsed() > IDLE => break,
+            None => {}
+        }
+        let watermarks = &consumer.context().0;
+        let at_end = next.iter().all(|(&partition, &position)| {
+            watermarks
+                .high(topic, partition)
+                .is_some_and(|high| position >= high)
+        });
+        if at_end {
+            break;
         }
     }
     Ok(DrainSummary {
         messages,
         bytes,
-        elapsed: started.map_or(Duration::ZERO, |s| s.elapsed()),
+        elapsed: first.map_or(Duration::ZERO, |f| last - f),
     })
 }

@@ -19,12 +19,14 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::auth::DEFAULT_TENANT;
 use crate::engine::Engine;
 use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
+use crate::ingest::watermarks::{FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome, SourceOffset};
 use crate::log::store::Store;
@@ -44,9 +46,14 @@ pub struct KafkaSettings {
 /// Assigns partitions at the offsets stored in RocksDB, and records broker errors as health.
 struct TallyContext {
     health: Arc<Health>,
+    watermarks: FetchedWatermarks,
 }
 
 impl ClientContext for TallyContext {
+    fn stats(&self, statistics: Statistics) {
+        self.watermarks.record(&statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
         // Losing every broker is an outage; other errors are transient and logged.
@@ -106,7 +113,10 @@ impl KafkaConsumer {
         settings: KafkaSettings,
     ) -> Result<KafkaConsumer, KafkaError> {
         let health = engine.kafka_health.clone();
-        let context = TallyContext { health };
+        let context = TallyContext {
+            health,
+            watermarks: FetchedWatermarks::default(),
+        };
         let consumer: BaseConsumer<TallyContext> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group)
@@ -115,6 +125,7 @@ impl KafkaConsumer {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(context)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -380,8 +391,15 @@ fn record_lag(consumer: &BaseConsumer<TallyContext>, engine: &Engine, settings: 
     for element in assignment.elements() {
         let partition = element.partition();
         match consumer.fetch_watermarks(&settings.topic, partition, Duration::from_secs(1)) {
-            Ok((low, high)) => {
+            Ok((low, listed_high)) => {
                 engine.kafka_health.recover();
+                // ListOffsets can answer too low (see `watermarks`); fetch responses do not.
+                let fetched_high = consumer
+                    .context()
+                    .watermarks
+                    .high(&settings.topic, partition)
+                    .unwrap_or(-1);
+                let high = listed_high.max(fetched_high);
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 engine
                     .metrics

@@ -3,3 +3,4 @@
 pub mod drain;
 pub mod kafka;
 pub mod produce;
+pub mod watermarks;

@@ -1,0 +1,42 @@
+//! High watermarks as the broker reports them in fetch responses, learnt from librdkafka's
+//! statistics: the end of each partition, for lag and for knowing when a drain is done.
+//!
+//! The rdkafka crate exposes watermarks only through ListOffsets, which Tansu 0.6 answers for
+//! `latest` with the base offset of the newest record batch plus one (too low by up to a
+//! batch). Fetch responses carry the true high watermark, and the statistics report it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::statistics::Statistics;
+
+/// How often librdkafka emits statistics (the `statistics.interval.ms` to configure).
+pub const STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// The newest high watermark seen per (topic, partition); cheap to clone and share.
+#[derive(Debug, Clone, Default)]
+pub struct FetchedWatermarks {
+    high: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+}
+
+impl FetchedWatermarks {
+    /// Takes the high watermarks out of one statistics report (unknown ones are -1).
+    pub fn record(&self, statistics: &Statistics) {
+        let Ok(mut high) = self.high.lock() else {
+            return;
+        };
+        for (topic, stats) in &statistics.topics {
+            for (&partition, partition_stats) in &stats.partitions {
+                if partition >= 0 && partition_stats.hi_offset >= 0 {
+                    high.insert((topic.clone(), partition), partition_stats.hi_offset);
+                }
+            }
+        }
+    }
+
+    /// The high watermark of the latest fetch response of a partition, when there was one.
+    pub fn high(&self, topic: &str, partition: i32) -> Option<i64> {
+        let high = self.high.lock().ok()?;
+        high.get(&(topic.to_owned(), partition)).copied()
+    }
+}
