@@ -56,7 +56,7 @@ pub struct QuotaBinding {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QuotaKind {
     Object,
@@ -88,7 +88,7 @@ pub struct LimitType<T> {
 }
 
 /// F5 `quotaRateLimitType` (`unit`: SECOND, MINUTE, HOUR, DAY).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitType {
     pub unit: RateLimitUnit,

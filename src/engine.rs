@@ -9,10 +9,12 @@ use crate::auth::{OperatorTokenError, Tokens};
 use crate::config::Config;
 use crate::event::DecodeContext;
 use crate::health::Health;
-use crate::log::append::{Appender, LogHead};
+use crate::log::LogEntry;
+use crate::log::append::{AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome};
 use crate::log::store::{Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
 use crate::projection::runner;
+use crate::quota::Alert;
 use crate::time::{Clock, UnixMicros};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,7 @@ impl Engine {
             head.clone(),
             projected_tx,
             projector_health.clone(),
+            alert_sink(appender.clone()),
         )?;
         Ok(Engine {
             config,
@@ -102,6 +105,21 @@ impl Engine {
             generated_admin_token: Mutex::new(generated),
             threads: Mutex::new(vec![writer_thread, projector_thread]),
         })
+    }
+
+    /// Appends quota changes and waits until the projections include them.
+    pub async fn append_facts(&self, entries: Vec<LogEntry>) -> Result<Vec<Outcome>, AppendError> {
+        let candidates = entries
+            .into_iter()
+            .map(|entry| Candidate::Fact {
+                entry,
+                identity: None,
+            })
+            .collect();
+        let outcomes = self.appender.append(candidates).await?;
+        self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
+            .await;
+        Ok(outcomes)
     }
 
     pub fn now(&self) -> UnixMicros {
@@ -160,4 +178,21 @@ impl Engine {
             Err(error) => tracing::error!(%error, "shutdown task failed"),
         }
     }
+}
+
+/// The projector's way to append the alerts it finds: once each, by their deterministic ids.
+fn alert_sink(appender: Appender) -> runner::AlertSink {
+    Box::new(move |alerts: Vec<Alert>| {
+        let candidates = alerts
+            .into_iter()
+            .map(|alert| Candidate::Fact {
+                identity: Some(FactIdentity::new("alert", &alert.tenant, &alert.id)),
+                entry: LogEntry::QuotaAlert { alert },
+            })
+            .collect();
+        appender
+            .append_blocking(candidates, Vec::new())
+            .map(|_| ())
+            .map_err(|error| StoreError::Append(error.to_string()))
+    })
 }

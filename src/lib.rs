@@ -8,6 +8,7 @@
 //! - [`event`]: the usage event, its wire forms (Tally JSON, CloudEvents) and validation.
 //! - [`catalog`]: meters, plans, addons and prices.
 //! - [`projection`]: the folds from log entries into hourly, monthly and current rows.
+//! - [`quota`]: quota objects, effective limits, levels and threshold alerts.
 //! - [`report`]: rows → F5 response shapes (usage items, cost lines, summaries).
 //!
 //! Shell:
@@ -41,6 +42,7 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod projection;
+pub mod quota;
 pub mod report;
 pub mod server;
 pub mod time;

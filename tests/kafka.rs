@@ -279,7 +279,9 @@ fn two_hundred_thousand_events_are_counted_exactly_once() {
     let mut last_offset: HashMap<i32, i64> = HashMap::new();
     let mut late_hours: BTreeMap<(String, u32), i128> = BTreeMap::new();
     for (_, entry) in &entries {
-        let LogEntry::UsageRecorded { event, source, .. } = entry;
+        let LogEntry::UsageRecorded { event, source, .. } = entry else {
+            panic!("only usage in this log: {entry:?}")
+        };
         let tally::event::EventSource::Kafka {
             partition, offset, ..
         } = source
@@ -467,7 +469,10 @@ fn tally_produce_sends_stdin_lines_and_synthetic_load() {
         .read_log(0, 10_000)
         .unwrap()
         .into_iter()
-        .map(|(_, LogEntry::UsageRecorded { event, .. })| event.tenant)
+        .filter_map(|(_, entry)| match entry {
+            LogEntry::UsageRecorded { event, .. } => Some(event.tenant),
+            _ => None,
+        })
         .collect();
     assert!(
         tenants.contains("acme") && tenants.contains("default") && tenants.contains("tenant-0"),

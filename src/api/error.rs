@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 404 / NOT_FOUND.
     #[error("{0}")]
     NotFound(String),
+    /// 409 / ALREADY_EXISTS: the object exists already.
+    #[error("{0}")]
+    Conflict(String),
     /// 405: the path exists with other methods.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, 7),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 5),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 12),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, 6),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),

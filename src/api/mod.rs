@@ -6,6 +6,7 @@
 pub mod error;
 pub mod ingest;
 pub mod ops;
+pub mod quota;
 pub mod usage;
 
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub openapi: Arc<Bytes>,
+    /// Serialises quota object changes: each is judged (exists? missing?) against the state
+    /// every earlier change left.
+    pub quota_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -48,6 +52,7 @@ impl AppState {
         AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
+            quota_lock: Arc::default(),
         }
     }
 }
@@ -74,6 +79,32 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/data/namespaces/system/billing/usage_summary",
             post(usage::usage_summary),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/quotas",
+            post(quota::create).get(quota::list),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/quotas/{name}",
+            get(quota::get_one)
+                .put(quota::replace)
+                .delete(quota::delete),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/quota/limits",
+            get(quota::limits),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/quota/usage",
+            get(quota::usage),
+        )
+        .route(
+            "/api/tally/namespaces/{namespace}/quota/check",
+            post(quota::check),
+        )
+        .route(
+            "/api/tally/namespaces/{namespace}/alerts",
+            get(quota::alerts),
         )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY));
     let ingest = Router::new()

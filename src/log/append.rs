@@ -31,6 +31,44 @@ pub enum Candidate {
         source: EventSource,
     },
     Rejected(DeadLetter),
+    /// Any other fact (a quota change, an alert); with an identity it is appended once.
+    Fact {
+        entry: LogEntry,
+        identity: Option<FactIdentity>,
+    },
+}
+
+impl Candidate {
+    fn dedup_key(&self) -> Option<[u8; 16]> {
+        match self {
+            Candidate::Event { event, .. } => Some(event.dedup_key()),
+            Candidate::Fact {
+                identity: Some(identity),
+                ..
+            } => Some(identity.key),
+            _ => None,
+        }
+    }
+}
+
+/// What makes a fact the same fact again: its id, hashed into the dedup index apart from
+/// usage ids (`kind\0tenant\0id`). Its dedup record is never pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactIdentity {
+    pub id: String,
+    pub key: [u8; 16],
+    pub fingerprint: u64,
+}
+
+impl FactIdentity {
+    pub fn new(kind: &str, tenant: &str, id: &str) -> FactIdentity {
+        let text = format!("{kind}\0{tenant}\0{id}");
+        FactIdentity {
+            id: id.to_owned(),
+            key: xxhash_rust::xxh3::xxh3_128(text.as_bytes()).to_be_bytes(),
+            fingerprint: xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
+        }
+    }
 }
 
 /// What became of one candidate.
@@ -293,15 +331,11 @@ impl Writer {
     /// Writes one group in one batch. Counters advance only when the write succeeded.
     fn write_group(&mut self, group: &[AppendRequest]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         self.store.ensure_room()?;
-        let events: Vec<&UsageEvent> = group
+        let dedup_keys: Vec<[u8; 16]> = group
             .iter()
             .flat_map(|r| &r.candidates)
-            .filter_map(|c| match c {
-                Candidate::Event { event, .. } => Some(event),
-                Candidate::Rejected(_) => None,
-            })
+            .filter_map(Candidate::dedup_key)
             .collect();
-        let dedup_keys: Vec<[u8; 16]> = events.iter().map(|e| e.dedup_key()).collect();
         let stored = self.store.dedup_lookup(&dedup_keys)?;
 
         let now = (self.clock)();
@@ -377,6 +411,50 @@ impl Writer {
                                 Outcome::Conflict(rejection)
                             }
                             Verdict::Duplicate(seq) => Outcome::Duplicate { seq },
+                        }
+                    }
+                    Candidate::Fact { entry, identity } => {
+                        let verdict = match identity {
+                            None => Verdict::New,
+                            Some(identity) => {
+                                let Some((key, from_store)) = lookups.next() else {
+                                    unreachable!("one dedup lookup per identified fact")
+                                };
+                                let existing = in_batch.get(key).or(from_store.as_ref());
+                                classify(identity.fingerprint, existing)
+                            }
+                        };
+                        match verdict {
+                            Verdict::New => {
+                                let seq = next_seq;
+                                next_seq += 1;
+                                batch.put_cf(
+                                    &log_cf,
+                                    keys::seq_key(seq),
+                                    codec::encode_entry(entry),
+                                );
+                                if let Some(identity) = identity {
+                                    // Facts are not subject to the late window: keep the
+                                    // record for good (the compaction filter prunes by time).
+                                    let record = DedupRecord {
+                                        seq,
+                                        event_time: i64::MAX,
+                                        fingerprint: identity.fingerprint,
+                                    };
+                                    batch.put_cf(
+                                        &dedup_cf,
+                                        identity.key,
+                                        codec::encode_dedup(&record),
+                                    );
+                                    in_batch.insert(identity.key, record);
+                                }
+                                Outcome::Recorded { seq }
+                            }
+                            Verdict::Duplicate(seq) => Outcome::Duplicate { seq },
+                            Verdict::Conflict(seq) => Outcome::Conflict(conflict_rejection(
+                                identity.as_ref().map_or("", |i| i.id.as_str()),
+                                seq,
+                            )),
                         }
                     }
                 };
@@ -496,7 +574,9 @@ mod tests {
 
         let entries = store.read_log(0, 10).unwrap();
         assert_eq!(entries.len(), 2);
-        let LogEntry::UsageRecorded { source, .. } = &entries[1].1;
+        let LogEntry::UsageRecorded { source, .. } = &entries[1].1 else {
+            panic!("not usage")
+        };
         assert_eq!(source, &kafka(8));
         drop(appender);
         thread.join().unwrap();

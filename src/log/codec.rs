@@ -70,6 +70,22 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, CodecError> {
     decode_versioned(bytes, "log entry")
 }
 
+pub fn encode_quota_object(object: &crate::quota::QuotaObject) -> Vec<u8> {
+    encode_versioned(object)
+}
+
+pub fn decode_quota_object(bytes: &[u8]) -> Result<crate::quota::QuotaObject, CodecError> {
+    decode_versioned(bytes, "quota object")
+}
+
+pub fn encode_alert(alert: &crate::quota::Alert) -> Vec<u8> {
+    encode_versioned(alert)
+}
+
+pub fn decode_alert(bytes: &[u8]) -> Result<crate::quota::Alert, CodecError> {
+    decode_versioned(bytes, "alert")
+}
+
 pub fn encode_dead_letter(letter: &DeadLetter) -> Vec<u8> {
     encode_versioned(letter)
 }

@@ -8,6 +8,11 @@
 //! | `hourly`      | tenant `\0` scope `\0` hour `u32` BE, namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate, 57 bytes |
 //! | `monthly`     | as `hourly` with month `u32` BE (months since year 0)                                  | aggregate                            |
 //! | `current`     | tenant `\0` scope `\0` billing period `u32` BE, metric `\0`                             | `i128` BE total of series values     |
+//! | `quota`       | `o` tenant `\0` namespace `\0` name `\0`                                                  | quota object, bincode                |
+//! |               | `s` tenant `\0` kind `\0` key `\0` namespace `\0` object `\0` deployment `\0` container `\0` | series level: value, time, id hash |
+//! |               | `t` tenant `\0` scope `\0` kind `\0` key `\0`                                            | `i128` BE level (namespace or `*`)   |
+//! |               | `b` tenant `\0` kind `\0` key `\0`                                                        | threshold band `u8` (0–3)            |
+//! | `alerts`      | seq `u64` BE of the alert's log entry                                                 | [`Alert`](crate::quota::Alert), bincode |
 //! | `checkpoints` | projection name                                                                       | last folded seq `u64`                |
 //! | `offsets`     | topic `\0` partition `i32` BE                                                         | next offset `i64`                    |
 //! | `tokens`      | token id                                                                              | token record, bincode                |
@@ -192,7 +197,7 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-fn push_str(key: &mut Vec<u8>, part: &str) {
+pub fn push_str(key: &mut Vec<u8>, part: &str) {
     key.extend_from_slice(part.as_bytes());
     key.push(0);
 }

@@ -9,6 +9,7 @@ pub mod store;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventSource, Rejection, UsageEvent};
+use crate::quota::{Alert, QuotaObject};
 use crate::time::UnixMicros;
 
 /// One immutable fact. Names are past tense: the log records what happened.
@@ -20,6 +21,17 @@ pub enum LogEntry {
         source: EventSource,
         recorded_at: UnixMicros,
     },
+    /// A quota object was created or replaced (the whole object as it now stands).
+    QuotaObjectPut { object: QuotaObject, at: UnixMicros },
+    /// A quota object was deleted.
+    QuotaObjectDeleted {
+        tenant: String,
+        namespace: String,
+        name: String,
+        at: UnixMicros,
+    },
+    /// A quota level crossed a threshold (appended by the projector, once per crossing).
+    QuotaAlert { alert: Alert },
 }
 
 /// What the dedup index remembers of an accepted event.

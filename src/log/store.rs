@@ -28,6 +28,8 @@ pub const CF_CHECKPOINTS: &str = "checkpoints";
 pub const CF_OFFSETS: &str = "offsets";
 pub const CF_TOKENS: &str = "tokens";
 pub const CF_META: &str = "meta";
+pub const CF_QUOTA: &str = "quota";
+pub const CF_ALERTS: &str = "alerts";
 
 /// Every column family, in one list: opening creates the missing ones.
 pub const COLUMN_FAMILIES: &[&str] = &[
@@ -41,6 +43,8 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_OFFSETS,
     CF_TOKENS,
     CF_META,
+    CF_QUOTA,
+    CF_ALERTS,
 ];
 
 /// Layout version of this build's keys and values; a store of another version is refused.
@@ -66,6 +70,8 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
+    #[error("cannot append to the log: {0}")]
+    Append(String),
     #[error(
         "only {available} free under {dir}, below the reserve of {reserve} (--min-free-disk); appends pause until space is freed"
     )]

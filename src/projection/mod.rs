@@ -4,6 +4,7 @@
 //! content-only order), so folding any permutation of the same events gives the same bytes,
 //! and a batch of deltas can be merged into stored rows in any grouping.
 
+pub mod quota;
 pub mod read;
 pub mod runner;
 
@@ -136,7 +137,9 @@ impl UsageDeltas {
     /// Folds one entry; entries for meters the catalog no longer has are kept in the log but
     /// not projected (they reappear if the meter returns and the projection is rebuilt).
     pub fn fold(&mut self, entry: &LogEntry, catalog: &Catalog) {
-        let LogEntry::UsageRecorded { event, .. } = entry;
+        let LogEntry::UsageRecorded { event, .. } = entry else {
+            return;
+        };
         let Some(meter) = catalog.meter(&event.metric_label) else {
             return;
         };

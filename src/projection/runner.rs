@@ -17,10 +17,17 @@ use crate::health::Health;
 use crate::log::append::LogHead;
 use crate::log::codec;
 use crate::log::store::{CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError};
+use crate::projection::quota::StoreQuotaReads;
+use crate::quota::Alert;
+use crate::quota::fold::QuotaFold;
 
 /// Entries folded per batch: large enough to amortise the row reads, small enough to keep a
 /// batch's memory and latency modest.
 pub const FOLD_BATCH: usize = 8_192;
+
+/// Appends the alerts a batch found, durably, before the batch's checkpoint moves (so a crash
+/// in between refolds them, and their ids make the second append a duplicate).
+pub type AlertSink = Box<dyn Fn(Vec<Alert>) -> Result<(), StoreError> + Send>;
 
 /// Starts the projector over `store`. `projected` carries the next seq to fold (everything
 /// below it is in the projections). The thread ends once the log is closed and folded.
@@ -30,6 +37,7 @@ pub fn start(
     head: Arc<LogHead>,
     projected: watch::Sender<u64>,
     health: Arc<Health>,
+    alert_sink: AlertSink,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tally-projector".into())
@@ -48,11 +56,16 @@ pub fn start(
             loop {
                 let (log_head, closed) = head.wait_beyond(next, Duration::from_millis(500));
                 if log_head > next {
-                    match fold_batch(&store, &catalog, next) {
+                    match fold_batch(&store, &catalog, next, &alert_sink) {
                         Ok(after) => {
                             next = after;
                             health.recover();
                             projected.send_replace(next);
+                        }
+                        Err(error) if closed => {
+                            // Shutting down: the next start refolds from the checkpoint.
+                            tracing::warn!(%error, next, "projector batch failed at shutdown");
+                            break;
                         }
                         Err(error) => {
                             tracing::error!(%error, next, "projector batch failed; retrying");
@@ -69,14 +82,29 @@ pub fn start(
 }
 
 /// Folds one batch starting at `from`; returns the next seq to fold.
-pub fn fold_batch(store: &Store, catalog: &Catalog, from: u64) -> Result<u64, StoreError> {
+pub fn fold_batch(
+    store: &Store,
+    catalog: &Catalog,
+    from: u64,
+    alert_sink: &AlertSink,
+) -> Result<u64, StoreError> {
     let entries = store.read_log(from, FOLD_BATCH)?;
     let Some(&(last_seq, _)) = entries.last() else {
         return Ok(from);
     };
     let mut deltas = UsageDeltas::default();
-    for (_, entry) in &entries {
+    let reads = StoreQuotaReads(store);
+    // Until subscriptions exist, every tenant is on the catalog's default plan.
+    let plan_default = &catalog.default_plan().default_quota;
+    let plan_of = |_: &str| plan_default;
+    let mut quota = QuotaFold::new(&reads, catalog, &plan_of);
+    for (seq, entry) in &entries {
         deltas.fold(entry, catalog);
+        quota.fold(*seq, entry)?;
+    }
+    let quota_writes = quota.writes;
+    if !quota_writes.new_alerts.is_empty() {
+        alert_sink(quota_writes.new_alerts.clone())?;
     }
     let stored_hourly = read_aggregates(store, CF_HOURLY, deltas.hourly.keys())?;
     let stored_monthly = read_aggregates(store, CF_MONTHLY, deltas.monthly.keys())?;
@@ -127,6 +155,7 @@ pub fn fold_batch(store: &Store, catalog: &Catalog, from: u64) -> Result<u64, St
             codec::encode_u64(next),
         );
     }
+    super::quota::put_writes(store, &mut batch, &quota_writes);
     // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
     store.write(batch, false)?;
     Ok(next)

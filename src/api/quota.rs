@@ -1,0 +1,677 @@
+//! The F5 quota endpoints (objects CRUD, `quota/limits`, `quota/usage`) and Tally's quota
+//! check and alert list. Changes are log entries; answers come from the quota projection.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{AppState, namespace_scope, parse_body, require_role};
+use crate::api::ApiError;
+use crate::auth::{Caller, Role};
+use crate::catalog::{QuotaKind, RateLimitType, RateLimitUnit};
+use crate::log::LogEntry;
+use crate::log::keys::Scope;
+use crate::log::store::{CF_HOURLY, Store};
+use crate::projection::{quota as rows, read};
+use crate::quota::{
+    self, Alert, Direction, LabelFilter, LimitKey, Limits, QuotaInput, QuotaObject, UNLIMITED,
+    effective_limits,
+};
+use crate::time;
+use crate::units;
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
+}
+
+fn invalid(error: quota::InvalidQuota) -> ApiError {
+    ApiError::BadRequest(error.to_string())
+}
+
+/// Runs a store read off the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    read: impl FnOnce(&Store) -> Result<T, crate::log::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.engine.store.clone();
+    Ok(tokio::task::spawn_blocking(move || read(&store)).await??)
+}
+
+/// A micro-unit amount as a JSON number (exact for the six decimals it can carry).
+fn number(micros: i128) -> Value {
+    units::format_micros(micros)
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// A limit as a JSON number: objects in whole units, resources in their units; -1 unlimited.
+fn limit_number(kind: QuotaKind, limit: i64) -> Value {
+    if limit < 0 {
+        return json!(UNLIMITED);
+    }
+    match kind {
+        QuotaKind::Object => json!(limit),
+        _ => number(i128::from(limit)),
+    }
+}
+
+fn rate_json(limit: &RateLimitType) -> Value {
+    let unit = match limit.unit {
+        RateLimitUnit::Second => "SECOND",
+        RateLimitUnit::Minute => "MINUTE",
+        RateLimitUnit::Hour => "HOUR",
+        RateLimitUnit::Day => "DAY",
+    };
+    json!({"unit": unit, "rate": limit.rate, "burst": limit.burst})
+}
+
+/// F5 `schemaquotaGetSpecType`.
+fn spec_json(spec: &Limits) -> Value {
+    let objects: Map<String, Value> = spec
+        .object_limits
+        .iter()
+        .map(|(k, &v)| {
+            (
+                k.clone(),
+                json!({"maximum": limit_number(QuotaKind::Object, v)}),
+            )
+        })
+        .collect();
+    let resources: Map<String, Value> = spec
+        .resource_limits
+        .iter()
+        .map(|(k, &v)| {
+            (
+                k.clone(),
+                json!({"maximum": limit_number(QuotaKind::Resource, v)}),
+            )
+        })
+        .collect();
+    let apis: Map<String, Value> = spec
+        .api_limits
+        .iter()
+        .map(|(k, v)| (k.clone(), rate_json(v)))
+        .collect();
+    json!({"object_limits": objects, "resource_limits": resources, "api_limits": apis})
+}
+
+fn metadata_json(object: &QuotaObject) -> Value {
+    json!({
+        "name": object.name,
+        "namespace": object.namespace,
+        "labels": object.labels,
+        "annotations": object.annotations,
+        "description": object.description,
+        "disable": object.disable,
+    })
+}
+
+fn system_metadata_json(object: &QuotaObject) -> Value {
+    json!({
+        "uid": object.uid,
+        "tenant": object.tenant,
+        "creation_timestamp": time::format_rfc3339(object.creation_timestamp),
+        "modification_timestamp": time::format_rfc3339(object.modification_timestamp),
+        "creator_id": object.creator_id,
+        "creator_class": "tally",
+    })
+}
+
+/// The metadata/spec form a client would send to create or replace this object.
+fn form_json(object: &QuotaObject) -> Value {
+    json!({"metadata": metadata_json(object), "spec": spec_json(&object.spec)})
+}
+
+fn object_json(object: &QuotaObject) -> Value {
+    json!({
+        "metadata": metadata_json(object),
+        "spec": spec_json(&object.spec),
+        "system_metadata": system_metadata_json(object),
+    })
+}
+
+/// Checks the caller may administer quotas of `namespace`.
+fn authorize_write(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
+    namespace_scope(caller, namespace)?;
+    require_role(caller, Role::Admin)
+}
+
+fn new_uid() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Appends one quota change and waits for the projection to include it.
+async fn append(state: &AppState, entry: LogEntry) -> Result<(), ApiError> {
+    state.engine.append_facts(vec![entry]).await?;
+    Ok(())
+}
+
+/// Waits until every entry written so far is projected: a quota change is judged against
+/// the latest state.
+async fn caught_up(state: &AppState) -> Result<(), ApiError> {
+    let head = state.engine.head.get();
+    if state
+        .engine
+        .wait_projected(head, super::PROJECTION_WAIT)
+        .await
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(
+            "the projections are behind the log; retry shortly".into(),
+        ))
+    }
+}
+
+/// `POST /api/web/namespaces/{metadata.namespace}/quotas`
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&caller, &namespace)?;
+    let input: QuotaInput = parse_body(&body_bytes(body)?)?;
+    let valid = quota::validate(input, &namespace, None).map_err(invalid)?;
+    let _guard = state.quota_lock.lock().await;
+    caught_up(&state).await?;
+    let (tenant, ns, name) = (caller.tenant.clone(), namespace.clone(), valid.name.clone());
+    if blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &name))
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "metadata.name: quota `{}` already exists in namespace `{namespace}`",
+            valid.name
+        )));
+    }
+    let now = state.engine.now();
+    let object = QuotaObject {
+        name: valid.name,
+        namespace,
+        labels: valid.labels,
+        annotations: valid.annotations,
+        description: valid.description,
+        disable: valid.disable,
+        spec: valid.spec,
+        uid: new_uid(),
+        tenant: caller.tenant.clone(),
+        creation_timestamp: now,
+        modification_timestamp: now,
+        creator_id: caller.token_id.clone(),
+    };
+    let answer = object_json(&object);
+    append(&state, LogEntry::QuotaObjectPut { object, at: now }).await?;
+    Ok(Json(answer))
+}
+
+/// `PUT /api/web/namespaces/{metadata.namespace}/quotas/{metadata.name}`
+pub async fn replace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&caller, &namespace)?;
+    let input: QuotaInput = parse_body(&body_bytes(body)?)?;
+    let valid = quota::validate(input, &namespace, Some(&name)).map_err(invalid)?;
+    let _guard = state.quota_lock.lock().await;
+    caught_up(&state).await?;
+    let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
+    let Some(existing) = blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n)).await?
+    else {
+        return Err(not_found(&namespace, &name));
+    };
+    let now = state.engine.now();
+    let object = QuotaObject {
+        labels: valid.labels,
+        annotations: valid.annotations,
+        description: valid.description,
+        disable: valid.disable,
+        spec: valid.spec,
+        modification_timestamp: now,
+        ..existing
+    };
+    append(&state, LogEntry::QuotaObjectPut { object, at: now }).await?;
+    Ok(Json(json!({})))
+}
+
+fn not_found(namespace: &str, name: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "quota `{}` does not exist in namespace `{namespace}`",
+        name.chars().take(64).collect::<String>()
+    ))
+}
+
+/// F5 `quotaDeleteRequest` (every field optional; the path decides).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRequest {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    fail_if_referred: bool,
+}
+
+/// `DELETE /api/web/namespaces/{namespace}/quotas/{name}`
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&caller, &namespace)?;
+    let request: DeleteRequest = parse_body(&body_bytes(body)?)?;
+    if let Some(body_name) = request
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty() && *n != name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "name: the body names `{body_name}` but the path names `{name}`"
+        )));
+    }
+    super::check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let _guard = state.quota_lock.lock().await;
+    caught_up(&state).await?;
+    let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
+    if blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n))
+        .await?
+        .is_none()
+    {
+        return Err(not_found(&namespace, &name));
+    }
+    let entry = LogEntry::QuotaObjectDeleted {
+        tenant: caller.tenant.clone(),
+        namespace,
+        name,
+        at: state.engine.now(),
+    };
+    append(&state, entry).await?;
+    Ok(Json(json!({})))
+}
+
+/// Query parameters, with repeated keys kept (F5 `report_fields` is an array).
+fn query_params(query: Option<&str>) -> BTreeMap<String, Vec<String>> {
+    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        params
+            .entry(key.into_owned())
+            .or_default()
+            .push(value.into_owned());
+    }
+    params
+}
+
+/// `GET /api/web/namespaces/{namespace}/quotas/{name}`
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let params = query_params(query.as_deref());
+    let format = params
+        .get("response_format")
+        .and_then(|v| v.last())
+        .map_or("GET_RSP_FORMAT_DEFAULT", String::as_str)
+        .to_owned();
+    let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
+    let Some(object) = blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n)).await?
+    else {
+        return Err(not_found(&namespace, &name));
+    };
+    let answer = match format.as_str() {
+        "GET_RSP_FORMAT_DEFAULT" | "GET_RSP_FORMAT_READ" => {
+            let mut answer = object_json(&object);
+            answer["status"] = json!([]);
+            answer["referring_objects"] = json!([]);
+            answer
+        }
+        "GET_RSP_FORMAT_FOR_CREATE" => json!({"create_form": form_json(&object)}),
+        "GET_RSP_FORMAT_FOR_REPLACE" => json!({"replace_form": form_json(&object)}),
+        "GET_RSP_FORMAT_STATUS" => json!({"status": []}),
+        "GET_RSP_FORMAT_REFERRING_OBJECTS" => json!({"referring_objects": []}),
+        "GET_RSP_FORMAT_BROKEN_REFERENCES" => {
+            json!({"deleted_referred_objects": [], "disabled_referred_objects": []})
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "response_format: `{}` is not one of GET_RSP_FORMAT_DEFAULT, GET_RSP_FORMAT_FOR_CREATE, GET_RSP_FORMAT_FOR_REPLACE, GET_RSP_FORMAT_STATUS, GET_RSP_FORMAT_READ, GET_RSP_FORMAT_REFERRING_OBJECTS, GET_RSP_FORMAT_BROKEN_REFERENCES",
+                other.chars().take(64).collect::<String>()
+            )));
+        }
+    };
+    Ok(Json(answer))
+}
+
+/// `GET /api/web/namespaces/{namespace}/quotas`
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let params = query_params(query.as_deref());
+    let filter = match params.get("label_filter").and_then(|v| v.last()) {
+        Some(text) => LabelFilter::parse(text).map_err(invalid)?,
+        None => LabelFilter::parse("").map_err(invalid)?,
+    };
+    // F5: asking for any report field returns the full objects with the summary.
+    let full = params.contains_key("report_fields") || params.contains_key("report_status_fields");
+    let (tenant, ns) = (caller.tenant.clone(), namespace.clone());
+    let objects = blocking(&state, move |s| rows::list_objects(s, &tenant, Some(&ns))).await?;
+    let items: Vec<Value> = objects
+        .iter()
+        .filter(|o| filter.matches(&o.labels))
+        .map(|object| {
+            let mut item = json!({
+                "name": object.name,
+                "namespace": object.namespace,
+                "tenant": object.tenant,
+                "uid": object.uid,
+                "labels": object.labels,
+                "annotations": object.annotations,
+                "description": object.description,
+                "disabled": object.disable,
+            });
+            if full {
+                item["get_spec"] = spec_json(&object.spec);
+                item["metadata"] = metadata_json(object);
+                item["system_metadata"] = system_metadata_json(object);
+                item["status_set"] = json!([]);
+            }
+            item
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "errors": []})))
+}
+
+/// The tenant's effective limits and its quota objects' levels, read together.
+struct QuotaView {
+    limits: Limits,
+    /// (kind, name) → level in the asked scope (micro-units).
+    levels: BTreeMap<(String, String), i128>,
+    /// API key → observed rate per its limit unit (micro-units).
+    api_rates: BTreeMap<String, i128>,
+}
+
+async fn quota_view(
+    state: &AppState,
+    tenant: &str,
+    scope: Scope<'_>,
+) -> Result<QuotaView, ApiError> {
+    let catalog = state.engine.config.catalog.clone();
+    let now = state.engine.now();
+    let (tenant, scope) = (tenant.to_owned(), scope.as_key_part().to_owned());
+    blocking(state, move |store| {
+        let objects = rows::list_objects(store, &tenant, None)?;
+        // Until subscriptions exist, every tenant is on the catalog's default plan.
+        let limits = effective_limits(&catalog.default_plan().default_quota, &objects);
+        let namespace = match Scope::from_key_part(&scope) {
+            Scope::Tenant => None,
+            Scope::Namespace(ns) => Some(ns),
+        };
+        let levels = rows::levels(store, &tenant, namespace)?;
+        let hour = time::hour_index(now);
+        let hour_rows = read::series_rows(
+            store,
+            CF_HOURLY,
+            &tenant,
+            Scope::from_key_part(&scope),
+            hour,
+            hour + 1,
+        )?;
+        let elapsed_seconds = (now - i64::from(hour) * time::MICROS_PER_HOUR) / 1_000_000;
+        let elapsed_seconds = i128::from(elapsed_seconds.max(1));
+        let mut api_rates = BTreeMap::new();
+        for (key, limit) in &limits.api_limits {
+            let requests: i128 = hour_rows
+                .iter()
+                .filter(|(row, _)| {
+                    catalog
+                        .meter(&row.series.metric_label)
+                        .and_then(|m| m.quota.as_ref())
+                        .is_some_and(|b| b.kind == QuotaKind::Api && &b.name == key)
+                })
+                .map(|(_, aggregate)| aggregate.sum)
+                .sum();
+            let per_unit = requests * i128::from(quota::unit_seconds(limit.unit)) / elapsed_seconds;
+            api_rates.insert(key.clone(), per_unit);
+        }
+        Ok(QuotaView {
+            limits,
+            levels,
+            api_rates,
+        })
+    })
+    .await
+}
+
+/// `GET /api/web/namespaces/{namespace}/quota/limits`
+pub async fn limits(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = namespace_scope(&caller, &namespace)?;
+    let view = quota_view(&state, &caller.tenant, scope).await?;
+    let spec = spec_json(&view.limits);
+    let (objects, resources, apis) = (
+        spec["object_limits"].clone(),
+        spec["resource_limits"].clone(),
+        spec["api_limits"].clone(),
+    );
+    Ok(Json(json!({
+        "objects": objects, "quota_usage": objects,
+        "resources": resources, "float_quota_usage": resources,
+        "apis": apis, "api_limits": apis,
+    })))
+}
+
+/// `GET /api/web/namespaces/{namespace}/quota/usage`
+pub async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = namespace_scope(&caller, &namespace)?;
+    let view = quota_view(&state, &caller.tenant, scope).await?;
+    let level = |kind: QuotaKind, name: &str| {
+        view.levels
+            .get(&(quota::kind_name(kind).to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut objects = Map::new();
+    let mut resources = Map::new();
+    for key in view
+        .limits
+        .level_keys()
+        .into_iter()
+        .chain(view.levels.keys().filter_map(|(kind, name)| {
+            kind_of(kind).map(|kind| LimitKey {
+                kind,
+                name: name.clone(),
+            })
+        }))
+    {
+        let maximum = match key.kind {
+            QuotaKind::Object => view.limits.object_limits.get(&key.name),
+            _ => view.limits.resource_limits.get(&key.name),
+        }
+        .copied()
+        .unwrap_or(UNLIMITED);
+        let current = level(key.kind, &key.name);
+        let entry = match key.kind {
+            QuotaKind::Object => json!({
+                "limit": {"maximum": limit_number(QuotaKind::Object, maximum)},
+                "usage": {"number": number(current)},
+            }),
+            _ => json!({
+                "limit": {"maximum": limit_number(QuotaKind::Resource, maximum)},
+                "usage": {"number": number(current)},
+            }),
+        };
+        match key.kind {
+            QuotaKind::Object => objects.insert(key.name, entry),
+            _ => resources.insert(key.name, entry),
+        };
+    }
+    let apis: Map<String, Value> = view
+        .limits
+        .api_limits
+        .iter()
+        .map(|(key, limit)| {
+            let rate = view.api_rates.get(key).copied().unwrap_or(0);
+            (
+                key.clone(),
+                json!({"limit": rate_json(limit), "usage": {"rate": number(rate)}}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "objects": objects, "quota_usage": objects,
+        "resources": resources, "float_quota_usage": resources,
+        "apis": apis, "api_limits": apis,
+    })))
+}
+
+fn kind_of(name: &str) -> Option<QuotaKind> {
+    match name {
+        "object" => Some(QuotaKind::Object),
+        "resource" => Some(QuotaKind::Resource),
+        _ => None,
+    }
+}
+
+/// `POST /api/tally/namespaces/{namespace}/quota/check` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    /// An object kind or resource name, optionally prefixed `object:` / `resource:`.
+    key: String,
+    /// How much more is wanted (a number or a decimal string).
+    amount: Value,
+}
+
+/// `POST /api/tally/namespaces/{namespace}/quota/check`: would `amount` more fit now?
+pub async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let request: CheckRequest = parse_body(&body_bytes(body)?)?;
+    let amount_text = match &request.amount {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    let amount = units::parse_quantity(&amount_text)
+        .map_err(|e| ApiError::BadRequest(format!("amount: {e}")))?;
+    if amount.0 < 0 {
+        return Err(ApiError::BadRequest("amount: must not be negative".into()));
+    }
+    let view = quota_view(&state, &caller.tenant, Scope::Tenant).await?;
+    let (kind, name) = match request.key.split_once(':') {
+        Some(("object", name)) => (Some(QuotaKind::Object), name),
+        Some(("resource", name)) => (Some(QuotaKind::Resource), name),
+        _ => (None, request.key.as_str()),
+    };
+    let kind = kind.or_else(|| {
+        if view.limits.object_limits.contains_key(name) {
+            Some(QuotaKind::Object)
+        } else if view.limits.resource_limits.contains_key(name) {
+            Some(QuotaKind::Resource)
+        } else {
+            None
+        }
+    });
+    let Some(kind) = kind else {
+        return Err(ApiError::NotFound(format!(
+            "key: `{}` is neither an object kind nor a resource with a limit",
+            name.chars().take(64).collect::<String>()
+        )));
+    };
+    let key = LimitKey {
+        kind,
+        name: name.to_owned(),
+    };
+    let current = view
+        .levels
+        .get(&(quota::kind_name(kind).to_owned(), key.name.clone()))
+        .copied()
+        .unwrap_or(0);
+    let answer = match view.limits.level_limit(&key) {
+        Some(limit) => json!({
+            "key": request.key,
+            "allowed": current + i128::from(amount.0) <= limit,
+            "limit": number(limit),
+            "current": number(current),
+            "remaining": number((limit - current).max(0)),
+        }),
+        None => json!({
+            "key": request.key,
+            "allowed": true,
+            "limit": Value::Null,
+            "current": number(current),
+            "remaining": Value::Null,
+        }),
+    };
+    Ok(Json(answer))
+}
+
+fn alert_json(seq: u64, alert: &Alert) -> Value {
+    json!({
+        "id": alert.id,
+        "seq": seq.to_string(),
+        "tenant": alert.tenant,
+        "kind": quota::kind_name(alert.key.kind),
+        "key": alert.key.name,
+        "threshold_percent": alert.threshold_percent,
+        "direction": match alert.direction { Direction::Raised => "RAISED", Direction::Cleared => "CLEARED" },
+        "level": number(alert.level),
+        "limit": number(alert.limit),
+        "at": time::format_rfc3339(alert.at),
+    })
+}
+
+/// Most alerts one list answers.
+const ALERT_LIST_LIMIT: usize = 1_000;
+
+/// `GET /api/tally/namespaces/{namespace}/alerts`: the tenant's threshold crossings, oldest
+/// first (quota limits are tenant-wide, so every namespace lists the same alerts).
+pub async fn alerts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let tenant = caller.tenant.clone();
+    let alerts = blocking(&state, move |s| {
+        rows::list_alerts(s, &tenant, ALERT_LIST_LIMIT)
+    })
+    .await?;
+    Ok(Json(json!({
+        "alerts": alerts.iter().map(|(seq, a)| alert_json(*seq, a)).collect::<Vec<_>>(),
+    })))
+}
+
+/// The JSON body a webhook receives for one alert.
+pub fn webhook_body(seq: u64, alert: &Alert) -> Value {
+    alert_json(seq, alert)
+}

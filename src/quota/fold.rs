@@ -1,0 +1,321 @@
+//! The quota projection's fold: quota objects, levels and threshold bands, applied entry by
+//! entry in log order. Reads go through [`QuotaReads`] (the store, in the runner; maps, in
+//! tests); the result is the rows to write and the alerts to append.
+//!
+//! Levels: a bound meter's series (namespace, object, deployment, container) holds its newest
+//! value (LATEST, by event time then id hash) or its largest (MAX); a namespace's level is the
+//! sum of its series, the tenant's the sum of its namespaces. Limits are tenant-wide, so bands
+//! and alerts follow the tenant level.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::catalog::{Aggregation, Catalog, QuotaKind, QuotaSpec};
+use crate::event::UsageEvent;
+use crate::log::LogEntry;
+use crate::log::codec::CodecError;
+use crate::log::keys::{TENANT_SCOPE, push_str};
+use crate::quota::{Alert, LimitKey, QuotaObject, band, crossings, effective_limits, kind_name};
+use crate::time::UnixMicros;
+
+/// Row kinds of the `quota` CF (first key byte).
+pub const ROW_OBJECT: u8 = b'o';
+pub const ROW_SERIES: u8 = b's';
+pub const ROW_TOTAL: u8 = b't';
+pub const ROW_BAND: u8 = b'b';
+
+/// One series' level: its value and the (event time, id hash) that set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SeriesLevel {
+    pub value: i64,
+    pub at: UnixMicros,
+    pub tiebreak: u64,
+}
+
+impl SeriesLevel {
+    pub fn encode(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        out[0] = crate::log::codec::VALUE_VERSION;
+        out[1..9].copy_from_slice(&self.value.to_be_bytes());
+        out[9..17].copy_from_slice(&self.at.to_be_bytes());
+        out[17..25].copy_from_slice(&self.tiebreak.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SeriesLevel, CodecError> {
+        let body: [u8; 24] = crate::log::codec::fixed_body(bytes, "series level")?;
+        let eight = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
+        Ok(SeriesLevel {
+            value: i64::from_be_bytes(eight(0)),
+            at: i64::from_be_bytes(eight(8)),
+            tiebreak: u64::from_be_bytes(eight(16)),
+        })
+    }
+}
+
+/// `o tenant\0` — every quota object of a tenant.
+pub fn objects_prefix(tenant: &str) -> Vec<u8> {
+    let mut key = vec![ROW_OBJECT];
+    push_str(&mut key, tenant);
+    key
+}
+
+/// `o tenant\0 namespace\0 name\0`
+pub fn object_key(tenant: &str, namespace: &str, name: &str) -> Vec<u8> {
+    let mut key = objects_prefix(tenant);
+    push_str(&mut key, namespace);
+    push_str(&mut key, name);
+    key
+}
+
+fn limit_key_parts(key: &mut Vec<u8>, limit: &LimitKey) {
+    push_str(key, kind_name(limit.kind));
+    push_str(key, &limit.name);
+}
+
+/// `s tenant\0 kind\0 name\0 namespace\0 object\0 deployment\0 container\0`
+pub fn series_key(tenant: &str, limit: &LimitKey, event: &UsageEvent) -> Vec<u8> {
+    let mut key = vec![ROW_SERIES];
+    push_str(&mut key, tenant);
+    limit_key_parts(&mut key, limit);
+    push_str(&mut key, &event.namespace);
+    push_str(&mut key, &event.object_name);
+    push_str(&mut key, &event.deployment);
+    push_str(&mut key, &event.container);
+    key
+}
+
+/// `t tenant\0 scope\0 kind\0 name\0` — the level of a namespace, or of the tenant (`*`).
+pub fn total_key(tenant: &str, scope: &str, limit: &LimitKey) -> Vec<u8> {
+    let mut key = vec![ROW_TOTAL];
+    push_str(&mut key, tenant);
+    push_str(&mut key, scope);
+    limit_key_parts(&mut key, limit);
+    key
+}
+
+/// `b tenant\0 kind\0 name\0`
+pub fn band_key(tenant: &str, limit: &LimitKey) -> Vec<u8> {
+    let mut key = vec![ROW_BAND];
+    push_str(&mut key, tenant);
+    limit_key_parts(&mut key, limit);
+    key
+}
+
+/// What the fold reads of stored state.
+pub trait QuotaReads {
+    type Error;
+    fn objects(&self, tenant: &str) -> Result<Vec<QuotaObject>, Self::Error>;
+    fn series(&self, key: &[u8]) -> Result<Option<SeriesLevel>, Self::Error>;
+    fn total(&self, key: &[u8]) -> Result<i128, Self::Error>;
+    fn band(&self, key: &[u8]) -> Result<u8, Self::Error>;
+}
+
+/// Rows to write to the `quota` CF (`None` deletes) and alerts.
+#[derive(Debug, Default)]
+pub struct QuotaWrites {
+    pub objects: BTreeMap<Vec<u8>, Option<QuotaObject>>,
+    pub series: BTreeMap<Vec<u8>, SeriesLevel>,
+    pub totals: BTreeMap<Vec<u8>, i128>,
+    pub bands: BTreeMap<Vec<u8>, u8>,
+    /// Crossings found by this fold: to append to the log (deduplicated by id).
+    pub new_alerts: Vec<Alert>,
+    /// Alert entries of the log folded here: rows of the `alerts` CF, by seq.
+    pub alert_rows: Vec<(u64, Alert)>,
+}
+
+/// Folds entries of the log into quota state, reading through `reads` and its own writes.
+pub struct QuotaFold<'a, R: QuotaReads> {
+    reads: &'a R,
+    catalog: &'a Catalog,
+    plan_of: &'a dyn Fn(&str) -> &'a QuotaSpec,
+    objects: BTreeMap<String, BTreeMap<(String, String), QuotaObject>>,
+    pub writes: QuotaWrites,
+}
+
+impl<'a, R: QuotaReads> QuotaFold<'a, R> {
+    pub fn new(
+        reads: &'a R,
+        catalog: &'a Catalog,
+        plan_of: &'a dyn Fn(&str) -> &'a QuotaSpec,
+    ) -> Self {
+        QuotaFold {
+            reads,
+            catalog,
+            plan_of,
+            objects: BTreeMap::new(),
+            writes: QuotaWrites::default(),
+        }
+    }
+
+    pub fn fold(&mut self, seq: u64, entry: &LogEntry) -> Result<(), R::Error> {
+        match entry {
+            LogEntry::UsageRecorded { event, .. } => self.fold_usage(seq, event),
+            LogEntry::QuotaObjectPut { object, at } => {
+                let before = self.limit_keys(&object.tenant)?;
+                let key = (object.namespace.clone(), object.name.clone());
+                self.tenant_objects(&object.tenant)?
+                    .insert(key, object.clone());
+                self.writes.objects.insert(
+                    object_key(&object.tenant, &object.namespace, &object.name),
+                    Some(object.clone()),
+                );
+                self.recheck(&object.tenant, before, seq, *at)
+            }
+            LogEntry::QuotaObjectDeleted {
+                tenant,
+                namespace,
+                name,
+                at,
+            } => {
+                let before = self.limit_keys(tenant)?;
+                self.tenant_objects(tenant)?
+                    .remove(&(namespace.clone(), name.clone()));
+                self.writes
+                    .objects
+                    .insert(object_key(tenant, namespace, name), None);
+                self.recheck(tenant, before, seq, *at)
+            }
+            LogEntry::QuotaAlert { alert } => {
+                self.writes.alert_rows.push((seq, alert.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    fn tenant_objects(
+        &mut self,
+        tenant: &str,
+    ) -> Result<&mut BTreeMap<(String, String), QuotaObject>, R::Error> {
+        if !self.objects.contains_key(tenant) {
+            let loaded = self
+                .reads
+                .objects(tenant)?
+                .into_iter()
+                .map(|o| ((o.namespace.clone(), o.name.clone()), o))
+                .collect();
+            self.objects.insert(tenant.to_owned(), loaded);
+        }
+        Ok(self.objects.entry(tenant.to_owned()).or_default())
+    }
+
+    fn limits(&mut self, tenant: &str) -> Result<crate::quota::Limits, R::Error> {
+        let plan = (self.plan_of)(tenant);
+        let objects = self.tenant_objects(tenant)?;
+        Ok(effective_limits(plan, objects.values()))
+    }
+
+    fn limit_keys(&mut self, tenant: &str) -> Result<BTreeSet<LimitKey>, R::Error> {
+        Ok(self.limits(tenant)?.level_keys())
+    }
+
+    fn fold_usage(&mut self, seq: u64, event: &UsageEvent) -> Result<(), R::Error> {
+        let Some(meter) = self.catalog.meter(&event.metric_label) else {
+            return Ok(());
+        };
+        let Some(binding) = &meter.quota else {
+            return Ok(());
+        };
+        if binding.kind == QuotaKind::Api {
+            // API rates are read from the hourly projection; they have no level.
+            return Ok(());
+        }
+        let limit_key = LimitKey {
+            kind: binding.kind,
+            name: binding.name.clone(),
+        };
+        let key = series_key(&event.tenant, &limit_key, event);
+        let old = match self.writes.series.get(&key) {
+            Some(level) => Some(*level),
+            None => self.reads.series(&key)?,
+        };
+        let candidate = SeriesLevel {
+            value: event.quantity.0,
+            at: event.timestamp,
+            tiebreak: xxhash_rust::xxh3::xxh3_64(event.id.as_bytes()),
+        };
+        let new = match (old, meter.aggregation) {
+            (None, _) => candidate,
+            (Some(old), Aggregation::Max) => {
+                if candidate.value > old.value {
+                    candidate
+                } else {
+                    old
+                }
+            }
+            (Some(old), _) => {
+                if (candidate.at, candidate.tiebreak, candidate.value)
+                    > (old.at, old.tiebreak, old.value)
+                {
+                    candidate
+                } else {
+                    old
+                }
+            }
+        };
+        let delta = i128::from(new.value) - i128::from(old.map_or(0, |o| o.value));
+        self.writes.series.insert(key, new);
+        if delta == 0 && old.is_some() {
+            return Ok(());
+        }
+        for scope in [event.namespace.as_str(), TENANT_SCOPE] {
+            let key = total_key(&event.tenant, scope, &limit_key);
+            let total = self.total(&key)? + delta;
+            self.writes.totals.insert(key, total);
+        }
+        self.check(&event.tenant, &limit_key, seq, event.timestamp)
+    }
+
+    fn total(&self, key: &[u8]) -> Result<i128, R::Error> {
+        match self.writes.totals.get(key) {
+            Some(total) => Ok(*total),
+            None => self.reads.total(key),
+        }
+    }
+
+    /// Rechecks every key whose limit may have changed.
+    fn recheck(
+        &mut self,
+        tenant: &str,
+        before: BTreeSet<LimitKey>,
+        seq: u64,
+        at: UnixMicros,
+    ) -> Result<(), R::Error> {
+        let after = self.limit_keys(tenant)?;
+        for key in before.union(&after) {
+            self.check(tenant, key, seq, at)?;
+        }
+        Ok(())
+    }
+
+    /// Compares a key's tenant level with its limit; a band change records alerts.
+    fn check(
+        &mut self,
+        tenant: &str,
+        key: &LimitKey,
+        seq: u64,
+        at: UnixMicros,
+    ) -> Result<(), R::Error> {
+        let limit = self.limits(tenant)?.level_limit(key);
+        let level = self.total(&total_key(tenant, TENANT_SCOPE, key))?;
+        let new_band = band(level, limit);
+        let band_row = band_key(tenant, key);
+        let old_band = match self.writes.bands.get(&band_row) {
+            Some(b) => *b,
+            None => self.reads.band(&band_row)?,
+        };
+        if new_band != old_band {
+            self.writes.new_alerts.extend(crossings(
+                tenant,
+                key,
+                old_band,
+                new_band,
+                level,
+                limit.unwrap_or(-1),
+                seq,
+                at,
+            ));
+            self.writes.bands.insert(band_row, new_band);
+        }
+        Ok(())
+    }
+}
