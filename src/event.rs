@@ -216,7 +216,20 @@ pub fn json_error_field(
 ) -> (String, String) {
     let path = error.path().to_string();
     let message = error.into_inner().to_string();
-    if !matches!(path.as_str(), "" | "." | "?") {
+    let at_root = matches!(path.as_str(), "" | "." | "?");
+    // A missing field is reported at its parent: name the field itself.
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let field = if at_root {
+            missing.to_owned()
+        } else {
+            format!("{path}.{missing}")
+        };
+        return (field, message);
+    }
+    if !at_root {
         return (path, message);
     }
     let field = message

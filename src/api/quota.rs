@@ -143,8 +143,20 @@ fn authorize_write(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
     require_role(caller, Role::Admin)
 }
 
+/// A random (version 4) UUID, the form F5 uids take.
 fn new_uid() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    let mut bytes = rand::random::<[u8; 16]>();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// Appends one quota change and waits for the projection to include it.

@@ -3,7 +3,7 @@
 //! tests); the result is the rows to write and the alerts to append.
 //!
 //! Levels: a bound meter's series (namespace, object, deployment, container) holds its newest
-//! value (LATEST, by event time then id hash) or its largest (MAX); a namespace's level is the
+//! value (LATEST, by event time, then log order) or its largest (MAX); a namespace's level is the
 //! sum of its series, the tenant's the sum of its namespaces. Limits are tenant-wide, so bands
 //! and alerts follow the tenant level.
 
@@ -14,7 +14,9 @@ use crate::event::UsageEvent;
 use crate::log::LogEntry;
 use crate::log::codec::CodecError;
 use crate::log::keys::{TENANT_SCOPE, push_str};
-use crate::quota::{Alert, LimitKey, QuotaObject, band, crossings, effective_limits, kind_name};
+use crate::quota::{
+    Alert, BandChange, LimitKey, QuotaObject, band, crossings, effective_limits, kind_name,
+};
 use crate::time::UnixMicros;
 
 /// Row kinds of the `quota` CF (first key byte).
@@ -23,12 +25,14 @@ pub const ROW_SERIES: u8 = b's';
 pub const ROW_TOTAL: u8 = b't';
 pub const ROW_BAND: u8 = b'b';
 
-/// One series' level: its value and the (event time, id hash) that set it.
+/// One series' level: its value and the (event time, log seq) that set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SeriesLevel {
     pub value: i64,
     pub at: UnixMicros,
-    pub tiebreak: u64,
+    /// The log seq of the event: of two gauges with the same event time, the one recorded
+    /// later wins (the log's order is fixed, so a refold decides the same way).
+    pub seq: u64,
 }
 
 impl SeriesLevel {
@@ -37,7 +41,7 @@ impl SeriesLevel {
         out[0] = crate::log::codec::VALUE_VERSION;
         out[1..9].copy_from_slice(&self.value.to_be_bytes());
         out[9..17].copy_from_slice(&self.at.to_be_bytes());
-        out[17..25].copy_from_slice(&self.tiebreak.to_be_bytes());
+        out[17..25].copy_from_slice(&self.seq.to_be_bytes());
         out
     }
 
@@ -47,7 +51,7 @@ impl SeriesLevel {
         Ok(SeriesLevel {
             value: i64::from_be_bytes(eight(0)),
             at: i64::from_be_bytes(eight(8)),
-            tiebreak: u64::from_be_bytes(eight(16)),
+            seq: u64::from_be_bytes(eight(16)),
         })
     }
 }
@@ -231,7 +235,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         let candidate = SeriesLevel {
             value: event.quantity.0,
             at: event.timestamp,
-            tiebreak: xxhash_rust::xxh3::xxh3_64(event.id.as_bytes()),
+            seq,
         };
         let new = match (old, meter.aggregation) {
             (None, _) => candidate,
@@ -243,9 +247,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 }
             }
             (Some(old), _) => {
-                if (candidate.at, candidate.tiebreak, candidate.value)
-                    > (old.at, old.tiebreak, old.value)
-                {
+                if (candidate.at, candidate.seq) > (old.at, old.seq) {
                     candidate
                 } else {
                     old
@@ -304,16 +306,15 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
             None => self.reads.band(&band_row)?,
         };
         if new_band != old_band {
-            self.writes.new_alerts.extend(crossings(
-                tenant,
-                key,
-                old_band,
-                new_band,
+            let change = BandChange {
+                from: old_band,
+                to: new_band,
                 level,
-                limit.unwrap_or(-1),
-                seq,
-                at,
-            ));
+                limit: limit.unwrap_or(-1),
+            };
+            self.writes
+                .new_alerts
+                .extend(crossings(tenant, key, change, seq, at));
             self.writes.bands.insert(band_row, new_band);
         }
         Ok(())

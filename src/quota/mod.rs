@@ -220,17 +220,29 @@ pub struct Alert {
     pub at: UnixMicros,
 }
 
-/// The alerts between two bands of one key (one per threshold crossed, in crossing order).
+/// A key's move from one band to another, with the tenant level and limit that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BandChange {
+    pub from: u8,
+    pub to: u8,
+    pub level: i128,
+    pub limit: i128,
+}
+
+/// The alerts of one band change (one per threshold crossed, in crossing order).
 pub fn crossings(
     tenant: &str,
     key: &LimitKey,
-    from_band: u8,
-    to_band: u8,
-    level: i128,
-    limit: i128,
+    change: BandChange,
     trigger_seq: u64,
     at: UnixMicros,
 ) -> Vec<Alert> {
+    let BandChange {
+        from: from_band,
+        to: to_band,
+        level,
+        limit,
+    } = change;
     let alert = |index: u8, direction: Direction| {
         let threshold_percent = THRESHOLDS[usize::from(index)];
         let way = match direction {

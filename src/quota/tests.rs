@@ -152,7 +152,13 @@ fn bands_and_crossings() {
         kind: QuotaKind::Object,
         name: "lb".into(),
     };
-    let up = crossings("acme", &key, 0, 2, 9, 10, 7, 0);
+    let change = |from, to, level| BandChange {
+        from,
+        to,
+        level,
+        limit: 10,
+    };
+    let up = crossings("acme", &key, change(0, 2, 9), 7, 0);
     assert_eq!(
         up.iter()
             .map(|a| (a.threshold_percent, a.direction))
@@ -160,7 +166,7 @@ fn bands_and_crossings() {
         [(80, Direction::Raised), (90, Direction::Raised)]
     );
     assert_eq!(up[0].id, "object:lb:80:raised:7");
-    let down = crossings("acme", &key, 3, 1, 8, 10, 9, 0);
+    let down = crossings("acme", &key, change(3, 1, 8), 9, 0);
     assert_eq!(
         down.iter()
             .map(|a| (a.threshold_percent, a.direction))

@@ -214,6 +214,25 @@ impl Server {
         .expect("request")
     }
 
+    /// Any method, as the operator, with an optional JSON body; the answer parsed as JSON.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("Authorization", format!("APIToken {OPERATOR_TOKEN}"));
+        if let Some(body) = body {
+            request = request.body(serde_json::to_vec(body).expect("json"));
+        }
+        let response = request.send().expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         let response = self
             .client

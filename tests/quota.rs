@@ -1,0 +1,363 @@
+//! Quotas through the real binary: every quota endpoint in the spec's shapes (validated against
+//! the OpenAPI schemas) with its error cases, gauge events moving `quota/usage` and the check,
+//! alerts once per crossing across a restart and a rebuild of the projections from the log.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use common::Server;
+use serde_json::{Value, json};
+use tally::log::store::{
+    CF_ALERTS, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, CF_QUOTA, Store, StoreOptions,
+};
+
+const QUOTAS: &str = "/api/web/namespaces/system/quotas";
+
+/// The F5 OpenAPI document, made strict: an object schema with `properties` allows no other
+/// fields, so a response with a field the spec does not name fails. Length bounds inferred
+/// from examples (`x-reconciled-from-discovery`, e.g. a name of at least 6 characters because
+/// the example's had 7) are hints, not the contract, and are dropped.
+fn strict_openapi() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/openapi/f5-billing-and-usage.json"
+    ))
+    .expect("openapi document");
+    let mut doc: Value = serde_json::from_str(&text).expect("openapi json");
+    fn strictify(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if map.get("x-reconciled-from-discovery") == Some(&Value::Bool(true)) {
+                    map.remove("minLength");
+                }
+                if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                    map.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                map.values_mut().for_each(strictify);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strictify),
+            _ => {}
+        }
+    }
+    strictify(&mut doc["components"]);
+    doc
+}
+
+/// Asserts `instance` is a valid `#/components/schemas/{name}`.
+fn assert_schema(doc: &Value, name: &str, instance: &Value) {
+    let schema = json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": doc["components"].clone(),
+    });
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{instance:#}");
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn gauge(server: &Server, id: &str, namespace: &str, metric: &str, quantity: &str) {
+    let (status, body) = server.post(
+        "/api/tally/events",
+        &json!([{"id": id, "namespace": namespace, "metric_label": metric,
+                 "quantity": quantity, "timestamp": now_text()}]),
+    );
+    assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
+}
+
+fn alerts(server: &Server) -> Vec<(String, String)> {
+    let (status, body) = server.call("GET", "/api/tally/namespaces/system/alerts", None);
+    assert_eq!(status, 200, "{body}");
+    body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_owned(),
+                a["direction"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn usage(server: &Server, namespace: &str) -> Value {
+    let (status, body) = server.call(
+        "GET",
+        &format!("/api/web/namespaces/{namespace}/quota/usage"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn check(server: &Server, key: &str, amount: Value) -> (u16, Value) {
+    server.call(
+        "POST",
+        "/api/tally/namespaces/shop/quota/check",
+        Some(&json!({"key": key, "amount": amount})),
+    )
+}
+
+/// Empties every projection and its checkpoint: the next start refolds the whole log.
+fn drop_projections(data_dir: &std::path::Path) {
+    let store = Store::open(
+        data_dir,
+        &StoreOptions {
+            dedup_horizon: Duration::from_secs(35 * 86_400),
+            min_free_disk: 0,
+        },
+    )
+    .unwrap();
+    let mut batch = rocksdb::WriteBatch::default();
+    for cf in [
+        CF_HOURLY,
+        CF_MONTHLY,
+        CF_CURRENT,
+        CF_QUOTA,
+        CF_ALERTS,
+        CF_CHECKPOINTS,
+    ] {
+        batch.delete_range_cf(&store.cf(cf), Vec::<u8>::new(), vec![0xff; 32]);
+    }
+    store.write(batch, true).unwrap();
+}
+
+#[test]
+fn quota_objects_levels_checks_and_alerts() {
+    let doc = strict_openapi();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, None);
+
+    // The free plan's defaults, before any quota object.
+    let (status, limits) = server.call("GET", "/api/web/namespaces/system/quota/limits", None);
+    assert_eq!(status, 200, "{limits}");
+    assert_schema(&doc, "quotaGetQuotaLimitsResponse", &limits);
+    assert_eq!(limits["objects"]["http_loadbalancer"]["maximum"], 5);
+    assert_eq!(limits["resources"]["vcpu"]["maximum"], 8.0);
+    assert_eq!(limits["quota_usage"], limits["objects"]);
+    assert_eq!(limits["float_quota_usage"], limits["resources"]);
+    assert_eq!(limits["api_limits"], limits["apis"]);
+
+    // Create, and its error cases.
+    let tight = json!({"metadata": {"name": "tight", "namespace": "system", "labels": {"team": "web"},
+                                    "description": "tighter than the plan"},
+                       "spec": {"object_limits": {"http_loadbalancer": {"maximum": 4}},
+                                "resource_limits": {"vcpu": {"maximum": 2.5}}}});
+    let (status, created) = server.call("POST", QUOTAS, Some(&tight));
+    assert_eq!(status, 200, "{created}");
+    assert_schema(&doc, "quotaCreateResponse", &created);
+    assert_eq!(created["metadata"]["name"], "tight");
+    assert_eq!(created["spec"]["resource_limits"]["vcpu"]["maximum"], 2.5);
+    assert_eq!(created["system_metadata"]["tenant"], "default");
+    assert_eq!(
+        created["system_metadata"]["uid"].as_str().unwrap().len(),
+        36
+    );
+    let (status, body) = server.call("POST", QUOTAS, Some(&tight));
+    assert_eq!((status, body["code"].clone()), (409, json!(6)), "{body}");
+    let (status, body) = server.call(
+        "POST",
+        "/api/web/namespaces/shop/quotas",
+        Some(&json!({"metadata": {"name": "x"}})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("metadata.namespace"),
+        "{body}"
+    );
+    for (bad, field) in [
+        (json!({"metadata": {"name": "Not-DNS"}}), "metadata.name"),
+        (
+            json!({"metadata": {"name": "x"}, "spec": {"object_limits": {"lb": {"maximum": "many"}}}}),
+            "spec.object_limits.lb.maximum",
+        ),
+        (
+            json!({"metadata": {"name": "x"}, "spec": {"bogus": {}}}),
+            "spec",
+        ),
+        (json!({"spec": {}}), "metadata"),
+    ] {
+        let (status, body) = server.call("POST", QUOTAS, Some(&bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with(field),
+            "{bad}: {body}"
+        );
+    }
+
+    // Get in every format, list with filters.
+    let (status, got) = server.call("GET", &format!("{QUOTAS}/tight"), None);
+    assert_eq!(status, 200, "{got}");
+    assert_schema(&doc, "quotaGetResponse", &got);
+    assert_eq!(got["spec"], created["spec"]);
+    for format in [
+        "GET_RSP_FORMAT_FOR_CREATE",
+        "GET_RSP_FORMAT_FOR_REPLACE",
+        "GET_RSP_FORMAT_STATUS",
+        "GET_RSP_FORMAT_READ",
+    ] {
+        let (status, got) = server.call(
+            "GET",
+            &format!("{QUOTAS}/tight?response_format={format}"),
+            None,
+        );
+        assert_eq!(status, 200, "{got}");
+        assert_schema(&doc, "quotaGetResponse", &got);
+    }
+    let (_, form) = server.call(
+        "GET",
+        &format!("{QUOTAS}/tight?response_format=GET_RSP_FORMAT_FOR_CREATE"),
+        None,
+    );
+    assert_eq!(form["create_form"]["spec"], created["spec"]);
+    let (status, _) = server.call("GET", &format!("{QUOTAS}/tight?response_format=NOPE"), None);
+    assert_eq!(status, 400);
+    let (status, _) = server.call("GET", &format!("{QUOTAS}/missing"), None);
+    assert_eq!(status, 404);
+    let (status, listed) = server.call(
+        "GET",
+        &format!("{QUOTAS}?label_filter=team%3Dweb&report_fields="),
+        None,
+    );
+    assert_eq!(status, 200, "{listed}");
+    assert_schema(&doc, "quotaListResponse", &listed);
+    assert_eq!(listed["items"][0]["name"], "tight");
+    assert_eq!(listed["items"][0]["get_spec"], created["spec"]);
+    let (_, listed) = server.call("GET", &format!("{QUOTAS}?label_filter=team%3Dother"), None);
+    assert_eq!(listed["items"], json!([]));
+
+    // Replace, and its error cases.
+    let (status, _) = server.call(
+        "PUT",
+        &format!("{QUOTAS}/missing"),
+        Some(&json!({"metadata": {"name": "missing"}})),
+    );
+    assert_eq!(status, 404);
+    let mut replaced = tight.clone();
+    replaced["metadata"]["labels"] = json!({"team": "platform"});
+    let (status, body) = server.call("PUT", &format!("{QUOTAS}/tight"), Some(&replaced));
+    assert_eq!(status, 200, "{body}");
+    assert_schema(&doc, "quotaReplaceResponse", &body);
+    let (_, got) = server.call("GET", &format!("{QUOTAS}/tight"), None);
+    assert_eq!(got["metadata"]["labels"], json!({"team": "platform"}));
+    assert_eq!(
+        got["system_metadata"]["uid"],
+        created["system_metadata"]["uid"]
+    );
+    assert_eq!(
+        got["system_metadata"]["creation_timestamp"],
+        created["system_metadata"]["creation_timestamp"]
+    );
+
+    // Gauges move the levels: 2 + 1 load balancers of 4 (75 %), 2.5 vCPU of 2.5 (100 %).
+    gauge(&server, "lb-shop-1", "shop", "http_loadbalancers", "2");
+    gauge(&server, "lb-blog-1", "blog", "http_loadbalancers", "1");
+    gauge(&server, "cpu-shop-1", "shop", "appstack_vcpus", "2.5");
+    let system = usage(&server, "system");
+    assert_schema(&doc, "quotaGetResponseType", &system);
+    assert_eq!(
+        system["objects"]["http_loadbalancer"],
+        json!({"limit": {"maximum": 4}, "usage": {"number": 3.0}})
+    );
+    assert_eq!(
+        system["resources"]["vcpu"],
+        json!({"limit": {"maximum": 2.5}, "usage": {"number": 2.5}})
+    );
+    assert_eq!(system["quota_usage"], system["objects"]);
+    assert_eq!(
+        usage(&server, "shop")["objects"]["http_loadbalancer"]["usage"]["number"],
+        2.0
+    );
+    assert_eq!(
+        usage(&server, "blog")["objects"]["http_loadbalancer"]["usage"]["number"],
+        1.0
+    );
+
+    // The check answers from the projection, exactly.
+    let (status, answer) = check(&server, "http_loadbalancer", json!(1));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"key": "http_loadbalancer", "allowed": true, "limit": 4.0, "current": 3.0, "remaining": 1.0})
+    );
+    let (_, answer) = check(&server, "http_loadbalancer", json!(2));
+    assert_eq!(answer["allowed"], false);
+    let (_, answer) = check(&server, "resource:vcpu", json!("0.000001"));
+    assert_eq!(
+        (answer["allowed"].clone(), answer["remaining"].clone()),
+        (json!(false), json!(0.0))
+    );
+    let (status, _) = check(&server, "no_such_thing", json!(1));
+    assert_eq!(status, 404);
+    let (status, _) = check(&server, "vcpu", json!("lots"));
+    assert_eq!(status, 400);
+
+    // vCPU reached 100 %: three alerts; a fourth load balancer reaches 100 % too.
+    gauge(&server, "lb-blog-2", "blog", "http_loadbalancers", "2");
+    let (_, answer) = check(&server, "http_loadbalancer", json!(1));
+    assert_eq!(
+        (answer["allowed"].clone(), answer["current"].clone()),
+        (json!(false), json!(4.0))
+    );
+    server.wait_caught_up();
+    let raised = alerts(&server);
+    let mut kinds: Vec<&str> = raised
+        .iter()
+        .map(|(id, _)| id.split(':').take(3).last().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["100", "100", "80", "80", "90", "90"], "{raised:?}");
+    assert!(raised.iter().all(|(_, d)| d == "RAISED"));
+
+    // A restart neither loses nor repeats an alert.
+    let before_restart = server.readiness()["log_entries"].clone();
+    server.restart();
+    server.wait_caught_up();
+    assert_eq!(alerts(&server), raised);
+    assert_eq!(server.readiness()["log_entries"], before_restart);
+
+    // Rebuilding every projection from the log gives the same state and the same alerts,
+    // and appends nothing.
+    let usage_before = usage(&server, "system");
+    server.stop();
+    drop_projections(&data);
+    server.start_again();
+    server.wait_caught_up();
+    assert_eq!(alerts(&server), raised);
+    assert_eq!(usage(&server, "system"), usage_before);
+    assert_eq!(server.readiness()["log_entries"], before_restart);
+
+    // Deleting the object returns to the plan's limits (5 LBs: 80 %; 8 vCPU: 31 %).
+    let (status, body) = server.call(
+        "DELETE",
+        &format!("{QUOTAS}/tight"),
+        Some(&json!({"name": "tight", "namespace": "system"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.call("DELETE", &format!("{QUOTAS}/tight"), None);
+    assert_eq!(status, 404);
+    let (status, _) = server.call("GET", &format!("{QUOTAS}/tight"), None);
+    assert_eq!(status, 404);
+    server.wait_caught_up();
+    let after = alerts(&server);
+    let cleared: Vec<&String> = after[raised.len()..].iter().map(|(id, _)| id).collect();
+    assert_eq!(cleared.len(), 5, "{after:?}");
+    assert!(after[raised.len()..].iter().all(|(_, d)| d == "CLEARED"));
+    assert_eq!(
+        usage(&server, "system")["objects"]["http_loadbalancer"]["limit"]["maximum"],
+        5
+    );
+    server.stop();
+}
