@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::ingest::kafka::KafkaSettings;
+use crate::webhook::WebhookSettings;
 
 /// Flags of `tally serve`; each also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,6 +39,12 @@ pub struct ServeArgs {
     /// 0 turns the check off).
     #[arg(long, env = "TALLY_MIN_FREE_DISK", default_value = "256MiB")]
     pub min_free_disk: bytesize::ByteSize,
+    /// URL that receives every quota alert (POST, JSON, HMAC-SHA256 signed); http or https.
+    #[arg(long, env = "TALLY_ALERT_WEBHOOK", requires = "alert_webhook_secret")]
+    pub alert_webhook: Option<String>,
+    /// Key of the webhook signature (`X-Tally-Signature`).
+    #[arg(long, env = "TALLY_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub alert_webhook_secret: Option<String>,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -79,6 +86,10 @@ pub enum ConfigError {
     NoLateWindow,
     #[error("--kafka-batch must be at least 1")]
     NoKafkaBatch,
+    #[error("--alert-webhook: `{0}` is not an http:// or https:// URL")]
+    WebhookUrl(String),
+    #[error("--alert-webhook-secret must not be empty")]
+    NoWebhookSecret,
 }
 
 /// The validated configuration of one engine.
@@ -94,6 +105,7 @@ pub struct Config {
     /// Bytes of free disk below which appends pause.
     pub min_free_disk: u64,
     pub kafka: Option<KafkaSettings>,
+    pub webhook: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -125,7 +137,26 @@ impl Config {
             }),
             _ => None,
         };
+        let webhook = match (&args.alert_webhook, &args.alert_webhook_secret) {
+            (Some(url), secret) => {
+                let parsed =
+                    reqwest::Url::parse(url).map_err(|_| ConfigError::WebhookUrl(url.clone()))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(ConfigError::WebhookUrl(url.clone()));
+                }
+                let secret = secret
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .ok_or(ConfigError::NoWebhookSecret)?;
+                Some(WebhookSettings {
+                    url: url.clone(),
+                    secret,
+                })
+            }
+            (None, _) => None,
+        };
         Ok(Config {
+            webhook,
             kafka,
             data_dir: args.data_dir.clone(),
             listen: args.listen,
@@ -163,6 +194,46 @@ mod tests {
             Config::from_args(&cli.serve).unwrap().dedup_horizon,
             Duration::from_secs(2 * 86_400)
         );
+    }
+
+    #[test]
+    fn an_alert_webhook_needs_an_http_url_and_a_secret() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["tally"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|cli| Config::from_args(&cli.serve))
+        };
+        assert!(
+            parse(&["--alert-webhook", "http://h/x"]).is_err(),
+            "secret required"
+        );
+        let err = parse(&[
+            "--alert-webhook",
+            "ftp://h/x",
+            "--alert-webhook-secret",
+            "k",
+        ])
+        .unwrap()
+        .unwrap_err();
+        assert!(err.to_string().contains("not an http"), "{err}");
+        let err = parse(&[
+            "--alert-webhook",
+            "http://h/x",
+            "--alert-webhook-secret",
+            "",
+        ])
+        .unwrap()
+        .unwrap_err();
+        assert!(err.to_string().contains("secret"), "{err}");
+        let config = parse(&[
+            "--alert-webhook",
+            "https://h/x",
+            "--alert-webhook-secret",
+            "k",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.webhook.unwrap().url, "https://h/x");
     }
 
     #[test]

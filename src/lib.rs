@@ -17,6 +17,7 @@
 //! - [`projection::runner`]: the projector thread that checkpoints with its rows.
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
+//! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
 //! - [`auth`], [`config`], [`metrics`], [`health`].
 //!
 //! # Invariants
@@ -47,3 +48,4 @@ pub mod report;
 pub mod server;
 pub mod time;
 pub mod units;
+pub mod webhook;

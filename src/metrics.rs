@@ -52,6 +52,12 @@ pub struct Metrics {
     pub kafka_lag: Family<PartitionLabels, Gauge>,
     pub kafka_batch_size: Histogram,
     pub disk_available: Gauge,
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -120,7 +126,14 @@ impl Metrics {
             "Free space on the data directory's file system (appends pause below --min-free-disk)",
             disk_available.clone(),
         );
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Alert webhook delivery attempts by outcome (delivered, failed)",
+            webhook_deliveries.clone(),
+        );
         Metrics {
+            webhook_deliveries,
             disk_available,
             registry,
             events,
@@ -140,6 +153,12 @@ impl Metrics {
                 .get_or_create(&OutcomeLabels { outcome, source })
                 .inc_by(n);
         }
+    }
+
+    pub fn count_webhook(&self, outcome: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookLabels { outcome })
+            .inc();
     }
 
     pub fn set_kafka_lag(&self, partition: i32, lag: i64) {

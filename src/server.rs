@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::engine::Engine;
 use crate::ingest::kafka::KafkaConsumer;
+use crate::webhook::WebhookDeliverer;
 
 /// Serves the API on `listener` (and consumes Kafka when configured) until `shutdown` completes;
 /// then lets in-flight requests finish, stops the consumer after its batch, and stops the engine
@@ -28,6 +29,13 @@ pub async fn serve(
         }
         None => None,
     };
+    let webhook = match engine.config.webhook.clone() {
+        Some(settings) => {
+            tracing::info!(url = %settings.url, "delivering alerts to the webhook");
+            Some(WebhookDeliverer::start(engine.clone(), settings)?)
+        }
+        None => None,
+    };
     let app = api::router(AppState::new(engine.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -35,6 +43,11 @@ pub async fn serve(
     if let Some(consumer) = consumer {
         // The consumer finishes its batch first, so the writer sees it before it closes.
         tokio::task::spawn_blocking(move || consumer.stop())
+            .await
+            .ok();
+    }
+    if let Some(webhook) = webhook {
+        tokio::task::spawn_blocking(move || webhook.stop())
             .await
             .ok();
     }

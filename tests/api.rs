@@ -36,6 +36,7 @@ fn harness() -> Harness {
         dedup_horizon: Duration::from_secs(35 * 86_400),
         min_free_disk: 0,
         kafka: None,
+        webhook: None,
     };
     let engine = Arc::new(Engine::open(config, tally::time::system_clock()).unwrap());
     Harness {

@@ -361,3 +361,155 @@ fn quota_objects_levels_checks_and_alerts() {
     );
     server.stop();
 }
+
+/// One request the webhook receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Delivery {
+    answered: u16,
+    headers: std::collections::BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// A tiny HTTP receiver that fails the first `failures` requests with 500.
+fn webhook_receiver(failures: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Delivery>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = std::collections::BTreeMap::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap_or(0);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.trim_end().split_once(':') {
+                    headers.insert(name.to_ascii_lowercase(), value.trim().to_owned());
+                }
+            }
+            let length: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap_or(());
+            let mut log = log.lock().unwrap();
+            let answered = if log.len() < failures { 500 } else { 200 };
+            log.push(Delivery {
+                answered,
+                headers,
+                body,
+            });
+            drop(log);
+            let reason = if answered == 200 {
+                "OK"
+            } else {
+                "Internal Server Error"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {answered} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn the_webhook_gets_each_alert_once_signed_even_after_failures_and_restarts() {
+    let (url, seen) = webhook_receiver(2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--alert-webhook",
+        url.as_str(),
+        "--alert-webhook-secret",
+        "s3cret",
+    ];
+    let mut server = Server::start_args(&data, &args);
+    // The free plan allows 5 load balancers: 4 raises 80 %, 5 raises 90 % and 100 %.
+    gauge(&server, "lb-1", "shop", "http_loadbalancers", "4");
+    gauge(&server, "lb-2", "shop", "http_loadbalancers", "5");
+    let accepted = |seen: &std::sync::Mutex<Vec<Delivery>>| -> Vec<Delivery> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.answered == 200)
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while accepted(&seen).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Restart: nothing is delivered again, and a new crossing still is.
+    server.restart();
+    gauge(&server, "lb-3", "shop", "http_loadbalancers", "1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while accepted(&seen).len() < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    server.stop();
+
+    let all = seen.lock().unwrap().clone();
+    assert_eq!(all.len(), 8, "two failures, then six deliveries: {all:?}");
+    assert!(all[..2].iter().all(|d| d.answered == 500));
+    let delivered = accepted(&seen);
+    let ids: Vec<&str> = delivered
+        .iter()
+        .map(|d| d.headers["x-tally-alert-id"].as_str())
+        .collect();
+    let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
+    assert_eq!(unique.len(), 6, "{ids:?}");
+    // The first failed attempt was the first alert, retried until delivered: order is kept.
+    assert_eq!(all[0].headers["x-tally-alert-id"], ids[0]);
+    let directions: Vec<(String, String)> = delivered
+        .iter()
+        .map(|d| {
+            let body: Value = serde_json::from_slice(&d.body).unwrap();
+            (
+                body["threshold_percent"].to_string(),
+                body["direction"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        directions,
+        [
+            ("80", "RAISED"),
+            ("90", "RAISED"),
+            ("100", "RAISED"),
+            ("100", "CLEARED"),
+            ("90", "CLEARED"),
+            ("80", "CLEARED")
+        ]
+        .map(|(t, d)| (t.to_owned(), d.to_owned()))
+    );
+    // Verified as a receiver would: HMAC-SHA256 over "{timestamp}.{body}".
+    use hmac::Mac;
+    for delivery in &delivered {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(delivery.headers["x-tally-timestamp"].as_bytes());
+        mac.update(b".");
+        mac.update(&delivery.body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(delivery.headers["x-tally-signature"], expected);
+    }
+}

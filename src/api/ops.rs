@@ -17,6 +17,12 @@ pub const SERVED_F5_PATHS: &[&str] = &[
     "/api/web/namespaces/{namespace}/current_usage",
     "/api/web/namespaces/{namespace}/monthly_usage",
     "/api/data/namespaces/system/billing/usage_summary",
+    "/api/web/namespaces/{metadata.namespace}/quotas",
+    "/api/web/namespaces/{metadata.namespace}/quotas/{metadata.name}",
+    "/api/web/namespaces/{namespace}/quotas",
+    "/api/web/namespaces/{namespace}/quotas/{name}",
+    "/api/web/namespaces/{namespace}/quota/limits",
+    "/api/web/namespaces/{namespace}/quota/usage",
 ];
 
 const F5_DOCUMENT: &str = include_str!("../../schemas/openapi/f5-billing-and-usage.json");
@@ -144,7 +150,9 @@ mod tests {
             assert!(paths.contains_key(*path), "{path}");
         }
         assert!(paths.contains_key("/api/tally/events"));
-        assert!(!paths.contains_key("/api/web/namespaces/{namespace}/quotas/{name}"));
+        assert!(paths.contains_key("/api/web/namespaces/{namespace}/quotas/{name}"));
+        assert!(paths.contains_key("/api/tally/namespaces/{namespace}/quota/check"));
+        assert!(!paths.contains_key("/api/web/namespaces/{namespace}/invoices"));
         assert!(document["components"]["schemas"]["tallyIngestResponse"].is_object());
         assert!(document["components"]["schemas"]["usageUsageItem"].is_object());
     }

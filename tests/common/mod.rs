@@ -55,6 +55,12 @@ impl Server {
         Self::launch(data_dir, catalog, admin_token, Vec::new())
     }
 
+    /// An engine started with more flags.
+    pub fn start_args(data_dir: &Path, extra: &[&str]) -> Server {
+        let args = extra.iter().map(|arg| arg.to_string()).collect();
+        Self::launch(data_dir, None, Some(OPERATOR_TOKEN), args)
+    }
+
     /// An engine that also consumes `topic` from `brokers`.
     pub fn start_kafka(data_dir: &Path, brokers: &str, topic: &str) -> Server {
         Self::start_kafka_with(data_dir, brokers, topic, &[])
@@ -85,8 +91,11 @@ impl Server {
             extra_args,
             log: data_dir.with_extension("log"),
             stdout: Arc::default(),
+            // No idle connections: a restarted engine may get the old port back, and a pooled
+            // connection to the stopped one would be reset.
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
         };
