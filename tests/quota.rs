@@ -513,3 +513,47 @@ fn the_webhook_gets_each_alert_once_signed_even_after_failures_and_restarts() {
         assert_eq!(delivery.headers["x-tally-signature"], expected);
     }
 }
+
+#[test]
+fn api_limits_show_the_observed_request_rate_of_their_bound_meter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut catalog: Value = serde_json::from_str(tally::catalog::DEFAULT_CATALOG_JSON).unwrap();
+    catalog["meters"].as_array_mut().unwrap().push(json!({
+        "metric_label": "api_list_usage_details", "usage_type": "ListUsageDetails calls",
+        "unit_name": "requests", "unit_name_billable": "requests", "division_factor": 1,
+        "aggregation": "SUM", "service": "f5xc_waap_standard",
+        "quota": {"kind": "api", "name": "ves.io.schema.usage.ListUsageDetails"}}));
+    let catalog_path = dir.path().join("catalog.json");
+    std::fs::write(&catalog_path, catalog.to_string()).unwrap();
+    let mut server = Server::start(&dir.path().join("data"), Some(&catalog_path));
+    // The rate is over the current UTC hour: stay clear of its end.
+    let seconds_into_hour = || (Utc::now().timestamp() % 3_600).max(1) as f64;
+    if seconds_into_hour() > 3_590.0 {
+        std::thread::sleep(Duration::from_secs(12));
+    }
+    // 90 calls in this hour, in two namespaces.
+    gauge(&server, "calls-1", "shop", "api_list_usage_details", "60");
+    gauge(&server, "calls-2", "blog", "api_list_usage_details", "30");
+    let before = seconds_into_hour();
+    let system = usage(&server, "system");
+    let after = seconds_into_hour();
+    let api = &system["apis"]["ves.io.schema.usage.ListUsageDetails"];
+    assert_eq!(
+        api["limit"],
+        json!({"unit": "MINUTE", "rate": 60, "burst": 10})
+    );
+    // The free plan limits it per minute: 90 calls over the hour so far, per minute.
+    let rate = api["usage"]["rate"].as_f64().unwrap();
+    let (low, high) = (
+        90.0 * 60.0 / (after + 1.0),
+        90.0 * 60.0 / (before - 1.0).max(1.0),
+    );
+    assert!(low <= rate && rate <= high, "{rate} not in [{low}, {high}]");
+    assert_eq!(system["api_limits"], system["apis"]);
+    let shop =
+        usage(&server, "shop")["apis"]["ves.io.schema.usage.ListUsageDetails"]["usage"]["rate"]
+            .as_f64()
+            .unwrap();
+    assert!(shop < rate && shop > 0.0, "{shop} vs {rate}");
+    server.stop();
+}
