@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Key of the webhook signature (`X-Tally-Signature`).
     #[arg(long, env = "TALLY_ALERT_WEBHOOK_SECRET", hide_env_values = true)]
     pub alert_webhook_secret: Option<String>,
+    /// How long after issue an unpaid invoice becomes OVERDUE (e.g. 30d).
+    #[arg(long, env = "TALLY_INVOICE_DUE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub invoice_due: Duration,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -106,6 +109,7 @@ pub struct Config {
     pub min_free_disk: u64,
     pub kafka: Option<KafkaSettings>,
     pub webhook: Option<WebhookSettings>,
+    pub invoice_due: Duration,
 }
 
 impl Config {
@@ -156,6 +160,7 @@ impl Config {
             (None, _) => None,
         };
         Ok(Config {
+            invoice_due: args.invoice_due,
             webhook,
             kafka,
             data_dir: args.data_dir.clone(),

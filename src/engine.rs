@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 
 use crate::auth::{OperatorTokenError, Tokens};
+use crate::billing::BillingChange;
 use crate::config::Config;
 use crate::event::DecodeContext;
 use crate::health::Health;
@@ -31,6 +32,8 @@ pub enum EngineError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("{0}")]
+    Background(String),
 }
 
 /// A running engine. Cheap to share behind an `Arc`.
@@ -84,11 +87,15 @@ impl Engine {
         let projector_health = Arc::new(Health::default());
         let projector_thread = runner::start(
             store.clone(),
-            config.catalog.clone(),
+            runner::FoldContext {
+                catalog: config.catalog.clone(),
+                alert_sink: alert_sink(appender.clone()),
+                invoice_due_after: i64::try_from(config.invoice_due.as_micros())
+                    .unwrap_or(i64::MAX),
+            },
             head.clone(),
             projected_tx,
             projector_health.clone(),
-            alert_sink(appender.clone()),
         )?;
         Ok(Engine {
             config,
@@ -120,6 +127,67 @@ impl Engine {
         self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
             .await;
         Ok(outcomes)
+    }
+
+    /// Appends billing changes of one tenant and waits until the projections include them.
+    pub async fn append_billing(
+        &self,
+        tenant: &str,
+        changes: Vec<BillingChange>,
+    ) -> Result<Vec<Outcome>, AppendError> {
+        let at = self.now();
+        let entries = changes
+            .into_iter()
+            .map(|change| LogEntry::Billing {
+                tenant: tenant.to_owned(),
+                at,
+                change,
+            })
+            .collect();
+        self.append_facts(entries).await
+    }
+
+    /// Closes every billing period whose end the clock has passed: one `PeriodClosed` per
+    /// period, appended once (its identity is the period), which issues its invoice. Returns
+    /// how many were appended. The billing clock calls it every second; tests call it after
+    /// moving the clock.
+    pub async fn close_due_periods(&self) -> Result<usize, EngineError> {
+        let store = self.store.clone();
+        let tenants =
+            tokio::task::spawn_blocking(move || crate::projection::billing::all_tenants(&store))
+                .await
+                .map_err(|e| EngineError::Background(e.to_string()))??;
+        let now = self.now();
+        let mut candidates = Vec::new();
+        for state in tenants {
+            let open = state.open_period();
+            if open.end <= now {
+                candidates.push(Candidate::Fact {
+                    identity: Some(FactIdentity::new("period-close", &state.tenant, &open.uid)),
+                    entry: LogEntry::Billing {
+                        tenant: state.tenant.clone(),
+                        at: open.end,
+                        change: BillingChange::PeriodClosed {
+                            period_uid: open.uid.clone(),
+                        },
+                    },
+                });
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = self
+            .appender
+            .append(candidates)
+            .await
+            .map_err(|e| EngineError::Background(e.to_string()))?;
+        self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
+            .await;
+        Ok(outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Recorded { .. }))
+            .count())
     }
 
     pub fn now(&self) -> UnixMicros {

@@ -9,6 +9,7 @@
 //! - [`catalog`]: meters, plans, addons and prices.
 //! - [`projection`]: the folds from log entries into hourly, monthly and current rows.
 //! - [`quota`]: quota objects, effective limits, levels and threshold alerts.
+//! - [`billing`]: subscriptions, periods, plan transitions, payment methods, invoices, PDFs.
 //! - [`report`]: rows → F5 response shapes (usage items, cost lines, summaries).
 //!
 //! Shell:
@@ -34,6 +35,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod billing;
 pub mod catalog;
 pub mod config;
 pub mod engine;

@@ -36,6 +36,7 @@ pub async fn serve(
         }
         None => None,
     };
+    let billing_clock = tokio::spawn(billing_clock(engine.clone()));
     let app = api::router(AppState::new(engine.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -46,6 +47,7 @@ pub async fn serve(
             .await
             .ok();
     }
+    billing_clock.abort();
     if let Some(webhook) = webhook {
         tokio::task::spawn_blocking(move || webhook.stop())
             .await
@@ -53,6 +55,17 @@ pub async fn serve(
     }
     engine.shutdown().await;
     served
+}
+
+/// Closes due billing periods every second (their invoices are issued by the projector).
+async fn billing_clock(engine: Arc<Engine>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        if let Err(error) = engine.close_due_periods().await {
+            tracing::warn!(%error, "cannot close due billing periods; retrying");
+        }
+    }
 }
 
 /// Completes on ctrl-c or SIGTERM.

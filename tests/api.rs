@@ -37,6 +37,7 @@ fn harness() -> Harness {
         min_free_disk: 0,
         kafka: None,
         webhook: None,
+        invoice_due: Duration::from_secs(30 * 86_400),
     };
     let engine = Arc::new(Engine::open(config, tally::time::system_clock()).unwrap());
     Harness {

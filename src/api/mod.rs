@@ -3,6 +3,7 @@
 //! [`router`] builds every route in one place; handlers are thin: parse, authorize, call the
 //! store or the pure report code, shape the answer.
 
+pub mod billing;
 pub mod error;
 pub mod ingest;
 pub mod ops;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Serialises quota object changes: each is judged (exists? missing?) against the state
     /// every earlier change left.
     pub quota_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises billing changes the same way.
+    pub billing_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -53,6 +56,7 @@ impl AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
             quota_lock: Arc::default(),
+            billing_lock: Arc::default(),
         }
     }
 }
@@ -105,6 +109,78 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/tally/namespaces/{namespace}/alerts",
             get(quota::alerts),
+        )
+        .route(
+            "/api/web/namespaces/system/usage_plans/current",
+            get(billing::current_plan),
+        )
+        .route(
+            "/api/web/namespaces/system/usage_plans/custom_list",
+            get(billing::list_plans),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/subscriptions/custom_list",
+            get(billing::list_subscriptions),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/billing/plan_transition",
+            post(billing::request_transition),
+        )
+        .route(
+            "/no_auth/namespaces/system/billing/plan_transition",
+            get(billing::transition_state),
+        )
+        .route(
+            "/api/tally/plan_transitions/{id}/approve",
+            post(billing::approve),
+        )
+        .route(
+            "/api/tally/plan_transitions/{id}/reject",
+            post(billing::reject),
+        )
+        .route(
+            "/api/web/namespaces/system/addon/subscribe",
+            post(billing::subscribe_addon),
+        )
+        .route(
+            "/api/web/namespaces/system/addon/unsubscribe",
+            post(billing::unsubscribe_addon),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/billing/payment_methods",
+            post(billing::create_payment_method),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/billing/payment_methods/{name}",
+            axum::routing::delete(billing::delete_payment_method),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/primary",
+            post(billing::make_primary),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/secondary",
+            post(billing::make_secondary),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/swap-primary",
+            post(billing::swap_primary),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/usage/invoices/custom_list",
+            get(billing::list_invoices),
+        )
+        .route(
+            "/api/web/namespaces/{namespace}/usage/invoice_pdf",
+            get(billing::invoice_pdf),
+        )
+        .route(
+            "/api/tally/invoices/{name}/mark_paid",
+            post(billing::mark_paid),
+        )
+        .route(
+            "/api/tally/tenants/{tenant}/coupons",
+            post(billing::grant_coupon),
         )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY));
     let ingest = Router::new()

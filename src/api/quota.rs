@@ -430,8 +430,10 @@ async fn quota_view(
     let (tenant, scope) = (tenant.to_owned(), scope.as_key_part().to_owned());
     blocking(state, move |store| {
         let objects = rows::list_objects(store, &tenant, None)?;
-        // Until subscriptions exist, every tenant is on the catalog's default plan.
-        let limits = effective_limits(&catalog.default_plan().default_quota, &objects);
+        let plan = crate::projection::billing::load_tenant(store, &tenant)?
+            .and_then(|state| catalog.plan(&state.plan).cloned())
+            .unwrap_or_else(|| catalog.default_plan().clone());
+        let limits = effective_limits(&plan.default_quota, &objects);
         let namespace = match Scope::from_key_part(&scope) {
             Scope::Tenant => None,
             Scope::Namespace(ns) => Some(ns),

@@ -273,11 +273,12 @@ pub async fn current_usage(
     let request: RangeRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
     let engine = &state.engine;
-    let (_, open_start, open_end) = open_period(engine.now());
+    let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
+    let open = billing.open_period();
     let (from, to) = resolve_range(
         request.from.as_deref(),
         request.to.as_deref(),
-        (open_start, open_end),
+        (open.start, open.end),
     )?;
     // A whole billing period is answered from its running totals; any other range from hours.
     let whole_period = time::billing_period_of(from);
@@ -293,13 +294,16 @@ pub async fn current_usage(
             report::metric_totals(&rows, &engine.config.catalog)
         };
     let catalog = &engine.config.catalog;
-    let (usage_items, total) =
-        report::cost_lines(&totals, catalog, catalog.default_plan(), from, to);
+    let plan = catalog
+        .plan(&billing.plan)
+        .unwrap_or_else(|| catalog.default_plan());
+    let (usage_items, total) = report::cost_lines(&totals, catalog, plan, from, to);
     Ok(Json(CurrentUsageResponse {
         usage_items,
         total_cost: total.0.to_string(),
         discount: "0".into(),
-        coupons: Vec::new(),
+        // Granted coupons apply to the next invoice; shown here until then.
+        coupons: super::billing::coupons_json(&billing),
     }))
 }
 
@@ -314,9 +318,14 @@ pub async fn monthly_usage(
     let request: MonthlyRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
     let totals = period_totals(&state, &caller.tenant, scope, None).await?;
+    let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
     let catalog = &state.engine.config.catalog;
+    // Months are priced at the tenant's current plan; invoices hold each period's own.
+    let plan = catalog
+        .plan(&billing.plan)
+        .unwrap_or_else(|| catalog.default_plan());
     Ok(Json(MonthlyUsageResponse {
-        monthly_usage_items: report::monthly_items(&totals, catalog, catalog.default_plan()),
+        monthly_usage_items: report::monthly_items(&totals, catalog, plan),
     }))
 }
 

@@ -78,6 +78,14 @@ pub fn decode_quota_object(bytes: &[u8]) -> Result<crate::quota::QuotaObject, Co
     decode_versioned(bytes, "quota object")
 }
 
+pub fn encode_billing(state: &crate::billing::TenantBilling) -> Vec<u8> {
+    encode_versioned(state)
+}
+
+pub fn decode_billing(bytes: &[u8]) -> Result<crate::billing::TenantBilling, CodecError> {
+    decode_versioned(bytes, "tenant billing")
+}
+
 pub fn encode_alert(alert: &crate::quota::Alert) -> Vec<u8> {
     encode_versioned(alert)
 }

@@ -13,6 +13,9 @@
 //! |               | `t` tenant `\0` scope `\0` kind `\0` key `\0`                                            | `i128` BE level (namespace or `*`)   |
 //! |               | `b` tenant `\0` kind `\0` key `\0`                                                        | threshold band `u8` (0–3)            |
 //! | `alerts`      | seq `u64` BE of the alert's log entry                                                 | [`Alert`](crate::quota::Alert), bincode |
+//! | `billing`     | `t` tenant `\0`                                                                       | tenant billing state, bincode        |
+//! |               | `u` tenant `\0` period uid `\0` namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate of the period |
+//! |               | `x` plan transition id                                                                 | tenant                               |
 //! | `checkpoints` | projection name                                                                       | last folded seq `u64`                |
 //! | `offsets`     | topic `\0` partition `i32` BE                                                         | next offset `i64`                    |
 //! | `tokens`      | token id                                                                              | token record, bincode                |

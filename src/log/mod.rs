@@ -8,6 +8,7 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 
+use crate::billing::BillingChange;
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::quota::{Alert, QuotaObject};
 use crate::time::UnixMicros;
@@ -32,6 +33,13 @@ pub enum LogEntry {
     },
     /// A quota level crossed a threshold (appended by the projector, once per crossing).
     QuotaAlert { alert: Alert },
+    /// A billing fact of one tenant (plan transitions, addons, payment methods, coupons,
+    /// period closes, payments).
+    Billing {
+        tenant: String,
+        at: UnixMicros,
+        change: BillingChange,
+    },
 }
 
 /// What the dedup index remembers of an accepted event.

@@ -30,6 +30,7 @@ pub const CF_TOKENS: &str = "tokens";
 pub const CF_META: &str = "meta";
 pub const CF_QUOTA: &str = "quota";
 pub const CF_ALERTS: &str = "alerts";
+pub const CF_BILLING: &str = "billing";
 
 /// Every column family, in one list: opening creates the missing ones.
 pub const COLUMN_FAMILIES: &[&str] = &[
@@ -45,6 +46,7 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_META,
     CF_QUOTA,
     CF_ALERTS,
+    CF_BILLING,
 ];
 
 /// Layout version of this build's keys and values; a store of another version is refused.

@@ -4,6 +4,7 @@
 //! content-only order), so folding any permutation of the same events gives the same bytes,
 //! and a batch of deltas can be merged into stored rows in any grouping.
 
+pub mod billing;
 pub mod quota;
 pub mod read;
 pub mod runner;

@@ -41,6 +41,10 @@ impl QuotaReads for StoreQuotaReads<'_> {
         }
     }
 
+    fn plan(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        Ok(super::billing::load_tenant(self.0, tenant)?.map(|state| state.plan))
+    }
+
     fn band(&self, key: &[u8]) -> Result<u8, StoreError> {
         Ok(self
             .0

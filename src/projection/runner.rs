@@ -17,6 +17,7 @@ use crate::health::Health;
 use crate::log::append::LogHead;
 use crate::log::codec;
 use crate::log::store::{CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError};
+use crate::projection::billing::BillingFold;
 use crate::projection::quota::StoreQuotaReads;
 use crate::quota::Alert;
 use crate::quota::fold::QuotaFold;
@@ -29,15 +30,22 @@ pub const FOLD_BATCH: usize = 8_192;
 /// in between refolds them, and their ids make the second append a duplicate).
 pub type AlertSink = Box<dyn Fn(Vec<Alert>) -> Result<(), StoreError> + Send>;
 
+/// What the folds need besides the log.
+pub struct FoldContext {
+    pub catalog: Arc<Catalog>,
+    pub alert_sink: AlertSink,
+    /// How long after issue an invoice falls due (micros).
+    pub invoice_due_after: i64,
+}
+
 /// Starts the projector over `store`. `projected` carries the next seq to fold (everything
 /// below it is in the projections). The thread ends once the log is closed and folded.
 pub fn start(
     store: Store,
-    catalog: Arc<Catalog>,
+    context: FoldContext,
     head: Arc<LogHead>,
     projected: watch::Sender<u64>,
     health: Arc<Health>,
-    alert_sink: AlertSink,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tally-projector".into())
@@ -56,7 +64,7 @@ pub fn start(
             loop {
                 let (log_head, closed) = head.wait_beyond(next, Duration::from_millis(500));
                 if log_head > next {
-                    match fold_batch(&store, &catalog, next, &alert_sink) {
+                    match fold_batch(&store, &context, next) {
                         Ok(after) => {
                             next = after;
                             health.recover();
@@ -82,29 +90,27 @@ pub fn start(
 }
 
 /// Folds one batch starting at `from`; returns the next seq to fold.
-pub fn fold_batch(
-    store: &Store,
-    catalog: &Catalog,
-    from: u64,
-    alert_sink: &AlertSink,
-) -> Result<u64, StoreError> {
+pub fn fold_batch(store: &Store, context: &FoldContext, from: u64) -> Result<u64, StoreError> {
+    let catalog = context.catalog.as_ref();
     let entries = store.read_log(from, FOLD_BATCH)?;
     let Some(&(last_seq, _)) = entries.last() else {
         return Ok(from);
     };
     let mut deltas = UsageDeltas::default();
     let reads = StoreQuotaReads(store);
-    // Until subscriptions exist, every tenant is on the catalog's default plan.
-    let plan_default = &catalog.default_plan().default_quota;
-    let plan_of = |_: &str| plan_default;
-    let mut quota = QuotaFold::new(&reads, catalog, &plan_of);
+    let mut quota = QuotaFold::new(&reads, catalog);
+    let mut billing = BillingFold::new(store, catalog, context.invoice_due_after);
     for (seq, entry) in &entries {
         deltas.fold(entry, catalog);
+        // Billing first: a finished plan transition changes the limits quotas check against.
+        if let Some(change) = billing.fold(*seq, entry)? {
+            quota.set_plan(&change.tenant, &change.plan, change.seq, change.at)?;
+        }
         quota.fold(*seq, entry)?;
     }
     let quota_writes = quota.writes;
     if !quota_writes.new_alerts.is_empty() {
-        alert_sink(quota_writes.new_alerts.clone())?;
+        (context.alert_sink)(quota_writes.new_alerts.clone())?;
     }
     let stored_hourly = read_aggregates(store, CF_HOURLY, deltas.hourly.keys())?;
     let stored_monthly = read_aggregates(store, CF_MONTHLY, deltas.monthly.keys())?;
@@ -156,6 +162,7 @@ pub fn fold_batch(
         );
     }
     super::quota::put_writes(store, &mut batch, &quota_writes);
+    billing.write(&mut batch)?;
     // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
     store.write(batch, false)?;
     Ok(next)

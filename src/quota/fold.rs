@@ -112,6 +112,8 @@ pub trait QuotaReads {
     fn series(&self, key: &[u8]) -> Result<Option<SeriesLevel>, Self::Error>;
     fn total(&self, key: &[u8]) -> Result<i128, Self::Error>;
     fn band(&self, key: &[u8]) -> Result<u8, Self::Error>;
+    /// The tenant's plan as billing last recorded it (`None`: never seen, the default plan).
+    fn plan(&self, tenant: &str) -> Result<Option<String>, Self::Error>;
 }
 
 /// Rows to write to the `quota` CF (`None` deletes) and alerts.
@@ -131,24 +133,49 @@ pub struct QuotaWrites {
 pub struct QuotaFold<'a, R: QuotaReads> {
     reads: &'a R,
     catalog: &'a Catalog,
-    plan_of: &'a dyn Fn(&str) -> &'a QuotaSpec,
+    plans: BTreeMap<String, String>,
     objects: BTreeMap<String, BTreeMap<(String, String), QuotaObject>>,
     pub writes: QuotaWrites,
 }
 
 impl<'a, R: QuotaReads> QuotaFold<'a, R> {
-    pub fn new(
-        reads: &'a R,
-        catalog: &'a Catalog,
-        plan_of: &'a dyn Fn(&str) -> &'a QuotaSpec,
-    ) -> Self {
+    pub fn new(reads: &'a R, catalog: &'a Catalog) -> Self {
         QuotaFold {
             reads,
             catalog,
-            plan_of,
+            plans: BTreeMap::new(),
             objects: BTreeMap::new(),
             writes: QuotaWrites::default(),
         }
+    }
+
+    /// The tenant moved to `plan` at log entry `seq`: its default quota now applies.
+    pub fn set_plan(
+        &mut self,
+        tenant: &str,
+        plan: &str,
+        seq: u64,
+        at: UnixMicros,
+    ) -> Result<(), R::Error> {
+        let before = self.limit_keys(tenant)?;
+        self.plans.insert(tenant.to_owned(), plan.to_owned());
+        self.recheck(tenant, before, seq, at)
+    }
+
+    fn plan_default(&mut self, tenant: &str) -> Result<QuotaSpec, R::Error> {
+        if !self.plans.contains_key(tenant) {
+            let plan = self
+                .reads
+                .plan(tenant)?
+                .unwrap_or_else(|| self.catalog.default_plan().name.clone());
+            self.plans.insert(tenant.to_owned(), plan);
+        }
+        let plan = self
+            .plans
+            .get(tenant)
+            .and_then(|name| self.catalog.plan(name))
+            .unwrap_or_else(|| self.catalog.default_plan());
+        Ok(plan.default_quota.clone())
     }
 
     pub fn fold(&mut self, seq: u64, entry: &LogEntry) -> Result<(), R::Error> {
@@ -183,6 +210,8 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 self.writes.alert_rows.push((seq, alert.clone()));
                 Ok(())
             }
+            // Plan changes reach the fold through `set_plan`.
+            LogEntry::Billing { .. } => Ok(()),
         }
     }
 
@@ -203,9 +232,9 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
     }
 
     fn limits(&mut self, tenant: &str) -> Result<crate::quota::Limits, R::Error> {
-        let plan = (self.plan_of)(tenant);
+        let plan = self.plan_default(tenant)?;
         let objects = self.tenant_objects(tenant)?;
-        Ok(effective_limits(plan, objects.values()))
+        Ok(effective_limits(&plan, objects.values()))
     }
 
     fn limit_keys(&mut self, tenant: &str) -> Result<BTreeSet<LimitKey>, R::Error> {

@@ -216,14 +216,15 @@ impl QuotaReads for Maps {
     fn band(&self, key: &[u8]) -> Result<u8, Self::Error> {
         Ok(self.bands.borrow().get(key).copied().unwrap_or(0))
     }
+    fn plan(&self, _tenant: &str) -> Result<Option<String>, Self::Error> {
+        Ok(None)
+    }
 }
 
 impl Maps {
     /// Folds `entries` (numbered from `first_seq`) in one batch and applies the writes.
     fn fold(&self, catalog: &Catalog, first_seq: u64, entries: &[LogEntry]) -> Vec<Alert> {
-        let spec = catalog.default_plan().default_quota.clone();
-        let plan_of = |_: &str| &spec;
-        let mut fold = QuotaFold::new(self, catalog, &plan_of);
+        let mut fold = QuotaFold::new(self, catalog);
         for (i, entry) in entries.iter().enumerate() {
             fold.fold(first_seq + i as u64, entry).unwrap();
         }

@@ -1,0 +1,1029 @@
+//! The F5 billing endpoints (usage plans, subscriptions, plan transitions, addons, payment
+//! methods, invoices and their PDFs) and Tally's admin actions on them (approve or reject a
+//! transition, grant a coupon, mark an invoice paid). Changes are log entries; answers come
+//! from the billing projection.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{AppState, namespace_scope, parse_body, require_role};
+use crate::api::ApiError;
+use crate::auth::{Caller, Role};
+use crate::billing::{
+    self, BillingChange, Coupon, DiscountKind, PaymentRole, TenantBilling, TransitionState,
+};
+use crate::catalog::{Catalog, Plan, TransitionRequiredField};
+use crate::projection::billing as rows;
+use crate::time;
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
+}
+
+/// The tenant's billing state; a tenant not seen yet is on the default plan from now.
+pub(crate) async fn tenant_state(
+    state: &AppState,
+    tenant: &str,
+) -> Result<TenantBilling, ApiError> {
+    let store = state.engine.store.clone();
+    let owned = tenant.to_owned();
+    let stored = tokio::task::spawn_blocking(move || rows::load_tenant(&store, &owned)).await??;
+    Ok(stored.unwrap_or_else(|| {
+        TenantBilling::new(tenant, &state.engine.config.catalog, state.engine.now())
+    }))
+}
+
+/// Billing is tenant-wide: changes need an admin token scoped to every namespace.
+fn authorize_change(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
+    namespace_scope(caller, namespace)?;
+    if !caller.may_read_namespace("*") {
+        return Err(ApiError::Forbidden(
+            "billing changes need a token scoped to every namespace".into(),
+        ));
+    }
+    require_role(caller, Role::Admin)
+}
+
+fn require_operator(caller: &Caller) -> Result<(), ApiError> {
+    if caller.operator {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only the operator token may do this".into(),
+        ))
+    }
+}
+
+async fn caught_up(state: &AppState) -> Result<(), ApiError> {
+    let head = state.engine.head.get();
+    if state
+        .engine
+        .wait_projected(head, super::PROJECTION_WAIT)
+        .await
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(
+            "the projections are behind the log; retry shortly".into(),
+        ))
+    }
+}
+
+async fn append(
+    state: &AppState,
+    tenant: &str,
+    changes: Vec<BillingChange>,
+) -> Result<(), ApiError> {
+    state.engine.append_billing(tenant, changes).await?;
+    Ok(())
+}
+
+fn addon_details(catalog: &Catalog, names: &[String]) -> Vec<Value> {
+    names
+        .iter()
+        .map(|name| {
+            let display = catalog
+                .addons()
+                .iter()
+                .find(|a| &a.name == name)
+                .map_or(name.as_str(), |a| a.display_name.as_str());
+            json!({"name": name, "display_name": display})
+        })
+        .collect()
+}
+
+/// F5 `planPlanInternal` of `plan` for a tenant in `billing`.
+fn plan_json(plan: &Plan, billing: &TenantBilling, catalog: &Catalog) -> Value {
+    let current = plan.name == billing.plan;
+    let pending = billing
+        .pending_transition()
+        .is_some_and(|t| t.to_plan == plan.name || current);
+    let mut value = serde_json::to_value(plan).unwrap_or_else(|_| json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.remove("prices");
+        object.insert("current".into(), json!(current));
+        object.insert(
+            "state".into(),
+            json!(if pending {
+                "STATE_TRANSITION_PENDING"
+            } else {
+                "STATE_READY"
+            }),
+        );
+        object.insert(
+            "included_addon_services".into(),
+            json!(addon_details(catalog, &plan.included_addon_services)),
+        );
+        object.insert(
+            "allowed_addon_services".into(),
+            json!(addon_details(catalog, &plan.allowed_addon_services)),
+        );
+    }
+    value
+}
+
+const LOCALE: &str = "en-US";
+
+/// `GET /api/web/namespaces/system/usage_plans/current`
+pub async fn current_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, "system")?;
+    let billing = tenant_state(&state, &caller.tenant).await?;
+    let catalog = &state.engine.config.catalog;
+    let plans: Vec<Value> = catalog
+        .plan(&billing.plan)
+        .map(|p| plan_json(p, &billing, catalog))
+        .into_iter()
+        .collect();
+    Ok(Json(json!({"locale": LOCALE, "plans": plans})))
+}
+
+/// `GET /api/web/namespaces/system/usage_plans/custom_list`
+pub async fn list_plans(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, "system")?;
+    let billing = tenant_state(&state, &caller.tenant).await?;
+    let catalog = &state.engine.config.catalog;
+    let plans: Vec<Value> = catalog
+        .plans()
+        .iter()
+        .map(|p| plan_json(p, &billing, catalog))
+        .collect();
+    Ok(Json(
+        json!({"usage_plans": [{"locale": LOCALE, "plans": plans}]}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SubscriptionsQuery {
+    #[serde(default)]
+    current: Option<bool>,
+}
+
+/// `GET /api/web/namespaces/{namespace}/subscriptions/custom_list?current=`: one subscription
+/// per stretch of time on one plan, with its closed billing periods and their invoices.
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    Query(query): Query<SubscriptionsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let billing = tenant_state(&state, &caller.tenant).await?;
+    let catalog = &state.engine.config.catalog;
+    let mut runs: Vec<Vec<&billing::Period>> = Vec::new();
+    for period in &billing.periods {
+        match runs.last_mut() {
+            Some(run) if run[0].plan == period.plan => run.push(period),
+            _ => runs.push(vec![period]),
+        }
+    }
+    let last = runs.len().saturating_sub(1);
+    let subscriptions: Vec<Value> = runs
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| query.current != Some(true) || *index == last)
+        .map(|(index, run)| {
+            let first = run[0];
+            let latest = run[run.len() - 1];
+            let plan = catalog.plan(&first.plan);
+            let previous: Vec<Value> = run
+                .iter()
+                .filter(|p| p.closed)
+                .map(|p| {
+                    let invoices: Vec<&String> = p.invoice.iter().collect();
+                    json!({
+                        "uid": p.uid,
+                        "start_date": time::format_rfc3339(p.start),
+                        "end_date": time::format_rfc3339(p.end),
+                        "internal_start_date": time::format_rfc3339(p.start),
+                        "internal_end_date": time::format_rfc3339(p.end),
+                        "trial": false,
+                        "invoices": invoices,
+                        "closed_invoice": invoices,
+                        "pending_invoice": [],
+                    })
+                })
+                .collect();
+            let mut subscription = json!({
+                "name": format!("{}-{}", first.plan, time::to_datetime(first.start).format("%Y%m%d%H%M%S")),
+                "plan_name": plan.map_or(first.plan.as_str(), |p| p.title.as_str()),
+                "plan_object_name": first.plan,
+                "start_date": time::format_rfc3339(first.start),
+                "current": index == last,
+                "cancelled": index != last,
+                "last_billing_period_start_date": time::format_rfc3339(latest.start),
+                "last_billing_period_end_date": time::format_rfc3339(latest.end),
+                "previous_billing_periods": previous,
+            });
+            if index != last {
+                subscription["cancellation_date"] = json!(time::format_rfc3339(latest.end));
+            }
+            subscription
+        })
+        .collect();
+    Ok(Json(json!({"subscriptions": subscriptions})))
+}
+
+/// F5 `plan_transitionTransitionPayload` (the fields Tally uses; others are accepted).
+#[derive(Debug, Default, Deserialize)]
+struct TransitionPayload {
+    #[serde(default)]
+    payment_provider_token: String,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    billing_address: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    payment_address: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    subscribe_addon_services: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    billing_provider_account_id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    create_support_ticket: bool,
+    #[serde(default)]
+    #[allow(dead_code)]
+    deletion_feedback: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    deletion_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionRequest {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    new_plan: String,
+    #[serde(default)]
+    payload: Option<TransitionPayload>,
+}
+
+fn is_hostname(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text.contains('.')
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn contact_of(address: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    address
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect()
+}
+
+fn new_id() -> String {
+    let mut bytes = rand::random::<[u8; 16]>();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// `POST /api/web/namespaces/{namespace}/billing/plan_transition`
+pub async fn request_transition(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_change(&caller, &namespace)?;
+    let request: TransitionRequest = parse_body(&body_bytes(body)?)?;
+    super::check_body_namespace(
+        &namespace,
+        request.namespace.as_deref().filter(|n| *n != "system"),
+    )?;
+    let catalog = state.engine.config.catalog.clone();
+    let Some(plan) = catalog.plan(&request.new_plan) else {
+        return Err(ApiError::BadRequest(format!(
+            "new_plan: `{}` is not a plan of the catalog",
+            request.new_plan.chars().take(64).collect::<String>()
+        )));
+    };
+    let payload = request.payload.unwrap_or_default();
+    let _guard = state.billing_lock.lock().await;
+    caught_up(&state).await?;
+    let billing = tenant_state(&state, &caller.tenant).await?;
+    if billing.plan == plan.name {
+        return Err(ApiError::BadRequest(format!(
+            "new_plan: the tenant is on `{}` already",
+            plan.name
+        )));
+    }
+    if let Some(pending) = billing.pending_transition() {
+        return Err(ApiError::Conflict(format!(
+            "plan transition {} is waiting for approval; it must be decided first",
+            pending.id
+        )));
+    }
+    let has_primary = billing
+        .payment_methods
+        .values()
+        .any(|m| m.role == PaymentRole::Primary);
+    for field in &plan.transition_flow.required_fields {
+        match field {
+            TransitionRequiredField::TRANSITION_REQUIRED_FIELD_PAYMENT_TOKEN
+                if payload.payment_provider_token.is_empty() && !has_primary =>
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "payload.payment_provider_token: plan `{}` needs a payment method",
+                    plan.name
+                )));
+            }
+            TransitionRequiredField::TRANSITION_REQUIRED_FIELD_DOMAIN
+                if !is_hostname(&payload.domain) =>
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "payload.domain: plan `{}` needs the tenant's domain (a host name)",
+                    plan.name
+                )));
+            }
+            TransitionRequiredField::TRANSITION_REQUIRED_FIELD_CONTACTS
+                if payload
+                    .billing_address
+                    .as_ref()
+                    .is_none_or(BTreeMap::is_empty) =>
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "payload.billing_address: plan `{}` needs billing contacts",
+                    plan.name
+                )));
+            }
+            _ => {}
+        }
+    }
+    for addon in &payload.subscribe_addon_services {
+        if !plan.allowed_addon_services.contains(addon)
+            && !plan.included_addon_services.contains(addon)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "payload.subscribe_addon_services: `{addon}` is not allowed on plan `{}`",
+                plan.name
+            )));
+        }
+    }
+    let id = new_id();
+    let mut changes = Vec::new();
+    if !payload.payment_provider_token.is_empty() {
+        let contact = payload
+            .payment_address
+            .as_ref()
+            .or(payload.billing_address.as_ref())
+            .map(contact_of)
+            .unwrap_or_default();
+        changes.push(BillingChange::PaymentMethodAdded {
+            name: format!("pm-{}", &id[..8]),
+            role: PaymentRole::Primary,
+            token: payload.payment_provider_token.clone(),
+            contact,
+        });
+    }
+    let requires_approval = plan.transition_flow.requires_manual_approval;
+    changes.push(BillingChange::TransitionRequested {
+        id: id.clone(),
+        to_plan: plan.name.clone(),
+        requires_approval,
+        addons: payload.subscribe_addon_services.clone(),
+        domain: payload.domain.clone(),
+    });
+    append(&state, &caller.tenant, changes).await?;
+    Ok(Json(
+        json!({"id": id, "requires_manual_approval": requires_approval}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TransitionQuery {
+    #[serde(default)]
+    id: String,
+}
+
+/// `GET /no_auth/namespaces/system/billing/plan_transition?id=`: the state and nothing else.
+pub async fn transition_state(
+    State(state): State<AppState>,
+    Query(query): Query<TransitionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let unknown = || ApiError::NotFound("no plan transition has this id".into());
+    if query.id.is_empty() || query.id.len() > 64 {
+        return Err(ApiError::BadRequest(
+            "id: a plan transition id is required".into(),
+        ));
+    }
+    let store = state.engine.store.clone();
+    let id = query.id.clone();
+    let tenant = tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &id))
+        .await??
+        .ok_or_else(unknown)?;
+    let billing = tenant_state(&state, &tenant).await?;
+    let transition = billing.transitions.get(&query.id).ok_or_else(unknown)?;
+    Ok(Json(json!({"state": transition.state.f5_name()})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    require_operator(caller)?;
+    let request: DecisionRequest = parse_body(&body_bytes(body)?)?;
+    let _guard = state.billing_lock.lock().await;
+    caught_up(state).await?;
+    let store = state.engine.store.clone();
+    let owned = id.to_owned();
+    let tenant = tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &owned))
+        .await??
+        .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?;
+    let billing = tenant_state(state, &tenant).await?;
+    let transition = billing
+        .transitions
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?;
+    if transition.state != TransitionState::WaitingForApproval {
+        return Err(ApiError::Conflict(format!(
+            "plan transition {id} is {}, not waiting for approval",
+            transition.state.f5_name()
+        )));
+    }
+    let change = if approve {
+        BillingChange::TransitionApproved {
+            id: id.to_owned(),
+            by: caller.token_id.clone(),
+        }
+    } else {
+        let reason = if request.reason.is_empty() {
+            "rejected by the billing department".to_owned()
+        } else {
+            request.reason.chars().take(1024).collect()
+        };
+        BillingChange::TransitionRejected {
+            id: id.to_owned(),
+            by: caller.token_id.clone(),
+            reason,
+        }
+    };
+    append(state, &tenant, vec![change]).await?;
+    let billing = tenant_state(state, &tenant).await?;
+    let state_name = billing
+        .transitions
+        .get(id)
+        .map_or("STATE_UNSPECIFIED", |t| t.state.f5_name());
+    Ok(Json(json!({"id": id, "state": state_name})))
+}
+
+/// `POST /api/tally/plan_transitions/{id}/approve` (operator)
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(&state, &caller, &id, body, true).await
+}
+
+/// `POST /api/tally/plan_transitions/{id}/reject` (operator) `{reason}`
+pub async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(&state, &caller, &id, body, false).await
+}
+
+/// The one addon a subscribe/unsubscribe body names (F5 oneof `addon_choice`).
+fn one_addon(body: &[u8], catalog: &Catalog) -> Result<String, ApiError> {
+    let value: Map<String, Value> = parse_body(body)?;
+    let mut names: Vec<&String> = value.keys().collect();
+    if names.len() != 1 {
+        return Err(ApiError::BadRequest(format!(
+            "addon_choice: exactly one addon must be named, got {}",
+            names.len()
+        )));
+    }
+    let name = names.remove(0);
+    if !catalog.addons().iter().any(|a| &a.name == name) {
+        return Err(ApiError::BadRequest(format!(
+            "addon_choice: `{}` is not an addon service",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    if !value[name].as_object().is_some_and(Map::is_empty) {
+        return Err(ApiError::BadRequest(format!(
+            "{name}: must be an empty object"
+        )));
+    }
+    Ok(name.clone())
+}
+
+async fn change_addon(
+    state: &AppState,
+    caller: &Caller,
+    body: Result<Bytes, BytesRejection>,
+    subscribe: bool,
+) -> Result<Json<Value>, ApiError> {
+    authorize_change(caller, "system")?;
+    let catalog = state.engine.config.catalog.clone();
+    let addon = one_addon(&body_bytes(body)?, &catalog)?;
+    let _guard = state.billing_lock.lock().await;
+    caught_up(state).await?;
+    let billing = tenant_state(state, &caller.tenant).await?;
+    let plan = catalog.plan(&billing.plan).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "the tenant's plan {} is not in the catalog",
+            billing.plan
+        ))
+    })?;
+    let subscribed = billing.addons.contains(&addon);
+    if subscribe {
+        if subscribed {
+            return Ok(Json(json!({})));
+        }
+        if !plan.allowed_addon_services.contains(&addon) {
+            return Err(ApiError::Forbidden(format!(
+                "addon `{addon}` is not allowed on plan `{}`",
+                plan.name
+            )));
+        }
+        append(
+            state,
+            &caller.tenant,
+            vec![BillingChange::AddonSubscribed { addon }],
+        )
+        .await?;
+    } else {
+        if !subscribed {
+            return Ok(Json(json!({})));
+        }
+        if plan.included_addon_services.contains(&addon) {
+            return Err(ApiError::Forbidden(format!(
+                "addon `{addon}` is included in plan `{}` and cannot be unsubscribed",
+                plan.name
+            )));
+        }
+        append(
+            state,
+            &caller.tenant,
+            vec![BillingChange::AddonUnsubscribed { addon }],
+        )
+        .await?;
+    }
+    Ok(Json(json!({})))
+}
+
+/// `POST /api/web/namespaces/system/addon/subscribe`
+pub async fn subscribe_addon(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    change_addon(&state, &caller, body, true).await
+}
+
+/// `POST /api/web/namespaces/system/addon/unsubscribe`
+pub async fn unsubscribe_addon(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    change_addon(&state, &caller, body, false).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePaymentMethod {
+    #[serde(default)]
+    contact: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    token: String,
+}
+
+fn parse_role(role: Option<&str>) -> Result<PaymentRole, ApiError> {
+    match role.unwrap_or("PAYMENT_METHOD_ROLE_NORMAL") {
+        "PAYMENT_METHOD_ROLE_PRIMARY" => Ok(PaymentRole::Primary),
+        "PAYMENT_METHOD_ROLE_SECONDARY" => Ok(PaymentRole::Secondary),
+        "PAYMENT_METHOD_ROLE_NORMAL" | "PAYMENT_METHOD_ROLE_UNKNOWN" => Ok(PaymentRole::Normal),
+        other => Err(ApiError::BadRequest(format!(
+            "role: `{}` is not a payment method role",
+            other.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+/// `POST /api/web/namespaces/{namespace}/billing/payment_methods`
+pub async fn create_payment_method(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_change(&caller, &namespace)?;
+    let request: CreatePaymentMethod = parse_body(&body_bytes(body)?)?;
+    super::check_body_namespace(&namespace, request.namespace.as_deref())?;
+    if request.token.trim().is_empty() || request.token.len() > 4096 {
+        return Err(ApiError::BadRequest(
+            "token: the payment provider's token is required (at most 4096 bytes)".into(),
+        ));
+    }
+    let role = parse_role(request.role.as_deref())?;
+    let name = format!("pm-{}", &new_id()[..8]);
+    let _guard = state.billing_lock.lock().await;
+    let change = BillingChange::PaymentMethodAdded {
+        name: name.clone(),
+        role,
+        token: request.token,
+        contact: request.contact.as_ref().map(contact_of).unwrap_or_default(),
+    };
+    append(&state, &caller.tenant, vec![change]).await?;
+    Ok(Json(json!({"name": name})))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedRequest {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+async fn payment_method_action(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+    make: impl FnOnce(&TenantBilling) -> Result<BillingChange, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_change(caller, namespace)?;
+    let request: NamedRequest = parse_body(&body_bytes(body)?)?;
+    if let Some(body_name) = request
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty() && *n != name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "name: the body names `{body_name}` but the path names `{name}`"
+        )));
+    }
+    super::check_body_namespace(namespace, request.namespace.as_deref())?;
+    let _guard = state.billing_lock.lock().await;
+    caught_up(state).await?;
+    let billing = tenant_state(state, &caller.tenant).await?;
+    if !billing.payment_methods.contains_key(name) {
+        return Err(ApiError::NotFound(format!(
+            "payment method `{}` does not exist",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    let change = make(&billing)?;
+    append(state, &caller.tenant, vec![change]).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/primary`
+pub async fn make_primary(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let target = name.clone();
+    payment_method_action(&state, &caller, &namespace, &name, body, move |_| {
+        Ok(BillingChange::PaymentMethodRole {
+            name: target,
+            role: PaymentRole::Primary,
+        })
+    })
+    .await
+}
+
+/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/secondary`
+pub async fn make_secondary(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let target = name.clone();
+    payment_method_action(&state, &caller, &namespace, &name, body, move |billing| {
+        if billing.payment_methods.get(&target).map(|m| m.role) == Some(PaymentRole::Primary) {
+            return Err(ApiError::Conflict(format!(
+                "payment method `{target}` is the primary; swap-primary exchanges the roles"
+            )));
+        }
+        Ok(BillingChange::PaymentMethodRole {
+            name: target,
+            role: PaymentRole::Secondary,
+        })
+    })
+    .await
+}
+
+/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/swap-primary`: the
+/// named secondary becomes primary and the primary secondary.
+pub async fn swap_primary(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let target = name.clone();
+    payment_method_action(&state, &caller, &namespace, &name, body, move |billing| {
+        let role_of = |role| billing.payment_methods.values().any(|m| m.role == role);
+        if billing.payment_methods.get(&target).map(|m| m.role) != Some(PaymentRole::Secondary)
+            || !role_of(PaymentRole::Primary)
+        {
+            return Err(ApiError::Conflict(format!(
+                "swap-primary needs `{target}` to be the secondary and a primary to swap with"
+            )));
+        }
+        Ok(BillingChange::PaymentMethodsSwapped)
+    })
+    .await
+}
+
+/// `DELETE /api/web/namespaces/{namespace}/billing/payment_methods/{name}`
+pub async fn delete_payment_method(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let target = name.clone();
+    let catalog = state.engine.config.catalog.clone();
+    payment_method_action(&state, &caller, &namespace, &name, body, move |billing| {
+        let paid = catalog
+            .plan(&billing.plan)
+            .is_some_and(|p| !p.billing_disabled && p.flat_price > 0);
+        if paid && billing.payment_methods.get(&target).map(|m| m.role) == Some(PaymentRole::Primary)
+        {
+            return Err(ApiError::Conflict(format!(
+                "payment method `{target}` is the primary of a paid plan; make another one primary first"
+            )));
+        }
+        Ok(BillingChange::PaymentMethodDeleted { name: target })
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvoicesQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The open period's invoice so far, priced as it would be issued now.
+async fn pending_amount(state: &AppState, billing: &TenantBilling) -> Result<i64, ApiError> {
+    let catalog = state.engine.config.catalog.clone();
+    let store = state.engine.store.clone();
+    let (tenant, period) = (billing.tenant.clone(), billing.open_period().clone());
+    let values = tokio::task::spawn_blocking(move || {
+        rows::period_values(&store, &catalog, &tenant, &period.uid, &BTreeMap::new())
+    })
+    .await??;
+    let catalog = &state.engine.config.catalog;
+    let Some(plan) = catalog.plan(&billing.open_period().plan) else {
+        return Ok(0);
+    };
+    if plan.billing_disabled {
+        return Ok(0);
+    }
+    let open = billing.open_period();
+    let flat = billing::flat_price(
+        plan,
+        open.start,
+        state.engine.now().clamp(open.start, open.end),
+    );
+    let usage: i64 = billing::usage_lines(plan, &values, catalog)
+        .iter()
+        .map(|l| l.amount)
+        .sum();
+    Ok(flat + usage)
+}
+
+/// `GET /api/web/namespaces/{namespace}/usage/invoices/custom_list?limit=`: newest first, the
+/// open period first of all as `STATUS_PENDING`.
+pub async fn list_invoices(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    Query(query): Query<InvoicesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
+    let billing = tenant_state(&state, &caller.tenant).await?;
+    let now = state.engine.now();
+    let currency = state.engine.config.catalog.currency().to_owned();
+    let open = billing.open_period();
+    let mut invoices = vec![json!({
+        "name": format!("pending-{}", &open.uid[..8]),
+        "period_start": time::format_rfc3339(open.start),
+        "period_end": time::format_rfc3339(open.end),
+        "amount": pending_amount(&state, &billing).await?.to_string(),
+        "currency": currency,
+        "status": "STATUS_PENDING",
+        "active": true,
+    })];
+    invoices.extend(billing.invoices.iter().rev().map(|invoice| {
+        json!({
+            "name": invoice.name,
+            "period_start": time::format_rfc3339(invoice.period_start),
+            "period_end": time::format_rfc3339(invoice.period_end),
+            "amount": invoice.total.to_string(),
+            "currency": invoice.currency,
+            "status": billing::invoice_status(invoice, now),
+            "active": false,
+        })
+    }));
+    invoices.truncate(limit);
+    Ok(Json(json!({"invoices": invoices})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PdfQuery {
+    #[serde(default)]
+    name: String,
+}
+
+/// `GET /api/web/namespaces/{namespace}/usage/invoice_pdf?name=`
+pub async fn invoice_pdf(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(namespace): Path<String>,
+    Query(query): Query<PdfQuery>,
+) -> Result<Json<Value>, ApiError> {
+    namespace_scope(&caller, &namespace)?;
+    let billing = tenant_state(&state, &caller.tenant).await?;
+    let invoice = billing
+        .invoices
+        .iter()
+        .find(|i| i.name == query.name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "name: no invoice `{}`",
+                query.name.chars().take(64).collect::<String>()
+            ))
+        })?;
+    let status = billing::invoice_status(&invoice, state.engine.now());
+    let tenant = caller.tenant.clone();
+    let pdf = tokio::task::spawn_blocking(move || billing::pdf::render(&invoice, &tenant, status))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(
+        json!({"pdf": base64::engine::general_purpose::STANDARD.encode(pdf)}),
+    ))
+}
+
+/// `POST /api/tally/invoices/{name}/mark_paid` (operator) `{tenant}`
+pub async fn mark_paid(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct MarkPaid {
+        tenant: String,
+    }
+    require_operator(&caller)?;
+    let request: MarkPaid = parse_body(&body_bytes(body)?)?;
+    let _guard = state.billing_lock.lock().await;
+    caught_up(&state).await?;
+    let billing = tenant_state(&state, &request.tenant).await?;
+    let Some(invoice) = billing.invoices.iter().find(|i| i.name == name) else {
+        return Err(ApiError::NotFound(format!(
+            "no invoice `{name}` for this tenant"
+        )));
+    };
+    if invoice.paid_at.is_none() {
+        let change = BillingChange::InvoicePaid {
+            invoice: name.clone(),
+            by: caller.token_id.clone(),
+        };
+        append(&state, &request.tenant, vec![change]).await?;
+    }
+    Ok(Json(json!({"name": name, "status": "STATUS_PAID"})))
+}
+
+/// `POST /api/tally/tenants/{tenant}/coupons` (operator): F5 `usageCoupon` (`title`,
+/// `discount_type`, `discount_amount`), applied to the tenant's next invoice.
+pub async fn grant_coupon(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Grant {
+        #[serde(default)]
+        title: String,
+        discount_type: String,
+        discount_amount: i64,
+    }
+    require_operator(&caller)?;
+    if !crate::event::is_tenant_name(&tenant) {
+        return Err(ApiError::BadRequest(format!(
+            "tenant: `{}` is not a tenant name",
+            tenant.chars().take(64).collect::<String>()
+        )));
+    }
+    let grant: Grant = parse_body(&body_bytes(body)?)?;
+    let kind = match grant.discount_type.as_str() {
+        "DISCOUNT_TYPE_FIXED_AMOUNT" => DiscountKind::FixedAmount,
+        "DISCOUNT_TYPE_PERCENTAGE" => DiscountKind::Percentage,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "discount_type: `{}` is not DISCOUNT_TYPE_FIXED_AMOUNT or DISCOUNT_TYPE_PERCENTAGE",
+                other.chars().take(64).collect::<String>()
+            )));
+        }
+    };
+    let max = if kind == DiscountKind::Percentage {
+        10_000
+    } else {
+        i64::from(i32::MAX)
+    };
+    if !(1..=max).contains(&grant.discount_amount) {
+        return Err(ApiError::BadRequest(format!(
+            "discount_amount: must be from 1 to {max}"
+        )));
+    }
+    if grant.title.len() > 256 {
+        return Err(ApiError::BadRequest("title: at most 256 bytes".into()));
+    }
+    let coupon = Coupon {
+        title: grant.title,
+        kind,
+        amount: grant.discount_amount,
+    };
+    append(
+        &state,
+        &tenant,
+        vec![BillingChange::CouponGranted { coupon }],
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
+
+/// Pending coupons of a tenant in F5 `usageCoupon` form (shown by `current_usage`).
+pub fn coupons_json(billing: &TenantBilling) -> Vec<Value> {
+    billing
+        .coupons
+        .iter()
+        .map(|coupon| {
+            json!({
+                "title": coupon.title,
+                "discount_type": match coupon.kind {
+                    DiscountKind::FixedAmount => "DISCOUNT_TYPE_FIXED_AMOUNT",
+                    DiscountKind::Percentage => "DISCOUNT_TYPE_PERCENTAGE",
+                },
+                "discount_amount": coupon.amount,
+            })
+        })
+        .collect()
+}

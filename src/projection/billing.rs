@@ -1,0 +1,280 @@
+//! The billing projection in RocksDB: per-tenant billing state, per-period usage rows, and the
+//! fold that keeps them (usage attributed to its billing period; a closing period issues its
+//! invoice, with adjustments for late usage of invoiced periods).
+
+use std::collections::BTreeMap;
+
+use rocksdb::WriteBatch;
+
+use super::Aggregate;
+use crate::billing::{self, IssueInput, TenantBilling};
+use crate::catalog::Catalog;
+use crate::event::UsageEvent;
+use crate::log::LogEntry;
+use crate::log::codec;
+use crate::log::keys::push_str;
+use crate::log::store::{CF_BILLING, Store, StoreError};
+use crate::time::UnixMicros;
+
+const ROW_TENANT: u8 = b't';
+const ROW_USAGE: u8 = b'u';
+const ROW_TRANSITION: u8 = b'x';
+
+fn corrupt(source: codec::CodecError) -> StoreError {
+    StoreError::Corrupt {
+        cf: CF_BILLING,
+        source,
+    }
+}
+
+fn tenant_key(tenant: &str) -> Vec<u8> {
+    let mut key = vec![ROW_TENANT];
+    push_str(&mut key, tenant);
+    key
+}
+
+fn period_prefix(tenant: &str, period_uid: &str) -> Vec<u8> {
+    let mut key = vec![ROW_USAGE];
+    push_str(&mut key, tenant);
+    push_str(&mut key, period_uid);
+    key
+}
+
+fn usage_key(tenant: &str, period_uid: &str, event: &UsageEvent) -> Vec<u8> {
+    let mut key = period_prefix(tenant, period_uid);
+    for part in [
+        &event.namespace,
+        &event.metric_label,
+        &event.object_name,
+        &event.deployment,
+        &event.container,
+    ] {
+        push_str(&mut key, part);
+    }
+    key
+}
+
+fn transition_key(id: &str) -> Vec<u8> {
+    let mut key = vec![ROW_TRANSITION];
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub fn load_tenant(store: &Store, tenant: &str) -> Result<Option<TenantBilling>, StoreError> {
+    store
+        .get(CF_BILLING, &tenant_key(tenant))?
+        .map(|bytes| codec::decode_billing(&bytes).map_err(corrupt))
+        .transpose()
+}
+
+/// Every tenant's billing state (the billing clock's round).
+pub fn all_tenants(store: &Store) -> Result<Vec<TenantBilling>, StoreError> {
+    let mut tenants = Vec::new();
+    let mut failure = None;
+    store.scan_prefix(CF_BILLING, &[ROW_TENANT], |_, value| {
+        match codec::decode_billing(value) {
+            Ok(state) => tenants.push(state),
+            Err(error) => failure = Some(error),
+        }
+        failure.is_none()
+    })?;
+    match failure {
+        Some(error) => Err(corrupt(error)),
+        None => Ok(tenants),
+    }
+}
+
+/// The tenant a plan transition belongs to.
+pub fn transition_tenant(store: &Store, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .get(CF_BILLING, &transition_key(id))?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Each meter's value over a period (summed over series), micro-units: stored rows merged
+/// with `pending` deltas not yet written.
+pub fn period_values(
+    store: &Store,
+    catalog: &Catalog,
+    tenant: &str,
+    period_uid: &str,
+    pending: &BTreeMap<Vec<u8>, Aggregate>,
+) -> Result<BTreeMap<String, i128>, StoreError> {
+    let prefix = period_prefix(tenant, period_uid);
+    let mut rows: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
+    let mut failure = None;
+    store.scan_prefix(CF_BILLING, &prefix, |key, value| {
+        match Aggregate::decode(value) {
+            Ok(aggregate) => {
+                rows.insert(key.to_vec(), aggregate);
+            }
+            Err(error) => failure = Some(error),
+        }
+        failure.is_none()
+    })?;
+    if let Some(error) = failure {
+        return Err(corrupt(error));
+    }
+    for (key, delta) in pending.range(prefix.clone()..) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        rows.entry(key.clone()).or_default().merge(delta);
+    }
+    let mut values = BTreeMap::new();
+    for (key, aggregate) in rows {
+        // namespace \0 metric \0 …: the metric is the second part after the prefix.
+        let Some(metric) = key[prefix.len()..]
+            .split(|&b| b == 0)
+            .nth(1)
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+        else {
+            continue;
+        };
+        let Some(meter) = catalog.meter(&metric) else {
+            continue;
+        };
+        *values.entry(metric).or_insert(0) += aggregate.value(meter.aggregation);
+    }
+    Ok(values)
+}
+
+/// A plan change the quota fold must hear of.
+pub struct PlanChange {
+    pub tenant: String,
+    pub plan: String,
+    pub seq: u64,
+    pub at: UnixMicros,
+}
+
+/// Folds a batch of log entries into billing state.
+pub struct BillingFold<'a> {
+    store: &'a Store,
+    catalog: &'a Catalog,
+    due_after: i64,
+    tenants: BTreeMap<String, TenantBilling>,
+    deltas: BTreeMap<Vec<u8>, Aggregate>,
+    transitions: BTreeMap<String, String>,
+}
+
+impl<'a> BillingFold<'a> {
+    pub fn new(store: &'a Store, catalog: &'a Catalog, due_after: i64) -> Self {
+        BillingFold {
+            store,
+            catalog,
+            due_after,
+            tenants: BTreeMap::new(),
+            deltas: BTreeMap::new(),
+            transitions: BTreeMap::new(),
+        }
+    }
+
+    fn tenant(&mut self, tenant: &str, at: UnixMicros) -> Result<&mut TenantBilling, StoreError> {
+        if !self.tenants.contains_key(tenant) {
+            let state = match load_tenant(self.store, tenant)? {
+                Some(state) => state,
+                None => TenantBilling::new(tenant, self.catalog, at),
+            };
+            self.tenants.insert(tenant.to_owned(), state);
+        }
+        self.tenants.get_mut(tenant).ok_or(StoreError::Closed)
+    }
+
+    /// Folds one entry; a plan change is returned for the quota fold.
+    pub fn fold(&mut self, seq: u64, entry: &LogEntry) -> Result<Option<PlanChange>, StoreError> {
+        match entry {
+            LogEntry::UsageRecorded { event, .. } => {
+                let catalog = self.catalog;
+                let state = self.tenant(&event.tenant, event.timestamp)?;
+                let (period_uid, invoiced) = state.period_for(event.timestamp, catalog);
+                if invoiced {
+                    state.late_periods.insert(period_uid.clone());
+                }
+                let key = usage_key(&event.tenant, &period_uid, event);
+                self.deltas
+                    .entry(key)
+                    .or_default()
+                    .merge(&Aggregate::of(event));
+                Ok(None)
+            }
+            LogEntry::Billing { tenant, at, change } => {
+                if let billing::BillingChange::TransitionRequested { id, .. } = change {
+                    self.transitions.insert(id.clone(), tenant.clone());
+                }
+                let catalog = self.catalog;
+                let state = self.tenant(tenant, *at)?;
+                let applied = billing::apply(state, change, *at, catalog);
+                if let Some(period) = applied.closed_period {
+                    self.issue(tenant, &period, *at)?;
+                }
+                Ok(applied.plan_changed.then(|| PlanChange {
+                    tenant: tenant.clone(),
+                    plan: self
+                        .tenants
+                        .get(tenant)
+                        .map(|s| s.plan.clone())
+                        .unwrap_or_default(),
+                    seq,
+                    at: *at,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn issue(
+        &mut self,
+        tenant: &str,
+        period: &billing::Period,
+        at: UnixMicros,
+    ) -> Result<(), StoreError> {
+        let values = period_values(self.store, self.catalog, tenant, &period.uid, &self.deltas)?;
+        let late: Vec<String> = self
+            .tenants
+            .get(tenant)
+            .map(|s| s.late_periods.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut late_values = BTreeMap::new();
+        for uid in late.into_iter().filter(|uid| *uid != period.uid) {
+            let values = period_values(self.store, self.catalog, tenant, &uid, &self.deltas)?;
+            late_values.insert(uid, values);
+        }
+        let catalog = self.catalog;
+        let due_after = self.due_after;
+        let state = self.tenant(tenant, at)?;
+        billing::issue_invoice(
+            state,
+            IssueInput {
+                period,
+                values,
+                late_values,
+                issued_at: at,
+                due_after,
+            },
+            catalog,
+        );
+        Ok(())
+    }
+
+    /// Adds the fold's rows to `batch`.
+    pub fn write(self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        let cf = self.store.cf(CF_BILLING);
+        let keys: Vec<Vec<u8>> = self.deltas.keys().cloned().collect();
+        let stored = self.store.multi_get(CF_BILLING, &keys)?;
+        for ((key, delta), stored) in self.deltas.iter().zip(stored) {
+            let mut row = match stored {
+                Some(bytes) => Aggregate::decode(&bytes).map_err(corrupt)?,
+                None => Aggregate::default(),
+            };
+            row.merge(delta);
+            batch.put_cf(&cf, key, row.encode());
+        }
+        for (tenant, state) in &self.tenants {
+            batch.put_cf(&cf, tenant_key(tenant), codec::encode_billing(state));
+        }
+        for (id, tenant) in &self.transitions {
+            batch.put_cf(&cf, transition_key(id), tenant.as_bytes());
+        }
+        Ok(())
+    }
+}
