@@ -8,56 +8,13 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use common::Server;
+use common::openapi::{assert_schema, strict_openapi};
 use serde_json::{Value, json};
 use tally::log::store::{
     CF_ALERTS, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, CF_QUOTA, Store, StoreOptions,
 };
 
 const QUOTAS: &str = "/api/web/namespaces/system/quotas";
-
-/// The F5 OpenAPI document, made strict: an object schema with `properties` allows no other
-/// fields, so a response with a field the spec does not name fails. Length bounds inferred
-/// from examples (`x-reconciled-from-discovery`, e.g. a name of at least 6 characters because
-/// the example's had 7) are hints, not the contract, and are dropped.
-fn strict_openapi() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/schemas/openapi/f5-billing-and-usage.json"
-    ))
-    .expect("openapi document");
-    let mut doc: Value = serde_json::from_str(&text).expect("openapi json");
-    fn strictify(value: &mut Value) {
-        match value {
-            Value::Object(map) => {
-                if map.get("x-reconciled-from-discovery") == Some(&Value::Bool(true)) {
-                    map.remove("minLength");
-                }
-                if map.contains_key("properties") && !map.contains_key("additionalProperties") {
-                    map.insert("additionalProperties".into(), Value::Bool(false));
-                }
-                map.values_mut().for_each(strictify);
-            }
-            Value::Array(items) => items.iter_mut().for_each(strictify),
-            _ => {}
-        }
-    }
-    strictify(&mut doc["components"]);
-    doc
-}
-
-/// Asserts `instance` is a valid `#/components/schemas/{name}`.
-fn assert_schema(doc: &Value, name: &str, instance: &Value) {
-    let schema = json!({
-        "$ref": format!("#/components/schemas/{name}"),
-        "components": doc["components"].clone(),
-    });
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(instance)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(errors.is_empty(), "{name}: {errors:#?}\n{instance:#}");
-}
 
 fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -23,6 +23,20 @@ pub const SERVED_F5_PATHS: &[&str] = &[
     "/api/web/namespaces/{namespace}/quotas/{name}",
     "/api/web/namespaces/{namespace}/quota/limits",
     "/api/web/namespaces/{namespace}/quota/usage",
+    "/api/web/namespaces/system/usage_plans/current",
+    "/api/web/namespaces/system/usage_plans/custom_list",
+    "/api/web/namespaces/{namespace}/subscriptions/custom_list",
+    "/api/web/namespaces/{namespace}/billing/plan_transition",
+    "/no_auth/namespaces/system/billing/plan_transition",
+    "/api/web/namespaces/system/addon/subscribe",
+    "/api/web/namespaces/system/addon/unsubscribe",
+    "/api/web/namespaces/{namespace}/billing/payment_methods",
+    "/api/web/namespaces/{namespace}/billing/payment_methods/{name}",
+    "/api/web/namespaces/{namespace}/billing/payment_method/{name}/primary",
+    "/api/web/namespaces/{namespace}/billing/payment_method/{name}/secondary",
+    "/api/web/namespaces/{namespace}/billing/payment_method/{name}/swap-primary",
+    "/api/web/namespaces/{namespace}/usage/invoices/custom_list",
+    "/api/web/namespaces/{namespace}/usage/invoice_pdf",
 ];
 
 const F5_DOCUMENT: &str = include_str!("../../schemas/openapi/f5-billing-and-usage.json");
@@ -152,7 +166,16 @@ mod tests {
         assert!(paths.contains_key("/api/tally/events"));
         assert!(paths.contains_key("/api/web/namespaces/{namespace}/quotas/{name}"));
         assert!(paths.contains_key("/api/tally/namespaces/{namespace}/quota/check"));
-        assert!(!paths.contains_key("/api/web/namespaces/{namespace}/invoices"));
+        let f5: Value = serde_json::from_str(F5_DOCUMENT).unwrap();
+        let all_f5 = f5["paths"].as_object().unwrap();
+        assert_eq!(all_f5.len(), 25);
+        for path in all_f5.keys() {
+            assert!(
+                SERVED_F5_PATHS.contains(&path.as_str()),
+                "{path} is not served"
+            );
+        }
+        assert!(paths.contains_key("/api/tally/plan_transitions/{id}/approve"));
         assert!(document["components"]["schemas"]["tallyIngestResponse"].is_object());
         assert!(document["components"]["schemas"]["usageUsageItem"].is_object());
     }

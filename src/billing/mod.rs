@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, PeriodUnit, Plan};
 use crate::time::{self, UnixMicros};
-use crate::units::{self, Cents};
+use crate::units;
 
 const MICROS_PER_DAY: i64 = 86_400 * time::MICROS_PER_SECOND;
 
@@ -646,6 +646,7 @@ pub fn issue_invoice(
     if plan.billing_disabled && lines.iter().all(|l| l.kind != LineKind::Adjustment) {
         return None;
     }
+    // Percentages are of the subtotal, fixed amounts subtract; the total never goes below 0.
     let subtotal: i64 = lines.iter().map(|l| l.amount).sum();
     let mut remaining = subtotal.max(0);
     for coupon in std::mem::take(&mut state.coupons) {
@@ -705,11 +706,6 @@ pub fn money(amount: i64, currency: &str) -> String {
     let sign = if amount < 0 { "-" } else { "" };
     let abs = amount.unsigned_abs();
     format!("{sign}{}.{:02} {currency}", abs / 100, abs % 100)
-}
-
-/// Cents of `amount` as [`Cents`].
-pub fn cents(amount: i64) -> Cents {
-    Cents(amount)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod openapi;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
