@@ -373,6 +373,7 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
                 let (_, current) = h
                     .post("/api/web/namespaces/system/current_usage", json!({}))
                     .await;
+                assert_schema(&doc, "usageListCurrentUsageResp", &current);
                 assert_eq!(current["coupons"][0]["discount_amount"], 1250, "{current}");
             }
             _ => {}
