@@ -366,6 +366,26 @@ impl Catalog {
         &self.file.plans[self.plan_index[&self.file.default_plan]]
     }
 
+    /// What projections depend on, per meter: aggregation, division factor and quota binding.
+    /// A change here means the stored projections were folded under other rules.
+    pub fn meter_definitions(&self) -> BTreeMap<String, String> {
+        self.file
+            .meters
+            .iter()
+            .map(|m| {
+                let binding = m
+                    .quota
+                    .as_ref()
+                    .map(|q| format!("{:?}:{}", q.kind, q.name))
+                    .unwrap_or_default();
+                (
+                    m.metric_label.clone(),
+                    format!("{:?}/{}/{binding}", m.aggregation, m.division_factor),
+                )
+            })
+            .collect()
+    }
+
     pub fn currency(&self) -> &str {
         &self.file.currency
     }

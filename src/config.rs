@@ -110,6 +110,9 @@ pub struct Config {
     pub kafka: Option<KafkaSettings>,
     pub webhook: Option<WebhookSettings>,
     pub invoice_due: Duration,
+    /// Open even when the catalog's meter definitions differ from the ones the projections
+    /// were folded with (only `tally replay rebuild`, which then records the new ones).
+    pub accept_catalog_change: bool,
 }
 
 impl Config {
@@ -160,6 +163,7 @@ impl Config {
             (None, _) => None,
         };
         Ok(Config {
+            accept_catalog_change: false,
             invoice_due: args.invoice_due,
             webhook,
             kafka,

@@ -1,5 +1,6 @@
 //! The engine: the store, the log writer and the projector, started and stopped together.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,7 +13,7 @@ use crate::event::DecodeContext;
 use crate::health::Health;
 use crate::log::LogEntry;
 use crate::log::append::{AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome};
-use crate::log::store::{Store, StoreError, StoreOptions};
+use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
 use crate::projection::runner;
 use crate::quota::Alert;
@@ -34,6 +35,31 @@ pub enum EngineError {
     Thread(#[from] std::io::Error),
     #[error("{0}")]
     Background(String),
+    #[error(
+        "the catalog changed the definition of meters {0}: the projections were folded under the old one; run `tally replay rebuild --data-dir …` with the new catalog first"
+    )]
+    CatalogChanged(String),
+}
+
+/// Where the meter definitions the projections were folded with are kept.
+const META_METERS: &[u8] = b"meter_definitions";
+
+fn stored_meters(store: &Store) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+    Ok(store
+        .get(CF_META, META_METERS)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+/// Meters whose definition differs (added meters change nothing already folded).
+fn changed_meters(
+    stored: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<String> {
+    stored
+        .iter()
+        .filter(|(label, definition)| current.get(*label) != Some(definition))
+        .map(|(label, _)| label.clone())
+        .collect()
 }
 
 /// A running engine. Cheap to share behind an `Arc`.
@@ -49,6 +75,8 @@ pub struct Engine {
     /// Set while the Kafka brokers cannot be reached (only with a consumer).
     pub kafka_health: Arc<Health>,
     pub tokens: Tokens,
+    /// Held by the projector for each batch; a live rebuild holds it to swap projections.
+    pub projector_gate: Arc<Mutex<()>>,
     pub metrics: Metrics,
     pub clock: Clock,
     /// The operator token when this start generated it (shown once, then forgotten).
@@ -71,6 +99,17 @@ impl Engine {
             },
         )
         .map_err(|source| EngineError::Open { dir, source })?;
+        let current_meters = config.catalog.meter_definitions();
+        match stored_meters(&store)? {
+            Some(stored) if !changed_meters(&stored, &current_meters).is_empty() => {
+                if !config.accept_catalog_change {
+                    return Err(EngineError::CatalogChanged(
+                        changed_meters(&stored, &current_meters).join(", "),
+                    ));
+                }
+            }
+            _ => record_meters(&store, &current_meters)?,
+        }
         let tokens = Tokens::load(store.clone())?;
         let generated =
             tokens.ensure_operator(config.admin_token.as_deref(), &config.data_dir, clock())?;
@@ -85,17 +124,14 @@ impl Engine {
         )?;
         let (projected_tx, projected) = watch::channel(0);
         let projector_health = Arc::new(Health::default());
+        let projector_gate = Arc::new(Mutex::new(()));
         let projector_thread = runner::start(
             store.clone(),
-            runner::FoldContext {
-                catalog: config.catalog.clone(),
-                alert_sink: alert_sink(appender.clone()),
-                invoice_due_after: i64::try_from(config.invoice_due.as_micros())
-                    .unwrap_or(i64::MAX),
-            },
+            fold_context(&config, &appender),
             head.clone(),
             projected_tx,
             projector_health.clone(),
+            projector_gate.clone(),
         )?;
         Ok(Engine {
             config,
@@ -107,11 +143,23 @@ impl Engine {
             writer_health,
             kafka_health: Arc::default(),
             tokens,
+            projector_gate,
             metrics: Metrics::new(),
             clock,
             generated_admin_token: Mutex::new(generated),
             threads: Mutex::new(vec![writer_thread, projector_thread]),
         })
+    }
+
+    /// Records the catalog's meter definitions as the ones the projections follow (after a
+    /// rebuild with a changed catalog).
+    pub fn record_catalog(&self) -> Result<(), StoreError> {
+        record_meters(&self.store, &self.config.catalog.meter_definitions())
+    }
+
+    /// What folding needs (the projector's, or a rebuild's).
+    pub fn fold_context(&self) -> runner::FoldContext {
+        fold_context(&self.config, &self.appender)
     }
 
     /// Appends quota changes and waits until the projections include them.
@@ -263,4 +311,22 @@ fn alert_sink(appender: Appender) -> runner::AlertSink {
             .map(|_| ())
             .map_err(|error| StoreError::Append(error.to_string()))
     })
+}
+
+fn fold_context(config: &Config, appender: &Appender) -> runner::FoldContext {
+    runner::FoldContext {
+        catalog: config.catalog.clone(),
+        alert_sink: alert_sink(appender.clone()),
+        invoice_due_after: i64::try_from(config.invoice_due.as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+fn record_meters(store: &Store, meters: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(
+        &store.cf(CF_META),
+        META_METERS,
+        serde_json::to_vec(meters).unwrap_or_default(),
+    );
+    store.write(batch, true)
 }

@@ -19,6 +19,7 @@
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
+//! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in.
 //! - [`auth`], [`config`], [`metrics`], [`health`].
 //!
 //! # Invariants
@@ -46,6 +47,7 @@ pub mod log;
 pub mod metrics;
 pub mod projection;
 pub mod quota;
+pub mod replay;
 pub mod report;
 pub mod server;
 pub mod time;

@@ -38,6 +38,7 @@ fn harness() -> Harness {
         kafka: None,
         webhook: None,
         invoice_due: Duration::from_secs(30 * 86_400),
+        accept_catalog_change: false,
     };
     let engine = Arc::new(Engine::open(config, tally::time::system_clock()).unwrap());
     Harness {

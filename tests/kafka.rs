@@ -630,3 +630,73 @@ fn a_full_disk_pauses_consumption_and_writing_resumes_without_loss() {
     server.stop();
     assert_eq!(stored_totals(&open_store(&server)), expected.totals);
 }
+
+#[test]
+fn replaying_a_consumed_range_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 2);
+    let (messages, bad, expected) = workload(2_000, 53);
+    produce(&broker, &messages);
+    let data = dir.path().join("data");
+    let mut server = Server::start_kafka(&data, &broker.address(), TOPIC);
+    wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(120));
+    server.stop();
+    let letters_before = open_store(&server).dead_letters(0, 10_000).unwrap().len();
+    drop(open_store(&server));
+
+    let address = broker.address();
+    let base = [
+        "replay",
+        "kafka",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--kafka-brokers",
+        &address,
+        "--kafka-topic",
+        TOPIC,
+    ];
+    let from_time = rfc3339(Utc::now().timestamp_micros() - 3_600_000_000);
+    for start in [
+        ["--from-offset", "0:0,1:0"],
+        ["--from-time", from_time.as_str()],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(base)
+            .args(start)
+            .env("TALLY_ADMIN_TOKEN", common::OPERATOR_TOKEN)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let valid = messages.len() - bad.len();
+        assert!(
+            stdout.contains(&format!(
+                "replayed {} messages of {TOPIC}: 0 new, {valid} duplicate, 0 conflicting, {} rejected",
+                messages.len(),
+                bad.len()
+            )),
+            "{stdout}"
+        );
+    }
+    let store = open_store(&server);
+    assert_eq!(
+        store.read_log(0, 1_000_000).unwrap().len(),
+        expected.recorded
+    );
+    assert_eq!(
+        store.dead_letters(0, 10_000).unwrap().len(),
+        letters_before,
+        "no new dead letters"
+    );
+    assert_eq!(stored_totals(&store), expected.totals);
+    // The consumer's own offsets did not move.
+    assert_eq!(
+        store.source_offsets(TOPIC).unwrap().values().sum::<i64>(),
+        messages.len() as i64
+    );
+}

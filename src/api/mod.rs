@@ -3,6 +3,7 @@
 //! [`router`] builds every route in one place; handlers are thin: parse, authorize, call the
 //! store or the pure report code, shape the answer.
 
+pub mod admin;
 pub mod billing;
 pub mod error;
 pub mod ingest;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub quota_lock: Arc<tokio::sync::Mutex<()>>,
     /// Serialises billing changes the same way.
     pub billing_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One rebuild at a time.
+    pub rebuild_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -57,6 +60,7 @@ impl AppState {
             openapi: Arc::new(ops::openapi_document()),
             quota_lock: Arc::default(),
             billing_lock: Arc::default(),
+            rebuild_lock: Arc::default(),
         }
     }
 }
@@ -182,6 +186,8 @@ pub fn router(state: AppState) -> Router {
             "/api/tally/tenants/{tenant}/coupons",
             post(billing::grant_coupon),
         )
+        .route("/api/tally/admin/rebuild", post(admin::rebuild))
+        .route("/api/tally/admin/backup", post(admin::backup))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY));
     let ingest = Router::new()
         .route("/api/tally/events", post(ingest::ingest_events))

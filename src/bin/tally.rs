@@ -1,4 +1,7 @@
-//! The `tally` binary: flags → config → engine → server.
+//! The `tally` binary: flags → config → engine → server, and the operator commands.
+
+#[path = "tally/ops.rs"]
+mod ops;
 
 use std::sync::Arc;
 
@@ -31,6 +34,17 @@ enum Command {
     /// Read a topic from the beginning with a bare consumer and print the rate (the ceiling to
     /// compare Kafka ingest with).
     Drain(DrainArgs),
+    /// Rebuild projections from the log, re-read Kafka ranges, repair dead letters.
+    Replay {
+        #[command(subcommand)]
+        command: ops::ReplayCommand,
+    },
+    /// What a data directory holds: sizes, positions, an event, dead letters, checksums.
+    Inspect(ops::InspectArgs),
+    /// A consistent copy of a (stopped) data directory.
+    Backup(ops::BackupArgs),
+    /// A data directory from a backup.
+    Restore(ops::RestoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +93,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Produce(args) => produce(args),
+        Command::Replay { command } => ops::replay(command),
+        Command::Inspect(args) => ops::inspect(args),
+        Command::Backup(args) => ops::backup(args),
+        Command::Restore(args) => ops::restore(args),
         Command::Drain(args) => {
             init_logging(LogFormat::Text);
             let summary = tally::ingest::drain::drain(&args.brokers, &args.topic)?;
@@ -162,7 +180,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -152,11 +152,11 @@ impl KafkaConsumer {
 }
 
 /// One polled message, reduced to what the batch needs.
-struct Polled {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+pub(crate) struct Polled {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Vec<u8>,
 }
 
 fn run(
@@ -332,7 +332,12 @@ fn append_batch(engine: &Engine, settings: &KafkaSettings, batch: &[Polled]) -> 
 
 /// The message key is the tenant; a message without a key is the event's own tenant or the
 /// default one. An event naming another tenant than its key is refused.
-fn decode_message(engine: &Engine, now: i64, source: EventSource, message: &Polled) -> Candidate {
+pub(crate) fn decode_message(
+    engine: &Engine,
+    now: i64,
+    source: EventSource,
+    message: &Polled,
+) -> Candidate {
     let key_tenant = match message.key.as_deref().map(std::str::from_utf8) {
         None => None,
         Some(Ok(tenant)) if event::is_tenant_name(tenant) => Some(tenant.to_owned()),

@@ -3,4 +3,5 @@
 pub mod drain;
 pub mod kafka;
 pub mod produce;
+pub mod replay;
 pub mod watermarks;

@@ -96,6 +96,9 @@ pub struct StoreOptions {
     pub min_free_disk: u64,
 }
 
+/// A stored (key, value).
+pub type Row = (Box<[u8]>, Box<[u8]>);
+
 /// The RocksDB database with Tally's column families.
 #[derive(Clone)]
 pub struct Store {
@@ -122,6 +125,56 @@ impl Store {
         };
         store.check_format_version()?;
         Ok(store)
+    }
+
+    /// Opens for reading only, beside a running engine (inspection); nothing is written.
+    pub fn open_read_only(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let db_options = Options::default();
+        let descriptors: Vec<ColumnFamilyDescriptor> = COLUMN_FAMILIES
+            .iter()
+            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, options)))
+            .collect();
+        let db = Db::open_cf_descriptors_read_only(&db_options, dir, descriptors, false)?;
+        Ok(Store {
+            db: Arc::new(db),
+            dir: Arc::new(dir.to_path_buf()),
+            min_free_disk: 0,
+        })
+    }
+
+    /// A consistent copy of the whole store in `to` (a new directory), taken while writing
+    /// goes on: RocksDB hard-links the SST files and copies the rest.
+    pub fn checkpoint_to(&self, to: &Path) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(to)?;
+        Ok(())
+    }
+
+    /// Replaces the whole content of each of `cfs` with `source`'s, and puts `extra` rows, in
+    /// one atomic write.
+    pub fn replace_from(
+        &self,
+        source: &Store,
+        cfs: &[&'static str],
+        extra: &[(&'static str, Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for &name in cfs {
+            let cf = self.cf(name);
+            self.scan(name, &[], None, |key, _| {
+                batch.delete_cf(&cf, key);
+                true
+            })?;
+            source.scan(name, &[], None, |key, value| {
+                batch.put_cf(&cf, key, value);
+                true
+            })?;
+        }
+        for (name, key, value) in extra {
+            batch.put_cf(&self.cf(name), key, value);
+        }
+        self.write(batch, true)
     }
 
     fn check_format_version(&self) -> Result<(), StoreError> {
@@ -294,6 +347,14 @@ impl Store {
         }
         iter.status()?;
         Ok(())
+    }
+
+    /// Every (key, value) of a column family in key order, as an iterator (for walking two
+    /// stores side by side).
+    pub fn rows(&self, cf: &'static str) -> impl Iterator<Item = Result<Row, StoreError>> + '_ {
+        self.db
+            .iterator_cf(&self.cf(cf), IteratorMode::Start)
+            .map(|row| row.map_err(StoreError::from))
     }
 
     /// Every row whose key starts with `prefix`.

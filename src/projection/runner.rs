@@ -4,7 +4,7 @@
 //! resumes at the checkpoint and folds the same entries into the same rows.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +46,7 @@ pub fn start(
     head: Arc<LogHead>,
     projected: watch::Sender<u64>,
     health: Arc<Health>,
+    gate: Arc<Mutex<()>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tally-projector".into())
@@ -64,7 +65,12 @@ pub fn start(
             loop {
                 let (log_head, closed) = head.wait_beyond(next, Duration::from_millis(500));
                 if log_head > next {
-                    match fold_batch(&store, &context, next) {
+                    // A rebuild holds the gate while it swaps the projections under us.
+                    let folded = match gate.lock() {
+                        Ok(_held) => fold_batch(&store, &context, next),
+                        Err(_) => Err(StoreError::Closed),
+                    };
+                    match folded {
                         Ok(after) => {
                             next = after;
                             health.recover();
@@ -91,8 +97,22 @@ pub fn start(
 
 /// Folds one batch starting at `from`; returns the next seq to fold.
 pub fn fold_batch(store: &Store, context: &FoldContext, from: u64) -> Result<u64, StoreError> {
+    fold_batch_into(store, store, context, from, u64::MAX)
+}
+
+/// Folds one batch of `log`'s entries in `[from, until)` into the projections of `store` (the
+/// same store, or a rebuild's shadow); returns the next seq to fold.
+pub fn fold_batch_into(
+    log: &Store,
+    store: &Store,
+    context: &FoldContext,
+    from: u64,
+    until: u64,
+) -> Result<u64, StoreError> {
     let catalog = context.catalog.as_ref();
-    let entries = store.read_log(from, FOLD_BATCH)?;
+    let limit =
+        usize::try_from(until.saturating_sub(from)).map_or(FOLD_BATCH, |n| n.min(FOLD_BATCH));
+    let entries = log.read_log(from, limit)?;
     let Some(&(last_seq, _)) = entries.last() else {
         return Ok(from);
     };

@@ -1,0 +1,93 @@
+//! Operator actions on a running engine: rebuild the projections from the log, back the store
+//! up. Operator token only.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, parse_body};
+use crate::api::ApiError;
+use crate::auth::Caller;
+use crate::replay;
+
+fn require_operator(caller: &Caller) -> Result<(), ApiError> {
+    if caller.operator {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only the operator token may do this".into(),
+        ))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebuildRequest {
+    #[serde(default)]
+    projection: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/tally/admin/rebuild {projection, dry_run}`: rebuilds while serving; reads keep
+/// being answered from the old projections until the swap.
+pub async fn rebuild(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_operator(&caller)?;
+    let body = body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))?;
+    let request: RebuildRequest = parse_body(&body)?;
+    let name = request.projection.unwrap_or_else(|| "all".into());
+    let cfs = replay::projection_cfs(&name)
+        .map_err(|e| ApiError::BadRequest(format!("projection: {e}")))?;
+    // One rebuild at a time: a second would fight over the shadow store.
+    let _guard = state.rebuild_lock.lock().await;
+    let engine = state.engine.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        replay::rebuild(&engine, &cfs, request.dry_run, &|_, _| {})
+    })
+    .await?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(
+        serde_json::to_value(report).unwrap_or_else(|_| json!({})),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    to: String,
+}
+
+/// `POST /api/tally/admin/backup {to}`: a consistent copy of the store in a new directory on
+/// the server.
+pub async fn backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_operator(&caller)?;
+    let body = body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))?;
+    let request: BackupRequest = parse_body(&body)?;
+    let to = std::path::PathBuf::from(&request.to);
+    if !to.is_absolute() {
+        return Err(ApiError::BadRequest("to: must be an absolute path".into()));
+    }
+    if to.exists() {
+        return Err(ApiError::Conflict(format!(
+            "to: {} exists; a backup goes to a new directory",
+            to.display()
+        )));
+    }
+    let store = state.engine.store.clone();
+    let target = to.clone();
+    tokio::task::spawn_blocking(move || store.checkpoint_to(&target))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({"backup": to.display().to_string()})))
+}

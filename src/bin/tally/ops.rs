@@ -1,0 +1,485 @@
+//! The operator commands: `tally replay …`, `tally inspect`, `tally backup`, `tally restore`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tally::config::{Config, LogFormat, ServeArgs};
+use tally::engine::Engine;
+use tally::ingest::replay::{ReplayStart, repair_dead_letters, replay_kafka};
+use tally::log::store::{COLUMN_FAMILIES, Store, StoreOptions};
+use tally::replay::{self, PROJECTIONS};
+use tally::time;
+
+#[derive(clap::Subcommand)]
+pub enum ReplayCommand {
+    /// Fold the log into fresh projections, compare them with the live ones (checksums, first
+    /// differing keys) and swap them in atomically when they differ. With the server stopped;
+    /// while it runs, use `POST /api/tally/admin/rebuild`.
+    Rebuild(RebuildArgs),
+    /// Read a range of a Kafka topic into the log again; dedup makes overlap harmless.
+    Kafka(ReplayKafkaArgs),
+    /// Re-validate dead letters with the current catalog and append the events that now pass.
+    DeadLetters(DeadLetterArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    engine: ServeArgs,
+    /// usage, quota, billing or all.
+    #[arg(long, default_value = "all")]
+    projection: String,
+    /// Compare only; never swap.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ReplayKafkaArgs {
+    #[command(flatten)]
+    engine: ServeArgs,
+    /// Where to start, per partition: `P:O[,P:O…]`.
+    #[arg(
+        long,
+        conflicts_with = "from_time",
+        required_unless_present = "from_time"
+    )]
+    from_offset: Option<String>,
+    /// Start every partition at the first message at or after this RFC 3339 time.
+    #[arg(long)]
+    from_time: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct DeadLetterArgs {
+    #[command(flatten)]
+    engine: ServeArgs,
+    /// Only dead letters whose reason or field contains this.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Directory of the RocksDB store (opened read-only: works beside a running engine).
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    what: Option<InspectCommand>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum InspectCommand {
+    /// Log length and size, column family sizes, projector checkpoint and lag (the default).
+    Summary,
+    /// One log entry, by seq or by tenant and event id.
+    Event {
+        #[arg(long, conflicts_with_all = ["tenant", "id"])]
+        seq: Option<u64>,
+        #[arg(long, requires = "id")]
+        tenant: Option<String>,
+        #[arg(long, requires = "tenant")]
+        id: Option<String>,
+    },
+    /// Dead letters as NDJSON, filtered by reason and receive time.
+    DeadLetters {
+        #[arg(long)]
+        reason: Option<String>,
+        /// RFC 3339: received at or after.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339: received before.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// A checksum of every projection column family.
+    Checksums,
+}
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// Directory of the RocksDB store (the server stopped; while it runs, use
+    /// `POST /api/tally/admin/backup`).
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// New directory for the copy.
+    #[arg(long)]
+    to: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// A backup made by `tally backup` or the admin endpoint.
+    #[arg(long)]
+    from: PathBuf,
+    /// Where to restore it (must not exist or be empty).
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+fn store_options() -> StoreOptions {
+    StoreOptions {
+        dedup_horizon: std::time::Duration::from_secs(35 * 86_400),
+        min_free_disk: 0,
+    }
+}
+
+/// Opens an engine on a stopped data directory, runs `work`, and stops it cleanly.
+fn with_engine<T>(
+    args: &ServeArgs,
+    accept_catalog_change: bool,
+    work: impl FnOnce(&Engine) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut config = Config::from_args(args)?;
+    config.accept_catalog_change = accept_catalog_change;
+    // Tools must not consume on their own: replay reads Kafka itself.
+    config.kafka = None;
+    let dir = config.data_dir.display().to_string();
+    let engine = Arc::new(Engine::open(config, time::system_clock()).with_context(|| {
+        format!(
+            "cannot open {dir}; if `tally serve` runs on it, use its /api/tally/admin endpoints"
+        )
+    })?);
+    let result = work(&engine);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(engine.shutdown());
+    result
+}
+
+pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
+    crate::init_logging(LogFormat::Text);
+    match command {
+        ReplayCommand::Rebuild(args) => {
+            let cfs = replay::projection_cfs(&args.projection)?;
+            let report = with_engine(&args.engine, true, |engine| {
+                let bar = progress_bar();
+                let report = replay::rebuild(engine, &cfs, args.dry_run, &|done, head| {
+                    bar.set_length(head);
+                    bar.set_position(done);
+                })?;
+                bar.finish_and_clear();
+                if report.identical || report.swapped {
+                    engine.record_catalog()?;
+                }
+                Ok(report)
+            })?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "tally: rebuilt {} log entries in {:.2} s: {:.0} entries/s (raw scan of the log: {:.0} entries/s)",
+                    report.entries,
+                    report.seconds,
+                    report.entries_per_second,
+                    report.raw_scan_entries_per_second
+                );
+                for cf in &report.column_families {
+                    let verdict = if cf.live == cf.rebuilt {
+                        "identical"
+                    } else {
+                        "DIFFERS"
+                    };
+                    println!(
+                        "tally:   {:<8} {verdict:<9} live {:032x} ({} rows)  rebuilt {:032x} ({} rows)",
+                        cf.cf, cf.live.hash, cf.live.rows, cf.rebuilt.hash, cf.rebuilt.rows
+                    );
+                    for key in &cf.differences {
+                        println!("tally:            first differing key {key}");
+                    }
+                }
+                println!(
+                    "tally: {}",
+                    match (report.identical, report.swapped) {
+                        (true, _) => "the live projections equal a fold of the log",
+                        (false, true) => "the rebuilt projections were swapped in",
+                        (false, false) => "dry run: nothing was changed",
+                    }
+                );
+            }
+            Ok(())
+        }
+        ReplayCommand::Kafka(args) => {
+            let (Some(brokers), Some(topic)) =
+                (&args.engine.kafka_brokers, &args.engine.kafka_topic)
+            else {
+                bail!("--kafka-brokers and --kafka-topic name what to read");
+            };
+            let start = match (&args.from_offset, &args.from_time) {
+                (Some(text), _) => ReplayStart::Offsets(parse_offsets(text)?),
+                (None, Some(text)) => {
+                    ReplayStart::Time(time::parse_rfc3339(text).with_context(|| {
+                        format!("--from-time: `{text}` is not an RFC 3339 time")
+                    })?)
+                }
+                (None, None) => bail!("--from-offset or --from-time says where to start"),
+            };
+            let counts = with_engine(&args.engine, false, |engine| {
+                Ok(replay_kafka(engine, brokers, topic, &start)?)
+            })?;
+            println!(
+                "tally: replayed {} messages of {topic}: {} new, {} duplicate, {} conflicting, {} rejected",
+                counts.read, counts.new, counts.duplicate, counts.conflict, counts.rejected
+            );
+            Ok(())
+        }
+        ReplayCommand::DeadLetters(args) => {
+            let counts = with_engine(&args.engine, false, |engine| {
+                Ok(repair_dead_letters(engine, args.reason.as_deref())?)
+            })?;
+            println!(
+                "tally: re-validated {} dead letters: {} appended, {} already recorded, {} conflicting, {} still refused",
+                counts.read, counts.new, counts.duplicate, counts.conflict, counts.rejected
+            );
+            Ok(())
+        }
+    }
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} rebuilding {pos}/{len} entries {per_sec} eta {eta} {wide_bar}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+/// `P:O[,P:O…]` → partition → offset.
+fn parse_offsets(text: &str) -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
+    text.split(',')
+        .map(|pair| {
+            let (partition, offset) = pair
+                .split_once(':')
+                .with_context(|| format!("--from-offset: `{pair}` is not PARTITION:OFFSET"))?;
+            Ok((
+                partition
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--from-offset: bad partition in `{pair}`"))?,
+                offset
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--from-offset: bad offset in `{pair}`"))?,
+            ))
+        })
+        .collect()
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    crate::init_logging(LogFormat::Text);
+    let store = Store::open_read_only(&args.data_dir, &store_options())
+        .with_context(|| format!("cannot open {} for reading", args.data_dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    match args.what.unwrap_or(InspectCommand::Summary) {
+        InspectCommand::Summary => {
+            let entries = store
+                .last_seq(tally::log::store::CF_LOG)?
+                .map_or(0, |s| s + 1);
+            let dead_letters = store
+                .last_seq(tally::log::store::CF_DEAD_LETTER)?
+                .map_or(0, |s| s + 1);
+            let checkpoint = store
+                .checkpoint(tally::projection::USAGE_PROJECTION)?
+                .unwrap_or(0);
+            let sizes: serde_json::Map<String, serde_json::Value> = COLUMN_FAMILIES
+                .iter()
+                .map(|&cf| (cf.to_owned(), json!(store.cf_size(cf))))
+                .collect();
+            let summary = json!({
+                "log_entries": entries,
+                "log_bytes": store.cf_size(tally::log::store::CF_LOG),
+                "dead_letters": dead_letters,
+                "projector_checkpoint": checkpoint,
+                "projector_lag": entries.saturating_sub(checkpoint),
+                "column_family_bytes": sizes,
+            });
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "log entries        {entries} ({} bytes in SST files)",
+                    summary["log_bytes"]
+                )?;
+                writeln!(out, "dead letters       {dead_letters}")?;
+                writeln!(
+                    out,
+                    "projected up to    {checkpoint} (lag {})",
+                    summary["projector_lag"]
+                )?;
+                for (cf, bytes) in &sizes {
+                    writeln!(out, "  {cf:<12} {bytes} bytes")?;
+                }
+            }
+        }
+        InspectCommand::Event { seq, tenant, id } => {
+            let seq = match (seq, tenant, id) {
+                (Some(seq), _, _) => seq,
+                (None, Some(tenant), Some(id)) => {
+                    let key = tally::event::dedup_key(&tenant, &id);
+                    match store.dedup_lookup(&[key])?.into_iter().next().flatten() {
+                        Some(record) => record.seq,
+                        None => bail!("no event `{id}` of tenant `{tenant}` is remembered"),
+                    }
+                }
+                _ => bail!("--seq, or --tenant with --id, names the entry"),
+            };
+            let Some((_, entry)) = store.read_log(seq, 1)?.into_iter().find(|(s, _)| *s == seq)
+            else {
+                bail!("the log has no entry {seq}");
+            };
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&json!({"seq": seq, "entry": entry}))?
+            )?;
+        }
+        InspectCommand::DeadLetters {
+            reason,
+            since,
+            until,
+        } => {
+            let parse = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<i64>> {
+                text.as_deref()
+                    .map(|t| {
+                        time::parse_rfc3339(t)
+                            .with_context(|| format!("{flag}: `{t}` is not an RFC 3339 time"))
+                    })
+                    .transpose()
+            };
+            let (since, until) = (parse("--since", &since)?, parse("--until", &until)?);
+            let mut from = 0;
+            loop {
+                let letters = store.dead_letters(from, 1_000)?;
+                let Some(&(last, _)) = letters.last() else {
+                    break;
+                };
+                from = last + 1;
+                for (n, letter) in letters {
+                    let matches = reason.as_deref().is_none_or(|r| {
+                        letter.rejection.reason.contains(r) || letter.rejection.field.contains(r)
+                    }) && since.is_none_or(|s| letter.received_at >= s)
+                        && until.is_none_or(|u| letter.received_at < u);
+                    if matches {
+                        let line = json!({
+                            "number": n,
+                            "received_at": time::format_rfc3339(letter.received_at),
+                            "tenant": letter.tenant,
+                            "source": letter.source,
+                            "field": letter.rejection.field,
+                            "reason": letter.rejection.reason,
+                            "raw": String::from_utf8_lossy(&letter.raw),
+                            "raw_truncated": letter.raw_truncated,
+                        });
+                        writeln!(out, "{line}")?;
+                    }
+                }
+            }
+        }
+        InspectCommand::Checksums => {
+            let mut all = serde_json::Map::new();
+            for (projection, cfs) in PROJECTIONS {
+                for &cf in *cfs {
+                    let sum = replay::checksum(&store, cf)?;
+                    if !args.json {
+                        writeln!(
+                            out,
+                            "{projection:<8} {cf:<8} {:032x} {} rows",
+                            sum.hash, sum.rows
+                        )?;
+                    }
+                    all.insert(cf.to_owned(), serde_json::to_value(sum)?);
+                }
+            }
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    crate::init_logging(LogFormat::Text);
+    if args.to.exists() {
+        bail!(
+            "--to: {} exists; a backup goes to a new directory",
+            args.to.display()
+        );
+    }
+    let store = Store::open(&args.data_dir, &store_options()).with_context(|| {
+        format!(
+            "cannot open {}; if `tally serve` runs on it, use POST /api/tally/admin/backup",
+            args.data_dir.display()
+        )
+    })?;
+    store.checkpoint_to(&args.to)?;
+    println!(
+        "tally: backed up {} to {}",
+        args.data_dir.display(),
+        args.to.display()
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(to)?;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            bytes += copy_dir(&entry.path(), &target)?;
+        } else {
+            bytes += std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(bytes)
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    crate::init_logging(LogFormat::Text);
+    if args.data_dir.exists() && std::fs::read_dir(&args.data_dir)?.next().is_some() {
+        bail!(
+            "--data-dir: {} is not empty; restore into a new directory",
+            args.data_dir.display()
+        );
+    }
+    if !args.from.join("CURRENT").is_file() {
+        bail!(
+            "--from: {} is not a backup (no CURRENT file)",
+            args.from.display()
+        );
+    }
+    let bytes = copy_dir(&args.from, &args.data_dir)?;
+    // Opening proves the copy is a store of this format.
+    Store::open(&args.data_dir, &store_options()).with_context(|| {
+        format!(
+            "the restored copy in {} does not open",
+            args.data_dir.display()
+        )
+    })?;
+    println!(
+        "tally: restored {} ({bytes} bytes) into {}",
+        args.from.display(),
+        args.data_dir.display()
+    );
+    Ok(())
+}

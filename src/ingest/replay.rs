@@ -1,0 +1,245 @@
+//! Re-ingestion: a range of a Kafka topic read again into the log (`tally replay kafka`), and
+//! dead letters re-validated against the current catalog (`tally replay dead-letters`).
+//! Dedup makes both safe to overlap with what is already recorded; neither moves the
+//! consumer's stored offsets nor writes new dead letters.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use super::kafka::{Polled, decode_message};
+use super::watermarks::FetchedWatermarks;
+use crate::engine::Engine;
+use crate::event::{self, EventSource};
+use crate::log::append::{AppendError, Candidate, Outcome};
+use crate::log::store::StoreError;
+
+/// Where a Kafka replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStart {
+    /// Partition → first offset to read.
+    Offsets(BTreeMap<i32, i64>),
+    /// Every partition from the first message at or after this time (micros).
+    Time(i64),
+}
+
+/// What a replay did, per outcome.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplayCounts {
+    pub read: u64,
+    pub new: u64,
+    pub duplicate: u64,
+    pub conflict: u64,
+    pub rejected: u64,
+}
+
+impl ReplayCounts {
+    fn add(&mut self, outcomes: &[Outcome]) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Recorded { .. } => self.new += 1,
+                Outcome::Duplicate { .. } => self.duplicate += 1,
+                Outcome::Conflict(_) => self.conflict += 1,
+                Outcome::Rejected(_) => self.rejected += 1,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayIngestError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--from-offset: partition {0} is not a partition of the topic")]
+    NoSuchPartition(i32),
+}
+
+struct StatsContext(FetchedWatermarks);
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0.record(&statistics);
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+/// How long a replay waits for a message before it calls the range read.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// Reads `topic` from `start` up to the end each partition has when reached, and appends the
+/// events that are not in the log yet. Malformed messages are counted, not stored again.
+pub fn replay_kafka(
+    engine: &Engine,
+    brokers: &str,
+    topic: &str,
+    start: &ReplayStart,
+) -> Result<ReplayCounts, ReplayIngestError> {
+    let consumer: BaseConsumer<StatsContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tally-replay")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "100")
+        .create_with_context(StatsContext(FetchedWatermarks::default()))?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    match start {
+        ReplayStart::Offsets(offsets) => {
+            for (&partition, &offset) in offsets {
+                if !partitions.contains(&partition) {
+                    return Err(ReplayIngestError::NoSuchPartition(partition));
+                }
+                assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+            }
+        }
+        ReplayStart::Time(micros) => {
+            let mut by_time = TopicPartitionList::new();
+            for &partition in &partitions {
+                by_time.add_partition_offset(topic, partition, Offset::Offset(micros / 1_000))?;
+            }
+            let found = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
+            for element in found.elements() {
+                let offset = match element.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::End,
+                };
+                assignment.add_partition_offset(topic, element.partition(), offset)?;
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    let assigned: Vec<i32> = assignment
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut counts = ReplayCounts::default();
+    let mut batch: Vec<Candidate> = Vec::new();
+    let mut last_message = Instant::now();
+    let flush =
+        |batch: &mut Vec<Candidate>, counts: &mut ReplayCounts| -> Result<(), ReplayIngestError> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let outcomes = engine
+                .appender
+                .append_blocking(std::mem::take(batch), Vec::new())?;
+            counts.add(&outcomes);
+            Ok(())
+        };
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_message = Instant::now();
+                counts.read += 1;
+                next.insert(message.partition(), message.offset() + 1);
+                let polled = Polled {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                };
+                let source = EventSource::Kafka {
+                    topic: topic.to_owned(),
+                    partition: polled.partition,
+                    offset: polled.offset,
+                };
+                match decode_message(engine, engine.now(), source, &polled) {
+                    Candidate::Rejected(_) => counts.rejected += 1,
+                    candidate => batch.push(candidate),
+                }
+                if batch.len() >= 1_000 {
+                    flush(&mut batch, &mut counts)?;
+                }
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None if last_message.elapsed() > IDLE => break,
+            None => {}
+        }
+        let watermarks = &consumer.context().0;
+        let done = assigned.iter().all(|partition| {
+            watermarks
+                .high(topic, *partition)
+                .is_some_and(|high| next.get(partition).is_some_and(|n| *n >= high) || high == 0)
+        });
+        if done {
+            break;
+        }
+    }
+    flush(&mut batch, &mut counts)?;
+    Ok(counts)
+}
+
+/// Re-validates dead letters (those whose reason contains `reason`, when given) against the
+/// current catalog and appends the events that now pass.
+pub fn repair_dead_letters(
+    engine: &Engine,
+    reason: Option<&str>,
+) -> Result<ReplayCounts, ReplayIngestError> {
+    let mut counts = ReplayCounts::default();
+    // Only the letters there are now: a conflict found here becomes a new dead letter, which
+    // this run must not read again.
+    let end = engine
+        .store
+        .last_seq(crate::log::store::CF_DEAD_LETTER)?
+        .map_or(0, |last| last + 1);
+    let mut from = 0;
+    while from < end {
+        let letters: Vec<_> = engine
+            .store
+            .dead_letters(from, 1_000)?
+            .into_iter()
+            .filter(|(n, _)| *n < end)
+            .collect();
+        let Some(&(last, _)) = letters.last() else {
+            break;
+        };
+        from = last + 1;
+        let now = engine.now();
+        let mut candidates = Vec::new();
+        for (_, letter) in letters {
+            if reason.is_some_and(|r| {
+                !letter.rejection.reason.contains(r) && !letter.rejection.field.contains(r)
+            }) {
+                continue;
+            }
+            counts.read += 1;
+            if letter.raw_truncated {
+                counts.rejected += 1;
+                continue;
+            }
+            let context = engine.decode_context(now, &letter.tenant, false);
+            match event::decode(&letter.raw, &context) {
+                Ok(event) => candidates.push(Candidate::Event {
+                    event,
+                    source: letter.source.clone(),
+                }),
+                Err(_) => counts.rejected += 1,
+            }
+        }
+        if !candidates.is_empty() {
+            let outcomes = engine.appender.append_blocking(candidates, Vec::new())?;
+            counts.add(&outcomes);
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,287 @@
+//! Replay tooling: rebuilding projections from the log into a shadow store, comparing them
+//! with the live ones (checksums, first differing keys) and swapping them in atomically.
+//!
+//! A rebuild folds the whole log with the same code as the projector, into a fresh store
+//! beside the data directory. It then takes the projector's gate, brings the shadow to the
+//! live checkpoint, compares, and swaps what differs in one write batch, so readers see the
+//! old projections until that instant and the new ones after.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::log::keys;
+use crate::log::store::{
+    CF_ALERTS, CF_BILLING, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_LOG, CF_MONTHLY, CF_QUOTA,
+    Store, StoreError, StoreOptions,
+};
+use crate::projection::USAGE_PROJECTION;
+use crate::projection::runner::fold_batch_into;
+
+/// Projections by name, with the column families each is made of.
+pub const PROJECTIONS: &[(&str, &[&str])] = &[
+    ("usage", &[CF_HOURLY, CF_MONTHLY, CF_CURRENT]),
+    ("quota", &[CF_QUOTA, CF_ALERTS]),
+    ("billing", &[CF_BILLING]),
+];
+
+/// Why a replay operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown projection `{0}`: one of usage, quota, billing, all")]
+    UnknownProjection(String),
+    #[error("cannot prepare the shadow store in {dir}: {source}")]
+    ShadowDir { dir: String, source: std::io::Error },
+}
+
+/// The column families of `name` (`all` for every projection).
+pub fn projection_cfs(name: &str) -> Result<Vec<&'static str>, ReplayError> {
+    let cfs: Vec<&'static str> = PROJECTIONS
+        .iter()
+        .filter(|(projection, _)| name == "all" || *projection == name)
+        .flat_map(|(_, cfs)| cfs.iter().copied())
+        .collect();
+    if cfs.is_empty() {
+        return Err(ReplayError::UnknownProjection(
+            name.chars().take(64).collect(),
+        ));
+    }
+    Ok(cfs)
+}
+
+/// A column family's content in one number: xxh3-128 over every (key, value) in key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Checksum {
+    pub rows: u64,
+    #[serde(serialize_with = "hex_u128")]
+    pub hash: u128,
+}
+
+fn hex_u128<S: serde::Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{value:032x}"))
+}
+
+pub fn checksum(store: &Store, cf: &'static str) -> Result<Checksum, StoreError> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut rows = 0u64;
+    store.scan(cf, &[], None, |key, value| {
+        // Lengths first, so (ab, c) and (a, bc) hash differently.
+        hasher.update(&(key.len() as u64).to_be_bytes());
+        hasher.update(key);
+        hasher.update(&(value.len() as u64).to_be_bytes());
+        hasher.update(value);
+        rows += 1;
+        true
+    })?;
+    Ok(Checksum {
+        rows,
+        hash: hasher.digest128(),
+    })
+}
+
+/// The first keys (hex) at which two stores' column family differ, at most `limit`.
+pub fn first_differences(
+    live: &Store,
+    rebuilt: &Store,
+    cf: &'static str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut a = live.rows(cf).peekable();
+    let mut b = rebuilt.rows(cf).peekable();
+    let mut differences = Vec::new();
+    while differences.len() < limit {
+        let (left, right) = (a.peek(), b.peek());
+        let step = match (left, right) {
+            (None, None) => break,
+            (Some(Err(_)), _) | (_, Some(Err(_))) => {
+                // Surface the read error.
+                if let Some(Err(e)) = a.next() {
+                    return Err(e);
+                }
+                if let Some(Err(e)) = b.next() {
+                    return Err(e);
+                }
+                continue;
+            }
+            (Some(Ok((ka, va))), Some(Ok((kb, vb)))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        differences.push(hex::encode(ka));
+                    }
+                    (true, true)
+                }
+                std::cmp::Ordering::Less => {
+                    differences.push(hex::encode(ka));
+                    (true, false)
+                }
+                std::cmp::Ordering::Greater => {
+                    differences.push(hex::encode(kb));
+                    (false, true)
+                }
+            },
+            (Some(Ok((ka, _))), None) => {
+                differences.push(hex::encode(ka));
+                (true, false)
+            }
+            (None, Some(Ok((kb, _)))) => {
+                differences.push(hex::encode(kb));
+                (false, true)
+            }
+        };
+        if step.0 {
+            a.next();
+        }
+        if step.1 {
+            b.next();
+        }
+    }
+    Ok(differences)
+}
+
+/// One column family compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct CfReport {
+    pub cf: &'static str,
+    pub live: Checksum,
+    pub rebuilt: Checksum,
+    /// First differing keys (hex), when they differ.
+    pub differences: Vec<String>,
+}
+
+/// What a rebuild found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    pub entries: u64,
+    pub seconds: f64,
+    pub entries_per_second: f64,
+    /// The raw scan of the same log, for comparison (entries/s).
+    pub raw_scan_entries_per_second: f64,
+    pub column_families: Vec<CfReport>,
+    pub identical: bool,
+    /// Whether the rebuilt projections were swapped in (only when something differed).
+    pub swapped: bool,
+}
+
+fn shadow_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".rebuild");
+    PathBuf::from(name)
+}
+
+/// Times a plain scan of the log column family (no decoding): the ceiling of any fold.
+pub fn raw_scan_rate(store: &Store) -> Result<(u64, f64), StoreError> {
+    let started = Instant::now();
+    let mut rows = 0u64;
+    let mut bytes = 0usize;
+    store.scan(CF_LOG, &[], None, |_, value| {
+        rows += 1;
+        bytes += value.len();
+        true
+    })?;
+    std::hint::black_box(bytes);
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    Ok((rows, rows as f64 / seconds))
+}
+
+/// Rebuilds `cfs` of the engine's store from its log (while it serves, or alone), compares
+/// and swaps what differs; `dry_run` only compares. `progress` hears (folded, head).
+pub fn rebuild(
+    engine: &Engine,
+    cfs: &[&'static str],
+    dry_run: bool,
+    progress: &dyn Fn(u64, u64),
+) -> Result<RebuildReport, ReplayError> {
+    let live = &engine.store;
+    let (_, raw_rate) = raw_scan_rate(live)?;
+    let dir = shadow_dir(&engine.config.data_dir);
+    let shadow_error = |source| ReplayError::ShadowDir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(shadow_error)?;
+    }
+    let result = (|| {
+        let shadow = Store::open(
+            &dir,
+            &StoreOptions {
+                dedup_horizon: engine.config.dedup_horizon,
+                min_free_disk: 0,
+            },
+        )?;
+        let context = engine.fold_context();
+        let started = Instant::now();
+        let mut next = 0u64;
+        let fold_to = |next: &mut u64, until: u64| -> Result<(), StoreError> {
+            while *next < until {
+                *next = fold_batch_into(live, &shadow, &context, *next, until)?;
+                progress(*next, until);
+            }
+            Ok(())
+        };
+        // Most of the log without holding anything; then, under the gate, up to the live
+        // checkpoint (the projector may be behind the head, never ahead of it).
+        fold_to(&mut next, engine.head.get())?;
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        let rate = next as f64 / seconds;
+        loop {
+            let held = engine
+                .projector_gate
+                .lock()
+                .map_err(|_| StoreError::Closed)?;
+            let checkpoint = live.checkpoint(USAGE_PROJECTION)?.unwrap_or(0);
+            if next > checkpoint {
+                drop(held);
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            fold_to(&mut next, checkpoint)?;
+            let mut reports = Vec::new();
+            for &cf in cfs {
+                let (live_sum, rebuilt_sum) = (checksum(live, cf)?, checksum(&shadow, cf)?);
+                let differences = if live_sum == rebuilt_sum {
+                    Vec::new()
+                } else {
+                    first_differences(live, &shadow, cf, 10)?
+                };
+                reports.push(CfReport {
+                    cf,
+                    live: live_sum,
+                    rebuilt: rebuilt_sum,
+                    differences,
+                });
+            }
+            let identical = reports.iter().all(|r| r.live == r.rebuilt);
+            let swapped = !identical && !dry_run;
+            if swapped {
+                let checkpoint_row = (
+                    CF_CHECKPOINTS,
+                    USAGE_PROJECTION.as_bytes().to_vec(),
+                    crate::log::codec::encode_u64(checkpoint).to_vec(),
+                );
+                live.replace_from(&shadow, cfs, &[checkpoint_row])?;
+            }
+            drop(held);
+            return Ok(RebuildReport {
+                entries: next,
+                seconds,
+                entries_per_second: rate,
+                raw_scan_entries_per_second: raw_rate,
+                column_families: reports,
+                identical,
+                swapped,
+            });
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The seq key of a log position, for inspection output.
+pub fn seq_hex(seq: u64) -> String {
+    hex::encode(keys::seq_key(seq))
+}
