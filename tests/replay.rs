@@ -206,9 +206,11 @@ fn rebuilds_find_nothing_to_change_then_repair_a_corrupted_row() {
             })
             .unwrap();
         let key = first.unwrap();
-        let mut garbage = tally::projection::Aggregate::default();
-        garbage.sum = 999_999_999;
-        garbage.count = 1;
+        let garbage = tally::projection::Aggregate {
+            sum: 999_999_999,
+            count: 1,
+            ..Default::default()
+        };
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(&store.cf(CF_HOURLY), &key, garbage.encode());
         store.write(batch, true).unwrap();
