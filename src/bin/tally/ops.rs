@@ -164,9 +164,18 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
             let cfs = replay::projection_cfs(&args.projection)?;
             let report = with_engine(&args.engine, true, |engine| {
                 let bar = progress_bar();
+                let terminal = std::io::stderr().is_terminal();
+                let started = std::time::Instant::now();
+                let last_line = std::cell::Cell::new(std::time::Instant::now());
                 let report = replay::rebuild(engine, &cfs, args.dry_run, &|done, head| {
                     bar.set_length(head);
                     bar.set_position(done);
+                    // Off a terminal: a plain line every five seconds and at the end.
+                    if !terminal && (last_line.get().elapsed().as_secs() >= 5 || done == head) {
+                        last_line.set(std::time::Instant::now());
+                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        eprintln!("tally: rebuilding: {done}/{head} entries, {rate:.0} entries/s");
+                    }
                 })?;
                 bar.finish_and_clear();
                 if report.identical || report.swapped {
