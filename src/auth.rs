@@ -200,6 +200,63 @@ impl Tokens {
         Ok(Some(token))
     }
 
+    /// Issues a token for `tenant`: `tly_<id>_<secret>`, returned once; only its hash is kept.
+    pub fn issue(
+        &self,
+        tenant: &str,
+        role: Role,
+        namespaces: Vec<String>,
+        expires_at: Option<UnixMicros>,
+        now: UnixMicros,
+    ) -> Result<(String, String), StoreError> {
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let secret = hex::encode(rand::random::<[u8; 24]>());
+        let mut record =
+            TokenRecord::new(&id, tenant, role, namespaces, false, secret.as_bytes(), now);
+        record.expires_at = expires_at;
+        self.save(record)?;
+        Ok((id.clone(), format!("tly_{id}_{secret}")))
+    }
+
+    /// Metadata of the tokens of `tenant` (every tenant's for `None`), oldest first.
+    pub fn list(&self, tenant: Option<&str>) -> Vec<TokenRecord> {
+        let mut records: Vec<TokenRecord> = self
+            .records
+            .read()
+            .map(|records| {
+                records
+                    .values()
+                    .filter(|r| tenant.is_none_or(|t| r.tenant == t))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        records
+    }
+
+    /// The record of a token id.
+    pub fn get(&self, id: &str) -> Option<TokenRecord> {
+        self.records.read().ok()?.get(id).cloned()
+    }
+
+    /// Revokes a token at once (its record is deleted; the operator token cannot be revoked).
+    pub fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        if id == OPERATOR_ID {
+            return Ok(false);
+        }
+        let exists = self.get(id).is_some();
+        if exists {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.delete_cf(&self.store.cf(CF_TOKENS), id.as_bytes());
+            self.store.write(batch, true)?;
+            if let Ok(mut records) = self.records.write() {
+                records.remove(id);
+            }
+        }
+        Ok(exists)
+    }
+
     /// The caller a presented token speaks for, if it is valid now.
     pub fn verify(&self, presented: &str, now: UnixMicros) -> Option<Caller> {
         let records = self.records.read().ok()?;

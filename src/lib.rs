@@ -20,6 +20,7 @@
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
 //! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in.
+//! - [`audit`]: the record of who changed what.
 //! - [`auth`], [`config`], [`metrics`], [`health`].
 //!
 //! # Invariants
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod catalog;

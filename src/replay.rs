@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::log::keys;
 use crate::log::store::{
-    CF_ALERTS, CF_BILLING, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_LOG, CF_MONTHLY, CF_QUOTA,
-    Store, StoreError, StoreOptions,
+    CF_ALERTS, CF_AUDIT, CF_BILLING, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_LOG, CF_MONTHLY,
+    CF_QUOTA, Store, StoreError, StoreOptions,
 };
 use crate::projection::USAGE_PROJECTION;
 use crate::projection::runner::fold_batch_into;
@@ -25,6 +25,7 @@ pub const PROJECTIONS: &[(&str, &[&str])] = &[
     ("usage", &[CF_HOURLY, CF_MONTHLY, CF_CURRENT]),
     ("quota", &[CF_QUOTA, CF_ALERTS]),
     ("billing", &[CF_BILLING]),
+    ("audit", &[CF_AUDIT]),
 ];
 
 /// Why a replay operation failed.
@@ -32,7 +33,7 @@ pub const PROJECTIONS: &[(&str, &[&str])] = &[
 pub enum ReplayError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("unknown projection `{0}`: one of usage, quota, billing, all")]
+    #[error("unknown projection `{0}`: one of usage, quota, billing, audit, all")]
     UnknownProjection(String),
     #[error("cannot prepare the shadow store in {dir}: {source}")]
     ShadowDir { dir: String, source: std::io::Error },

@@ -53,6 +53,8 @@ pub async fn rebuild(
     })
     .await?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let audit = (caller.tenant.clone(), "admin.rebuild".to_owned(), name);
+    super::append_audited(&state, &caller, Vec::new(), vec![audit]).await?;
     Ok(Json(
         serde_json::to_value(report).unwrap_or_else(|_| json!({})),
     ))
@@ -89,5 +91,11 @@ pub async fn backup(
     tokio::task::spawn_blocking(move || store.checkpoint_to(&target))
         .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let audit = (
+        caller.tenant.clone(),
+        "admin.backup".to_owned(),
+        to.display().to_string(),
+    );
+    super::append_audited(&state, &caller, Vec::new(), vec![audit]).await?;
     Ok(Json(json!({"backup": to.display().to_string()})))
 }

@@ -76,13 +76,30 @@ async fn caught_up(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// Appends billing changes of `tenant` with an audit record of each, in one batch.
 async fn append(
     state: &AppState,
+    caller: &Caller,
     tenant: &str,
     changes: Vec<BillingChange>,
 ) -> Result<(), ApiError> {
-    state.engine.append_billing(tenant, changes).await?;
-    Ok(())
+    let at = state.engine.now();
+    let audits = changes
+        .iter()
+        .map(|change| {
+            let (action, target) = crate::audit::billing_action(change);
+            (tenant.to_owned(), action.to_owned(), target)
+        })
+        .collect();
+    let entries = changes
+        .into_iter()
+        .map(|change| crate::log::LogEntry::Billing {
+            tenant: tenant.to_owned(),
+            at,
+            change,
+        })
+        .collect();
+    super::append_audited(state, caller, entries, audits).await
 }
 
 fn addon_details(catalog: &Catalog, names: &[String]) -> Vec<Value> {
@@ -415,7 +432,7 @@ pub async fn request_transition(
         addons: payload.subscribe_addon_services.clone(),
         domain: payload.domain.clone(),
     });
-    append(&state, &caller.tenant, changes).await?;
+    append(&state, &caller, &caller.tenant, changes).await?;
     Ok(Json(
         json!({"id": id, "requires_manual_approval": requires_approval}),
     ))
@@ -499,7 +516,7 @@ async fn decide(
             reason,
         }
     };
-    append(state, &tenant, vec![change]).await?;
+    append(state, caller, &tenant, vec![change]).await?;
     let billing = tenant_state(state, &tenant).await?;
     let state_name = billing
         .transitions
@@ -584,6 +601,7 @@ async fn change_addon(
         }
         append(
             state,
+            caller,
             &caller.tenant,
             vec![BillingChange::AddonSubscribed { addon }],
         )
@@ -600,6 +618,7 @@ async fn change_addon(
         }
         append(
             state,
+            caller,
             &caller.tenant,
             vec![BillingChange::AddonUnsubscribed { addon }],
         )
@@ -675,7 +694,7 @@ pub async fn create_payment_method(
         token: request.token,
         contact: request.contact.as_ref().map(contact_of).unwrap_or_default(),
     };
-    append(&state, &caller.tenant, vec![change]).await?;
+    append(&state, &caller, &caller.tenant, vec![change]).await?;
     Ok(Json(json!({"name": name})))
 }
 
@@ -718,7 +737,7 @@ async fn payment_method_action(
         )));
     }
     let change = make(&billing)?;
-    append(state, &caller.tenant, vec![change]).await?;
+    append(state, caller, &caller.tenant, vec![change]).await?;
     Ok(Json(json!({})))
 }
 
@@ -944,7 +963,7 @@ pub async fn mark_paid(
             invoice: name.clone(),
             by: caller.token_id.clone(),
         };
-        append(&state, &request.tenant, vec![change]).await?;
+        append(&state, &caller, &request.tenant, vec![change]).await?;
     }
     Ok(Json(json!({"name": name, "status": "STATUS_PAID"})))
 }
@@ -1003,6 +1022,7 @@ pub async fn grant_coupon(
     };
     append(
         &state,
+        &caller,
         &tenant,
         vec![BillingChange::CouponGranted { coupon }],
     )

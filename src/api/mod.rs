@@ -9,6 +9,7 @@ pub mod error;
 pub mod ingest;
 pub mod ops;
 pub mod quota;
+pub mod tokens;
 pub mod usage;
 
 use std::sync::Arc;
@@ -188,6 +189,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/tally/admin/rebuild", post(admin::rebuild))
         .route("/api/tally/admin/backup", post(admin::backup))
+        .route("/api/tally/tokens", post(tokens::create).get(tokens::list))
+        .route(
+            "/api/tally/tokens/{id}",
+            axum::routing::delete(tokens::revoke),
+        )
+        .route("/api/tally/audit", get(tokens::audit))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY));
     let ingest = Router::new()
         .route("/api/tally/events", post(ingest::ingest_events))
@@ -298,6 +305,30 @@ pub fn namespace_scope<'a>(caller: &Caller, namespace: &'a str) -> Result<Scope<
         )));
     }
     Ok(Scope::Namespace(namespace))
+}
+
+/// Appends `entries` together with an audit record of each `(tenant, action, target)` the
+/// caller did, in one batch, and waits until the projections include them.
+pub async fn append_audited(
+    state: &AppState,
+    caller: &Caller,
+    entries: Vec<crate::log::LogEntry>,
+    audits: Vec<(String, String, String)>,
+) -> Result<(), ApiError> {
+    let at = state.engine.now();
+    let mut all = entries;
+    all.extend(audits.into_iter().map(|(tenant, action, target)| {
+        crate::log::LogEntry::Audit(crate::audit::AuditRecord {
+            at,
+            actor: caller.token_id.clone(),
+            actor_tenant: caller.tenant.clone(),
+            tenant,
+            action,
+            target,
+        })
+    }));
+    state.engine.append_facts(all).await?;
+    Ok(())
 }
 
 /// Parses a JSON body into `T`, naming the field at fault. An empty body reads as `{}`.

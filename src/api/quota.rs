@@ -159,10 +159,16 @@ fn new_uid() -> String {
     )
 }
 
-/// Appends one quota change and waits for the projection to include it.
-async fn append(state: &AppState, entry: LogEntry) -> Result<(), ApiError> {
-    state.engine.append_facts(vec![entry]).await?;
-    Ok(())
+/// Appends one quota change with its audit record and waits for the projection.
+async fn append(
+    state: &AppState,
+    caller: &Caller,
+    entry: LogEntry,
+    action: &str,
+    target: String,
+) -> Result<(), ApiError> {
+    let audit = (caller.tenant.clone(), action.to_owned(), target);
+    super::append_audited(state, caller, vec![entry], vec![audit]).await
 }
 
 /// Waits until every entry written so far is projected: a quota change is judged against
@@ -220,7 +226,15 @@ pub async fn create(
         creator_id: caller.token_id.clone(),
     };
     let answer = object_json(&object);
-    append(&state, LogEntry::QuotaObjectPut { object, at: now }).await?;
+    let target = format!("{}/{}", object.namespace, object.name);
+    append(
+        &state,
+        &caller,
+        LogEntry::QuotaObjectPut { object, at: now },
+        "quota.create",
+        target,
+    )
+    .await?;
     Ok(Json(answer))
 }
 
@@ -251,7 +265,15 @@ pub async fn replace(
         modification_timestamp: now,
         ..existing
     };
-    append(&state, LogEntry::QuotaObjectPut { object, at: now }).await?;
+    let target = format!("{}/{}", object.namespace, object.name);
+    append(
+        &state,
+        &caller,
+        LogEntry::QuotaObjectPut { object, at: now },
+        "quota.replace",
+        target,
+    )
+    .await?;
     Ok(Json(json!({})))
 }
 
@@ -303,13 +325,14 @@ pub async fn delete(
     {
         return Err(not_found(&namespace, &name));
     }
+    let target = format!("{namespace}/{name}");
     let entry = LogEntry::QuotaObjectDeleted {
         tenant: caller.tenant.clone(),
         namespace,
         name,
         at: state.engine.now(),
     };
-    append(&state, entry).await?;
+    append(&state, &caller, entry, "quota.delete", target).await?;
     Ok(Json(json!({})))
 }
 

@@ -86,6 +86,14 @@ pub fn decode_billing(bytes: &[u8]) -> Result<crate::billing::TenantBilling, Cod
     decode_versioned(bytes, "tenant billing")
 }
 
+pub fn encode_audit(record: &crate::audit::AuditRecord) -> Vec<u8> {
+    encode_versioned(record)
+}
+
+pub fn decode_audit(bytes: &[u8]) -> Result<crate::audit::AuditRecord, CodecError> {
+    decode_versioned(bytes, "audit record")
+}
+
 pub fn encode_alert(alert: &crate::quota::Alert) -> Vec<u8> {
     encode_versioned(alert)
 }

@@ -16,6 +16,7 @@
 //! | `billing`     | `t` tenant `\0`                                                                       | tenant billing state, bincode        |
 //! |               | `u` tenant `\0` period uid `\0` namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate of the period |
 //! |               | `x` plan transition id                                                                 | tenant                               |
+//! | `audit`       | tenant `\0` seq `u64` BE                                                              | [`AuditRecord`](crate::audit::AuditRecord), bincode |
 //! | `checkpoints` | projection name                                                                       | last folded seq `u64`                |
 //! | `offsets`     | topic `\0` partition `i32` BE                                                         | next offset `i64`                    |
 //! | `tokens`      | token id                                                                              | token record, bincode                |

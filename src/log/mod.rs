@@ -8,6 +8,7 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditRecord;
 use crate::billing::BillingChange;
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::quota::{Alert, QuotaObject};
@@ -40,6 +41,8 @@ pub enum LogEntry {
         at: UnixMicros,
         change: BillingChange,
     },
+    /// Who made an admin or billing change (written in the same batch as the change).
+    Audit(AuditRecord),
 }
 
 /// What the dedup index remembers of an accepted event.

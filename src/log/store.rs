@@ -31,6 +31,7 @@ pub const CF_META: &str = "meta";
 pub const CF_QUOTA: &str = "quota";
 pub const CF_ALERTS: &str = "alerts";
 pub const CF_BILLING: &str = "billing";
+pub const CF_AUDIT: &str = "audit";
 
 /// Every column family, in one list: opening creates the missing ones.
 pub const COLUMN_FAMILIES: &[&str] = &[
@@ -47,6 +48,7 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_QUOTA,
     CF_ALERTS,
     CF_BILLING,
+    CF_AUDIT,
 ];
 
 /// Layout version of this build's keys and values; a store of another version is refused.

@@ -14,9 +14,12 @@ use tokio::sync::watch;
 use super::{Aggregate, USAGE_PROJECTION, UsageDeltas, merge_rows};
 use crate::catalog::Catalog;
 use crate::health::Health;
+use crate::log::LogEntry;
 use crate::log::append::LogHead;
 use crate::log::codec;
-use crate::log::store::{CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError};
+use crate::log::store::{
+    CF_AUDIT, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError,
+};
 use crate::projection::billing::BillingFold;
 use crate::projection::quota::StoreQuotaReads;
 use crate::quota::Alert;
@@ -182,6 +185,16 @@ pub fn fold_batch_into(
         );
     }
     super::quota::put_writes(store, &mut batch, &quota_writes);
+    let audit_cf = store.cf(CF_AUDIT);
+    for (seq, entry) in &entries {
+        if let LogEntry::Audit(record) = entry {
+            batch.put_cf(
+                &audit_cf,
+                audit_key(&record.tenant, *seq),
+                codec::encode_audit(record),
+            );
+        }
+    }
     billing.write(&mut batch)?;
     // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
     store.write(batch, false)?;
@@ -204,4 +217,12 @@ fn read_aggregates<'a>(
             None => Ok(None),
         })
         .collect()
+}
+
+/// `tenant\0 seq`: one tenant's audit records in log order.
+pub fn audit_key(tenant: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + 9);
+    crate::log::keys::push_str(&mut key, tenant);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }

@@ -211,7 +211,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 Ok(())
             }
             // Plan changes reach the fold through `set_plan`.
-            LogEntry::Billing { .. } => Ok(()),
+            LogEntry::Billing { .. } | LogEntry::Audit(_) => Ok(()),
         }
     }
 
