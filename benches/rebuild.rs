@@ -37,6 +37,7 @@ fn main() {
         webhook: None,
         invoice_due: Duration::from_secs(30 * 86_400),
         accept_catalog_change: false,
+        rate_limit: 0,
     };
     let engine = Engine::open(config, tally::time::system_clock()).expect("engine");
     let now = engine.now();

@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// How long after issue an unpaid invoice becomes OVERDUE (e.g. 30d).
     #[arg(long, env = "TALLY_INVOICE_DUE", default_value = "30d", value_parser = humantime::parse_duration)]
     pub invoice_due: Duration,
+    /// Requests per second each token may make (bursts of twice that); 0 turns the limit off.
+    #[arg(long, env = "TALLY_RATE_LIMIT", default_value_t = 1_000)]
+    pub rate_limit: u32,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -113,6 +116,8 @@ pub struct Config {
     /// Open even when the catalog's meter definitions differ from the ones the projections
     /// were folded with (only `tally replay rebuild`, which then records the new ones).
     pub accept_catalog_change: bool,
+    /// Requests per second per token (0: unlimited).
+    pub rate_limit: u32,
 }
 
 impl Config {
@@ -163,6 +168,7 @@ impl Config {
             (None, _) => None,
         };
         Ok(Config {
+            rate_limit: args.rate_limit,
             accept_catalog_change: false,
             invoice_due: args.invoice_due,
             webhook,

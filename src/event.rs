@@ -232,9 +232,11 @@ pub fn json_error_field(
     if !at_root {
         return (path, message);
     }
+    // An unknown field named "" (or a message without a name) is reported on the whole input.
     let field = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
+        .filter(|name| !name.is_empty())
         .unwrap_or(whole);
     (field.to_owned(), message)
 }

@@ -39,6 +39,7 @@ fn harness() -> Harness {
         webhook: None,
         invoice_due: Duration::from_secs(30 * 86_400),
         accept_catalog_change: false,
+        rate_limit: 0,
     };
     let engine = Arc::new(Engine::open(config, tally::time::system_clock()).unwrap());
     Harness {

@@ -70,6 +70,7 @@ fn open_engine(dir: &std::path::Path, clock: Arc<AtomicI64>) -> Arc<Engine> {
         webhook: None,
         invoice_due: Duration::from_secs(30 * 86_400),
         accept_catalog_change: false,
+        rate_limit: 0,
     };
     Arc::new(Engine::open(config, Arc::new(move || clock.load(Ordering::SeqCst))).unwrap())
 }

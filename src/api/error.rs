@@ -33,6 +33,10 @@ pub enum ApiError {
     /// 413 / RESOURCE_EXHAUSTED: the body or batch is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// 429 / RESOURCE_EXHAUSTED: this token sent more requests than its rate allows; retry
+    /// after the given seconds.
+    #[error("too many requests for this token; retry after {0} s")]
+    TooManyRequests(u64),
     /// 503 / UNAVAILABLE: storage cannot be written or read now; retrying later is safe.
     #[error("{0}")]
     Unavailable(String),
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 12),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 6),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
         }
@@ -80,6 +85,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let ApiError::TooManyRequests(seconds) = self
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -52,18 +52,30 @@ pub struct AppState {
     pub billing_lock: Arc<tokio::sync::Mutex<()>>,
     /// One rebuild at a time.
     pub rebuild_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Requests per token (none when `--rate-limit 0`).
+    pub limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> AppState {
+        let engine_rate_limit = engine.config.rate_limit;
         AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
             quota_lock: Arc::default(),
             billing_lock: Arc::default(),
             rebuild_lock: Arc::default(),
+            limiter: rate_limiter(engine_rate_limit),
         }
     }
+}
+
+fn rate_limiter(per_second: u32) -> Option<Arc<governor::DefaultKeyedRateLimiter<String>>> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
+    Some(Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
 }
 
 /// Every route of the API.
@@ -260,11 +272,19 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthenticated)?;
-        state
+        let caller = state
             .engine
             .tokens
             .verify(token, state.engine.now())
-            .ok_or(ApiError::Unauthenticated)
+            .ok_or(ApiError::Unauthenticated)?;
+        if let Some(limiter) = &state.limiter
+            && let Err(not_until) = limiter.check_key(&caller.token_id)
+        {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            return Err(ApiError::TooManyRequests(wait.as_secs().max(1)));
+        }
+        Ok(caller)
     }
 }
 

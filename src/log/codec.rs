@@ -16,8 +16,12 @@ pub struct CodecError {
     pub reason: String,
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Largest value bincode may decode. A corrupt length prefix must be refused, not allocated:
+/// without a limit a damaged row claiming 2^61 bytes aborts the process.
+const DECODE_LIMIT: usize = 256 * 1024 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
 }
 
 fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
