@@ -34,6 +34,21 @@ ensure_toolchain() {
   apt_install libclang-dev build-essential pkg-config
 }
 
+ensure_schemathesis() {
+  # The API is fuzzed against its own OpenAPI document by schemathesis (PyPI), in a venv
+  # outside the clone.
+  local venv="${TALLY_SCHEMATHESIS_VENV:-$HOME/.cache/tally-schemathesis}"
+  if [ -x "$venv/bin/schemathesis" ]; then
+    return 0
+  fi
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    apt_install python3 python3-venv python3-pip
+  fi
+  say "installing schemathesis into $venv (PyPI, under a minute)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+}
+
 ensure_tansu() {
   # The Kafka tests run against a real Kafka-protocol broker: Tansu, built from crates.io.
   if command -v tansu >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/tansu" ]; then

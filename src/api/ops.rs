@@ -123,17 +123,45 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The F5 document cut to the served paths, with Tally's paths and schemas added. Both inputs
-/// are compiled in; a unit test proves they merge.
+/// The F5 document cut to the served paths, with Tally's paths and schemas added, and made to
+/// describe what Tally answers so standard tools can use it:
+/// - error responses are Tally's JSON `{code, message, details}` (F5 declares a bare string),
+///   and 400 is listed;
+/// - length bounds the F5 generator only guessed (`"source": "inferred"`, or reconciled from an
+///   example) are dropped: a title of "Free" is fine;
+/// - dotted path parameters (`{metadata.namespace}`) become `{metadata_namespace}`: the same
+///   URLs, a name templating tools accept;
+/// - `externalDocs` moves from `info` (where OpenAPI does not allow it) to the top level.
+///
+/// Both inputs are compiled in; a unit test proves they merge.
 pub fn openapi_document() -> Bytes {
     let mut document: Value = serde_json::from_str(F5_DOCUMENT)
         .unwrap_or_else(|_| json!({"openapi": "3.0.3", "paths": {}}));
     let tally: Value = serde_json::from_str(TALLY_DOCUMENT).unwrap_or_else(|_| json!({}));
     if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
         paths.retain(|path, _| SERVED_F5_PATHS.contains(&path.as_str()));
+        let served: Vec<(String, Value)> = std::mem::take(paths).into_iter().collect();
+        for (path, mut item) in served {
+            let path = path
+                .replace("{metadata.namespace}", "{metadata_namespace}")
+                .replace("{metadata.name}", "{metadata_name}");
+            describe_tally_errors(&mut item);
+            paths.insert(path, item);
+        }
         if let Some(own) = tally.get("paths").and_then(Value::as_object) {
             paths.extend(own.clone());
         }
+    }
+    if let Some(components) = document.get_mut("components") {
+        drop_guessed_bounds(components);
+    }
+    if let Some(docs) = document
+        .get_mut("info")
+        .and_then(Value::as_object_mut)
+        .and_then(|info| info.remove("externalDocs"))
+        && let Some(top) = document.as_object_mut()
+    {
+        top.insert("externalDocs".into(), docs);
     }
     if let Some(schemas) = document
         .pointer_mut("/components/schemas")
@@ -152,6 +180,61 @@ pub fn openapi_document() -> Bytes {
     Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
 }
 
+/// Error responses of a path item as Tally sends them; dotted parameter names as in the path.
+fn describe_tally_errors(item: &mut Value) {
+    let Some(operations) = item.as_object_mut() else {
+        return;
+    };
+    for operation in operations.values_mut() {
+        if let Some(parameters) = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+        {
+            for parameter in parameters {
+                if parameter["in"] == "path"
+                    && let Some(name) = parameter["name"].as_str()
+                {
+                    parameter["name"] = json!(name.replace('.', "_"));
+                }
+            }
+        }
+        let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        responses
+            .entry("400")
+            .or_insert_with(|| json!({"description": "A field is wrong; the message names it."}));
+        for (status, response) in responses.iter_mut() {
+            if status.starts_with('4') || status.starts_with('5') {
+                response["content"] = json!({"application/json": {"schema": {"$ref": "#/components/schemas/tallyError"}}});
+            }
+        }
+    }
+}
+
+/// Removes `minLength`/`maxLength` that the F5 generator inferred rather than specified.
+fn drop_guessed_bounds(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let guessed = map.get("x-reconciled-from-discovery") == Some(&Value::Bool(true))
+                || map
+                    .get("x-f5xc-constraints")
+                    .and_then(|c| c.pointer("/metadata/source"))
+                    .is_some_and(|s| s == "inferred");
+            if guessed {
+                map.remove("minLength");
+                map.remove("maxLength");
+            }
+            map.values_mut().for_each(drop_guessed_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_guessed_bounds),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,8 +244,17 @@ mod tests {
         let document: Value = serde_json::from_slice(&openapi_document()).unwrap();
         let paths = document["paths"].as_object().unwrap();
         for path in SERVED_F5_PATHS {
-            assert!(paths.contains_key(*path), "{path}");
+            let served = path.replace('.', "_");
+            assert!(paths.contains_key(&served), "{served}");
         }
+        // Errors are described as Tally sends them.
+        let get = &paths["/api/web/namespaces/{namespace}/quotas/{name}"]["get"];
+        assert_eq!(
+            get["responses"]["404"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/tallyError"
+        );
+        assert!(get["responses"]["400"].is_object());
+        assert!(document["info"].get("externalDocs").is_none());
         assert!(paths.contains_key("/api/tally/events"));
         assert!(paths.contains_key("/api/web/namespaces/{namespace}/quotas/{name}"));
         assert!(paths.contains_key("/api/tally/namespaces/{namespace}/quota/check"));

@@ -437,6 +437,16 @@ pub fn validate(
             "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter, at most 63 characters",
         ));
     }
+    if meta.labels.len() > 64 || meta.annotations.len() > 64 {
+        return Err(invalid(
+            if meta.labels.len() > 64 {
+                "metadata.labels"
+            } else {
+                "metadata.annotations"
+            },
+            "at most 64 entries",
+        ));
+    }
     for (key, value) in &meta.labels {
         if key.is_empty() || key.len() > 317 || key.chars().any(char::is_control) {
             return Err(invalid(
