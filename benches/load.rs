@@ -1,0 +1,608 @@
+//! The load harness: every stage of Tally next to the physical limit of the same machine,
+//! measured in the same run, printed as a table and written to `bench-results.json`.
+//!
+//! `scripts/bench [--quick]` runs it (`cargo bench --bench load -- [--quick]`); under
+//! `cargo test` it runs every stage on a few thousand events and writes nothing.
+//!
+//! Stages: Kafka ingest vs a bare consumer draining the topic; HTTP ingest (batches of 1,000
+//! from concurrent clients) with latency percentiles; the append path vs raw RocksDB write
+//! batches with the same WAL settings; rebuild vs a raw scan of the log; queries at 1, 8 and
+//! 64 clients over 10,000 namespaces; bytes on disk per event after compaction; peak RSS.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::kafka::Broker;
+use common::{OPERATOR_TOKEN, Server};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tally::log::store::{COLUMN_FAMILIES, Store, StoreOptions};
+
+const TOPIC: &str = "usage";
+const NAMESPACES: u64 = 10_000;
+
+/// How big each stage runs.
+struct Plan {
+    kafka: Vec<u64>,
+    http: u64,
+    query_logs: Vec<u64>,
+    append: u64,
+    query_seconds: f64,
+    write_results: bool,
+}
+
+fn plan() -> Plan {
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let quick = args.iter().any(|a| a == "--quick");
+    if !benching {
+        return Plan {
+            kafka: vec![3_000],
+            http: 4_000,
+            query_logs: vec![4_000],
+            append: 4_000,
+            query_seconds: 0.2,
+            write_results: false,
+        };
+    }
+    if quick {
+        Plan {
+            kafka: vec![200_000],
+            http: 200_000,
+            query_logs: vec![200_000],
+            append: 200_000,
+            query_seconds: 1.0,
+            write_results: true,
+        }
+    } else {
+        Plan {
+            kafka: vec![1_000_000, 10_000_000],
+            http: 1_000_000,
+            query_logs: vec![1_000_000, 10_000_000],
+            append: 1_000_000,
+            query_seconds: 4.0,
+            write_results: true,
+        }
+    }
+}
+
+fn tally(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .output()
+        .expect("run tally");
+    assert!(
+        output.status.success(),
+        "tally {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The number before `unit` in a summary line.
+fn number_before(text: &str, unit: &str) -> f64 {
+    text.split(unit)
+        .next()
+        .and_then(|head| head.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn store_options() -> StoreOptions {
+    StoreOptions {
+        dedup_horizon: Duration::from_secs(35 * 86_400),
+        min_free_disk: 0,
+    }
+}
+
+/// Kafka: produce `events`, drain them with a bare consumer, ingest them with the engine.
+fn kafka_stage(events: u64, results: &mut BTreeMap<String, f64>, rss: &mut f64) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 4);
+    let brokers = broker.address();
+    let count = events.to_string();
+    tally(&[
+        "produce",
+        "--brokers",
+        &brokers,
+        "--topic",
+        TOPIC,
+        "--synthetic",
+        &count,
+        "--tenants",
+        "100",
+        "--namespaces",
+        "1000",
+        "--seed",
+        "1",
+    ]);
+    let drained = tally(&["drain", "--brokers", &brokers, "--topic", TOPIC]);
+    let drain_rate = number_before(&drained, "messages/s");
+    let mut server = Server::start_args(
+        &dir.path().join("data"),
+        &[
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic",
+            TOPIC,
+            "--rate-limit",
+            "0",
+        ],
+    );
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(7_200);
+    loop {
+        let ready = server.readiness();
+        let logged = ready["log_entries"].as_u64().unwrap_or(0);
+        if logged > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if logged == events && ready["projected_entries"] == events {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kafka ingest stuck at {ready}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ingest_rate = events as f64 / first.map_or(1e-9, |f| f.elapsed().as_secs_f64().max(1e-9));
+    *rss = rss.max(peak_rss_mb(server.pid()));
+    server.stop();
+    results.insert(format!("kafka_ingest_eps_{events}"), ingest_rate);
+    results.insert(format!("kafka_drain_eps_{events}"), drain_rate);
+    (ingest_rate, drain_rate)
+}
+
+fn ndjson_batch(start: u64, count: u64, now: i64) -> String {
+    let metrics = [
+        "http_lb_requests",
+        "data_transfer_bytes",
+        "waf_security_events",
+        "http_loadbalancers",
+    ];
+    let mut body = String::with_capacity(count as usize * 180);
+    for n in start..start + count {
+        let at = tally::time::format_rfc3339(now - ((n % 48) as i64) * 3_600_000_000);
+        body.push_str(&format!(
+            "{{\"id\":\"h-{n}\",\"namespace\":\"ns-{}\",\"metric_label\":\"{}\",\"quantity\":\"{}\",\"timestamp\":\"{at}\",\"object_name\":\"lb-{}\"}}\n",
+            n % NAMESPACES,
+            metrics[(n % 4) as usize],
+            n % 1000 + 1,
+            n % 7
+        ));
+    }
+    body
+}
+
+/// HTTP ingest with `clients` concurrent posters of 1,000-event batches; events/s and the
+/// request latency histogram (µs).
+fn http_ingest(server: &Server, events: u64, clients: u64) -> (f64, Histogram<u64>) {
+    let now = chrono::Utc::now().timestamp_micros();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, base) = (next.clone(), server.base.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .expect("client");
+                let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+                loop {
+                    let start = next.fetch_add(1_000, Ordering::SeqCst);
+                    if start >= events {
+                        break;
+                    }
+                    let body = ndjson_batch(start, 1_000.min(events - start), now);
+                    let sent = Instant::now();
+                    let response = client
+                        .post(format!("{base}/api/tally/events"))
+                        .header("Authorization", format!("APIToken {OPERATOR_TOKEN}"))
+                        .header("Content-Type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .expect("post");
+                    assert!(
+                        response.status().is_success(),
+                        "{}",
+                        response.text().unwrap_or_default()
+                    );
+                    histogram.record(sent.elapsed().as_micros() as u64).ok();
+                }
+                histogram
+            })
+        })
+        .collect();
+    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    for thread in threads {
+        histogram.add(thread.join().expect("client thread")).ok();
+    }
+    (events as f64 / started.elapsed().as_secs_f64(), histogram)
+}
+
+/// One query endpoint at `clients` concurrent clients for `seconds`: requests/s and latency.
+fn query_load(
+    server: &Server,
+    clients: u64,
+    seconds: f64,
+    request: &(dyn Fn(u64) -> (String, String, Option<String>) + Sync),
+) -> (f64, Histogram<u64>) {
+    let stop_at = Instant::now() + Duration::from_secs_f64(seconds);
+    let total = AtomicU64::new(0);
+    let histograms: Vec<Histogram<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let total = &total;
+                let base = server.base.clone();
+                scope.spawn(move || {
+                    let client = reqwest::blocking::Client::new();
+                    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+                    let mut n = c * 7_919;
+                    while Instant::now() < stop_at {
+                        let (method, path, body) = request(n);
+                        n += 1;
+                        let mut call = client
+                            .request(
+                                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                                format!("{base}{path}"),
+                            )
+                            .header("Authorization", format!("APIToken {OPERATOR_TOKEN}"));
+                        if let Some(body) = body {
+                            call = call.body(body);
+                        }
+                        let sent = Instant::now();
+                        let response = call.send().expect("query");
+                        let status = response.status();
+                        let _ = response.bytes();
+                        assert!(status.is_success(), "{method} {path}: {status}");
+                        histogram.record(sent.elapsed().as_micros() as u64).ok();
+                        total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    histogram
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("query thread"))
+            .collect()
+    });
+    let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+    for h in histograms {
+        histogram.add(h).ok();
+    }
+    (total.load(Ordering::Relaxed) as f64 / seconds, histogram)
+}
+
+fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1_000.0
+}
+
+/// The append path (decode → log batch → fold) in-process, against raw write batches of the
+/// same encoded entries with the same WAL settings; then a rebuild against a raw log scan.
+fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, f64, f64) {
+    use tally::event::{self, EventSource};
+    use tally::log::append::Candidate;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = Arc::new(tally::catalog::Catalog::builtin().expect("catalog"));
+    let config = tally::config::Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        admin_token: Some("bench".into()),
+        catalog: catalog.clone(),
+        late_window: Duration::from_secs(35 * 86_400),
+        future_skew: Duration::from_secs(300),
+        dedup_horizon: Duration::from_secs(35 * 86_400),
+        min_free_disk: 0,
+        kafka: None,
+        webhook: None,
+        invoice_due: Duration::from_secs(30 * 86_400),
+        accept_catalog_change: false,
+        rate_limit: 0,
+    };
+    let engine = tally::engine::Engine::open(config, tally::time::system_clock()).expect("engine");
+    let now = engine.now();
+    let raw: Vec<Vec<u8>> = ndjson_batch(0, events, now)
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    let started = Instant::now();
+    for chunk in raw.chunks(1_000) {
+        let context = engine.decode_context(engine.now(), "default", false);
+        let candidates = chunk
+            .iter()
+            .map(|bytes| match event::decode(bytes, &context) {
+                Ok(event) => Candidate::Event {
+                    event,
+                    source: EventSource::Http { received_at: now },
+                },
+                Err(rejection) => panic!("{rejection:?}"),
+            })
+            .collect();
+        engine
+            .appender
+            .append_blocking(candidates, Vec::new())
+            .expect("append");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert!(runtime.block_on(engine.wait_projected(engine.head.get(), Duration::from_secs(7_200))));
+    let append_rate = events as f64 / started.elapsed().as_secs_f64();
+
+    // Raw: the same entries, encoded once, put in write batches of 1,000 and fsync'd.
+    let entries: Vec<Vec<u8>> = engine
+        .store
+        .read_log(0, events as usize)
+        .expect("log")
+        .iter()
+        .map(|(_, e)| tally::log::codec::encode_entry(e))
+        .collect();
+    let raw_dir = tempfile::tempdir().expect("tempdir");
+    let raw_store = Store::open(raw_dir.path(), &store_options()).expect("raw store");
+    let started = Instant::now();
+    for (i, chunk) in entries.chunks(1_000).enumerate() {
+        let mut batch = rocksdb::WriteBatch::default();
+        let cf = raw_store.cf(tally::log::store::CF_LOG);
+        for (j, value) in chunk.iter().enumerate() {
+            batch.put_cf(&cf, ((i * 1_000 + j) as u64).to_be_bytes(), value);
+        }
+        drop(cf);
+        raw_store.write(batch, true).expect("raw write");
+    }
+    let raw_rate = events as f64 / started.elapsed().as_secs_f64();
+
+    let cfs = tally::replay::projection_cfs("all").expect("projections");
+    let report = tally::replay::rebuild(&engine, &cfs, true, &|_, _| {}).expect("rebuild");
+    runtime.block_on(engine.shutdown());
+    results.insert("append_eps".into(), append_rate);
+    results.insert("rocksdb_put_eps".into(), raw_rate);
+    results.insert("rebuild_eps".into(), report.entries_per_second);
+    results.insert(
+        "rocksdb_scan_eps".into(),
+        report.raw_scan_entries_per_second,
+    );
+    (
+        append_rate,
+        raw_rate,
+        report.entries_per_second,
+        report.raw_scan_entries_per_second,
+    )
+}
+
+fn main() {
+    let plan = plan();
+    let mut results: BTreeMap<String, f64> = BTreeMap::new();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut rss: f64 = 0.0;
+    let machine = format!(
+        "{} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    for &events in &plan.kafka {
+        let (ingest, drain) = kafka_stage(events, &mut results, &mut rss);
+        rows.push((
+            format!("Kafka ingest, {events} events, 4 partitions"),
+            format!("{ingest:.0} events/s"),
+            format!(
+                "raw drain {drain:.0} msg/s: {:.0} %",
+                100.0 * ingest / drain.max(1e-9)
+            ),
+        ));
+    }
+    if let Some(&events) = plan.kafka.first() {
+        results.insert(
+            "kafka_ingest_eps".into(),
+            results[&format!("kafka_ingest_eps_{events}")],
+        );
+        results.insert(
+            "kafka_drain_eps".into(),
+            results[&format!("kafka_drain_eps_{events}")],
+        );
+    }
+
+    // HTTP ingest, then queries against the same engine and log; then storage per event.
+    for (index, &log_events) in plan.query_logs.iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut server = Server::start_args(&data, &["--rate-limit", "0"]);
+        let (rate, latency) = http_ingest(&server, log_events.max(plan.http), 4);
+        if index == 0 {
+            results.insert("http_ingest_eps".into(), rate);
+            results.insert("http_batch_p99_ms".into(), ms(&latency, 0.99));
+            rows.push((
+                format!(
+                    "HTTP ingest, {} events, 4 clients × 1,000-event batches",
+                    log_events.max(plan.http)
+                ),
+                format!(
+                    "{rate:.0} events/s; batch p50 {:.1} / p99 {:.1} / p999 {:.1} ms",
+                    ms(&latency, 0.5),
+                    ms(&latency, 0.99),
+                    ms(&latency, 0.999)
+                ),
+                "target 300,000 events/s".into(),
+            ));
+        }
+        server.wait_caught_up();
+        // An hourly query token of one namespace, for hourly_usage_details.
+        let (_, details) = server.post("/api/web/namespaces/ns-1/usage_details", &json!({}));
+        let hourly_query = details["usage_items"][0]["hourly_breakdown_query"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        type Request = Box<dyn Fn(u64) -> (String, String, Option<String>) + Sync>;
+        let queries: Vec<(&str, Request)> = vec![
+            (
+                "usage_details",
+                Box::new(|n| {
+                    (
+                        "POST".into(),
+                        format!("/api/web/namespaces/ns-{}/usage_details", n % NAMESPACES),
+                        Some("{}".into()),
+                    )
+                }),
+            ),
+            (
+                "hourly_usage_details",
+                Box::new(move |_| {
+                    (
+                        "POST".into(),
+                        "/api/web/namespaces/ns-1/hourly_usage_details".into(),
+                        Some(json!({"query": hourly_query}).to_string()),
+                    )
+                }),
+            ),
+            (
+                "current_usage",
+                Box::new(|n| {
+                    (
+                        "POST".into(),
+                        format!("/api/web/namespaces/ns-{}/current_usage", n % NAMESPACES),
+                        Some("{}".into()),
+                    )
+                }),
+            ),
+            (
+                "quota/usage",
+                Box::new(|n| {
+                    (
+                        "GET".into(),
+                        format!("/api/web/namespaces/ns-{}/quota/usage", n % NAMESPACES),
+                        None,
+                    )
+                }),
+            ),
+            (
+                "quota/check",
+                Box::new(|n| {
+                    (
+                        "POST".into(),
+                        format!("/api/tally/namespaces/ns-{}/quota/check", n % NAMESPACES),
+                        Some(r#"{"key":"http_loadbalancer","amount":1}"#.into()),
+                    )
+                }),
+            ),
+        ];
+        for (name, request) in &queries {
+            for clients in [1u64, 8, 64] {
+                let (per_second, latency) =
+                    query_load(&server, clients, plan.query_seconds, request.as_ref());
+                if clients == 8 && index == 0 {
+                    let key = "query_p99_ms_8_clients";
+                    let p99 = ms(&latency, 0.99);
+                    results.insert(
+                        key.into(),
+                        results.get(key).copied().unwrap_or(0.0).max(p99),
+                    );
+                }
+                results.insert(
+                    format!(
+                        "query_{}_{clients}_clients_{log_events}_rps",
+                        name.replace('/', "_")
+                    ),
+                    per_second,
+                );
+                rows.push((
+                    format!("{name}, {clients} clients, {log_events} events in the log"),
+                    format!(
+                        "{per_second:.0} req/s; p50 {:.2} / p99 {:.2} / p999 {:.2} ms",
+                        ms(&latency, 0.5),
+                        ms(&latency, 0.99),
+                        ms(&latency, 0.999)
+                    ),
+                    if clients == 8 {
+                        "target p99 ≤ 2 ms".into()
+                    } else {
+                        String::new()
+                    },
+                ));
+            }
+        }
+        rss = rss.max(peak_rss_mb(server.pid()));
+        let events_in_log = server.readiness()["log_entries"]
+            .as_u64()
+            .unwrap_or(1)
+            .max(1);
+        server.stop();
+        if index == 0 {
+            let store = Store::open(&data, &store_options()).expect("store");
+            store.compact_all().expect("compact");
+            let bytes: u64 = COLUMN_FAMILIES.iter().map(|&cf| store.cf_size(cf)).sum();
+            let per_event = bytes as f64 / events_in_log as f64;
+            results.insert("bytes_per_event".into(), per_event);
+            rows.push((
+                format!("Storage after compaction, {events_in_log} events"),
+                format!("{per_event:.1} bytes/event (log, dedup, projections)"),
+                "target ≤ 64 bytes/event".into(),
+            ));
+        }
+    }
+
+    let (append, put, rebuild, scan) = append_stage(plan.append, &mut results);
+    rows.push((
+        format!(
+            "Append path (decode → log batch → fold), {} events",
+            plan.append
+        ),
+        format!("{append:.0} events/s"),
+        format!(
+            "raw RocksDB batches {put:.0}/s: {:.0} %",
+            100.0 * append / put.max(1e-9)
+        ),
+    ));
+    rows.push((
+        format!("Rebuild of every projection, {} events", plan.append),
+        format!("{rebuild:.0} events/s"),
+        format!(
+            "raw log scan {scan:.0}/s: {:.1} %; target 1,000,000/s",
+            100.0 * rebuild / scan.max(1e-9)
+        ),
+    ));
+    results.insert("peak_rss_mb".into(), rss);
+    rows.push((
+        "Peak RSS of the engine (any run)".into(),
+        format!("{rss:.0} MB"),
+        String::new(),
+    ));
+
+    println!("Tally load harness ({machine})");
+    println!("| stage | figure | limit / target |");
+    println!("|---|---|---|");
+    for (stage, figure, limit) in &rows {
+        println!("| {stage} | {figure} | {limit} |");
+    }
+    if plan.write_results {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-results.json");
+        let mut document = json!({"machine": machine, "rows": rows.iter().map(|(s, f, l)| json!({"stage": s, "figure": f, "limit": l})).collect::<Vec<Value>>()});
+        for (key, value) in &results {
+            document[key] = json!(value);
+        }
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&document).unwrap_or_default(),
+        )
+        .expect("write bench-results.json");
+        println!("wrote {path}");
+    }
+}
