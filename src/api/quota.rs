@@ -443,11 +443,22 @@ struct QuotaView {
     api_rates: BTreeMap<String, i128>,
 }
 
+/// Limits and levels; with `api_rates`, also the observed API rates (a scan of the scope's
+/// current-hour rows, skipped when no meter is bound to an API limit).
 async fn quota_view(
     state: &AppState,
     tenant: &str,
     scope: Scope<'_>,
+    api_rates: bool,
 ) -> Result<QuotaView, ApiError> {
+    let api_rates = api_rates
+        && state
+            .engine
+            .config
+            .catalog
+            .meters()
+            .iter()
+            .any(|m| m.quota.as_ref().is_some_and(|b| b.kind == QuotaKind::Api));
     let catalog = state.engine.config.catalog.clone();
     let now = state.engine.now();
     let (tenant, scope) = (tenant.to_owned(), scope.as_key_part().to_owned());
@@ -463,14 +474,18 @@ async fn quota_view(
         };
         let levels = rows::levels(store, &tenant, namespace)?;
         let hour = time::hour_index(now);
-        let hour_rows = read::series_rows(
-            store,
-            CF_HOURLY,
-            &tenant,
-            Scope::from_key_part(&scope),
-            hour,
-            hour + 1,
-        )?;
+        let hour_rows = if api_rates {
+            read::series_rows(
+                store,
+                CF_HOURLY,
+                &tenant,
+                Scope::from_key_part(&scope),
+                hour,
+                hour + 1,
+            )?
+        } else {
+            Vec::new()
+        };
         let elapsed_seconds = (now - i64::from(hour) * time::MICROS_PER_HOUR) / 1_000_000;
         let elapsed_seconds = i128::from(elapsed_seconds.max(1));
         let mut api_rates = BTreeMap::new();
@@ -504,7 +519,7 @@ pub async fn limits(
     Path(namespace): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = namespace_scope(&caller, &namespace)?;
-    let view = quota_view(&state, &caller.tenant, scope).await?;
+    let view = quota_view(&state, &caller.tenant, scope, false).await?;
     let spec = spec_json(&view.limits);
     let (objects, resources, apis) = (
         spec["object_limits"].clone(),
@@ -525,7 +540,7 @@ pub async fn usage(
     Path(namespace): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = namespace_scope(&caller, &namespace)?;
-    let view = quota_view(&state, &caller.tenant, scope).await?;
+    let view = quota_view(&state, &caller.tenant, scope, true).await?;
     let level = |kind: QuotaKind, name: &str| {
         view.levels
             .get(&(quota::kind_name(kind).to_owned(), name.to_owned()))
@@ -623,7 +638,7 @@ pub async fn check(
     if amount.0 < 0 {
         return Err(ApiError::BadRequest("amount: must not be negative".into()));
     }
-    let view = quota_view(&state, &caller.tenant, Scope::Tenant).await?;
+    let view = quota_view(&state, &caller.tenant, Scope::Tenant, false).await?;
     let (kind, name) = match request.key.split_once(':') {
         Some(("object", name)) => (Some(QuotaKind::Object), name),
         Some(("resource", name)) => (Some(QuotaKind::Resource), name),
