@@ -177,24 +177,6 @@ impl Engine {
         Ok(outcomes)
     }
 
-    /// Appends billing changes of one tenant and waits until the projections include them.
-    pub async fn append_billing(
-        &self,
-        tenant: &str,
-        changes: Vec<BillingChange>,
-    ) -> Result<Vec<Outcome>, AppendError> {
-        let at = self.now();
-        let entries = changes
-            .into_iter()
-            .map(|change| LogEntry::Billing {
-                tenant: tenant.to_owned(),
-                at,
-                change,
-            })
-            .collect();
-        self.append_facts(entries).await
-    }
-
     /// Closes every billing period whose end the clock has passed: one `PeriodClosed` per
     /// period, appended once (its identity is the period), which issues its invoice. Returns
     /// how many were appended. The billing clock calls it every second; tests call it after
