@@ -304,19 +304,9 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
     let dir = tempfile::tempdir().expect("tempdir");
     let catalog = Arc::new(tally::catalog::Catalog::builtin().expect("catalog"));
     let config = tally::config::Config {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().expect("address"),
         admin_token: Some("bench".into()),
-        catalog: catalog.clone(),
-        late_window: Duration::from_secs(35 * 86_400),
-        future_skew: Duration::from_secs(300),
-        dedup_horizon: Duration::from_secs(35 * 86_400),
-        min_free_disk: 0,
-        kafka: None,
-        webhook: None,
-        invoice_due: Duration::from_secs(30 * 86_400),
-        accept_catalog_change: false,
         rate_limit: 0,
+        ..tally::config::Config::with_defaults(dir.path().join("data"), catalog.clone())
     };
     let engine = tally::engine::Engine::open(config, tally::time::system_clock()).expect("engine");
     let now = engine.now();

@@ -25,19 +25,12 @@ fn main() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().expect("address"),
         admin_token: Some("bench-operator".into()),
-        catalog: Arc::new(Catalog::builtin().expect("catalog")),
-        late_window: Duration::from_secs(35 * 86_400),
-        future_skew: Duration::from_secs(300),
-        dedup_horizon: Duration::from_secs(35 * 86_400),
-        min_free_disk: 0,
-        kafka: None,
-        webhook: None,
-        invoice_due: Duration::from_secs(30 * 86_400),
-        accept_catalog_change: false,
         rate_limit: 0,
+        ..Config::with_defaults(
+            dir.path().join("data"),
+            Arc::new(Catalog::builtin().expect("catalog")),
+        )
     };
     let engine = Engine::open(config, tally::time::system_clock()).expect("engine");
     let now = engine.now();

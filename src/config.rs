@@ -121,6 +121,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// The configuration `tally serve` has with no flags but `--data-dir` (and a catalog),
+    /// for embedding the engine (tests, benchmarks, tools).
+    pub fn with_defaults(data_dir: PathBuf, catalog: Arc<Catalog>) -> Config {
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        Config {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            catalog,
+            late_window: days(35),
+            future_skew: Duration::from_secs(300),
+            dedup_horizon: days(35),
+            min_free_disk: 256 * 1024 * 1024,
+            kafka: None,
+            webhook: None,
+            invoice_due: days(30),
+            accept_catalog_change: false,
+            rate_limit: 1_000,
+        }
+    }
+
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         let catalog = match &args.catalog {
             Some(path) => Catalog::load(path)?,
@@ -249,6 +270,14 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(config.webhook.unwrap().url, "https://h/x");
+    }
+
+    #[test]
+    fn embedding_defaults_equal_the_flags_defaults() {
+        let cli = Cli::parse_from(["tally", "--data-dir", "/d"]);
+        let from_flags = Config::from_args(&cli.serve).unwrap();
+        let defaults = Config::with_defaults("/d".into(), from_flags.catalog.clone());
+        assert_eq!(format!("{from_flags:?}"), format!("{defaults:?}"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! # Map of the crate
 //! Pure core (no I/O, no runtime):
 //! - [`units`]: fixed-point quantities (micro-units), cents, F5 billable rounding.
+//! - [`ids`]: UUID-shaped identifiers.
 //! - [`time`]: UTC hours, months and billing periods.
 //! - [`event`]: the usage event, its wire forms (Tally JSON, CloudEvents) and validation.
 //! - [`catalog`]: meters, plans, addons and prices.
@@ -44,6 +45,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod health;
+pub mod ids;
 pub mod ingest;
 pub mod log;
 pub mod metrics;

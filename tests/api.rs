@@ -2,7 +2,6 @@
 //! every endpoint, and arbitrary bytes never reaching a 5xx.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,19 +26,12 @@ struct Harness {
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(TOKEN.into()),
-        catalog: Arc::new(Catalog::builtin().unwrap()),
-        late_window: Duration::from_secs(35 * 86_400),
-        future_skew: Duration::from_secs(300),
-        dedup_horizon: Duration::from_secs(35 * 86_400),
-        min_free_disk: 0,
-        kafka: None,
-        webhook: None,
-        invoice_due: Duration::from_secs(30 * 86_400),
-        accept_catalog_change: false,
         rate_limit: 0,
+        ..Config::with_defaults(
+            dir.path().join("data"),
+            Arc::new(Catalog::builtin().unwrap()),
+        )
     };
     let engine = Arc::new(Engine::open(config, tally::time::system_clock()).unwrap());
     Harness {

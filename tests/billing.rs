@@ -58,19 +58,9 @@ fn micros(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: u32) 
 
 fn open_engine(dir: &std::path::Path, clock: Arc<AtomicI64>) -> Arc<Engine> {
     let config = Config {
-        data_dir: dir.join("data"),
-        listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(TOKEN.into()),
-        catalog: Arc::new(catalog()),
-        late_window: Duration::from_secs(35 * 86_400),
-        future_skew: Duration::from_secs(300),
-        dedup_horizon: Duration::from_secs(35 * 86_400),
-        min_free_disk: 0,
-        kafka: None,
-        webhook: None,
-        invoice_due: Duration::from_secs(30 * 86_400),
-        accept_catalog_change: false,
         rate_limit: 0,
+        ..Config::with_defaults(dir.join("data"), Arc::new(catalog()))
     };
     Arc::new(Engine::open(config, Arc::new(move || clock.load(Ordering::SeqCst))).unwrap())
 }

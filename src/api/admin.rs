@@ -8,20 +8,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, parse_body};
+use super::{AppState, body_bytes, parse_body, require_operator};
 use crate::api::ApiError;
 use crate::auth::Caller;
 use crate::replay;
-
-fn require_operator(caller: &Caller) -> Result<(), ApiError> {
-    if caller.operator {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only the operator token may do this".into(),
-        ))
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +30,7 @@ pub async fn rebuild(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_operator(&caller)?;
-    let body = body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))?;
+    let body = body_bytes(body)?;
     let request: RebuildRequest = parse_body(&body)?;
     let name = request.projection.unwrap_or_else(|| "all".into());
     let cfs = replay::projection_cfs(&name)
@@ -74,7 +64,7 @@ pub async fn backup(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_operator(&caller)?;
-    let body = body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))?;
+    let body = body_bytes(body)?;
     let request: BackupRequest = parse_body(&body)?;
     let to = std::path::PathBuf::from(&request.to);
     if !to.is_absolute() {

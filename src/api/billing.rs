@@ -13,7 +13,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, namespace_scope, parse_body, require_role};
+use super::{
+    AppState, body_bytes, caught_up, namespace_scope, parse_body, require_operator, require_role,
+};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
 use crate::billing::{
@@ -22,10 +24,6 @@ use crate::billing::{
 use crate::catalog::{Catalog, Plan, TransitionRequiredField};
 use crate::projection::billing as rows;
 use crate::time;
-
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
-}
 
 /// The tenant's billing state; a tenant not seen yet is on the default plan from now.
 pub(crate) async fn tenant_state(
@@ -49,31 +47,6 @@ fn authorize_change(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
         ));
     }
     require_role(caller, Role::Admin)
-}
-
-fn require_operator(caller: &Caller) -> Result<(), ApiError> {
-    if caller.operator {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only the operator token may do this".into(),
-        ))
-    }
-}
-
-async fn caught_up(state: &AppState) -> Result<(), ApiError> {
-    let head = state.engine.head.get();
-    if state
-        .engine
-        .wait_projected(head, super::PROJECTION_WAIT)
-        .await
-    {
-        Ok(())
-    } else {
-        Err(ApiError::Unavailable(
-            "the projections are behind the log; retry shortly".into(),
-        ))
-    }
 }
 
 /// Appends billing changes of `tenant` with an audit record of each, in one batch.
@@ -311,21 +284,6 @@ fn contact_of(address: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn new_id() -> String {
-    let mut bytes = rand::random::<[u8; 16]>();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// `POST /api/web/namespaces/{namespace}/billing/plan_transition`
 pub async fn request_transition(
     State(state): State<AppState>,
@@ -408,7 +366,7 @@ pub async fn request_transition(
             )));
         }
     }
-    let id = new_id();
+    let id = crate::ids::random_uuid();
     let mut changes = Vec::new();
     if !payload.payment_provider_token.is_empty() {
         let contact = payload
@@ -686,7 +644,7 @@ pub async fn create_payment_method(
         ));
     }
     let role = parse_role(request.role.as_deref())?;
-    let name = format!("pm-{}", &new_id()[..8]);
+    let name = format!("pm-{}", &crate::ids::random_uuid()[..8]);
     let _guard = state.billing_lock.lock().await;
     let change = BillingChange::PaymentMethodAdded {
         name: name.clone(),

@@ -327,6 +327,37 @@ pub fn namespace_scope<'a>(caller: &Caller, namespace: &'a str) -> Result<Scope<
     Ok(Scope::Namespace(namespace))
 }
 
+/// The request body, or a 400 naming it.
+pub fn body_bytes(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
+}
+
+/// Refuses every token but the operator's.
+pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
+    if caller.operator {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only the operator token may do this".into(),
+        ))
+    }
+}
+
+/// Waits until every entry written so far is projected, so that a change is judged against
+/// the state every earlier change left.
+pub async fn caught_up(state: &AppState) -> Result<(), ApiError> {
+    let head = state.engine.head.get();
+    if state.engine.wait_projected(head, PROJECTION_WAIT).await {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(
+            "the projections are behind the log; retry shortly".into(),
+        ))
+    }
+}
+
 /// Appends `entries` together with an audit record of each `(tenant, action, target)` the
 /// caller did, in one batch, and waits until the projections include them.
 pub async fn append_audited(

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, namespace_scope, parse_body, require_role};
+use super::{AppState, body_bytes, caught_up, namespace_scope, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
 use crate::catalog::{QuotaKind, RateLimitType, RateLimitUnit};
@@ -24,10 +24,6 @@ use crate::quota::{
 };
 use crate::time;
 use crate::units;
-
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
-}
 
 fn invalid(error: quota::InvalidQuota) -> ApiError {
     ApiError::BadRequest(error.to_string())
@@ -143,22 +139,6 @@ fn authorize_write(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
     require_role(caller, Role::Admin)
 }
 
-/// A random (version 4) UUID, the form F5 uids take.
-fn new_uid() -> String {
-    let mut bytes = rand::random::<[u8; 16]>();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// Appends one quota change with its audit record and waits for the projection.
 async fn append(
     state: &AppState,
@@ -169,23 +149,6 @@ async fn append(
 ) -> Result<(), ApiError> {
     let audit = (caller.tenant.clone(), action.to_owned(), target);
     super::append_audited(state, caller, vec![entry], vec![audit]).await
-}
-
-/// Waits until every entry written so far is projected: a quota change is judged against
-/// the latest state.
-async fn caught_up(state: &AppState) -> Result<(), ApiError> {
-    let head = state.engine.head.get();
-    if state
-        .engine
-        .wait_projected(head, super::PROJECTION_WAIT)
-        .await
-    {
-        Ok(())
-    } else {
-        Err(ApiError::Unavailable(
-            "the projections are behind the log; retry shortly".into(),
-        ))
-    }
 }
 
 /// `POST /api/web/namespaces/{metadata.namespace}/quotas`
@@ -219,7 +182,7 @@ pub async fn create(
         description: valid.description,
         disable: valid.disable,
         spec: valid.spec,
-        uid: new_uid(),
+        uid: crate::ids::random_uuid(),
         tenant: caller.tenant.clone(),
         creation_timestamp: now,
         modification_timestamp: now,

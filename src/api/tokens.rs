@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, append_audited, parse_body, require_role};
+use super::{AppState, append_audited, body_bytes, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role, TokenRecord};
 use crate::event::{is_dns1035_label, is_tenant_name};
@@ -49,7 +49,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_role(&caller, Role::Admin)?;
-    let body = body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))?;
+    let body = body_bytes(body)?;
     let request: CreateToken = parse_body(&body)?;
     let tenant = request.tenant.unwrap_or_else(|| caller.tenant.clone());
     if !is_tenant_name(&tenant) {

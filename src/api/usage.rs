@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, check_body_namespace, namespace_scope, parse_body};
+use super::{ApiError, AppState, body_bytes, check_body_namespace, namespace_scope, parse_body};
 use crate::auth::Caller;
 use std::collections::BTreeMap;
 
@@ -80,10 +80,6 @@ pub struct MonthlyUsageResponse {
 #[derive(Serialize)]
 pub struct UsageSummaryResponse {
     usage_summary_items: Vec<UsageSummaryItem>,
-}
-
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
 }
 
 fn parse_time(field: &str, text: &str) -> Result<UnixMicros, ApiError> {

@@ -203,16 +203,7 @@ pub struct TenantBilling {
 
 /// A period's id: deterministic from tenant and start, in UUID form (the spec's `uid`).
 pub fn period_uid(tenant: &str, start: UnixMicros) -> String {
-    let hash = xxhash_rust::xxh3::xxh3_128(format!("{tenant}\0{start}").as_bytes());
-    let hex = format!("{hash:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::ids::derived_uuid(&format!("{tenant}\0{start}"))
 }
 
 /// The renewal boundaries around `at`: the last one at or before it and the next after it.

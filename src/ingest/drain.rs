@@ -4,15 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::watermarks::FetchedWatermarks;
+use super::watermarks::{FetchedWatermarks, WatermarkContext};
 
 /// How long a drain waits for a message before it calls the topic drained.
 const IDLE: Duration = Duration::from_secs(10);
@@ -26,29 +24,19 @@ pub struct DrainSummary {
     pub elapsed: Duration,
 }
 
-struct DrainContext(FetchedWatermarks);
-
-impl ClientContext for DrainContext {
-    fn stats(&self, statistics: Statistics) {
-        self.0.record(&statistics);
-    }
-}
-
-impl ConsumerContext for DrainContext {}
-
 /// Reads every partition of `topic` from its start until each has reached the high watermark
 /// its fetch responses report (or nothing arrived for [`IDLE`]). The end is taken from fetch
 /// responses rather than asked for up front, which Tansu 0.6 answers too low (see
 /// [`watermarks`](super::watermarks)).
 pub fn drain(brokers: &str, topic: &str) -> Result<DrainSummary, KafkaError> {
-    let consumer: BaseConsumer<DrainContext> = ClientConfig::new()
+    let consumer: BaseConsumer<WatermarkContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "tally-drain")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         // Often, so the end is seen soon after it is reached.
         .set("statistics.interval.ms", "100")
-        .create_with_context(DrainContext(FetchedWatermarks::default()))?;
+        .create_with_context(WatermarkContext(FetchedWatermarks::default()))?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()

@@ -6,17 +6,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::kafka::{Polled, decode_message};
-use super::watermarks::FetchedWatermarks;
+use super::watermarks::{FetchedWatermarks, WatermarkContext};
 use crate::engine::Engine;
 use crate::event::{self, EventSource};
 use crate::log::append::{AppendError, Candidate, Outcome};
@@ -66,16 +64,6 @@ pub enum ReplayIngestError {
     NoSuchPartition(i32),
 }
 
-struct StatsContext(FetchedWatermarks);
-
-impl ClientContext for StatsContext {
-    fn stats(&self, statistics: Statistics) {
-        self.0.record(&statistics);
-    }
-}
-
-impl ConsumerContext for StatsContext {}
-
 /// How long a replay waits for a message before it calls the range read.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -87,13 +75,13 @@ pub fn replay_kafka(
     topic: &str,
     start: &ReplayStart,
 ) -> Result<ReplayCounts, ReplayIngestError> {
-    let consumer: BaseConsumer<StatsContext> = ClientConfig::new()
+    let consumer: BaseConsumer<WatermarkContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "tally-replay")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "100")
-        .create_with_context(StatsContext(FetchedWatermarks::default()))?;
+        .create_with_context(WatermarkContext(FetchedWatermarks::default()))?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()

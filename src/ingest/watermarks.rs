@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::statistics::Statistics;
 
 /// How often librdkafka emits statistics (the `statistics.interval.ms` to configure).
@@ -40,3 +42,14 @@ impl FetchedWatermarks {
         high.get(&(topic.to_owned(), partition)).copied()
     }
 }
+
+/// A consumer context that only learns high watermarks (bare consumers: drain, replay).
+pub struct WatermarkContext(pub FetchedWatermarks);
+
+impl ClientContext for WatermarkContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0.record(&statistics);
+    }
+}
+
+impl ConsumerContext for WatermarkContext {}

@@ -131,17 +131,18 @@ pub fn stored_band(store: &Store, tenant: &str, key: &LimitKey) -> Result<u8, St
     StoreQuotaReads(store).band(&band_key(tenant, key))
 }
 
-/// A tenant's alerts, oldest first, at most `limit`.
-pub fn list_alerts(
+/// Alerts from `from_seq` on that `keep` accepts, oldest first, at most `limit`.
+fn scan_alerts(
     store: &Store,
-    tenant: &str,
+    from_seq: u64,
     limit: usize,
+    keep: impl Fn(&Alert) -> bool,
 ) -> Result<Vec<(u64, Alert)>, StoreError> {
     let mut alerts = Vec::new();
     let mut failure = None;
-    store.scan(CF_ALERTS, &[], None, |key, value| {
+    store.scan(CF_ALERTS, &keys::seq_key(from_seq), None, |key, value| {
         match codec::decode_alert(value) {
-            Ok(alert) if alert.tenant == tenant => {
+            Ok(alert) if keep(&alert) => {
                 alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert));
             }
             Ok(_) => {}
@@ -155,25 +156,22 @@ pub fn list_alerts(
     }
 }
 
+/// A tenant's alerts, oldest first, at most `limit`.
+pub fn list_alerts(
+    store: &Store,
+    tenant: &str,
+    limit: usize,
+) -> Result<Vec<(u64, Alert)>, StoreError> {
+    scan_alerts(store, 0, limit, |alert| alert.tenant == tenant)
+}
+
 /// Every alert from `from_seq` on, at most `limit` (the webhook deliverer's feed).
 pub fn alerts_from(
     store: &Store,
     from_seq: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Alert)>, StoreError> {
-    let mut alerts = Vec::new();
-    let mut failure = None;
-    store.scan(CF_ALERTS, &keys::seq_key(from_seq), None, |key, value| {
-        match codec::decode_alert(value) {
-            Ok(alert) => alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert)),
-            Err(error) => failure = Some(error),
-        }
-        failure.is_none() && alerts.len() < limit
-    })?;
-    match failure {
-        Some(error) => Err(corrupt(CF_ALERTS)(error)),
-        None => Ok(alerts),
-    }
+    scan_alerts(store, from_seq, limit, |_| true)
 }
 
 /// Levels of every key of a tenant in one scope (namespace, or `*`), micro-units.
