@@ -23,9 +23,6 @@ use tally::billing::{LineKind, TenantBilling};
 use tally::catalog::Catalog;
 use tally::config::Config;
 use tally::engine::Engine;
-use tally::log::store::{
-    CF_ALERTS, CF_BILLING, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, CF_QUOTA,
-};
 use tower::ServiceExt;
 
 const TOKEN: &str = "billing-test-operator";
@@ -577,29 +574,7 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
     );
     reopened.shutdown().await;
     drop(reopened);
-    {
-        let store = tally::log::store::Store::open(
-            &dir.path().join("data"),
-            &tally::log::store::StoreOptions {
-                dedup_horizon: Duration::from_secs(35 * 86_400),
-                min_free_disk: 0,
-            },
-        )
-        .unwrap();
-        let mut batch = rocksdb::WriteBatch::default();
-        for cf in [
-            CF_HOURLY,
-            CF_MONTHLY,
-            CF_CURRENT,
-            CF_QUOTA,
-            CF_ALERTS,
-            CF_BILLING,
-            CF_CHECKPOINTS,
-        ] {
-            batch.delete_range_cf(&store.cf(cf), Vec::<u8>::new(), vec![0xff; 32]);
-        }
-        store.write(batch, true).unwrap();
-    }
+    common::drop_projections(&dir.path().join("data"));
     let refolded = open_engine(dir.path(), clock.clone());
     let head = refolded.head.get();
     assert!(refolded.wait_projected(head, Duration::from_secs(60)).await);

@@ -10,9 +10,6 @@ use chrono::{SecondsFormat, Utc};
 use common::Server;
 use common::openapi::{assert_schema, strict_openapi};
 use serde_json::{Value, json};
-use tally::log::store::{
-    CF_ALERTS, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, CF_QUOTA, Store, StoreOptions,
-};
 
 const QUOTAS: &str = "/api/web/namespaces/system/quotas";
 
@@ -61,30 +58,6 @@ fn check(server: &Server, key: &str, amount: Value) -> (u16, Value) {
         "/api/tally/namespaces/shop/quota/check",
         Some(&json!({"key": key, "amount": amount})),
     )
-}
-
-/// Empties every projection and its checkpoint: the next start refolds the whole log.
-fn drop_projections(data_dir: &std::path::Path) {
-    let store = Store::open(
-        data_dir,
-        &StoreOptions {
-            dedup_horizon: Duration::from_secs(35 * 86_400),
-            min_free_disk: 0,
-        },
-    )
-    .unwrap();
-    let mut batch = rocksdb::WriteBatch::default();
-    for cf in [
-        CF_HOURLY,
-        CF_MONTHLY,
-        CF_CURRENT,
-        CF_QUOTA,
-        CF_ALERTS,
-        CF_CHECKPOINTS,
-    ] {
-        batch.delete_range_cf(&store.cf(cf), Vec::<u8>::new(), vec![0xff; 32]);
-    }
-    store.write(batch, true).unwrap();
 }
 
 #[test]
@@ -289,7 +262,7 @@ fn quota_objects_levels_checks_and_alerts() {
     // and appends nothing.
     let usage_before = usage(&server, "system");
     server.stop();
-    drop_projections(&data);
+    common::drop_projections(&data);
     server.start_again();
     server.wait_caught_up();
     assert_eq!(alerts(&server), raised);

@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::watermarks::{FetchedWatermarks, WatermarkContext};
+use super::watermarks::bare_consumer;
 
 /// How long a drain waits for a message before it calls the topic drained.
 const IDLE: Duration = Duration::from_secs(10);
@@ -29,14 +28,7 @@ pub struct DrainSummary {
 /// responses rather than asked for up front, which Tansu 0.6 answers too low (see
 /// [`watermarks`](super::watermarks)).
 pub fn drain(brokers: &str, topic: &str) -> Result<DrainSummary, KafkaError> {
-    let consumer: BaseConsumer<WatermarkContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "tally-drain")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        // Often, so the end is seen soon after it is reached.
-        .set("statistics.interval.ms", "100")
-        .create_with_context(WatermarkContext(FetchedWatermarks::default()))?;
+    let consumer = bare_consumer(brokers, "tally-drain")?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()

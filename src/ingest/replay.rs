@@ -6,15 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::kafka::{Polled, decode_message};
-use super::watermarks::{FetchedWatermarks, WatermarkContext};
+use super::watermarks::bare_consumer;
 use crate::engine::Engine;
 use crate::event::{self, EventSource};
 use crate::log::append::{AppendError, Candidate, Outcome};
@@ -75,13 +74,7 @@ pub fn replay_kafka(
     topic: &str,
     start: &ReplayStart,
 ) -> Result<ReplayCounts, ReplayIngestError> {
-    let consumer: BaseConsumer<WatermarkContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "tally-replay")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "100")
-        .create_with_context(WatermarkContext(FetchedWatermarks::default()))?;
+    let consumer = bare_consumer(brokers, "tally-replay")?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()

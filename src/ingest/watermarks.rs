@@ -53,3 +53,18 @@ impl ClientContext for WatermarkContext {
 }
 
 impl ConsumerContext for WatermarkContext {}
+
+/// A consumer that reads what it is assigned and nothing else: no commits, statistics often
+/// (so the end of a partition is seen soon after it is reached).
+pub fn bare_consumer(
+    brokers: &str,
+    group: &str,
+) -> Result<rdkafka::consumer::BaseConsumer<WatermarkContext>, rdkafka::error::KafkaError> {
+    rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "100")
+        .create_with_context(WatermarkContext(FetchedWatermarks::default()))
+}

@@ -27,6 +27,28 @@ pub fn priced_catalog(dir: &Path) -> PathBuf {
     path
 }
 
+/// Empties every projection and the projector checkpoint of a stopped data directory: the
+/// next start refolds the whole log.
+pub fn drop_projections(data_dir: &Path) {
+    let store = tally::log::store::Store::open(
+        data_dir,
+        &tally::log::store::StoreOptions {
+            dedup_horizon: Duration::from_secs(35 * 86_400),
+            min_free_disk: 0,
+        },
+    )
+    .expect("store");
+    let mut batch = rocksdb::WriteBatch::default();
+    let cfs = tally::replay::PROJECTIONS
+        .iter()
+        .flat_map(|(_, cfs)| cfs.iter().copied())
+        .chain([tally::log::store::CF_CHECKPOINTS]);
+    for cf in cfs {
+        batch.delete_range_cf(&store.cf(cf), Vec::<u8>::new(), vec![0xff; 32]);
+    }
+    store.write(batch, true).expect("write");
+}
+
 /// A running `tally serve`.
 pub struct Server {
     child: Option<Child>,
