@@ -87,7 +87,15 @@ pub fn encode_billing(state: &crate::billing::TenantBilling) -> Vec<u8> {
 }
 
 pub fn decode_billing(bytes: &[u8]) -> Result<crate::billing::TenantBilling, CodecError> {
-    decode_versioned(bytes, "tenant billing")
+    let state: crate::billing::TenantBilling = decode_versioned(bytes, "tenant billing")?;
+    // A tenant always has an open period; a value without one is damaged.
+    if state.periods.is_empty() {
+        return Err(CodecError {
+            what: "tenant billing",
+            reason: "no billing period".into(),
+        });
+    }
+    Ok(state)
 }
 
 pub fn encode_audit(record: &crate::audit::AuditRecord) -> Vec<u8> {
