@@ -675,15 +675,7 @@ async fn payment_method_action(
 ) -> Result<Json<Value>, ApiError> {
     authorize_change(caller, namespace)?;
     let request: NamedRequest = parse_body(&body_bytes(body)?)?;
-    if let Some(body_name) = request
-        .name
-        .as_deref()
-        .filter(|n| !n.is_empty() && *n != name)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "name: the body names `{body_name}` but the path names `{name}`"
-        )));
-    }
+    super::check_body_matches_path("name", name, request.name.as_deref())?;
     super::check_body_namespace(namespace, request.namespace.as_deref())?;
     let _guard = state.billing_lock.lock().await;
     caught_up(state).await?;

@@ -401,10 +401,19 @@ pub fn check_body_namespace(
     path_namespace: &str,
     body_namespace: Option<&str>,
 ) -> Result<(), ApiError> {
-    match body_namespace {
-        Some(ns) if !ns.is_empty() && ns != path_namespace => Err(ApiError::BadRequest(format!(
-            "namespace: the body names `{ns}` but the path names `{path_namespace}`"
-        ))),
+    check_body_matches_path("namespace", path_namespace, body_namespace)
+}
+
+/// A body `field` that repeats a path parameter, when given (and not empty), must match it.
+pub fn check_body_matches_path(
+    field: &str,
+    path_value: &str,
+    body_value: Option<&str>,
+) -> Result<(), ApiError> {
+    match body_value {
+        Some(value) if !value.is_empty() && value != path_value => Err(ApiError::BadRequest(
+            format!("{field}: the body names `{value}` but the path names `{path_value}`"),
+        )),
         _ => Ok(()),
     }
 }
