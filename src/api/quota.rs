@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{AppState, body_bytes, caught_up, namespace_scope, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
-use crate::catalog::{QuotaKind, RateLimitType, RateLimitUnit};
+use crate::catalog::{QuotaKind, RateLimitType};
 use crate::log::LogEntry;
 use crate::log::keys::Scope;
 use crate::log::store::{CF_HOURLY, Store};
@@ -58,38 +58,23 @@ fn limit_number(kind: QuotaKind, limit: i64) -> Value {
     }
 }
 
+/// F5 `quotaRateLimitType`, as the catalog type serializes it (`unit` SECOND … DAY).
 fn rate_json(limit: &RateLimitType) -> Value {
-    let unit = match limit.unit {
-        RateLimitUnit::Second => "SECOND",
-        RateLimitUnit::Minute => "MINUTE",
-        RateLimitUnit::Hour => "HOUR",
-        RateLimitUnit::Day => "DAY",
-    };
-    json!({"unit": unit, "rate": limit.rate, "burst": limit.burst})
+    serde_json::to_value(limit).unwrap_or(Value::Null)
+}
+
+/// `{key: {maximum}}` of object or resource limits.
+fn maxima(limits: &BTreeMap<String, i64>, kind: QuotaKind) -> Map<String, Value> {
+    limits
+        .iter()
+        .map(|(k, &v)| (k.clone(), json!({"maximum": limit_number(kind, v)})))
+        .collect()
 }
 
 /// F5 `schemaquotaGetSpecType`.
 fn spec_json(spec: &Limits) -> Value {
-    let objects: Map<String, Value> = spec
-        .object_limits
-        .iter()
-        .map(|(k, &v)| {
-            (
-                k.clone(),
-                json!({"maximum": limit_number(QuotaKind::Object, v)}),
-            )
-        })
-        .collect();
-    let resources: Map<String, Value> = spec
-        .resource_limits
-        .iter()
-        .map(|(k, &v)| {
-            (
-                k.clone(),
-                json!({"maximum": limit_number(QuotaKind::Resource, v)}),
-            )
-        })
-        .collect();
+    let objects = maxima(&spec.object_limits, QuotaKind::Object);
+    let resources = maxima(&spec.resource_limits, QuotaKind::Resource);
     let apis: Map<String, Value> = spec
         .api_limits
         .iter()
@@ -269,15 +254,7 @@ pub async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     authorize_write(&caller, &namespace)?;
     let request: DeleteRequest = parse_body(&body_bytes(body)?)?;
-    if let Some(body_name) = request
-        .name
-        .as_deref()
-        .filter(|n| !n.is_empty() && *n != name)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "name: the body names `{body_name}` but the path names `{name}`"
-        )));
-    }
+    super::check_body_matches_path("name", &name, request.name.as_deref())?;
     super::check_body_namespace(&namespace, request.namespace.as_deref())?;
     let _guard = state.quota_lock.lock().await;
     caught_up(&state).await?;
@@ -530,16 +507,10 @@ pub async fn usage(
         .copied()
         .unwrap_or(UNLIMITED);
         let current = level(key.kind, &key.name);
-        let entry = match key.kind {
-            QuotaKind::Object => json!({
-                "limit": {"maximum": limit_number(QuotaKind::Object, maximum)},
-                "usage": {"number": number(current)},
-            }),
-            _ => json!({
-                "limit": {"maximum": limit_number(QuotaKind::Resource, maximum)},
-                "usage": {"number": number(current)},
-            }),
-        };
+        let entry = json!({
+            "limit": {"maximum": limit_number(key.kind, maximum)},
+            "usage": {"number": number(current)},
+        });
         match key.kind {
             QuotaKind::Object => objects.insert(key.name, entry),
             _ => resources.insert(key.name, entry),
