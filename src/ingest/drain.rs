@@ -9,6 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::kafka::partitions_of;
 use super::watermarks::bare_consumer;
 
 /// How long a drain waits for a message before it calls the topic drained.
@@ -29,12 +30,7 @@ pub struct DrainSummary {
 /// [`watermarks`](super::watermarks)).
 pub fn drain(brokers: &str, topic: &str) -> Result<DrainSummary, KafkaError> {
     let consumer = bare_consumer(brokers, "tally-drain")?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partitions_of(&consumer, topic, Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     // The next offset to read of each partition; the low watermark until a message arrives.
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();

@@ -175,7 +175,7 @@ fn run(
         // where reading stands.
         if last_assignment_check.is_none_or(|at| at.elapsed() > ASSIGNMENT_REFRESH) {
             last_assignment_check = Some(Instant::now());
-            match partitions_of(consumer, &settings.topic) {
+            match partitions_of(consumer, &settings.topic, Duration::from_secs(5)) {
                 Ok(partitions) if partitions.is_empty() => {
                     tracing::warn!(topic = %settings.topic, "topic has no partitions (does it exist?); retrying");
                 }
@@ -223,11 +223,13 @@ fn run(
 /// How often the topic's partitions are looked up again (new partitions get assigned).
 const ASSIGNMENT_REFRESH: Duration = Duration::from_secs(10);
 
-fn partitions_of(
-    consumer: &BaseConsumer<TallyContext>,
+/// The partitions the brokers report for `topic`, in order (none when it does not exist).
+pub(crate) fn partitions_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
+    timeout: Duration,
 ) -> Result<Vec<i32>, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     Ok(metadata
         .topics()
         .iter()

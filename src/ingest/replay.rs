@@ -12,7 +12,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::kafka::{Polled, decode_message};
+use super::kafka::{Polled, decode_message, partitions_of};
 use super::watermarks::bare_consumer;
 use crate::engine::Engine;
 use crate::event::{self, EventSource};
@@ -75,12 +75,7 @@ pub fn replay_kafka(
     start: &ReplayStart,
 ) -> Result<ReplayCounts, ReplayIngestError> {
     let consumer = bare_consumer(brokers, "tally-replay")?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partitions_of(&consumer, topic, Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
     match start {
         ReplayStart::Offsets(offsets) => {
