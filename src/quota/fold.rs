@@ -15,7 +15,7 @@ use crate::log::LogEntry;
 use crate::log::codec::CodecError;
 use crate::log::keys::{TENANT_SCOPE, push_str};
 use crate::quota::{
-    Alert, BandChange, LimitKey, QuotaObject, band, crossings, effective_limits, kind_name,
+    Alert, BandChange, LimitKey, Limits, QuotaObject, band, crossings, effective_limits, kind_name,
 };
 use crate::time::UnixMicros;
 
@@ -135,6 +135,9 @@ pub struct QuotaFold<'a, R: QuotaReads> {
     catalog: &'a Catalog,
     plans: BTreeMap<String, String>,
     objects: BTreeMap<String, BTreeMap<(String, String), QuotaObject>>,
+    /// Effective limits per tenant, computed once and dropped when its plan or objects change
+    /// (a bound meter's every event is checked against them).
+    limits: BTreeMap<String, Limits>,
     pub writes: QuotaWrites,
 }
 
@@ -145,6 +148,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
             catalog,
             plans: BTreeMap::new(),
             objects: BTreeMap::new(),
+            limits: BTreeMap::new(),
             writes: QuotaWrites::default(),
         }
     }
@@ -159,10 +163,11 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
     ) -> Result<(), R::Error> {
         let before = self.limit_keys(tenant)?;
         self.plans.insert(tenant.to_owned(), plan.to_owned());
+        self.limits.remove(tenant);
         self.recheck(tenant, before, seq, at)
     }
 
-    fn plan_default(&mut self, tenant: &str) -> Result<QuotaSpec, R::Error> {
+    fn plan_default(&mut self, tenant: &str) -> Result<&'a QuotaSpec, R::Error> {
         if !self.plans.contains_key(tenant) {
             let plan = self
                 .reads
@@ -170,12 +175,13 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 .unwrap_or_else(|| self.catalog.default_plan().name.clone());
             self.plans.insert(tenant.to_owned(), plan);
         }
+        let catalog = self.catalog;
         let plan = self
             .plans
             .get(tenant)
-            .and_then(|name| self.catalog.plan(name))
-            .unwrap_or_else(|| self.catalog.default_plan());
-        Ok(plan.default_quota.clone())
+            .and_then(|name| catalog.plan(name))
+            .unwrap_or_else(|| catalog.default_plan());
+        Ok(&plan.default_quota)
     }
 
     pub fn fold(&mut self, seq: u64, entry: &LogEntry) -> Result<(), R::Error> {
@@ -186,6 +192,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 let key = (object.namespace.clone(), object.name.clone());
                 self.tenant_objects(&object.tenant)?
                     .insert(key, object.clone());
+                self.limits.remove(&object.tenant);
                 self.writes.objects.insert(
                     object_key(&object.tenant, &object.namespace, &object.name),
                     Some(object.clone()),
@@ -201,6 +208,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 let before = self.limit_keys(tenant)?;
                 self.tenant_objects(tenant)?
                     .remove(&(namespace.clone(), name.clone()));
+                self.limits.remove(tenant);
                 self.writes
                     .objects
                     .insert(object_key(tenant, namespace, name), None);
@@ -231,10 +239,14 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         Ok(self.objects.entry(tenant.to_owned()).or_default())
     }
 
-    fn limits(&mut self, tenant: &str) -> Result<crate::quota::Limits, R::Error> {
-        let plan = self.plan_default(tenant)?;
-        let objects = self.tenant_objects(tenant)?;
-        Ok(effective_limits(&plan, objects.values()))
+    fn limits(&mut self, tenant: &str) -> Result<&Limits, R::Error> {
+        if !self.limits.contains_key(tenant) {
+            let plan = self.plan_default(tenant)?;
+            let objects = self.tenant_objects(tenant)?;
+            let limits = effective_limits(plan, objects.values());
+            self.limits.insert(tenant.to_owned(), limits);
+        }
+        Ok(self.limits.entry(tenant.to_owned()).or_default())
     }
 
     fn limit_keys(&mut self, tenant: &str) -> Result<BTreeSet<LimitKey>, R::Error> {
