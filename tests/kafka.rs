@@ -146,15 +146,28 @@ fn produce(broker: &Broker, messages: &[Message]) {
 
 /// Waits until the engine has recorded `entries` events and folded them all.
 fn wait_for_entries(server: &Server, entries: u64, timeout: Duration) {
+    await_readiness(server, timeout, &format!("{entries} entries"), |ready| {
+        ready["log_entries"] == entries && ready["projected_entries"] == entries
+    });
+}
+
+/// Polls `/readyz` until `accept` holds for it (and returns it); fails after `timeout`,
+/// naming `what` was awaited.
+fn await_readiness(
+    server: &Server,
+    timeout: Duration,
+    what: &str,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
         let ready = server.readiness();
-        if ready["log_entries"] == entries && ready["projected_entries"] == entries {
-            return;
+        if accept(&ready) {
+            return ready;
         }
         assert!(
             Instant::now() < deadline,
-            "stuck at {ready}; expected {entries} entries"
+            "readiness never showed {what}: {ready}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -382,31 +395,16 @@ fn a_broker_restart_mid_stream_is_survived_and_shown_in_readiness() {
     }
 
     broker.stop();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = server.readiness();
-        if ready["http_status"] == 503 && ready["kafka_failing"] == true {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness never showed the outage: {ready}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_readiness(&server, Duration::from_secs(60), "the outage", |ready| {
+        ready["http_status"] == 503 && ready["kafka_failing"] == true
+    });
 
     broker.start_again();
     produce(&broker, second);
     wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(300));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.readiness()["http_status"] != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness never recovered: {}",
-            server.readiness()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_readiness(&server, Duration::from_secs(60), "recovery", |ready| {
+        ready["http_status"] == 200
+    });
     server.stop();
     assert_eq!(stored_totals(&open_store(&server)), expected.totals);
 }
@@ -565,18 +563,9 @@ fn a_full_disk_pauses_consumption_and_writing_resumes_without_loss() {
     // refused with 503 and nothing of it is recorded.
     let filler = disk.fill_leaving(8 << 20);
     produce(&broker, second);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ready = loop {
-        let ready = server.readiness();
-        if ready["http_status"] == 503 && ready["log_writer_failing"] == true {
-            break ready;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness never showed the full disk: {ready}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let ready = await_readiness(&server, Duration::from_secs(60), "the full disk", |ready| {
+        ready["http_status"] == 503 && ready["log_writer_failing"] == true
+    });
     let reasons = ready["reasons"].to_string();
     assert!(
         reasons.contains("log writer") && reasons.contains("below the reserve of 16.0 MiB"),
@@ -618,15 +607,9 @@ fn a_full_disk_pauses_consumption_and_writing_resumes_without_loss() {
     // Space is freed: writing resumes by itself and every message is counted exactly once.
     std::fs::remove_file(filler).unwrap();
     wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(300));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.readiness()["http_status"] != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness never recovered: {}",
-            server.readiness()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_readiness(&server, Duration::from_secs(30), "recovery", |ready| {
+        ready["http_status"] == 200
+    });
     server.stop();
     assert_eq!(stored_totals(&open_store(&server)), expected.totals);
 }
