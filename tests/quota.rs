@@ -447,14 +447,13 @@ fn the_webhook_gets_each_alert_once_signed_even_after_failures_and_restarts() {
 #[test]
 fn api_limits_show_the_observed_request_rate_of_their_bound_meter() {
     let dir = tempfile::tempdir().unwrap();
-    let mut catalog: Value = serde_json::from_str(tally::catalog::DEFAULT_CATALOG_JSON).unwrap();
-    catalog["meters"].as_array_mut().unwrap().push(json!({
-        "metric_label": "api_list_usage_details", "usage_type": "ListUsageDetails calls",
-        "unit_name": "requests", "unit_name_billable": "requests", "division_factor": 1,
-        "aggregation": "SUM", "service": "f5xc_waap_standard",
-        "quota": {"kind": "api", "name": "ves.io.schema.usage.ListUsageDetails"}}));
-    let catalog_path = dir.path().join("catalog.json");
-    std::fs::write(&catalog_path, catalog.to_string()).unwrap();
+    let catalog_path = common::catalog_with(dir.path(), "catalog.json", |catalog| {
+        catalog["meters"].as_array_mut().unwrap().push(json!({
+            "metric_label": "api_list_usage_details", "usage_type": "ListUsageDetails calls",
+            "unit_name": "requests", "unit_name_billable": "requests", "division_factor": 1,
+            "aggregation": "SUM", "service": "f5xc_waap_standard",
+            "quota": {"kind": "api", "name": "ves.io.schema.usage.ListUsageDetails"}}));
+    });
     let mut server = Server::start(&dir.path().join("data"), Some(&catalog_path));
     // The rate is over the current UTC hour: stay clear of its end.
     let seconds_into_hour = || (Utc::now().timestamp() % 3_600).max(1) as f64;

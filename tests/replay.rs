@@ -311,14 +311,6 @@ fn backups_restore_to_the_same_answers() {
     }
 }
 
-fn catalog_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> std::path::PathBuf {
-    let mut catalog: Value = serde_json::from_str(tally::catalog::DEFAULT_CATALOG_JSON).unwrap();
-    edit(&mut catalog);
-    let path = dir.join(name);
-    std::fs::write(&path, catalog.to_string()).unwrap();
-    path
-}
-
 #[test]
 fn dead_letters_are_repaired_and_meter_changes_need_a_rebuild() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,7 +333,7 @@ fn dead_letters_are_repaired_and_meter_changes_need_a_rebuild() {
     assert_eq!(letters.lines().count(), 5, "{letters}");
     assert!(letters.contains("gpu_hours"));
     // With the meter added (adding a meter changes nothing already folded), they pass.
-    let gpu = catalog_with(dir.path(), "gpu.json", |c| {
+    let gpu = common::catalog_with(dir.path(), "gpu.json", |c| {
         c["meters"].as_array_mut().unwrap().push(json!({"metric_label": "gpu_hours", "usage_type": "GPU hours",
             "unit_name": "hours", "unit_name_billable": "hours", "division_factor": 1, "aggregation": "SUM",
             "service": "f5xc_appstack_standard"}));
@@ -389,7 +381,7 @@ fn dead_letters_are_repaired_and_meter_changes_need_a_rebuild() {
     );
 
     // Changing an existing meter's aggregation stops start-up until a rebuild.
-    let changed = catalog_with(dir.path(), "changed.json", |c| {
+    let changed = common::catalog_with(dir.path(), "changed.json", |c| {
         for meter in c["meters"].as_array_mut().unwrap() {
             if meter["metric_label"] == "http_lb_requests" {
                 meter["aggregation"] = json!("MAX");

@@ -18,10 +18,17 @@ pub const OPERATOR_TOKEN: &str = "test-operator-token";
 
 /// A test catalog: the built-in one with a priced default plan, so cost lines carry cents.
 pub fn priced_catalog(dir: &Path) -> PathBuf {
+    catalog_with(dir, "catalog.json", |catalog| {
+        catalog["default_plan"] = Value::from("individual-plan");
+    })
+}
+
+/// The built-in catalog changed by `edit`, written to `dir/name`.
+pub fn catalog_with(dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
     let mut catalog: Value =
         serde_json::from_str(tally::catalog::DEFAULT_CATALOG_JSON).expect("catalog json");
-    catalog["default_plan"] = Value::from("individual-plan");
-    let path = dir.join("catalog.json");
+    edit(&mut catalog);
+    let path = dir.join(name);
     std::fs::write(&path, serde_json::to_vec_pretty(&catalog).expect("encode"))
         .expect("write catalog");
     path
