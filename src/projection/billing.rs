@@ -2,7 +2,7 @@
 //! fold that keeps them (usage attributed to its billing period; a closing period issues its
 //! invoice, with adjustments for late usage of invoiced periods).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rocksdb::WriteBatch;
 
@@ -153,6 +153,9 @@ pub struct BillingFold<'a> {
     catalog: &'a Catalog,
     due_after: i64,
     tenants: BTreeMap<String, TenantBilling>,
+    /// Tenants whose state differs from the stored one: only these are written back (most
+    /// batches only read a tenant's periods to file its usage).
+    changed: BTreeSet<String>,
     deltas: BTreeMap<Vec<u8>, Aggregate>,
     transitions: BTreeMap<String, String>,
 }
@@ -164,6 +167,7 @@ impl<'a> BillingFold<'a> {
             catalog,
             due_after,
             tenants: BTreeMap::new(),
+            changed: BTreeSet::new(),
             deltas: BTreeMap::new(),
             transitions: BTreeMap::new(),
         }
@@ -173,7 +177,10 @@ impl<'a> BillingFold<'a> {
         if !self.tenants.contains_key(tenant) {
             let state = match load_tenant(self.store, tenant)? {
                 Some(state) => state,
-                None => TenantBilling::new(tenant, self.catalog, at),
+                None => {
+                    self.changed.insert(tenant.to_owned());
+                    TenantBilling::new(tenant, self.catalog, at)
+                }
             };
             self.tenants.insert(tenant.to_owned(), state);
         }
@@ -187,8 +194,8 @@ impl<'a> BillingFold<'a> {
                 let catalog = self.catalog;
                 let state = self.tenant(&event.tenant, event.timestamp)?;
                 let (period_uid, invoiced) = state.period_for(event.timestamp, catalog);
-                if invoiced {
-                    state.late_periods.insert(period_uid.clone());
+                if invoiced && state.late_periods.insert(period_uid.clone()) {
+                    self.changed.insert(event.tenant.clone());
                 }
                 let key = usage_key(&event.tenant, &period_uid, event);
                 self.deltas
@@ -204,6 +211,7 @@ impl<'a> BillingFold<'a> {
                 let catalog = self.catalog;
                 let state = self.tenant(tenant, *at)?;
                 let applied = billing::apply(state, change, *at, catalog);
+                self.changed.insert(tenant.clone());
                 if let Some(period) = applied.closed_period {
                     self.issue(tenant, &period, *at)?;
                 }
@@ -269,7 +277,11 @@ impl<'a> BillingFold<'a> {
             row.merge(delta);
             batch.put_cf(&cf, key, row.encode());
         }
-        for (tenant, state) in &self.tenants {
+        for (tenant, state) in self
+            .tenants
+            .iter()
+            .filter(|(tenant, _)| self.changed.contains(*tenant))
+        {
             batch.put_cf(&cf, tenant_key(tenant), codec::encode_billing(state));
         }
         for (id, tenant) in &self.transitions {
