@@ -34,19 +34,20 @@ ensure_toolchain() {
   apt_install libclang-dev build-essential pkg-config
 }
 
-ensure_schemathesis() {
-  # The API is fuzzed against its own OpenAPI document by schemathesis (PyPI), in a venv
-  # outside the clone.
+ensure_python_tools() {
+  # The suite's Python tools, in a venv outside the clone: schemathesis fuzzes the API against
+  # its own OpenAPI document; confluent-kafka is a producer that is not Tally's own (each
+  # compression codec).
   local venv="${TALLY_SCHEMATHESIS_VENV:-$HOME/.cache/tally-schemathesis}"
-  if [ -x "$venv/bin/schemathesis" ]; then
+  if [ -x "$venv/bin/schemathesis" ] && "$venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
     return 0
   fi
   if ! python3 -m venv --help >/dev/null 2>&1; then
     apt_install python3 python3-venv python3-pip
   fi
-  say "installing schemathesis into $venv (PyPI, under a minute)"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  say "installing schemathesis and confluent-kafka into $venv (PyPI, under a minute)"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==4.32.5" "confluent-kafka==2.16.1"
 }
 
 ensure_tansu() {
@@ -55,5 +56,7 @@ ensure_tansu() {
     return 0
   fi
   say "installing the Tansu broker for the Kafka tests (cargo install, 15-25 minutes once)"
-  cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
+  # Built in cargo's own temporary directory, not the shared target dir: its 3 GB of
+  # intermediate files are not needed once the binary is installed.
+  env -u CARGO_TARGET_DIR cargo install tansu --locked --version 0.6.0 --features dynostore,libsql
 }

@@ -213,6 +213,18 @@ pub struct Addon {
     pub display_name: String,
 }
 
+/// How a quota key is presented (F5 `display_name` and `description` of the quota maps).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaKeyText {
+    pub kind: QuotaKind,
+    /// The object kind, resource name or API limit key.
+    pub name: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
 /// The catalog file as written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +237,9 @@ pub struct CatalogFile {
     pub plans: Vec<Plan>,
     pub addons: Vec<Addon>,
     pub default_plan: String,
+    /// Display names and descriptions of quota keys; optional, presentation only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quota_keys: Vec<QuotaKeyText>,
 }
 
 /// A validated catalog with lookups.
@@ -330,6 +345,20 @@ impl Catalog {
                 return invalid(format!("{at}: plan name is defined twice"));
             }
         }
+        let mut described = std::collections::HashSet::new();
+        for (i, text) in file.quota_keys.iter().enumerate() {
+            if text.name.is_empty() || text.display_name.trim().is_empty() {
+                return invalid(format!(
+                    "quota_keys[{i}]: name and display_name must not be empty"
+                ));
+            }
+            if !described.insert((text.kind, text.name.as_str())) {
+                return invalid(format!(
+                    "quota_keys[{i}]: {:?} `{}` is described twice",
+                    text.kind, text.name
+                ));
+            }
+        }
         if !plan_index.contains_key(&file.default_plan) {
             return invalid(format!(
                 "default_plan `{}` is not one of plans",
@@ -384,6 +413,26 @@ impl Catalog {
                 )
             })
             .collect()
+    }
+
+    /// The display name and description of a quota key: from `quota_keys`, else the display
+    /// name of the meter bound to it; `None` where the catalog says nothing.
+    pub fn quota_key_text(&self, kind: QuotaKind, name: &str) -> (Option<&str>, Option<&str>) {
+        if let Some(text) = self
+            .file
+            .quota_keys
+            .iter()
+            .find(|t| t.kind == kind && t.name == name)
+        {
+            let description = Some(text.description.as_str()).filter(|d| !d.is_empty());
+            return (Some(text.display_name.as_str()), description);
+        }
+        let meter = self.file.meters.iter().find(|m| {
+            m.quota
+                .as_ref()
+                .is_some_and(|b| b.kind == kind && b.name == name)
+        });
+        (meter.map(|m| m.usage_type.as_str()), None)
     }
 
     pub fn currency(&self) -> &str {
@@ -458,6 +507,16 @@ mod tests {
                 .any(|p| p.transition_flow.requires_manual_approval)
         );
         assert_eq!(catalog.addons().len(), 13);
+        assert_eq!(
+            catalog
+                .quota_key_text(QuotaKind::Object, "http_loadbalancer")
+                .0,
+            Some("HTTP Load Balancers")
+        );
+        assert_eq!(
+            catalog.quota_key_text(QuotaKind::Object, "nope"),
+            (None, None)
+        );
     }
 
     #[test]

@@ -71,6 +71,49 @@ pub struct ServeArgs {
     /// Longest a batch waits to fill once it has a message (e.g. 20ms).
     #[arg(long, env = "TALLY_KAFKA_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub kafka_linger: Duration,
+    /// A partition that is behind (or whose high watermark cannot be read) and has not
+    /// advanced for this long is reported stalled: `/readyz` answers 503 naming it.
+    #[arg(long, env = "TALLY_KAFKA_STALL_TIME", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub kafka_stall_time: Duration,
+    /// Request headers must arrive within this; an idle keep-alive connection is closed after it.
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this (408 otherwise).
+    #[arg(long, env = "TALLY_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Most client connections open at once; more are closed as they arrive. Lowered to leave
+    /// file descriptors for the store when the process's limit is small.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub max_connections: usize,
+    /// On SIGTERM, longest in-flight requests may take before their connections are closed.
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Longest an ingest answer waits for the projections to include its events
+    /// (read-your-writes); past it the answer says `"projected": false`.
+    #[arg(long, env = "TALLY_INGEST_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ingest_wait: Duration,
+}
+
+/// How the HTTP server protects itself from slow, idle and too many clients.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub ingest_wait: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1_024,
+            shutdown_timeout: Duration::from_secs(30),
+            ingest_wait: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,6 +161,7 @@ pub struct Config {
     pub accept_catalog_change: bool,
     /// Requests per second per token (0: unlimited).
     pub rate_limit: u32,
+    pub server: ServerLimits,
 }
 
 impl Config {
@@ -139,6 +183,7 @@ impl Config {
             invoice_due: days(30),
             accept_catalog_change: false,
             rate_limit: 1_000,
+            server: ServerLimits::default(),
         }
     }
 
@@ -167,6 +212,7 @@ impl Config {
                 group: args.kafka_group.clone(),
                 batch_max: args.kafka_batch,
                 batch_linger: args.kafka_linger,
+                stall_after: args.kafka_stall_time,
             }),
             _ => None,
         };
@@ -189,6 +235,13 @@ impl Config {
             (None, _) => None,
         };
         Ok(Config {
+            server: ServerLimits {
+                header_timeout: args.header_timeout,
+                body_timeout: args.body_timeout,
+                max_connections: args.max_connections.max(1),
+                shutdown_timeout: args.shutdown_timeout,
+                ingest_wait: args.ingest_wait,
+            },
             rate_limit: args.rate_limit,
             accept_catalog_change: false,
             invoice_due: args.invoice_due,

@@ -10,7 +10,7 @@ use crate::auth::{OperatorTokenError, Tokens};
 use crate::billing::BillingChange;
 use crate::config::Config;
 use crate::event::DecodeContext;
-use crate::health::Health;
+use crate::health::{Health, PartitionStalls};
 use crate::log::LogEntry;
 use crate::log::append::{AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome};
 use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
@@ -68,12 +68,17 @@ pub struct Engine {
     pub store: Store,
     pub appender: Appender,
     pub head: Arc<LogHead>,
+    /// Entries the log held when this engine opened: until the projector has folded them
+    /// all, answers may be older than the log and `/readyz` says so.
+    pub log_entries_at_start: u64,
     pub projected: watch::Receiver<u64>,
     pub projector_health: Arc<Health>,
     /// Set while the log cannot be written (appends answer 503).
     pub writer_health: Arc<Health>,
     /// Set while the Kafka brokers cannot be reached (only with a consumer).
     pub kafka_health: Arc<Health>,
+    /// Kafka partitions that stopped advancing (only with a consumer).
+    pub kafka_stalls: Arc<PartitionStalls>,
     pub tokens: Tokens,
     /// Held by the projector for each batch; a live rebuild holds it to swap projections.
     pub projector_gate: Arc<Mutex<()>>,
@@ -122,6 +127,7 @@ impl Engine {
             clock.clone(),
             writer_health.clone(),
         )?;
+        let log_entries_at_start = head.get();
         let (projected_tx, projected) = watch::channel(0);
         let projector_health = Arc::new(Health::default());
         let projector_gate = Arc::new(Mutex::new(()));
@@ -138,10 +144,12 @@ impl Engine {
             store,
             appender,
             head,
+            log_entries_at_start,
             projected,
             projector_health,
             writer_health,
             kafka_health: Arc::default(),
+            kafka_stalls: Arc::default(),
             tokens,
             projector_gate,
             metrics: Metrics::new(),

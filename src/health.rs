@@ -1,6 +1,7 @@
-//! A component's health flag and the reason it is failing: set by the component's thread,
-//! read by `/readyz`.
+//! A component's health flag and the reason it is failing, and the Kafka partitions that stopped
+//! advancing: set by the components' threads, read by `/readyz` and `/metrics`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Default)]
 pub struct Health {
     failing: AtomicBool,
+    /// The failure is one only reopening the store clears (RocksDB latches some errors).
+    needs_reopen: AtomicBool,
     reason: Mutex<Option<String>>,
 }
 
@@ -33,8 +36,47 @@ impl Health {
         self.failing.store(true, Ordering::Relaxed);
     }
 
+    /// As [`fail`](Self::fail), for a failure that only reopening the store clears: the
+    /// server then reopens the engine (see `server`).
+    pub fn fail_until_reopened(&self, reason: impl std::fmt::Display) {
+        self.fail(reason);
+        self.needs_reopen.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the component is failing in a way only a reopened store clears.
+    pub fn needs_reopen(&self) -> bool {
+        self.is_failing() && self.needs_reopen.load(Ordering::Relaxed)
+    }
+
     pub fn recover(&self) {
         self.failing.store(false, Ordering::Relaxed);
+        self.needs_reopen.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The Kafka partitions whose consumption stopped advancing, each with why (shown by `/readyz`,
+/// exported as `tally_kafka_partition_stalled`). Cleared per partition once it advances again.
+#[derive(Debug, Default)]
+pub struct PartitionStalls {
+    stalled: Mutex<BTreeMap<i32, String>>,
+}
+
+impl PartitionStalls {
+    pub fn set(&self, partition: i32, reason: String) {
+        if let Ok(mut stalled) = self.stalled.lock() {
+            stalled.insert(partition, reason);
+        }
+    }
+
+    pub fn clear(&self, partition: i32) {
+        if let Ok(mut stalled) = self.stalled.lock() {
+            stalled.remove(&partition);
+        }
+    }
+
+    /// Partition → reason, in partition order.
+    pub fn stalled(&self) -> BTreeMap<i32, String> {
+        self.stalled.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 

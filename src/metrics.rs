@@ -50,6 +50,7 @@ pub struct Metrics {
     pub projected_entries: Gauge,
     pub projector_lag: Gauge,
     pub kafka_lag: Family<PartitionLabels, Gauge>,
+    pub kafka_stalled: Family<PartitionLabels, Gauge>,
     pub kafka_batch_size: Histogram,
     pub disk_available: Gauge,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
@@ -114,6 +115,12 @@ impl Metrics {
             "Messages between the stored offset and the high watermark, per partition",
             kafka_lag.clone(),
         );
+        let kafka_stalled = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "kafka_partition_stalled",
+            "1 while a partition is behind and has not advanced for --kafka-stall-time",
+            kafka_stalled.clone(),
+        );
         let kafka_batch_size = batch_histogram();
         registry.register(
             "kafka_batch_size_messages",
@@ -143,6 +150,7 @@ impl Metrics {
             projected_entries,
             projector_lag,
             kafka_lag,
+            kafka_stalled,
             kafka_batch_size,
         }
     }
@@ -165,6 +173,12 @@ impl Metrics {
         self.kafka_lag
             .get_or_create(&PartitionLabels { partition })
             .set(lag.max(0));
+    }
+
+    pub fn set_kafka_stalled(&self, partition: i32, stalled: bool) {
+        self.kafka_stalled
+            .get_or_create(&PartitionLabels { partition })
+            .set(i64::from(stalled));
     }
 
     /// The text exposition, after setting the position and disk gauges.

@@ -550,7 +550,7 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
         .default_quota
         .clone();
     assert_eq!(
-        limits["objects"]["http_loadbalancer"]["maximum"],
+        limits["objects"]["http_loadbalancer"]["limit"]["maximum"],
         json!(individual.object_limits["http_loadbalancer"].maximum)
     );
 

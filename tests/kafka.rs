@@ -1,5 +1,6 @@
 //! Kafka ingestion against a real broker (Tansu): exactly-once totals, dead letters with
-//! their offsets, partition order, crashes, a broker restart, and `tally produce`.
+//! their offsets, partition order, crashes, a broker restart, stalled partitions, every
+//! compression codec from a producer that is not Tally's, and `tally produce`.
 
 mod common;
 
@@ -489,61 +490,11 @@ fn unique_valid(messages: &[Message]) -> u64 {
         .len() as u64
 }
 
-/// A size-limited tmpfs mounted for one test (a disk that can really fill up), unmounted on
-/// drop. Mounting needs root, as the README's test command runs.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs at {} (the disk-full test needs root, as CI runs it)",
-            at.display()
-        );
-        Tmpfs(at.to_owned())
-    }
-
-    /// Writes a file that leaves `leave` bytes free on the mount.
-    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
-        let stat = rustix::fs::statvfs(&self.0).unwrap();
-        let available = stat.f_bavail * stat.f_frsize;
-        assert!(available > leave, "only {available} bytes free");
-        let filler = self.0.join("filler");
-        let file = std::fs::File::create(&filler).unwrap();
-        // tmpfs allocates pages as they are written: write zeros, a sparse file would not fill.
-        let mut writer = std::io::BufWriter::new(file);
-        let chunk = vec![0u8; 1 << 20];
-        let mut left = available - leave;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            std::io::Write::write_all(&mut writer, &chunk[..n]).unwrap();
-            left -= n as u64;
-        }
-        std::io::Write::flush(&mut writer).unwrap();
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_pauses_consumption_and_writing_resumes_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let disk = Tmpfs::mount(&data, "256m");
+    let disk = common::Tmpfs::mount(&data, "256m");
     let broker = Broker::start_memory(dir.path());
     broker.create_topic(TOPIC, 2);
     let (messages, _, expected) = workload(20_000, 43);
@@ -682,4 +633,123 @@ fn replaying_a_consumed_range_changes_nothing() {
         store.source_offsets(TOPIC).unwrap().values().sum::<i64>(),
         messages.len() as i64
     );
+}
+
+/// Totals of `http_lb_requests` per namespace of `tenant`, from the stored projections.
+fn namespace_totals(store: &Store, tenant: &str, namespaces: &[&str]) -> BTreeMap<String, i128> {
+    namespaces
+        .iter()
+        .map(|namespace| {
+            let periods =
+                read::current_totals(store, tenant, Scope::Namespace(namespace), None).unwrap();
+            let sum = periods
+                .values()
+                .filter_map(|m| m.get("http_lb_requests"))
+                .sum::<i128>()
+                / 1_000_000;
+            (namespace.to_string(), sum)
+        })
+        .collect()
+}
+
+#[test]
+fn every_compression_codec_of_a_foreign_producer_is_consumed_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 3);
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let count = 2_000u64;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/produce_codec.py");
+    for codec in codecs {
+        // Each codec writes its own namespace, so a codec that is not decoded shows as a
+        // missing total rather than hiding in a sum.
+        let output = std::process::Command::new(common::tools_python())
+            .args([script, &broker.address(), TOPIC, codec, "acme", codec])
+            .arg(count.to_string())
+            .output()
+            .expect("run the confluent-kafka producer");
+        assert!(
+            output.status.success(),
+            "{codec}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut server = Server::start_kafka(&dir.path().join("data"), &broker.address(), TOPIC);
+    let total = count * codecs.len() as u64;
+    wait_for_entries(&server, total, Duration::from_secs(180));
+    let ready = server.readiness();
+    assert_eq!(ready["http_status"], 200, "{ready}");
+    server.stop();
+    let expected: BTreeMap<String, i128> = codecs
+        .iter()
+        .map(|codec| (codec.to_string(), i128::from(count * (count + 1) / 2)))
+        .collect();
+    assert_eq!(
+        namespace_totals(&open_store(&server), "acme", &codecs),
+        expected
+    );
+    // No message became a dead letter: every one decoded.
+    let dead = open_store(&server).dead_letters(0, 10).unwrap();
+    assert!(dead.is_empty(), "{} dead letters", dead.len());
+}
+
+#[test]
+fn a_partition_that_stops_advancing_is_not_ready_until_it_moves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_sqlite(dir.path());
+    broker.create_topic(TOPIC, 2);
+    let (messages, _, expected) = workload(4_000, 47);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    produce(&broker, first);
+    let mut server = Server::start_kafka_with(
+        &dir.path().join("data"),
+        &broker.address(),
+        TOPIC,
+        &["--kafka-stall-time", "3s"],
+    );
+    await_readiness(
+        &server,
+        Duration::from_secs(120),
+        "the first half",
+        |ready| ready["log_entries"].as_u64().unwrap_or(0) > 0 && ready["http_status"] == 200,
+    );
+
+    // Consumption cannot advance: both partitions are reported, by number and with why.
+    broker.stop();
+    let ready = await_readiness(
+        &server,
+        Duration::from_secs(60),
+        "stalled partitions",
+        |ready| {
+            ready["kafka_stalled_partitions"]["0"].is_string()
+                && ready["kafka_stalled_partitions"]["1"].is_string()
+        },
+    );
+    assert_eq!(ready["http_status"], 503, "{ready}");
+    let reason = ready["kafka_stalled_partitions"]["0"].as_str().unwrap();
+    assert!(reason.starts_with("no progress for "), "{reason}");
+    let reasons = ready["reasons"].to_string();
+    assert!(reasons.contains("kafka partition 0 stalled"), "{reasons}");
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("tally_kafka_partition_stalled{partition=\"1\"} 1"),
+        "{metrics}"
+    );
+
+    // It recovers by itself once the partitions advance.
+    broker.start_again();
+    produce(&broker, second);
+    wait_for_entries(&server, expected.recorded as u64, Duration::from_secs(300));
+    let ready = await_readiness(&server, Duration::from_secs(60), "recovery", |ready| {
+        ready["http_status"] == 200
+    });
+    assert!(ready.get("kafka_stalled_partitions").is_none(), "{ready}");
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("tally_kafka_partition_stalled{partition=\"1\"} 0"),
+        "{metrics}"
+    );
+    server.stop();
+    assert_eq!(stored_totals(&open_store(&server)), expected.totals);
 }

@@ -71,11 +71,33 @@ fn quota_objects_levels_checks_and_alerts() {
     let (status, limits) = server.call("GET", "/api/web/namespaces/system/quota/limits", None);
     assert_eq!(status, 200, "{limits}");
     assert_schema(&doc, "quotaGetQuotaLimitsResponse", &limits);
-    assert_eq!(limits["objects"]["http_loadbalancer"]["maximum"], 5);
-    assert_eq!(limits["resources"]["vcpu"]["maximum"], 8.0);
+    // F5's value types: `QuotaLimitsItemType` with the catalog's names, `QuotaLimits` in the
+    // deprecated `quota_usage`, `RateLimitType` in the deprecated `api_limits`.
+    assert_eq!(
+        limits["objects"]["http_loadbalancer"],
+        json!({"limit": {"maximum": 5}, "display_name": "HTTP Load Balancers",
+               "description": "HTTP load balancer objects configured in the tenant."})
+    );
+    assert_eq!(limits["resources"]["vcpu"]["limit"]["maximum"], 8.0);
+    assert_eq!(
+        limits["resources"]["vcpu"]["display_name"],
+        "App Stack vCPUs"
+    );
     assert_eq!(limits["quota_usage"], limits["objects"]);
     assert_eq!(limits["float_quota_usage"], limits["resources"]);
-    assert_eq!(limits["api_limits"], limits["apis"]);
+    let api_key = "ves.io.schema.usage.ListUsageDetails";
+    assert_eq!(
+        limits["apis"][api_key]["api_limit"],
+        json!({"unit": "MINUTE", "rate": 60, "burst": 10})
+    );
+    assert_eq!(
+        limits["apis"][api_key]["display_name"],
+        "List usage details"
+    );
+    assert_eq!(
+        limits["api_limits"][api_key],
+        limits["apis"][api_key]["api_limit"]
+    );
 
     // Create, and its error cases.
     let tight = json!({"metadata": {"name": "tight", "namespace": "system", "labels": {"team": "web"},
@@ -199,19 +221,30 @@ fn quota_objects_levels_checks_and_alerts() {
     assert_schema(&doc, "quotaGetResponseType", &system);
     assert_eq!(
         system["objects"]["http_loadbalancer"],
-        json!({"limit": {"maximum": 4}, "usage": {"number": 3.0}})
+        json!({"limit": {"maximum": 4}, "usage": {"current": 3.0},
+               "display_name": "HTTP Load Balancers",
+               "description": "HTTP load balancer objects configured in the tenant."})
     );
     assert_eq!(
         system["resources"]["vcpu"],
-        json!({"limit": {"maximum": 2.5}, "usage": {"number": 2.5}})
+        json!({"limit": {"maximum": 2.5}, "usage": {"current": 2.5},
+               "display_name": "App Stack vCPUs",
+               "description": "vCPUs allocated to App Stack workloads."})
     );
-    assert_eq!(system["quota_usage"], system["objects"]);
+    // The deprecated `quota_usage` holds F5 `QuotaUsage`: int32 limit and usage.
     assert_eq!(
-        usage(&server, "shop")["objects"]["http_loadbalancer"]["usage"]["number"],
+        system["quota_usage"]["http_loadbalancer"],
+        json!({"limit": {"maximum": 4}, "usage": {"current": 3},
+               "display_name": "HTTP Load Balancers",
+               "description": "HTTP load balancer objects configured in the tenant."})
+    );
+    assert_eq!(system["float_quota_usage"], system["resources"]);
+    assert_eq!(
+        usage(&server, "shop")["objects"]["http_loadbalancer"]["usage"]["current"],
         2.0
     );
     assert_eq!(
-        usage(&server, "blog")["objects"]["http_loadbalancer"]["usage"]["number"],
+        usage(&server, "blog")["objects"]["http_loadbalancer"]["usage"]["current"],
         1.0
     );
 
@@ -466,21 +499,26 @@ fn api_limits_show_the_observed_request_rate_of_their_bound_meter() {
     let before = seconds_into_hour();
     let system = usage(&server, "system");
     let after = seconds_into_hour();
+    assert_schema(&strict_openapi(), "quotaGetResponseType", &system);
     let api = &system["apis"]["ves.io.schema.usage.ListUsageDetails"];
     assert_eq!(
-        api["limit"],
+        api["api_limit"],
         json!({"unit": "MINUTE", "rate": 60, "burst": 10})
     );
+    assert!(api.get("limit").is_none(), "{api}");
     // The free plan limits it per minute: 90 calls over the hour so far, per minute.
-    let rate = api["usage"]["rate"].as_f64().unwrap();
+    let rate = api["usage"]["current"].as_f64().unwrap();
     let (low, high) = (
         90.0 * 60.0 / (after + 1.0),
         90.0 * 60.0 / (before - 1.0).max(1.0),
     );
     assert!(low <= rate && rate <= high, "{rate} not in [{low}, {high}]");
-    assert_eq!(system["api_limits"], system["apis"]);
+    assert_eq!(
+        system["api_limits"]["ves.io.schema.usage.ListUsageDetails"],
+        api["api_limit"]
+    );
     let shop =
-        usage(&server, "shop")["apis"]["ves.io.schema.usage.ListUsageDetails"]["usage"]["rate"]
+        usage(&server, "shop")["apis"]["ves.io.schema.usage.ListUsageDetails"]["usage"]["current"]
             .as_f64()
             .unwrap();
     assert!(shop < rate && shop > 0.0, "{shop} vs {rate}");

@@ -110,3 +110,22 @@ fn configuration_that_cannot_work_stops_start_up_with_its_reason() {
     let stderr = serve_fails(&["--late-window", "soon"]);
     assert!(stderr.contains("--late-window"), "{stderr}");
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), None);
+    let (status, _) = server.post(
+        "/api/tally/events",
+        &json!([{"id": "e1", "namespace": "shop", "metric_label": "http_lb_requests",
+                 "quantity": "1", "timestamp": chrono::Utc::now().to_rfc3339()}]),
+    );
+    assert_eq!(status, 200);
+    server.stop();
+    let log = server.log_text();
+    assert!(log.contains("INFO"), "the log has lines:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escape in a log file:\n{log}"
+    );
+}

@@ -30,6 +30,10 @@ pub enum ApiError {
     /// 405: the path exists with other methods.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// 408 / DEADLINE_EXCEEDED: the request body did not arrive in time (`--body-timeout`);
+    /// nothing was done.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413 / RESOURCE_EXHAUSTED: the body or batch is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 5),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 12),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 6),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 4),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),

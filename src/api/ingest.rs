@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ApiError, AppState, PROJECTION_WAIT, require_role};
+use super::{ApiError, AppState, require_role};
 use crate::auth::{Caller, Role};
 use crate::event::{self, EventSource};
 use crate::log::DeadLetter;
@@ -25,6 +25,10 @@ pub struct IngestResponse {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: Vec<RejectedEvent>,
+    /// Whether reads already include the accepted events (read-your-writes). `false` when the
+    /// projections did not catch up within `--ingest-wait`: the events are durable and show
+    /// up in reads moments later.
+    pub projected: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +95,7 @@ pub async fn ingest_events(
         accepted: 0,
         duplicates: 0,
         rejected: Vec::new(),
+        projected: true,
     };
     let mut conflicts = 0;
     let mut next_seq = 0;
@@ -130,11 +135,13 @@ pub async fn ingest_events(
 
     // Read-your-writes: answer once the projections include these events (they are durable
     // already; if folding lags past the wait, they still show up moments later).
-    if next_seq > 0 && !engine.wait_projected(next_seq, PROJECTION_WAIT).await {
+    let wait = engine.config.server.ingest_wait;
+    if next_seq > 0 && !engine.wait_projected(next_seq, wait).await {
         tracing::warn!(
             next_seq,
             "projections did not catch up within the ingest wait"
         );
+        response.projected = false;
     }
     Ok(Json(response))
 }

@@ -226,8 +226,48 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Reads the whole request body within `--body-timeout` before the handler sees it: a client
+/// sending a body slowly (or never finishing it) gets 408 instead of holding a connection and
+/// a handler. At most one byte past the largest body any route takes is read; the routes'
+/// own limits answer 413 from there.
+async fn read_body_in_time(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timeout = state.engine.config.server.body_timeout;
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, MAX_INGEST_BODY + 1);
+    let bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => {
+            let error = error.into_inner();
+            if error.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(format!(
+                    "body: larger than {MAX_INGEST_BODY} bytes; send smaller batches"
+                ))
+                .into_response();
+            }
+            return ApiError::BadRequest(format!("body: cannot be read ({error})")).into_response();
+        }
+        Err(_) => {
+            return ApiError::RequestTimeout(format!(
+                "body: not received within {} (--body-timeout); nothing was done",
+                humantime::format_duration(timeout)
+            ))
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {

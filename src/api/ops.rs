@@ -1,5 +1,7 @@
 //! Health, readiness, Prometheus metrics and the served OpenAPI document.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -59,6 +61,9 @@ struct Readiness {
     /// Present when a Kafka consumer runs: whether its brokers are unreachable.
     #[serde(skip_serializing_if = "Option::is_none")]
     kafka_failing: Option<bool>,
+    /// Partition → why it stopped advancing (absent when none did).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    kafka_stalled_partitions: BTreeMap<i32, String>,
 }
 
 /// Ready when the log can be written and the projector folds without errors; the positions let
@@ -72,8 +77,28 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .kafka
         .as_ref()
         .map(|_| engine.kafka_health.is_failing());
-    let failing = writer_failing || projector_failing || kafka_failing == Some(true);
-    let reasons = [
+    let stalled = engine.kafka_stalls.stalled();
+    let projected = *engine.projected.borrow();
+    // Not ready before the projections hold what the log held at start (answers would be
+    // older than the log), nor while appends would be refused for lack of disk.
+    let catching_up = (projected < engine.log_entries_at_start).then(|| {
+        format!(
+            "projector: catching up after start: {projected} of {} entries folded",
+            engine.log_entries_at_start
+        )
+    });
+    let disk = engine
+        .store
+        .ensure_room()
+        .err()
+        .map(|error| format!("disk: {error}"));
+    let failing = writer_failing
+        || projector_failing
+        || kafka_failing == Some(true)
+        || !stalled.is_empty()
+        || catching_up.is_some()
+        || disk.is_some();
+    let mut reasons: Vec<String> = [
         ("log writer", &engine.writer_health),
         ("projector", &engine.projector_health),
         ("kafka consumer", &engine.kafka_health),
@@ -81,14 +106,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     .into_iter()
     .filter_map(|(component, health)| health.reason().map(|r| format!("{component}: {r}")))
     .collect();
+    reasons.extend(catching_up.into_iter().chain(disk));
+    reasons.extend(
+        stalled
+            .iter()
+            .map(|(partition, reason)| format!("kafka partition {partition} stalled: {reason}")),
+    );
     let body = Readiness {
         status: if failing { "unavailable" } else { "ready" },
         log_entries: engine.head.get(),
-        projected_entries: *engine.projected.borrow(),
+        projected_entries: projected,
         log_writer_failing: writer_failing,
         projector_failing,
         reasons,
         kafka_failing,
+        kafka_stalled_partitions: stalled,
     };
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE
@@ -169,6 +201,7 @@ pub fn openapi_document() -> Bytes {
         && let Some(own) = tally.get("schemas").and_then(Value::as_object)
     {
         schemas.extend(own.clone());
+        type_quota_maps(schemas);
     }
     if let Some(info) = document.get_mut("info").and_then(Value::as_object_mut) {
         info.insert(
@@ -178,6 +211,52 @@ pub fn openapi_document() -> Bytes {
         info.insert("x-tally-version".into(), json!(env!("CARGO_PKG_VERSION")));
     }
     Bytes::from(serde_json::to_vec(&document).unwrap_or_default())
+}
+
+/// The value types of the quota maps: F5's OpenAPI files declare them as bare objects, F5's
+/// protobuf definitions (`ves.io.schema.quota`) say what each map holds.
+const QUOTA_MAP_TYPES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "quotaGetQuotaLimitsResponse",
+        &[
+            ("objects", "quotaQuotaLimitsItemType"),
+            ("resources", "quotaQuotaLimitsItemType"),
+            ("apis", "quotaQuotaLimitsItemType"),
+            ("quota_usage", "quotaQuotaLimits"),
+            ("float_quota_usage", "quotaQuotaLimitsItemType"),
+            ("api_limits", "quotaRateLimitType"),
+        ],
+    ),
+    (
+        "quotaGetResponseType",
+        &[
+            ("objects", "quotaQuotaUsageItemType"),
+            ("resources", "quotaQuotaUsageItemType"),
+            ("apis", "quotaQuotaUsageItemType"),
+            ("quota_usage", "quotaQuotaUsage"),
+            ("float_quota_usage", "quotaQuotaUsageItemType"),
+            ("api_limits", "quotaRateLimitType"),
+        ],
+    ),
+];
+
+/// Gives each quota map its value type (`additionalProperties` with a `$ref`), so clients and
+/// strict validators see what every entry holds.
+fn type_quota_maps(schemas: &mut serde_json::Map<String, Value>) {
+    for (schema, fields) in QUOTA_MAP_TYPES {
+        for (field, value_type) in *fields {
+            if let Some(map) = schemas
+                .get_mut(*schema)
+                .and_then(|s| s.pointer_mut(&format!("/properties/{field}")))
+                .and_then(Value::as_object_mut)
+            {
+                map.insert(
+                    "additionalProperties".into(),
+                    json!({"$ref": format!("#/components/schemas/{value_type}")}),
+                );
+            }
+        }
+    }
 }
 
 /// Error responses of a path item as Tally sends them; dotted parameter names as in the path.
@@ -270,5 +349,18 @@ mod tests {
         assert!(paths.contains_key("/api/tally/plan_transitions/{id}/approve"));
         assert!(document["components"]["schemas"]["tallyIngestResponse"].is_object());
         assert!(document["components"]["schemas"]["usageUsageItem"].is_object());
+        // Every quota map names its value type, and every named type exists.
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        for (schema, fields) in QUOTA_MAP_TYPES {
+            for (field, value_type) in *fields {
+                let reference =
+                    &schemas[*schema]["properties"][*field]["additionalProperties"]["$ref"];
+                assert_eq!(
+                    reference,
+                    &json!(format!("#/components/schemas/{value_type}"))
+                );
+                assert!(schemas[*value_type].is_object(), "{value_type}");
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{AppState, body_bytes, caught_up, namespace_scope, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
-use crate::catalog::{QuotaKind, RateLimitType};
+use crate::catalog::{Catalog, QuotaKind, RateLimitType};
 use crate::log::LogEntry;
 use crate::log::keys::Scope;
 use crate::log::store::{CF_HOURLY, Store};
@@ -452,7 +452,45 @@ async fn quota_view(
     .await
 }
 
-/// `GET /api/web/namespaces/{namespace}/quota/limits`
+/// An entry of a quota map with the catalog's `display_name` and `description` of its key.
+fn described(catalog: &Catalog, kind: QuotaKind, name: &str, mut entry: Value) -> Value {
+    let (display_name, description) = catalog.quota_key_text(kind, name);
+    if let Some(display_name) = display_name {
+        entry["display_name"] = json!(display_name);
+    }
+    if let Some(description) = description {
+        entry["description"] = json!(description);
+    }
+    entry
+}
+
+/// An int32 field of F5's deprecated maps (`LimitType.maximum`, `UsageType.current`).
+fn int32(value: i128) -> Value {
+    json!(i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX }))
+}
+
+/// The six maps of `quota/limits` and `quota/usage`, each with its own value type
+/// (`../shared/spec/quota-map-values.md`); the deprecated maps repeat the current ones.
+struct QuotaMaps {
+    objects: Map<String, Value>,
+    quota_usage: Map<String, Value>,
+    resources: Map<String, Value>,
+    apis: Map<String, Value>,
+    api_limits: Map<String, Value>,
+}
+
+impl QuotaMaps {
+    fn into_json(self) -> Value {
+        json!({
+            "objects": self.objects, "quota_usage": self.quota_usage,
+            "resources": self.resources.clone(), "float_quota_usage": self.resources,
+            "apis": self.apis, "api_limits": self.api_limits,
+        })
+    }
+}
+
+/// `GET /api/web/namespaces/{namespace}/quota/limits`: F5 `GetQuotaLimitsResponse`, whose
+/// maps hold `QuotaLimitsItemType` (`quota_usage`: `QuotaLimits`; `api_limits`: `RateLimitType`).
 pub async fn limits(
     State(state): State<AppState>,
     caller: Caller,
@@ -460,20 +498,45 @@ pub async fn limits(
 ) -> Result<Json<Value>, ApiError> {
     let scope = namespace_scope(&caller, &namespace)?;
     let view = quota_view(&state, &caller.tenant, scope, false).await?;
-    let spec = spec_json(&view.limits);
-    let (objects, resources, apis) = (
-        spec["object_limits"].clone(),
-        spec["resource_limits"].clone(),
-        spec["api_limits"].clone(),
-    );
-    Ok(Json(json!({
-        "objects": objects, "quota_usage": objects,
-        "resources": resources, "float_quota_usage": resources,
-        "apis": apis, "api_limits": apis,
-    })))
+    let catalog = &state.engine.config.catalog;
+    let mut maps = QuotaMaps {
+        objects: Map::new(),
+        quota_usage: Map::new(),
+        resources: Map::new(),
+        apis: Map::new(),
+        api_limits: Map::new(),
+    };
+    for (name, &maximum) in &view.limits.object_limits {
+        let item = json!({"limit": {"maximum": limit_number(QuotaKind::Object, maximum)}});
+        let deprecated = json!({"limit": {"maximum": int32(i128::from(maximum))}});
+        let kind = QuotaKind::Object;
+        maps.objects
+            .insert(name.clone(), described(catalog, kind, name, item));
+        maps.quota_usage
+            .insert(name.clone(), described(catalog, kind, name, deprecated));
+    }
+    for (name, &maximum) in &view.limits.resource_limits {
+        let item = json!({"limit": {"maximum": limit_number(QuotaKind::Resource, maximum)}});
+        let item = described(catalog, QuotaKind::Resource, name, item);
+        maps.resources.insert(name.clone(), item);
+    }
+    for (name, limit) in &view.limits.api_limits {
+        let item = described(
+            catalog,
+            QuotaKind::Api,
+            name,
+            json!({"api_limit": rate_json(limit)}),
+        );
+        maps.apis.insert(name.clone(), item);
+        maps.api_limits.insert(name.clone(), rate_json(limit));
+    }
+    Ok(Json(maps.into_json()))
 }
 
-/// `GET /api/web/namespaces/{namespace}/quota/usage`
+/// `GET /api/web/namespaces/{namespace}/quota/usage`: F5 `GetResponseType`, whose maps hold
+/// `QuotaUsageItemType` (`quota_usage`: `QuotaUsage`; `api_limits`: `RateLimitType`). Levels
+/// are in the asked namespace's scope; an API's `usage.current` is its observed rate per the
+/// limit's unit in the current hour.
 pub async fn usage(
     State(state): State<AppState>,
     caller: Caller,
@@ -481,14 +544,20 @@ pub async fn usage(
 ) -> Result<Json<Value>, ApiError> {
     let scope = namespace_scope(&caller, &namespace)?;
     let view = quota_view(&state, &caller.tenant, scope, true).await?;
+    let catalog = &state.engine.config.catalog;
     let level = |kind: QuotaKind, name: &str| {
         view.levels
             .get(&(quota::kind_name(kind).to_owned(), name.to_owned()))
             .copied()
             .unwrap_or(0)
     };
-    let mut objects = Map::new();
-    let mut resources = Map::new();
+    let mut maps = QuotaMaps {
+        objects: Map::new(),
+        quota_usage: Map::new(),
+        resources: Map::new(),
+        apis: Map::new(),
+        api_limits: Map::new(),
+    };
     for key in view
         .limits
         .level_keys()
@@ -507,32 +576,35 @@ pub async fn usage(
         .copied()
         .unwrap_or(UNLIMITED);
         let current = level(key.kind, &key.name);
-        let entry = json!({
+        let item = json!({
             "limit": {"maximum": limit_number(key.kind, maximum)},
-            "usage": {"number": number(current)},
+            "usage": {"current": number(current)},
         });
+        let item = described(catalog, key.kind, &key.name, item);
         match key.kind {
-            QuotaKind::Object => objects.insert(key.name, entry),
-            _ => resources.insert(key.name, entry),
-        };
+            QuotaKind::Object => {
+                let whole = current.div_euclid(i128::from(units::MICROS_PER_UNIT));
+                let deprecated = json!({
+                    "limit": {"maximum": int32(i128::from(maximum))},
+                    "usage": {"current": int32(whole)},
+                });
+                let deprecated = described(catalog, key.kind, &key.name, deprecated);
+                maps.quota_usage.insert(key.name.clone(), deprecated);
+                maps.objects.insert(key.name, item);
+            }
+            _ => {
+                maps.resources.insert(key.name, item);
+            }
+        }
     }
-    let apis: Map<String, Value> = view
-        .limits
-        .api_limits
-        .iter()
-        .map(|(key, limit)| {
-            let rate = view.api_rates.get(key).copied().unwrap_or(0);
-            (
-                key.clone(),
-                json!({"limit": rate_json(limit), "usage": {"rate": number(rate)}}),
-            )
-        })
-        .collect();
-    Ok(Json(json!({
-        "objects": objects, "quota_usage": objects,
-        "resources": resources, "float_quota_usage": resources,
-        "apis": apis, "api_limits": apis,
-    })))
+    for (name, limit) in &view.limits.api_limits {
+        let rate = view.api_rates.get(name).copied().unwrap_or(0);
+        let item = json!({"api_limit": rate_json(limit), "usage": {"current": number(rate)}});
+        maps.apis
+            .insert(name.clone(), described(catalog, QuotaKind::Api, name, item));
+        maps.api_limits.insert(name.clone(), rate_json(limit));
+    }
+    Ok(Json(maps.into_json()))
 }
 
 fn kind_of(name: &str) -> Option<QuotaKind> {

@@ -182,8 +182,10 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 
 pub(crate) fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a file, journald or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -205,6 +207,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         let data_dir = config.data_dir.clone();
         let token_from_env = config.admin_token.is_some();
+        let reopen_config = config.clone();
         let engine = Arc::new(Engine::open(config, time::system_clock())?);
         let token_file = data_dir.join(ADMIN_TOKEN_FILE);
         let generated = engine.generated_admin_token.lock().ok().and_then(|mut t| t.take());
@@ -220,6 +223,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "tally: try  curl -s -H \"Authorization: APIToken {token_expr}\" -X POST http://{address}/api/web/namespaces/system/usage_details -d '{{}}'"
         );
         tracing::info!(%address, "serving");
-        server::serve(engine, listener, server::shutdown_signal()).await.context("server failed")
+        let reopen = move || Engine::open(reopen_config.clone(), time::system_clock());
+        server::serve(engine, listener, server::shutdown_signal(), reopen).await.context("server failed")
     })
 }

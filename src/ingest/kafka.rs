@@ -41,6 +41,8 @@ pub struct KafkaSettings {
     pub batch_max: usize,
     /// Longest a batch waits to fill once it has its first message.
     pub batch_linger: Duration,
+    /// How long a partition may stand still while behind before it is reported stalled.
+    pub stall_after: Duration,
 }
 
 /// Assigns partitions at the offsets stored in RocksDB, and records broker errors as health.
@@ -170,7 +172,13 @@ fn run(
     // Per partition, the first offset not yet recorded; messages below it are skipped.
     let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_assignment_check: Option<Instant> = None;
+    let mut stalls = StallDetector::new(settings.stall_after);
     while !stop.load(Ordering::SeqCst) {
+        // Checked first, so a partition that can be read but not recorded is seen too.
+        if last_lag_check.elapsed() > LAG_CHECK_INTERVAL {
+            record_lag(consumer, engine, settings, &mut stalls);
+            last_lag_check = Instant::now();
+        }
         // (Re)assign when partitions appear: between batches, so the stored offsets are exactly
         // where reading stands.
         if last_assignment_check.is_none_or(|at| at.elapsed() > ASSIGNMENT_REFRESH) {
@@ -197,7 +205,7 @@ fn run(
             last_assignment_check = None;
             continue;
         }
-        let mut batch = poll_batch(consumer, settings, stop, &engine.kafka_health);
+        let mut batch = poll_batch(consumer, settings, stop, &engine.kafka_health, &mut stalls);
         batch.retain(|m| m.offset >= resume.get(&m.partition).copied().unwrap_or(0));
         for message in &batch {
             resume.insert(message.partition, message.offset + 1);
@@ -213,12 +221,11 @@ fn run(
             }
             commit_hint(consumer, settings, &batch);
         }
-        if last_lag_check.elapsed() > Duration::from_secs(2) {
-            record_lag(consumer, engine, settings);
-            last_lag_check = Instant::now();
-        }
     }
 }
+
+/// How often lag and stalls are measured.
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often the topic's partitions are looked up again (new partitions get assigned).
 const ASSIGNMENT_REFRESH: Duration = Duration::from_secs(10);
@@ -245,6 +252,7 @@ fn poll_batch(
     settings: &KafkaSettings,
     stop: &AtomicBool,
     health: &Health,
+    stalls: &mut StallDetector,
 ) -> Vec<Polled> {
     let mut batch = Vec::new();
     let mut deadline: Option<Instant> = None;
@@ -268,7 +276,10 @@ fn poll_batch(
                 deadline.get_or_insert_with(|| Instant::now() + settings.batch_linger);
             }
             Some(Err(error)) => {
+                // librdkafka names no partition here (an undecodable batch, a fetch error):
+                // the stall detector tells which partition stands still and shows this as why.
                 tracing::warn!(%error, "kafka poll error");
+                stalls.consumer_error(error.to_string());
                 break;
             }
             None => {
@@ -387,10 +398,18 @@ fn commit_hint(consumer: &BaseConsumer<TallyContext>, settings: &KafkaSettings, 
     }
 }
 
-fn record_lag(consumer: &BaseConsumer<TallyContext>, engine: &Engine, settings: &KafkaSettings) {
+/// Measures each assigned partition's lag, and reports the partitions that stand still while
+/// behind (or while their high watermark cannot be read) for longer than the stall time.
+fn record_lag(
+    consumer: &BaseConsumer<TallyContext>,
+    engine: &Engine,
+    settings: &KafkaSettings,
+    stalls: &mut StallDetector,
+) {
     let Ok(assignment) = consumer.assignment() else {
         return;
     };
+    let now = Instant::now();
     let stored = engine
         .store
         .source_offsets(&settings.topic)
@@ -408,14 +427,152 @@ fn record_lag(consumer: &BaseConsumer<TallyContext>, engine: &Engine, settings: 
                     .unwrap_or(-1);
                 let high = listed_high.max(fetched_high);
                 let position = stored.get(&partition).copied().unwrap_or(low);
-                engine
-                    .metrics
-                    .set_kafka_lag(partition, high.saturating_sub(position));
+                let lag = high.saturating_sub(position).max(0);
+                engine.metrics.set_kafka_lag(partition, lag);
+                let verdict = stalls.observe(partition, position, Ok(lag), now);
+                report_stall(engine, partition, verdict);
             }
             Err(error) => {
                 tracing::warn!(%error, partition, "cannot fetch watermarks");
                 engine.kafka_health.fail(&error);
+                let position = stored.get(&partition).copied().unwrap_or(0);
+                let verdict = stalls.observe(partition, position, Err(error.to_string()), now);
+                report_stall(engine, partition, verdict);
             }
         }
+    }
+}
+
+fn report_stall(engine: &Engine, partition: i32, verdict: Option<String>) {
+    let was_stalled = engine.kafka_stalls.stalled().contains_key(&partition);
+    match verdict {
+        Some(reason) => {
+            if !was_stalled {
+                tracing::error!(partition, %reason, "kafka partition stalled");
+            }
+            engine.metrics.set_kafka_stalled(partition, true);
+            engine.kafka_stalls.set(partition, reason);
+        }
+        None => {
+            if was_stalled {
+                tracing::info!(partition, "kafka partition advances again");
+            }
+            engine.metrics.set_kafka_stalled(partition, false);
+            engine.kafka_stalls.clear(partition);
+        }
+    }
+}
+
+/// Tells a partition that is slow from one that stands still. Pure: fed positions, lags and
+/// instants, so the rules are tested without a broker.
+pub(crate) struct StallDetector {
+    stall_after: Duration,
+    partitions: BTreeMap<i32, Progress>,
+    /// The newest consumer error (librdkafka does not say which partition it came from).
+    last_error: Option<String>,
+}
+
+struct Progress {
+    position: i64,
+    /// When the position last moved, or the partition was last seen caught up.
+    since: Instant,
+}
+
+impl StallDetector {
+    pub(crate) fn new(stall_after: Duration) -> StallDetector {
+        StallDetector {
+            stall_after,
+            partitions: BTreeMap::new(),
+            last_error: None,
+        }
+    }
+
+    pub(crate) fn consumer_error(&mut self, error: String) {
+        self.last_error = Some(error);
+    }
+
+    /// Records where `partition` stands (`lag`, or why it cannot be measured) and says why it
+    /// is stalled, or `None` when it is caught up or advanced within the stall time.
+    pub(crate) fn observe(
+        &mut self,
+        partition: i32,
+        position: i64,
+        lag: Result<i64, String>,
+        now: Instant,
+    ) -> Option<String> {
+        let progress = self.partitions.entry(partition).or_insert(Progress {
+            position,
+            since: now,
+        });
+        if progress.position != position || lag == Ok(0) {
+            progress.position = position;
+            progress.since = now;
+            if lag == Ok(0) {
+                self.last_error = None;
+            }
+            return None;
+        }
+        let still = now.saturating_duration_since(progress.since);
+        if still < self.stall_after {
+            return None;
+        }
+        let mut reason = match lag {
+            Ok(lag) => format!(
+                "no progress for {} s at offset {position} with {lag} messages behind",
+                still.as_secs()
+            ),
+            Err(error) => format!(
+                "no progress for {} s at offset {position}; the high watermark cannot be read: {error}",
+                still.as_secs()
+            ),
+        };
+        if let Some(error) = &self.last_error {
+            reason.push_str(&format!("; last consumer error: {error}"));
+        }
+        Some(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_behind_that_stands_still_is_stalled_until_it_moves() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut stalls = StallDetector::new(Duration::from_secs(60));
+        assert_eq!(stalls.observe(0, 100, Ok(50), at(0)), None);
+        assert_eq!(stalls.observe(0, 100, Ok(50), at(59)), None);
+        stalls.consumer_error("Decompression (codec 0x4) Not implemented".into());
+        let reason = stalls.observe(0, 100, Ok(50), at(61)).expect("stalled");
+        assert_eq!(
+            reason,
+            "no progress for 61 s at offset 100 with 50 messages behind; last consumer error: Decompression (codec 0x4) Not implemented"
+        );
+        // Moving clears it at once; standing still again starts the clock anew.
+        assert_eq!(stalls.observe(0, 101, Ok(49), at(62)), None);
+        assert_eq!(stalls.observe(0, 101, Ok(49), at(100)), None);
+        assert!(stalls.observe(0, 101, Ok(49), at(123)).is_some());
+    }
+
+    #[test]
+    fn an_idle_caught_up_partition_is_never_stalled_and_unreadable_ones_are() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut stalls = StallDetector::new(Duration::from_secs(5));
+        for s in 0..100 {
+            assert_eq!(stalls.observe(1, 7, Ok(0), at(s)), None);
+        }
+        assert_eq!(stalls.observe(2, 0, Err("broker down".into()), at(0)), None);
+        let reason = stalls
+            .observe(2, 0, Err("broker down".into()), at(6))
+            .expect("stalled");
+        assert!(
+            reason.contains("high watermark cannot be read: broker down"),
+            "{reason}"
+        );
+        // Partition 1 is unaffected.
+        assert_eq!(stalls.observe(1, 7, Ok(0), at(101)), None);
     }
 }

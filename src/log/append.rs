@@ -317,7 +317,11 @@ impl Writer {
                 }
                 Err(error) => {
                     tracing::error!(%error, "log append failed; nothing of the batch was written");
-                    self.health.fail(&error);
+                    if error.needs_reopen() {
+                        self.health.fail_until_reopened(&error);
+                    } else {
+                        self.health.fail(&error);
+                    }
                     let error = AppendError::Store(Arc::new(error));
                     for request in group {
                         let _ = request.reply.send(Err(error.clone()));

@@ -51,6 +51,11 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_AUDIT,
 ];
 
+/// Most table files RocksDB keeps open at once: a bound, so the file descriptors the store
+/// needs are known and the HTTP server can leave them free (an unbounded table cache plus
+/// client connections once exhausted the process's limit and broke the WAL).
+pub const MAX_OPEN_TABLE_FILES: i32 = 1_024;
+
 /// Layout version of this build's keys and values; a store of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
 const META_FORMAT_VERSION: &[u8] = b"format_version";
@@ -88,6 +93,14 @@ pub enum StoreError {
     DiskStat { dir: String, source: std::io::Error },
 }
 
+impl StoreError {
+    /// RocksDB keeps failing every write after some I/O errors (a WAL or table file it could
+    /// not create for lack of descriptors or space) until the database is reopened.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::Rocks(_))
+    }
+}
+
 /// Settings that shape the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -116,6 +129,7 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
         db_options.set_keep_log_file_num(4);
+        db_options.set_max_open_files(MAX_OPEN_TABLE_FILES);
         let descriptors = COLUMN_FAMILIES
             .iter()
             .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, options)));

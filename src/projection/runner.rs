@@ -86,7 +86,11 @@ pub fn start(
                         }
                         Err(error) => {
                             tracing::error!(%error, next, "projector batch failed; retrying");
-                            health.fail(&error);
+                            if error.needs_reopen() {
+                                health.fail_until_reopened(&error);
+                            } else {
+                                health.fail(&error);
+                            }
                             std::thread::sleep(Duration::from_secs(1));
                         }
                     }

@@ -56,6 +56,25 @@ pub fn drop_projections(data_dir: &Path) {
     store.write(batch, true).expect("write");
 }
 
+/// The Python of the suite's tools venv (`scripts/test` installs schemathesis and
+/// confluent-kafka there): `$TALLY_SCHEMATHESIS_VENV`, default `~/.cache/tally-schemathesis`.
+pub fn tools_python() -> PathBuf {
+    let venv = std::env::var_os("TALLY_SCHEMATHESIS_VENV").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/tally-schemathesis")
+        },
+        PathBuf::from,
+    );
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "the tools venv is missing at {}; scripts/test installs it",
+        venv.display()
+    );
+    python
+}
+
 /// A running `tally serve`.
 pub struct Server {
     child: Option<Child>,
@@ -133,6 +152,11 @@ impl Server {
         server
     }
 
+    /// Everything the server wrote to stderr (its log), across restarts.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// `/readyz` as JSON (status code included as `http_status`).
     pub fn readiness(&self) -> Value {
         let (status, body) = self.get("/readyz");
@@ -205,6 +229,26 @@ impl Server {
             let status = child.wait().expect("wait");
             assert!(status.success(), "tally exited with {status} after SIGTERM");
         }
+    }
+
+    /// SIGTERM, then waits at most `limit` for the process to exit; a process still running
+    /// then is killed and `None` returned.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// SIGKILL: no chance to flush or drain.
@@ -337,5 +381,55 @@ pub fn micros_text(micros: i64) -> String {
 impl Server {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+}
+
+/// A size-limited tmpfs mounted for one test (a disk that can really fill up), unmounted on
+/// drop. Mounting needs root, as the README's test command runs.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {} (the disk-full test needs root, as CI runs it)",
+            at.display()
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    /// Writes a file that leaves `leave` bytes free on the mount.
+    pub fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        let stat = rustix::fs::statvfs(&self.0).unwrap();
+        let available = stat.f_bavail * stat.f_frsize;
+        assert!(available > leave, "only {available} bytes free");
+        let filler = self.0.join("filler");
+        let file = std::fs::File::create(&filler).unwrap();
+        // tmpfs allocates pages as they are written: write zeros, a sparse file would not fill.
+        let mut writer = std::io::BufWriter::new(file);
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = available - leave;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut writer, &chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        std::io::Write::flush(&mut writer).unwrap();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }

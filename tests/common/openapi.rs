@@ -2,18 +2,14 @@
 
 use serde_json::{Value, json};
 
-/// The F5 OpenAPI document, made strict: an object schema with `properties` allows no other
-/// fields, so a response with a field the spec does not name fails. Length bounds inferred
-/// from examples (`x-reconciled-from-discovery`, e.g. a name of at least 6 characters because
-/// the example's had 7) and bounds marked as inferred are hints, not the contract, and are
-/// dropped.
+/// The OpenAPI document Tally serves (F5's, with the quota maps typed and Tally's own schemas),
+/// made strict: an object schema with `properties` allows no other fields, so a response with a
+/// field the spec does not name fails. Length bounds inferred from examples
+/// (`x-reconciled-from-discovery`, e.g. a name of at least 6 characters because the example's
+/// had 7) and bounds marked as inferred are hints, not the contract, and are dropped.
 pub fn strict_openapi() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/schemas/openapi/f5-billing-and-usage.json"
-    ))
-    .expect("openapi document");
-    let mut doc: Value = serde_json::from_str(&text).expect("openapi json");
+    let mut doc: Value =
+        serde_json::from_slice(&tally::api::ops::openapi_document()).expect("openapi json");
     fn strictify(value: &mut Value) {
         match value {
             Value::Object(map) => {
