@@ -215,3 +215,51 @@ fn readiness_waits_for_the_refold_after_a_start_and_for_disk_above_the_reserve()
     );
     starved.stop();
 }
+
+#[test]
+fn a_store_that_latches_a_write_error_is_reopened_once_the_cause_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::Tmpfs::mount(&dir.path().join("disk"), "48m");
+    // No reserve: let RocksDB itself run out of space, which it then latches.
+    let mut server = Server::start_args(&dir.path().join("disk/data"), &["--min-free-disk", "0"]);
+    let mut accepted = ingest(&server, &events(0, 100))["accepted"]
+        .as_u64()
+        .unwrap();
+    let filler = disk.fill_leaving(0);
+    let mut refused = false;
+    for batch in 1..50 {
+        let (status, answer) = server.post("/api/tally/events", &events(batch * 2_000, 2_000));
+        if status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 200, "{answer}");
+        accepted += answer["accepted"].as_u64().unwrap();
+    }
+    assert!(refused, "a full disk never refused an append");
+    let ready = server.readiness();
+    assert_eq!(ready["log_writer_failing"], true, "{ready}");
+
+    // Space is back: the engine reopens its store by itself and writes again, without a restart.
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, answer) = server.post("/api/tally/events", &events(1_000_000, 10));
+        if status == 200 {
+            accepted += answer["accepted"].as_u64().unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {answer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.wait_caught_up();
+    let ready = server.readiness();
+    assert_eq!(ready["log_entries"], accepted, "{ready}");
+    let (_, report) = server.post("/api/web/namespaces/shop/usage_details", &json!({}));
+    assert_eq!(
+        report["usage_items"][0]["quantity"], accepted as f64,
+        "every acknowledged event is readable: {report}"
+    );
+    assert!(server.log_text().contains("reopening the engine"));
+    server.stop();
+}
