@@ -279,9 +279,7 @@ async fn accept_until(
 /// connections beside the store's table files and everything else.
 fn connection_cap(configured: usize) -> usize {
     let available = raise_descriptor_limit();
-    let reserved = u64::try_from(MAX_OPEN_TABLE_FILES).unwrap_or(1_024) + OTHER_DESCRIPTORS;
-    let room = usize::try_from(available.saturating_sub(reserved)).unwrap_or(usize::MAX);
-    let cap = configured.min(room).max(16);
+    let cap = cap_within(configured, available);
     if cap < configured {
         tracing::warn!(
             configured,
@@ -291,6 +289,14 @@ fn connection_cap(configured: usize) -> usize {
         );
     }
     cap
+}
+
+/// At most `configured` connections, and no more than the descriptors left by the store's table
+/// files and [`OTHER_DESCRIPTORS`] (but at least 16, so a tiny limit still serves).
+fn cap_within(configured: usize, descriptor_limit: u64) -> usize {
+    let reserved = u64::try_from(MAX_OPEN_TABLE_FILES).unwrap_or(1_024) + OTHER_DESCRIPTORS;
+    let room = usize::try_from(descriptor_limit.saturating_sub(reserved)).unwrap_or(usize::MAX);
+    configured.min(room).max(16)
 }
 
 /// Raises the soft limit of open files to the hard one and returns the limit in force.
@@ -341,4 +347,19 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested; draining");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap_within;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_store() {
+        // A container's usual limit leaves the configured cap alone.
+        assert_eq!(cap_within(1_024, 1_048_576), 1_024);
+        // 1,024 table files and 256 others come first.
+        assert_eq!(cap_within(1_024, 1_400), 120);
+        assert_eq!(cap_within(1_024, 1_024), 16);
+        assert_eq!(cap_within(50, 1_400), 50);
+    }
 }
