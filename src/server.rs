@@ -38,6 +38,8 @@ pub async fn serve(
     };
     let billing_clock = tokio::spawn(billing_clock(engine.clone()));
     let app = api::router(AppState::new(engine.clone()));
+    // The peer address is what failed authentications are counted by.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
