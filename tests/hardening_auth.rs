@@ -95,7 +95,11 @@ fn list_page(server: &Server, token: &str, query: &str) -> (Vec<String>, String)
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_owned())
         .collect();
-    let next = answer["next_page_token"].as_str().unwrap().to_owned();
+    // Absent reads as the last page, so callers' own checks say what is wrong.
+    let next = answer["next_page_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     (ids, next)
 }
 
