@@ -1,14 +1,18 @@
-//! API tokens: salted SHA-256 hashes at rest, constant-time checks, tenant/namespace/role scope.
+//! API tokens: salted SHA-256 hashes at rest, constant-time checks, tenant/namespace/role scope;
+//! and the limit on failed authentications per client address.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::log::append::RowWrite;
 use crate::log::codec;
 use crate::log::store::{CF_TOKENS, Store, StoreError};
 use crate::time::UnixMicros;
@@ -57,6 +61,23 @@ pub struct Caller {
 impl Caller {
     pub fn may_read_namespace(&self, namespace: &str) -> bool {
         self.namespaces.iter().any(|n| n == "*" || n == namespace)
+    }
+
+    /// Whether every namespace of `namespaces` is within this caller's scope (`*` only for a
+    /// caller scoped to `*`).
+    pub fn covers(&self, namespaces: &[impl AsRef<str>]) -> bool {
+        !namespaces.is_empty()
+            && namespaces
+                .iter()
+                .all(|n| self.may_read_namespace(n.as_ref()))
+    }
+
+    /// Whether this caller may see and revoke `token`: the operator any; a tenant's admin the
+    /// tokens of its own tenant whose namespaces are all within its own scope, and never the
+    /// operator token.
+    pub fn may_manage(&self, token: &TokenRecord) -> bool {
+        self.operator
+            || (!token.operator && token.tenant == self.tenant && self.covers(&token.namespaces))
     }
 }
 
@@ -145,6 +166,8 @@ impl Tokens {
         })
     }
 
+    /// Writes a token at start-up (the operator's), before the log writer runs; changes made
+    /// through the API go through the writer with their audit record instead.
     fn save(&self, record: TokenRecord) -> Result<(), StoreError> {
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(
@@ -153,9 +176,7 @@ impl Tokens {
             codec::encode_record(&record),
         );
         self.store.write(batch, true)?;
-        if let Ok(mut records) = self.records.write() {
-            records.insert(record.id.clone(), record);
-        }
+        self.remember(record);
         Ok(())
     }
 
@@ -200,22 +221,62 @@ impl Tokens {
         Ok(Some(token))
     }
 
-    /// Issues a token for `tenant`: `tly_<id>_<secret>`, returned once; only its hash is kept.
-    pub fn issue(
-        &self,
+    /// A new token for `tenant`, not stored yet: its record, and `tly_<id>_<secret>` to show
+    /// once (only the hash is kept).
+    pub fn mint(
         tenant: &str,
         role: Role,
         namespaces: Vec<String>,
         expires_at: Option<UnixMicros>,
         now: UnixMicros,
-    ) -> Result<(String, String), StoreError> {
+    ) -> (TokenRecord, String) {
         let id = hex::encode(rand::random::<[u8; 8]>());
         let secret = hex::encode(rand::random::<[u8; 24]>());
         let mut record =
             TokenRecord::new(&id, tenant, role, namespaces, false, secret.as_bytes(), now);
         record.expires_at = expires_at;
-        self.save(record)?;
-        Ok((id.clone(), format!("tly_{id}_{secret}")))
+        (record, format!("tly_{id}_{secret}"))
+    }
+
+    /// The store write that keeps `record`, for the batch that also holds its audit record.
+    pub fn put_row(record: &TokenRecord) -> RowWrite {
+        RowWrite::Put {
+            cf: CF_TOKENS,
+            key: record.id.as_bytes().to_vec(),
+            value: codec::encode_record(record),
+        }
+    }
+
+    /// The store write that revokes token `id`.
+    pub fn delete_row(id: &str) -> RowWrite {
+        RowWrite::Delete {
+            cf: CF_TOKENS,
+            key: id.as_bytes().to_vec(),
+        }
+    }
+
+    /// Serves `record` from now on; call once its [`put_row`](Self::put_row) is written.
+    pub fn remember(&self, record: TokenRecord) {
+        if let Ok(mut records) = self.records.write() {
+            records.insert(record.id.clone(), record);
+        }
+    }
+
+    /// Stops serving token `id`; call once its [`delete_row`](Self::delete_row) is written.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut records) = self.records.write() {
+            records.remove(id);
+        }
+    }
+
+    /// How many tokens `tenant` holds (the operator token not counted).
+    pub fn count(&self, tenant: &str) -> usize {
+        self.records.read().map_or(0, |records| {
+            records
+                .values()
+                .filter(|r| !r.operator && r.tenant == tenant)
+                .count()
+        })
     }
 
     /// Metadata of the tokens of `tenant` (every tenant's for `None`), oldest first.
@@ -240,23 +301,6 @@ impl Tokens {
         self.records.read().ok()?.get(id).cloned()
     }
 
-    /// Revokes a token at once (its record is deleted; the operator token cannot be revoked).
-    pub fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        if id == OPERATOR_ID {
-            return Ok(false);
-        }
-        let exists = self.get(id).is_some();
-        if exists {
-            let mut batch = rocksdb::WriteBatch::default();
-            batch.delete_cf(&self.store.cf(CF_TOKENS), id.as_bytes());
-            self.store.write(batch, true)?;
-            if let Ok(mut records) = self.records.write() {
-                records.remove(id);
-            }
-        }
-        Ok(exists)
-    }
-
     /// The caller a presented token speaks for, if it is valid now.
     pub fn verify(&self, presented: &str, now: UnixMicros) -> Option<Caller> {
         let records = self.records.read().ok()?;
@@ -274,6 +318,91 @@ impl Tokens {
         operator
             .matches(presented.as_bytes(), now)
             .then(|| operator.caller())
+    }
+}
+
+/// Most client addresses whose failures are tracked at once; bounds the memory an attacker
+/// with many addresses can make the server hold.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+/// Failed authentications per client address, counted in fixed windows: once a client has
+/// failed `max` times within `window` of its first failure, every authentication it attempts
+/// (with a valid token too, so guessing learns nothing) is refused until the window ends.
+pub struct FailureLimit {
+    max: u32,
+    window: Duration,
+    clients: Mutex<HashMap<IpAddr, FailureWindow>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    started: Instant,
+    failures: u32,
+}
+
+impl FailureLimit {
+    /// `None` when `max` is 0 (no limit).
+    pub fn new(max: u32, window: Duration) -> Option<FailureLimit> {
+        (max > 0).then(|| FailureLimit {
+            max,
+            window,
+            clients: Mutex::default(),
+        })
+    }
+
+    /// How long `client` must wait before it may try to authenticate again, if it has used
+    /// up its failures.
+    pub fn blocked(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let clients = self.clients.lock().ok()?;
+        let window = clients.get(&client_key(client))?;
+        self.wait(window, now)
+    }
+
+    /// Counts one failed authentication of `client`.
+    pub fn record_failure(&self, client: IpAddr, now: Instant) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        let key = client_key(client);
+        if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&key) {
+            clients.retain(|_, w| now.saturating_duration_since(w.started) < self.window);
+            if clients.len() >= MAX_TRACKED_CLIENTS {
+                // Full of live windows: this client goes uncounted rather than evicting one
+                // that is being limited.
+                return;
+            }
+        }
+        let window = clients.entry(key).or_insert(FailureWindow {
+            started: now,
+            failures: 0,
+        });
+        if now.saturating_duration_since(window.started) >= self.window {
+            *window = FailureWindow {
+                started: now,
+                failures: 0,
+            };
+        }
+        window.failures = window.failures.saturating_add(1);
+    }
+
+    fn wait(&self, window: &FailureWindow, now: Instant) -> Option<Duration> {
+        let ends = window.started + self.window;
+        (window.failures >= self.max && now < ends).then(|| ends - now)
+    }
+}
+
+/// The address failures are counted under: IPv6 clients by their /64 (one host usually holds
+/// a whole /64), IPv4-mapped IPv6 as IPv4.
+fn client_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
     }
 }
 
@@ -321,5 +450,77 @@ mod tests {
         let caller = record.caller();
         assert!(caller.may_read_namespace("shop"));
         assert!(!caller.may_read_namespace("system"));
+    }
+
+    fn token(tenant: &str, namespaces: &[&str], operator: bool) -> TokenRecord {
+        let namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+        TokenRecord::new("t", tenant, Role::Admin, namespaces, operator, b"s", 0)
+    }
+
+    #[test]
+    fn a_scoped_admin_manages_only_tokens_within_its_scope() {
+        let shop = token("acme", &["shop"], false).caller();
+        assert!(shop.may_manage(&token("acme", &["shop"], false)));
+        assert!(!shop.may_manage(&token("acme", &["*"], false)));
+        assert!(!shop.may_manage(&token("acme", &["shop", "blog"], false)));
+        assert!(!shop.may_manage(&token("globex", &["shop"], false)));
+        let all = token("acme", &["*"], false).caller();
+        assert!(all.may_manage(&token("acme", &["*"], false)));
+        assert!(all.may_manage(&token("acme", &["shop", "blog"], false)));
+        assert!(!all.may_manage(&token("globex", &["*"], false)));
+        assert!(
+            !all.may_manage(&token("acme", &["*"], true)),
+            "the operator token"
+        );
+        let operator = token("default", &["*"], true).caller();
+        assert!(operator.may_manage(&token("globex", &["shop"], false)));
+    }
+
+    #[test]
+    fn failures_block_a_client_for_the_rest_of_its_window() {
+        let limit = FailureLimit::new(3, Duration::from_secs(60)).unwrap();
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        for s in 0..3 {
+            assert_eq!(limit.blocked(client, at(s)), None, "failure {s} is allowed");
+            limit.record_failure(client, at(s));
+        }
+        assert_eq!(limit.blocked(client, at(10)), Some(Duration::from_secs(50)));
+        assert_eq!(
+            limit.blocked(other, at(10)),
+            None,
+            "other clients are not affected"
+        );
+        assert_eq!(limit.blocked(client, at(60)), None, "a new window");
+        limit.record_failure(client, at(60));
+        assert_eq!(
+            limit.blocked(client, at(61)),
+            None,
+            "one failure in the new window"
+        );
+        assert!(FailureLimit::new(0, Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_prefix() {
+        let limit = FailureLimit::new(2, Duration::from_secs(60)).unwrap();
+        let now = Instant::now();
+        limit.record_failure("2001:db8:1:2::1".parse().unwrap(), now);
+        limit.record_failure("2001:db8:1:2::ffff".parse().unwrap(), now);
+        assert!(
+            limit
+                .blocked("2001:db8:1:2::3".parse().unwrap(), now)
+                .is_some()
+        );
+        assert!(
+            limit
+                .blocked("2001:db8:1:3::1".parse().unwrap(), now)
+                .is_none()
+        );
+        limit.record_failure("::ffff:192.0.2.9".parse().unwrap(), now);
+        limit.record_failure("192.0.2.9".parse().unwrap(), now);
+        assert!(limit.blocked("192.0.2.9".parse().unwrap(), now).is_some());
     }
 }

@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// Requests per second each token may make (bursts of twice that); 0 turns the limit off.
     #[arg(long, env = "TALLY_RATE_LIMIT", default_value_t = 1_000)]
     pub rate_limit: u32,
+    /// Failed authentications a client address may make per minute; past that it gets 429
+    /// until the minute is over; 0 turns the limit off.
+    #[arg(long, env = "TALLY_AUTH_FAILURE_LIMIT", default_value_t = 30)]
+    pub auth_failure_limit: u32,
+    /// Most API tokens one tenant may hold (the operator token not counted).
+    #[arg(long, env = "TALLY_MAX_TOKENS_PER_TENANT", default_value_t = 1_000)]
+    pub max_tokens_per_tenant: usize,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -162,6 +169,10 @@ pub struct Config {
     /// Requests per second per token (0: unlimited).
     pub rate_limit: u32,
     pub server: ServerLimits,
+    /// Failed authentications per minute per client address (0: unlimited).
+    pub auth_failure_limit: u32,
+    /// Most tokens per tenant.
+    pub max_tokens_per_tenant: usize,
 }
 
 impl Config {
@@ -184,6 +195,8 @@ impl Config {
             accept_catalog_change: false,
             rate_limit: 1_000,
             server: ServerLimits::default(),
+            auth_failure_limit: 30,
+            max_tokens_per_tenant: 1_000,
         }
     }
 
@@ -243,6 +256,8 @@ impl Config {
                 ingest_wait: args.ingest_wait,
             },
             rate_limit: args.rate_limit,
+            auth_failure_limit: args.auth_failure_limit,
+            max_tokens_per_tenant: args.max_tokens_per_tenant,
             accept_catalog_change: false,
             invoice_due: args.invoice_due,
             webhook,

@@ -12,7 +12,9 @@ use crate::config::Config;
 use crate::event::DecodeContext;
 use crate::health::{Health, PartitionStalls};
 use crate::log::LogEntry;
-use crate::log::append::{AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome};
+use crate::log::append::{
+    AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome, RowWrite,
+};
 use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
 use crate::projection::runner;
@@ -172,6 +174,16 @@ impl Engine {
 
     /// Appends quota changes and waits until the projections include them.
     pub async fn append_facts(&self, entries: Vec<LogEntry>) -> Result<Vec<Outcome>, AppendError> {
+        self.append_facts_with_rows(entries, Vec::new()).await
+    }
+
+    /// As [`append_facts`](Self::append_facts), writing `rows` (token changes) in the same
+    /// batch.
+    pub async fn append_facts_with_rows(
+        &self,
+        entries: Vec<LogEntry>,
+        rows: Vec<RowWrite>,
+    ) -> Result<Vec<Outcome>, AppendError> {
         let candidates = entries
             .into_iter()
             .map(|entry| Candidate::Fact {
@@ -179,7 +191,7 @@ impl Engine {
                 identity: None,
             })
             .collect();
-        let outcomes = self.appender.append(candidates).await?;
+        let outcomes = self.appender.append_with_rows(candidates, rows).await?;
         self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
             .await;
         Ok(outcomes)

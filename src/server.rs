@@ -230,7 +230,7 @@ async fn accept_until(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // The router, with the peer's address for handlers that key on it.
+        // The router, with the peer's address (failed authentications are counted by it).
         let app = app.clone();
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {

@@ -41,6 +41,10 @@ pub enum ApiError {
     /// after the given seconds.
     #[error("too many requests for this token; retry after {0} s")]
     TooManyRequests(u64),
+    /// 429 / RESOURCE_EXHAUSTED: this client address failed to authenticate too often
+    /// (`--auth-failure-limit`); retry after the given seconds.
+    #[error("too many failed authentications from this address; retry after {0} s")]
+    TooManyFailedAuthentications(u64),
     /// 503 / UNAVAILABLE: storage cannot be written or read now; retrying later is safe.
     #[error("{0}")]
     Unavailable(String),
@@ -67,7 +71,9 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 6),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 4),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
-            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
+            ApiError::TooManyRequests(_) | ApiError::TooManyFailedAuthentications(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, 8)
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
         }
@@ -90,7 +96,8 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if let ApiError::TooManyRequests(seconds) = self
+        if let ApiError::TooManyRequests(seconds) | ApiError::TooManyFailedAuthentications(seconds) =
+            self
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);

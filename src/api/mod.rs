@@ -12,11 +12,12 @@ pub mod quota;
 pub mod tokens;
 pub mod usage;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
@@ -29,7 +30,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-use crate::auth::{Caller, Role};
+use crate::auth::{Caller, FailureLimit, Role};
 use crate::engine::Engine;
 use crate::event::is_dns1035_label;
 use crate::log::keys::Scope;
@@ -39,6 +40,8 @@ use crate::metrics::{RequestLabels, RouteLabels};
 pub const MAX_INGEST_BODY: usize = 10 * 1024 * 1024;
 /// Largest body of every other request.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// The window `--auth-failure-limit` counts failed authentications of one client in.
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What handlers share.
 #[derive(Clone)]
@@ -54,11 +57,17 @@ pub struct AppState {
     pub rebuild_lock: Arc<tokio::sync::Mutex<()>>,
     /// Requests per token (none when `--rate-limit 0`).
     pub limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+    /// Failed authentications per client address (none when `--auth-failure-limit 0`).
+    pub auth_failures: Option<Arc<FailureLimit>>,
+    /// Serialises token changes, so the per-tenant cap is judged against every earlier one.
+    pub token_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> AppState {
         let engine_rate_limit = engine.config.rate_limit;
+        let auth_failures =
+            FailureLimit::new(engine.config.auth_failure_limit, AUTH_FAILURE_WINDOW).map(Arc::new);
         AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
@@ -66,6 +75,8 @@ impl AppState {
             billing_lock: Arc::default(),
             rebuild_lock: Arc::default(),
             limiter: rate_limiter(engine_rate_limit),
+            auth_failures,
+            token_lock: Arc::default(),
         }
     }
 }
@@ -302,21 +313,41 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
+        let mut headers = parts.headers.get_all(AUTHORIZATION).iter();
+        let header = headers.next().ok_or(ApiError::Unauthenticated)?;
+        if headers.next().is_some() {
+            // Proxies and servers disagree on which of several wins; refuse to pick one.
+            return Err(ApiError::BadRequest(
+                "Authorization: more than one header; send exactly one".into(),
+            ));
+        }
         let token = header
-            .strip_prefix("APIToken ")
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("APIToken "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthenticated)?;
-        let caller = state
-            .engine
-            .tokens
-            .verify(token, state.engine.now())
-            .ok_or(ApiError::Unauthenticated)?;
+        // The peer address; absent only when the router is driven in-process (tests).
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        let failures = state.auth_failures.as_deref().zip(client);
+        let now = Instant::now();
+        if let Some((failures, client)) = failures
+            && let Some(wait) = failures.blocked(client, now)
+        {
+            return Err(ApiError::TooManyFailedAuthentications(retry_after(wait)));
+        }
+        // No await between the check above and the count below: at most one request per
+        // runtime thread can slip past a budget that is just being used up.
+        let Some(caller) = state.engine.tokens.verify(token, state.engine.now()) else {
+            if let Some((failures, client)) = failures {
+                failures.record_failure(client, now);
+            }
+            return Err(ApiError::Unauthenticated);
+        };
         if let Some(limiter) = &state.limiter
             && let Err(not_until) = limiter.check_key(&caller.token_id)
         {
@@ -326,6 +357,12 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(caller)
     }
+}
+
+/// Whole seconds to put in `Retry-After`: rounded up, at least 1.
+fn retry_after(wait: Duration) -> u64 {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    seconds.max(1)
 }
 
 /// Refuses callers below `role`.
@@ -406,6 +443,17 @@ pub async fn append_audited(
     entries: Vec<crate::log::LogEntry>,
     audits: Vec<(String, String, String)>,
 ) -> Result<(), ApiError> {
+    append_audited_with_rows(state, caller, entries, audits, Vec::new()).await
+}
+
+/// As [`append_audited`], with `rows` (token changes) in the same batch.
+pub async fn append_audited_with_rows(
+    state: &AppState,
+    caller: &Caller,
+    entries: Vec<crate::log::LogEntry>,
+    audits: Vec<(String, String, String)>,
+    rows: Vec<crate::log::append::RowWrite>,
+) -> Result<(), ApiError> {
     let at = state.engine.now();
     let mut all = entries;
     all.extend(audits.into_iter().map(|(tenant, action, target)| {
@@ -418,7 +466,7 @@ pub async fn append_audited(
             target,
         })
     }));
-    state.engine.append_facts(all).await?;
+    state.engine.append_facts_with_rows(all, rows).await?;
     Ok(())
 }
 

@@ -1,18 +1,19 @@
 //! Token management (`/api/tally/tokens`) and the audit trail (`/api/tally/audit`).
 //!
-//! The operator may manage tokens of any tenant; a tenant's admin only its own, and never
-//! wider than its own token (role and namespaces). Another tenant's token is "not found".
+//! The operator may manage tokens of any tenant; a tenant's admin only its own tenant's whose
+//! namespaces are all within its own scope, and never issues one wider than that. A token it
+//! may not manage is "not found". Each change and its audit record are one write batch.
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, append_audited, body_bytes, parse_body, require_role};
+use super::{AppState, append_audited_with_rows, body_bytes, parse_body, require_role};
 use crate::api::ApiError;
-use crate::auth::{Caller, Role, TokenRecord};
+use crate::auth::{Caller, Role, TokenRecord, Tokens};
 use crate::event::{is_dns1035_label, is_tenant_name};
 use crate::log::codec;
 use crate::log::keys::push_str;
@@ -99,41 +100,109 @@ pub async fn create(
             Some(at)
         }
     };
-    let engine = state.engine.clone();
-    let (role, namespaces, owner) = (request.role, request.namespaces, tenant.clone());
-    let (id, token) = tokio::task::spawn_blocking(move || {
-        engine
-            .tokens
-            .issue(&owner, role, namespaces, expires_at, now)
-    })
-    .await??;
-    let audit = (tenant.clone(), "token.create".to_owned(), id.clone());
-    append_audited(&state, &caller, Vec::new(), vec![audit]).await?;
-    let mut answer = state
-        .engine
-        .tokens
-        .get(&id)
-        .map(|r| token_json(&r))
-        .unwrap_or_else(|| json!({"id": id}));
+    let _guard = state.token_lock.lock().await;
+    let cap = state.engine.config.max_tokens_per_tenant;
+    if state.engine.tokens.count(&tenant) >= cap {
+        return Err(ApiError::Conflict(format!(
+            "tenant `{tenant}` holds {cap} tokens, the most --max-tokens-per-tenant allows; revoke one first"
+        )));
+    }
+    let (record, token) = Tokens::mint(&tenant, request.role, request.namespaces, expires_at, now);
+    let target = crate::audit::token_target(&record.id, &record.namespaces);
+    let audit = (tenant, "token.create".to_owned(), target);
+    let row = Tokens::put_row(&record);
+    append_audited_with_rows(&state, &caller, Vec::new(), vec![audit], vec![row]).await?;
+    let mut answer = token_json(&record);
+    state.engine.tokens.remember(record);
     answer["token"] = json!(token);
     Ok(Json(answer))
 }
 
-/// `GET /api/tally/tokens`: metadata only (never a secret or its hash).
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Most tokens one page of the list holds, and how many when `page_size` is not given.
+const MAX_PAGE_SIZE: usize = 1_000;
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    page_size: Option<usize>,
+    #[serde(default)]
+    page_token: Option<String>,
+}
+
+/// Where a page starts: after the token created at `.0` with id `.1` (the list's order).
+type Cursor = (time::UnixMicros, String);
+
+fn encode_page_token((created_at, id): &Cursor) -> String {
+    let mut bytes = created_at.to_be_bytes().to_vec();
+    bytes.extend_from_slice(id.as_bytes());
+    hex::encode(bytes)
+}
+
+fn decode_page_token(text: &str) -> Option<Cursor> {
+    let bytes = hex::decode(text).ok()?;
+    let (at, id) = bytes.split_at_checked(8)?;
+    let at = time::UnixMicros::from_be_bytes(at.try_into().ok()?);
+    Some((at, String::from_utf8(id.to_vec()).ok()?))
+}
+
+/// One page of `records` (in list order): up to `page_size` after `after`, and the cursor
+/// of the next page when more follow.
+fn page(
+    records: Vec<TokenRecord>,
+    after: Option<&Cursor>,
+    page_size: usize,
+) -> (Vec<TokenRecord>, Option<Cursor>) {
+    let mut rest = records
+        .into_iter()
+        .filter(|r| after.is_none_or(|(at, id)| (r.created_at, &r.id) > (*at, id)));
+    let page: Vec<TokenRecord> = rest.by_ref().take(page_size).collect();
+    let next = match (rest.next(), page.last()) {
+        (Some(_), Some(last)) => Some((last.created_at, last.id.clone())),
+        _ => None,
+    };
+    (page, next)
+}
+
+/// `GET /api/tally/tokens[?page_size=&page_token=]`: metadata only (never a secret or its
+/// hash) of the tokens the caller may manage, oldest first, a page at a time.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     require_role(&caller, Role::Admin)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
+    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(ApiError::BadRequest(format!(
+            "page_size: 1 to {MAX_PAGE_SIZE}, not {page_size}"
+        )));
+    }
+    let after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(text) => Some(decode_page_token(text).ok_or_else(|| {
+            ApiError::BadRequest("page_token: not a `next_page_token` of this list".into())
+        })?),
+    };
     let tenant = (!caller.operator).then_some(caller.tenant.as_str());
-    let tokens: Vec<Value> = state
+    let visible: Vec<TokenRecord> = state
         .engine
         .tokens
         .list(tenant)
-        .iter()
-        .map(token_json)
+        .into_iter()
+        .filter(|r| caller.may_manage(r))
         .collect();
-    Ok(Json(json!({"tokens": tokens})))
+    let (tokens, next) = page(visible, after.as_ref(), page_size);
+    let tokens: Vec<Value> = tokens.iter().map(token_json).collect();
+    let next_page_token = next.as_ref().map(encode_page_token).unwrap_or_default();
+    Ok(Json(
+        json!({"tokens": tokens, "next_page_token": next_page_token}),
+    ))
 }
 
-/// `DELETE /api/tally/tokens/{id}`: revoked at once.
+/// `DELETE /api/tally/tokens/{id}`: revoked at once. A token the caller may not manage (another
+/// tenant's, or one wider than the caller's scope) is "not found".
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -141,8 +210,9 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     require_role(&caller, Role::Admin)?;
     let not_found = || ApiError::NotFound("no token has this id".into());
+    let _guard = state.token_lock.lock().await;
     let record = state.engine.tokens.get(&id).ok_or_else(not_found)?;
-    if !caller.operator && record.tenant != caller.tenant {
+    if !caller.may_manage(&record) {
         return Err(not_found());
     }
     if record.operator {
@@ -151,11 +221,11 @@ pub async fn revoke(
                 .into(),
         ));
     }
-    let engine = state.engine.clone();
-    let revoked_id = id.clone();
-    tokio::task::spawn_blocking(move || engine.tokens.revoke(&revoked_id)).await??;
-    let audit = (record.tenant.clone(), "token.revoke".to_owned(), id.clone());
-    append_audited(&state, &caller, Vec::new(), vec![audit]).await?;
+    let target = crate::audit::token_target(&record.id, &record.namespaces);
+    let audit = (record.tenant.clone(), "token.revoke".to_owned(), target);
+    let row = Tokens::delete_row(&id);
+    append_audited_with_rows(&state, &caller, Vec::new(), vec![audit], vec![row]).await?;
+    state.engine.tokens.forget(&id);
     Ok(Json(json!({"id": id, "revoked": true})))
 }
 
@@ -168,7 +238,8 @@ pub struct AuditQuery {
 }
 
 /// `GET /api/tally/audit[?tenant=&limit=]`: the tenant's admin and billing changes, newest
-/// first (the operator may name any tenant).
+/// first (the operator may name any tenant). An admin scoped to some namespaces reads only the
+/// records about them ([`crate::audit::visible_to`]).
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,6 +278,7 @@ pub async fn audit(
     let records: Vec<Value> = records
         .iter()
         .rev()
+        .filter(|r| crate::audit::visible_to(r, &caller))
         .take(limit)
         .map(|r| {
             json!({
@@ -220,4 +292,59 @@ pub async fn audit(
         })
         .collect();
     Ok(Json(json!({"audit": records})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(n: usize) -> Vec<TokenRecord> {
+        (0..n)
+            .map(|i| {
+                let (mut record, _) = Tokens::mint("acme", Role::Read, vec!["*".into()], None, 0);
+                // Two tokens per instant: the id breaks the tie.
+                record.created_at = i64::try_from(i / 2).unwrap();
+                record.id = format!("{i:04}");
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_cover_the_list_once_in_order() {
+        let all = records(7);
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = page(all.clone(), after.as_ref(), 3);
+            seen.extend(page.into_iter().map(|r| r.id));
+            pages += 1;
+            match next {
+                Some(cursor) => {
+                    let text = encode_page_token(&cursor);
+                    after = Some(decode_page_token(&text).unwrap());
+                }
+                None => break,
+            }
+        }
+        let ids: Vec<String> = all.into_iter().map(|r| r.id).collect();
+        assert_eq!((seen, pages), (ids, 3));
+        let (page, next) = page(records(3), None, 3);
+        assert_eq!(
+            (page.len(), next),
+            (3, None),
+            "a full last page has no next"
+        );
+    }
+
+    #[test]
+    fn page_tokens_that_were_not_handed_out_are_refused() {
+        assert_eq!(decode_page_token("zz"), None);
+        assert_eq!(decode_page_token("0102"), None);
+        assert_eq!(
+            decode_page_token(&encode_page_token(&(-5, "ab".into()))),
+            Some((-5, "ab".into()))
+        );
+    }
 }

@@ -131,10 +131,27 @@ pub struct SourceOffset {
     pub next_offset: i64,
 }
 
+/// A row of a column family beside the log (a token), put or deleted in the same batch as
+/// the entries it goes with: a change and its audit record are then one write, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowWrite {
+    Put {
+        cf: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: &'static str,
+        key: Vec<u8>,
+    },
+}
+
 struct AppendRequest {
     candidates: Vec<Candidate>,
     /// Written in the same batch as the candidates: a replayed message is then recognised.
     offsets: Vec<SourceOffset>,
+    /// Written in the same batch as the candidates.
+    rows: Vec<RowWrite>,
     reply: oneshot::Sender<Result<Vec<Outcome>, AppendError>>,
 }
 
@@ -237,10 +254,21 @@ impl Appender {
 
     /// Appends durably (fsync'd) and answers one outcome per candidate, in order.
     pub async fn append(&self, candidates: Vec<Candidate>) -> Result<Vec<Outcome>, AppendError> {
+        self.append_with_rows(candidates, Vec::new()).await
+    }
+
+    /// As [`append`](Self::append), writing `rows` in the same batch (subject to the same
+    /// free-space reserve): all of it is written, or nothing.
+    pub async fn append_with_rows(
+        &self,
+        candidates: Vec<Candidate>,
+        rows: Vec<RowWrite>,
+    ) -> Result<Vec<Outcome>, AppendError> {
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             candidates,
             offsets: Vec::new(),
+            rows,
             reply,
         };
         self.tx
@@ -261,6 +289,7 @@ impl Appender {
         let request = AppendRequest {
             candidates,
             offsets,
+            rows: Vec::new(),
             reply,
         };
         self.tx
@@ -475,6 +504,12 @@ impl Writer {
             );
         }
         drop((log_cf, dedup_cf, dead_cf, offsets_cf));
+        for row in group.iter().flat_map(|r| &r.rows) {
+            match row {
+                RowWrite::Put { cf, key, value } => batch.put_cf(&self.store.cf(cf), key, value),
+                RowWrite::Delete { cf, key } => batch.delete_cf(&self.store.cf(cf), key),
+            }
+        }
         if !batch.is_empty() {
             self.store.write(batch, true)?;
         }
@@ -584,6 +619,56 @@ mod tests {
         assert_eq!(source, &kafka(8));
         drop(appender);
         thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn rows_are_written_with_their_entries_or_not_at_all() {
+        use crate::log::store::CF_TOKENS;
+        let entry = || Candidate::Fact {
+            entry: LogEntry::Audit(crate::audit::AuditRecord {
+                at: 5,
+                actor: "operator".into(),
+                actor_tenant: "acme".into(),
+                tenant: "acme".into(),
+                action: "token.create".into(),
+                target: "new".into(),
+            }),
+            identity: None,
+        };
+        let rows = || {
+            vec![
+                RowWrite::Put {
+                    cf: CF_TOKENS,
+                    key: b"new".to_vec(),
+                    value: b"v".to_vec(),
+                },
+                RowWrite::Delete {
+                    cf: CF_TOKENS,
+                    key: b"old".to_vec(),
+                },
+            ]
+        };
+        for (reserve, written) in [(0, true), (u64::MAX, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = StoreOptions {
+                dedup_horizon: Duration::from_secs(86_400),
+                min_free_disk: reserve,
+            };
+            let store = Store::open(dir.path(), &options).unwrap();
+            let mut batch = WriteBatch::default();
+            batch.put_cf(&store.cf(CF_TOKENS), b"old", b"v");
+            store.write(batch, true).unwrap();
+            let clock: Clock = std::sync::Arc::new(|| 5);
+            let (appender, thread) =
+                Appender::start(store.clone(), LogHead::new(0), clock, Default::default()).unwrap();
+            let result = appender.append_with_rows(vec![entry()], rows()).await;
+            assert_eq!(result.is_ok(), written, "reserve {reserve}: {result:?}");
+            assert_eq!(store.read_log(0, 10).unwrap().len(), usize::from(written));
+            assert_eq!(store.get(CF_TOKENS, b"new").unwrap().is_some(), written);
+            assert_eq!(store.get(CF_TOKENS, b"old").unwrap().is_none(), written);
+            drop(appender);
+            thread.join().unwrap();
+        }
     }
 
     #[test]
