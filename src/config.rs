@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Requests per second each token may make (bursts of twice that); 0 turns the limit off.
     #[arg(long, env = "TALLY_RATE_LIMIT", default_value_t = 1_000)]
     pub rate_limit: u32,
+    /// Directory under which `POST /api/tally/admin/backup` may write (created on the first
+    /// backup); `<data-dir>.backups` beside the data directory when absent.
+    #[arg(long, env = "TALLY_BACKUP_ROOT")]
+    pub backup_root: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -118,6 +122,13 @@ pub struct Config {
     pub accept_catalog_change: bool,
     /// Requests per second per token (0: unlimited).
     pub rate_limit: u32,
+    /// Where API backups may be written (`--backup-root`).
+    pub backup_root: PathBuf,
+}
+
+/// The backup root when `--backup-root` is absent: beside the data directory, outside it.
+pub fn default_backup_root(data_dir: &std::path::Path) -> PathBuf {
+    crate::replay::sibling_dir(data_dir, ".backups")
 }
 
 impl Config {
@@ -126,6 +137,7 @@ impl Config {
     pub fn with_defaults(data_dir: PathBuf, catalog: Arc<Catalog>) -> Config {
         let days = |n: u64| Duration::from_secs(n * 86_400);
         Config {
+            backup_root: default_backup_root(&data_dir),
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
@@ -189,6 +201,10 @@ impl Config {
             (None, _) => None,
         };
         Ok(Config {
+            backup_root: args
+                .backup_root
+                .clone()
+                .unwrap_or_else(|| default_backup_root(&args.data_dir)),
             rate_limit: args.rate_limit,
             accept_catalog_change: false,
             invoice_due: args.invoice_due,
@@ -278,6 +294,20 @@ mod tests {
         let from_flags = Config::from_args(&cli.serve).unwrap();
         let defaults = Config::with_defaults("/d".into(), from_flags.catalog.clone());
         assert_eq!(format!("{from_flags:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn the_backup_root_defaults_to_beside_the_data_directory() {
+        let cli = Cli::parse_from(["tally", "--data-dir", "/srv/tally/"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().backup_root,
+            PathBuf::from("/srv/tally.backups")
+        );
+        let cli = Cli::parse_from(["tally", "--backup-root", "/backups"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().backup_root,
+            PathBuf::from("/backups")
+        );
     }
 
     #[test]
