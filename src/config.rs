@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Most API tokens one tenant may hold (the operator token not counted).
     #[arg(long, env = "TALLY_MAX_TOKENS_PER_TENANT", default_value_t = 1_000)]
     pub max_tokens_per_tenant: usize,
+    /// Directory under which `POST /api/tally/admin/backup` may write (created on the first
+    /// backup); `<data-dir>.backups` beside the data directory when absent.
+    #[arg(long, env = "TALLY_BACKUP_ROOT")]
+    pub backup_root: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -173,6 +177,13 @@ pub struct Config {
     pub auth_failure_limit: u32,
     /// Most tokens per tenant.
     pub max_tokens_per_tenant: usize,
+    /// Where API backups may be written (`--backup-root`).
+    pub backup_root: PathBuf,
+}
+
+/// The backup root when `--backup-root` is absent: beside the data directory, outside it.
+pub fn default_backup_root(data_dir: &std::path::Path) -> PathBuf {
+    crate::replay::sibling_dir(data_dir, ".backups")
 }
 
 impl Config {
@@ -181,6 +192,7 @@ impl Config {
     pub fn with_defaults(data_dir: PathBuf, catalog: Arc<Catalog>) -> Config {
         let days = |n: u64| Duration::from_secs(n * 86_400);
         Config {
+            backup_root: default_backup_root(&data_dir),
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
@@ -255,6 +267,10 @@ impl Config {
                 shutdown_timeout: args.shutdown_timeout,
                 ingest_wait: args.ingest_wait,
             },
+            backup_root: args
+                .backup_root
+                .clone()
+                .unwrap_or_else(|| default_backup_root(&args.data_dir)),
             rate_limit: args.rate_limit,
             auth_failure_limit: args.auth_failure_limit,
             max_tokens_per_tenant: args.max_tokens_per_tenant,
@@ -346,6 +362,20 @@ mod tests {
         let from_flags = Config::from_args(&cli.serve).unwrap();
         let defaults = Config::with_defaults("/d".into(), from_flags.catalog.clone());
         assert_eq!(format!("{from_flags:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn the_backup_root_defaults_to_beside_the_data_directory() {
+        let cli = Cli::parse_from(["tally", "--data-dir", "/srv/tally/"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().backup_root,
+            PathBuf::from("/srv/tally.backups")
+        );
+        let cli = Cli::parse_from(["tally", "--backup-root", "/backups"]);
+        assert_eq!(
+            Config::from_args(&cli.serve).unwrap().backup_root,
+            PathBuf::from("/backups")
+        );
     }
 
     #[test]

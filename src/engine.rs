@@ -64,6 +64,17 @@ fn changed_meters(
         .collect()
 }
 
+/// Meters whose definition in `catalog` differs from the one the projections in `store` were
+/// folded with (none when nothing is recorded yet).
+pub fn catalog_changes(
+    store: &Store,
+    catalog: &crate::catalog::Catalog,
+) -> Result<Vec<String>, StoreError> {
+    Ok(stored_meters(store)?
+        .map(|stored| changed_meters(&stored, &catalog.meter_definitions()))
+        .unwrap_or_default())
+}
+
 /// A running engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     pub config: Config,

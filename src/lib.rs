@@ -21,6 +21,7 @@
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
 //! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in.
+//! - [`backup`]: where backups may be written.
 //! - [`audit`]: the record of who changed what.
 //! - [`auth`], [`config`], [`metrics`], [`health`].
 //!
@@ -39,6 +40,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod billing;
 pub mod catalog;
 pub mod config;

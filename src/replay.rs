@@ -37,6 +37,51 @@ pub enum ReplayError {
     UnknownProjection(String),
     #[error("cannot prepare the shadow store in {dir}: {source}")]
     ShadowDir { dir: String, source: std::io::Error },
+    #[error(
+        "the catalog changes meters {meters}, which shape the {affected} projections; rebuilding only {requested} would leave {missing} folded under the old definitions: rebuild them together (--projection all), or use --dry-run to compare only"
+    )]
+    PartialCatalogRebuild {
+        meters: String,
+        affected: String,
+        requested: String,
+        missing: String,
+    },
+}
+
+/// The projections folded by the meter definitions (aggregation, division factor, quota
+/// binding): usage rows, quota levels and invoice lines all read them. The audit trail does
+/// not.
+pub const CATALOG_PROJECTIONS: &[&str] = &["usage", "quota", "billing"];
+
+/// The projections a catalog change affects that `cfs` does not rebuild.
+pub fn left_under_old_catalog(cfs: &[&str]) -> Vec<&'static str> {
+    PROJECTIONS
+        .iter()
+        .filter(|(name, projection_cfs)| {
+            CATALOG_PROJECTIONS.contains(name) && !projection_cfs.iter().all(|cf| cfs.contains(cf))
+        })
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// Refuses to swap in part of the projections under a changed catalog: the catalog can be
+/// recorded only once every projection it affects was folded under it, and until then the
+/// others would disagree with it. `changed_meters` empty: nothing to check.
+pub fn check_catalog_rebuild(
+    changed_meters: &[String],
+    projection: &str,
+    cfs: &[&str],
+) -> Result<(), ReplayError> {
+    let missing = left_under_old_catalog(cfs);
+    if changed_meters.is_empty() || missing.is_empty() {
+        return Ok(());
+    }
+    Err(ReplayError::PartialCatalogRebuild {
+        meters: changed_meters.join(", "),
+        affected: CATALOG_PROJECTIONS.join(", "),
+        requested: projection.chars().take(64).collect(),
+        missing: missing.join(", "),
+    })
 }
 
 /// The column families of `name` (`all` for every projection).
@@ -167,10 +212,27 @@ pub struct RebuildReport {
     pub swapped: bool,
 }
 
-fn shadow_dir(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir.as_os_str().to_owned();
-    name.push(".rebuild");
-    PathBuf::from(name)
+/// `dir` with `suffix` added to its last component: a directory beside it (`data/` gives
+/// `data.rebuild`, not `data/.rebuild`).
+pub fn sibling_dir(dir: &Path, suffix: &str) -> PathBuf {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            let mut name = name.to_owned();
+            name.push(suffix);
+            parent.join(name)
+        }
+        // `.`, `..` or `/`: no last component to extend.
+        _ => {
+            let mut name = dir.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        }
+    }
+}
+
+/// Where a rebuild folds into (`<data-dir>.rebuild`); deleted at the start and end of each.
+pub fn shadow_dir(data_dir: &Path) -> PathBuf {
+    sibling_dir(data_dir, ".rebuild")
 }
 
 /// Times a plain scan of the log column family (no decoding): the ceiling of any fold.
@@ -285,4 +347,49 @@ pub fn rebuild(
 /// The seq key of a log position, for inspection output.
 pub fn seq_hex(seq: u64) -> String {
     hex::encode(keys::seq_key(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_catalog_needs_every_projection_it_shapes() {
+        let changed = vec!["http_lb_requests".to_owned()];
+        let usage = projection_cfs("usage").unwrap();
+        assert_eq!(left_under_old_catalog(&usage), ["quota", "billing"]);
+        let error = check_catalog_rebuild(&changed, "usage", &usage).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("http_lb_requests")
+                && message.contains("would leave quota, billing")
+                && message.contains("--projection all"),
+            "{message}"
+        );
+        // Nothing changed: any projection may be rebuilt alone.
+        assert!(check_catalog_rebuild(&[], "usage", &usage).is_ok());
+        let all = projection_cfs("all").unwrap();
+        assert!(left_under_old_catalog(&all).is_empty());
+        assert!(check_catalog_rebuild(&changed, "all", &all).is_ok());
+        // The audit trail does not depend on the catalog.
+        let audit = projection_cfs("audit").unwrap();
+        assert_eq!(left_under_old_catalog(&audit).len(), 3);
+    }
+
+    #[test]
+    fn sibling_directories_sit_beside_even_with_a_trailing_slash() {
+        assert_eq!(
+            shadow_dir(Path::new("/srv/data")),
+            Path::new("/srv/data.rebuild")
+        );
+        assert_eq!(
+            shadow_dir(Path::new("/srv/data/")),
+            Path::new("/srv/data.rebuild")
+        );
+        assert_eq!(shadow_dir(Path::new("data")), Path::new("data.rebuild"));
+        assert_eq!(
+            sibling_dir(Path::new("./data/"), ".restoring"),
+            Path::new("./data.restoring")
+        );
+    }
 }

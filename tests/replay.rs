@@ -257,8 +257,8 @@ fn backups_restore_to_the_same_answers() {
     let mut server = Server::start(&data, None);
     mixed_workload(&server);
     let before = answers(&server);
-    // Live, through the admin endpoint.
-    let live_copy = dir.path().join("live-backup");
+    // Live, through the admin endpoint, under the default backup root beside the data.
+    let live_copy = dir.path().join("data.backups").join("live-backup");
     let (status, body) = server.call(
         "POST",
         "/api/tally/admin/backup",

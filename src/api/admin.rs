@@ -1,5 +1,5 @@
 //! Operator actions on a running engine: rebuild the projections from the log, back the store
-//! up. Operator token only.
+//! up (under the backup root only). Operator token only.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::{AppState, body_bytes, parse_body, require_operator};
 use crate::api::ApiError;
 use crate::auth::Caller;
+use crate::backup::{self, BackupPathError};
 use crate::replay;
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +58,7 @@ struct BackupRequest {
 }
 
 /// `POST /api/tally/admin/backup {to}`: a consistent copy of the store in a new directory on
-/// the server.
+/// the server, under the backup root (`--backup-root`).
 pub async fn backup(
     State(state): State<AppState>,
     caller: Caller,
@@ -66,16 +67,18 @@ pub async fn backup(
     require_operator(&caller)?;
     let body = body_bytes(body)?;
     let request: BackupRequest = parse_body(&body)?;
-    let to = std::path::PathBuf::from(&request.to);
-    if !to.is_absolute() {
-        return Err(ApiError::BadRequest("to: must be an absolute path".into()));
-    }
-    if to.exists() {
-        return Err(ApiError::Conflict(format!(
-            "to: {} exists; a backup goes to a new directory",
-            to.display()
-        )));
-    }
+    let config = &state.engine.config;
+    let (root, data_dir) = (config.backup_root.clone(), config.data_dir.clone());
+    let requested = std::path::PathBuf::from(&request.to);
+    let to = tokio::task::spawn_blocking(move || {
+        backup::backup_target(Some(&root), &data_dir, &requested)
+    })
+    .await?
+    .map_err(|error| match error {
+        BackupPathError::Exists(_) => ApiError::Conflict(format!("to: {error}")),
+        BackupPathError::Root { .. } => ApiError::Internal(error.to_string()),
+        _ => ApiError::BadRequest(format!("to: {error}")),
+    })?;
     let store = state.engine.store.clone();
     let target = to.clone();
     tokio::task::spawn_blocking(move || store.checkpoint_to(&target))

@@ -141,6 +141,7 @@ pub fn replay_kafka(
                 };
                 match decode_message(engine, engine.now(), source, &polled) {
                     Candidate::Rejected(_) => counts.rejected += 1,
+                    candidate if forgotten(engine, &candidate) => counts.rejected += 1,
                     candidate => batch.push(candidate),
                 }
                 if batch.len() >= 1_000 {
@@ -163,6 +164,13 @@ pub fn replay_kafka(
     }
     flush(&mut batch, &mut counts)?;
     Ok(counts)
+}
+
+/// Whether the log writer would refuse `candidate` as older than the stored forgetting
+/// horizon; replays count it as refused here instead of having it stored as a dead letter.
+fn forgotten(engine: &Engine, candidate: &Candidate) -> bool {
+    matches!(candidate, Candidate::Event { event, .. }
+        if event.timestamp < engine.store.ids_forgotten_before())
 }
 
 /// Re-validates dead letters (those whose reason contains `reason`, when given) against the
@@ -205,6 +213,9 @@ pub fn repair_dead_letters(
             }
             let context = engine.decode_context(now, &letter.tenant, false);
             match event::decode(&letter.raw, &context) {
+                Ok(event) if event.timestamp < engine.store.ids_forgotten_before() => {
+                    counts.rejected += 1
+                }
                 Ok(event) => candidates.push(Candidate::Event {
                     event,
                     source: letter.source.clone(),

@@ -18,7 +18,7 @@ use super::store::{CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_OFFSETS, Store, StoreErr
 use super::{DeadLetter, DedupRecord, LogEntry};
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::health::Health;
-use crate::time::Clock;
+use crate::time::{self, Clock, UnixMicros};
 
 /// Most events written in one batch; bounds memory and the time one fsync covers.
 const MAX_GROUP_EVENTS: usize = 50_000;
@@ -110,6 +110,24 @@ pub fn conflict_rejection(id: &str, recorded_seq: u64) -> Rejection {
         "id",
         format!(
             "was already recorded (seq {recorded_seq}) with a different body; an id names one event"
+        ),
+    )
+}
+
+/// The answer to an event older than the stored forgetting horizon: its id may already be
+/// forgotten, so a resend could not be told from the original.
+pub fn forgotten_rejection(
+    id: &str,
+    timestamp: UnixMicros,
+    forgotten_before: UnixMicros,
+) -> Rejection {
+    Rejection::new(
+        Some(id),
+        "timestamp",
+        format!(
+            "{} is older than {}, before which event ids may already be forgotten (the dedup horizon this store pruned with); it could not be told from an event already counted",
+            time::format_rfc3339(timestamp),
+            time::format_rfc3339(forgotten_before)
         ),
     )
 }
@@ -372,6 +390,12 @@ impl Writer {
         let stored = self.store.dedup_lookup(&dedup_keys)?;
 
         let now = (self.clock)();
+        // The forgetting horizon moves with this batch, before any compaction may use it;
+        // events older than it are refused whatever late window admitted them.
+        let forget_cutoff = self.store.forget_cutoff(now);
+        let refuse_before = forget_cutoff
+            .unwrap_or(i64::MIN)
+            .max(self.store.ids_forgotten_before());
         let mut next_seq = self.next_seq;
         let mut next_dead_letter = self.next_dead_letter;
         let mut in_batch: HashMap<[u8; 16], DedupRecord> = HashMap::new();
@@ -400,6 +424,19 @@ impl Writer {
                         let Some((key, from_store)) = lookups.next() else {
                             unreachable!("one dedup lookup per event")
                         };
+                        if event.timestamp < refuse_before {
+                            let rejection =
+                                forgotten_rejection(&event.id, event.timestamp, refuse_before);
+                            let letter = event_letter(now, source, event, rejection.clone());
+                            batch.put_cf(
+                                &dead_cf,
+                                keys::seq_key(next_dead_letter),
+                                codec::encode_dead_letter(&letter),
+                            );
+                            next_dead_letter += 1;
+                            outcomes.push(Outcome::Rejected(rejection));
+                            continue;
+                        }
                         let fingerprint = event.fingerprint();
                         let existing = in_batch.get(key).or(from_store.as_ref());
                         match classify(fingerprint, existing) {
@@ -427,14 +464,7 @@ impl Writer {
                             }
                             Verdict::Conflict(seq) => {
                                 let rejection = conflict_rejection(&event.id, seq);
-                                let raw = serde_json::to_vec(event).unwrap_or_default();
-                                let letter = DeadLetter::new(
-                                    now,
-                                    source.clone(),
-                                    &event.tenant,
-                                    rejection.clone(),
-                                    &raw,
-                                );
+                                let letter = event_letter(now, source, event, rejection.clone());
                                 batch.put_cf(
                                     &dead_cf,
                                     keys::seq_key(next_dead_letter),
@@ -510,13 +540,30 @@ impl Writer {
                 RowWrite::Delete { cf, key } => batch.delete_cf(&self.store.cf(cf), key),
             }
         }
+        if let Some(cutoff) = forget_cutoff {
+            self.store.put_forgotten_before(&mut batch, cutoff);
+        }
         if !batch.is_empty() {
             self.store.write(batch, true)?;
+        }
+        if let Some(cutoff) = forget_cutoff {
+            self.store.forgotten_before_written(cutoff);
         }
         self.next_seq = next_seq;
         self.next_dead_letter = next_dead_letter;
         Ok(all_outcomes)
     }
+}
+
+/// A refused event kept as a dead letter, in Tally's JSON form.
+fn event_letter(
+    now: UnixMicros,
+    source: &EventSource,
+    event: &UsageEvent,
+    rejection: Rejection,
+) -> DeadLetter {
+    let raw = serde_json::to_vec(event).unwrap_or_default();
+    DeadLetter::new(now, source.clone(), &event.tenant, rejection, &raw)
 }
 
 #[cfg(test)]
@@ -669,6 +716,88 @@ mod tests {
             drop(appender);
             thread.join().unwrap();
         }
+    }
+
+    #[test]
+    fn events_older_than_the_stored_horizon_are_refused_whatever_a_later_run_asks() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400 * 1_000_000i64;
+        let now = Arc::new(AtomicI64::new(100 * day));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || now.load(Ordering::SeqCst))
+        };
+        let at = |timestamp: i64, id: &str| Candidate::Event {
+            event: UsageEvent {
+                timestamp,
+                ..event(id, 1)
+            },
+            source: EventSource::Http { received_at: 0 },
+        };
+        let run = |horizon_days: u64| {
+            let options = StoreOptions {
+                dedup_horizon: Duration::from_secs(horizon_days * 86_400),
+                min_free_disk: 0,
+            };
+            let store = Store::open(dir.path(), &options).unwrap();
+            let (appender, thread) = Appender::start(
+                store.clone(),
+                LogHead::new(0),
+                clock.clone(),
+                Default::default(),
+            )
+            .unwrap();
+            (store, appender, thread)
+        };
+
+        // A run remembering ids for a day records `old`, then a day later moves the horizon
+        // past it.
+        let (store, appender, thread) = run(1);
+        let old_time = 100 * day - day / 2;
+        let outcomes = appender.append_blocking(vec![at(old_time, "old")], Vec::new());
+        assert_eq!(outcomes.unwrap(), vec![Outcome::Recorded { seq: 0 }]);
+        assert_eq!(store.ids_forgotten_before(), 99 * day);
+        now.store(101 * day, Ordering::SeqCst);
+        let outcomes = appender.append_blocking(vec![at(101 * day, "fresh")], Vec::new());
+        assert_eq!(outcomes.unwrap(), vec![Outcome::Recorded { seq: 1 }]);
+        assert_eq!(store.ids_forgotten_before(), 100 * day);
+        drop((appender, store));
+        thread.join().unwrap();
+
+        // A run remembering ids for 35 days keeps the stored horizon: `old` again, and a new
+        // event as old, are refused (whether or not compaction pruned the record yet).
+        let (store, appender, thread) = run(35);
+        assert_eq!(store.ids_forgotten_before(), 100 * day);
+        let outcomes = appender
+            .append_blocking(
+                vec![
+                    at(old_time, "old"),
+                    at(100 * day - 1, "never-seen"),
+                    at(100 * day, "at-the-horizon"),
+                ],
+                Vec::new(),
+            )
+            .unwrap();
+        let horizon_text = time::format_rfc3339(100 * day);
+        for outcome in &outcomes[..2] {
+            let Outcome::Rejected(rejection) = outcome else {
+                panic!("accepted: {outcomes:?}")
+            };
+            assert_eq!(rejection.field, "timestamp");
+            assert!(
+                rejection.reason.contains(&horizon_text) && rejection.reason.contains("forgotten"),
+                "{}",
+                rejection.reason
+            );
+        }
+        assert_eq!(outcomes[2], Outcome::Recorded { seq: 2 });
+        assert_eq!(store.dead_letters(0, 10).unwrap().len(), 2);
+        assert_eq!(store.read_log(0, 10).unwrap().len(), 3);
+        assert_eq!(store.ids_forgotten_before(), 100 * day);
+        drop(appender);
+        thread.join().unwrap();
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The RocksDB store: column families, format version, reads and atomic batch writes.
+//! The RocksDB store: column families, format version, reads and atomic batch writes, and the
+//! stored horizon below which event ids may be forgotten.
 //!
 //! Every call here blocks; async callers go through `spawn_blocking` or a dedicated thread.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
@@ -17,6 +19,7 @@ use rocksdb::{
 use super::codec::{self, CodecError};
 use super::keys;
 use super::{DeadLetter, DedupRecord, LogEntry};
+use crate::time::UnixMicros;
 
 pub const CF_LOG: &str = "log";
 pub const CF_DEDUP: &str = "dedup";
@@ -59,11 +62,18 @@ pub const MAX_OPEN_TABLE_FILES: i32 = 1_024;
 /// Layout version of this build's keys and values; a store of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
 const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// The event time before which dedup records may already be pruned (see
+/// [`Store::ids_forgotten_before`]).
+const META_IDS_FORGOTTEN_BEFORE: &[u8] = b"ids_forgotten_before";
+/// The stored horizon moves in steps of at least this, so batches of duplicates alone do not
+/// each become a write.
+const FORGET_STEP_MICROS: i64 = 1_000_000;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
 /// Storage failures. Each is handled by refusing the operation (HTTP 503 / consumer pause);
-/// `FormatVersion` and `Corrupt` stop start-up or the projector, since continuing would be wrong.
+/// `FormatVersion` and `Corrupt` stop start-up or the projector, since continuing would be wrong;
+/// `IncompleteCopy` and `DataDir` stop start-up (and every command opening the directory).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("rocksdb: {0}")]
@@ -91,6 +101,12 @@ pub enum StoreError {
     },
     #[error("cannot read the free space of {dir}: {source}")]
     DiskStat { dir: String, source: std::io::Error },
+    #[error(
+        "{dir} holds RocksDB files ({files}) but no CURRENT file: it is an incomplete copy (an interrupted `tally restore`?), not a store; restore again into an empty directory, or move these files away to start a new store"
+    )]
+    IncompleteCopy { dir: String, files: String },
+    #[error("cannot read the data directory {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
 }
 
 impl StoreError {
@@ -104,7 +120,9 @@ impl StoreError {
 /// Settings that shape the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Dedup records whose event time is older than this are dropped at compaction.
+    /// How long the log writer remembers event ids: it moves the stored forgetting horizon
+    /// ([`Store::ids_forgotten_before`]) up to `now − dedup_horizon`. Opening alone never
+    /// moves it, so tools that only read or copy may pass any value.
     pub dedup_horizon: Duration,
     /// Appends are refused while the data directory's file system has less free space than
     /// this (0: no check).
@@ -120,10 +138,17 @@ pub struct Store {
     db: Arc<Db>,
     dir: Arc<PathBuf>,
     min_free_disk: u64,
+    dedup_horizon: Duration,
+    /// The stored forgetting horizon as last written; the dedup compaction filter prunes below
+    /// it and nothing else.
+    forgotten_before: Arc<AtomicI64>,
 }
 
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        refuse_incomplete_copy(dir)?;
+        // Nothing is pruned until the stored horizon is read.
+        let forgotten_before = Arc::new(AtomicI64::new(i64::MIN));
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -132,30 +157,88 @@ impl Store {
         db_options.set_max_open_files(MAX_OPEN_TABLE_FILES);
         let descriptors = COLUMN_FAMILIES
             .iter()
-            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, options)));
+            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, &forgotten_before)));
         let db = Db::open_cf_descriptors(&db_options, dir, descriptors)?;
         let store = Store {
             db: Arc::new(db),
             dir: Arc::new(dir.to_path_buf()),
             min_free_disk: options.min_free_disk,
+            dedup_horizon: options.dedup_horizon,
+            forgotten_before,
         };
         store.check_format_version()?;
+        store.load_forgotten_before()?;
         Ok(store)
     }
 
     /// Opens for reading only, beside a running engine (inspection); nothing is written.
     pub fn open_read_only(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        refuse_incomplete_copy(dir)?;
+        let forgotten_before = Arc::new(AtomicI64::new(i64::MIN));
         let db_options = Options::default();
         let descriptors: Vec<ColumnFamilyDescriptor> = COLUMN_FAMILIES
             .iter()
-            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, options)))
+            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, &forgotten_before)))
             .collect();
         let db = Db::open_cf_descriptors_read_only(&db_options, dir, descriptors, false)?;
-        Ok(Store {
+        let store = Store {
             db: Arc::new(db),
             dir: Arc::new(dir.to_path_buf()),
             min_free_disk: 0,
-        })
+            dedup_horizon: options.dedup_horizon,
+            forgotten_before,
+        };
+        store.load_forgotten_before()?;
+        Ok(store)
+    }
+
+    fn load_forgotten_before(&self) -> Result<(), StoreError> {
+        if let Some(bytes) = self.get(CF_META, META_IDS_FORGOTTEN_BEFORE)? {
+            let stored = codec::decode_i64(&bytes, "ids forgotten before").map_err(|source| {
+                StoreError::Corrupt {
+                    cf: CF_META,
+                    source,
+                }
+            })?;
+            self.forgotten_before.fetch_max(stored, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Ids of events whose time is before this may already be forgotten: their dedup records
+    /// were pruned (or may be at the next compaction), so a resend could not be told from the
+    /// original, and the log writer refuses such events. It is stored in the store, only
+    /// grows, and is written before pruning uses it, whatever horizon a later run is started
+    /// with. `i64::MIN` while nothing was forgotten.
+    pub fn ids_forgotten_before(&self) -> UnixMicros {
+        self.forgotten_before.load(Ordering::SeqCst)
+    }
+
+    /// The horizon to store at `now` (`now − dedup_horizon`), when it has moved on by a step.
+    pub fn forget_cutoff(&self, now: UnixMicros) -> Option<UnixMicros> {
+        let horizon = i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(horizon);
+        (cutoff
+            >= self
+                .ids_forgotten_before()
+                .saturating_add(FORGET_STEP_MICROS))
+        .then_some(cutoff)
+    }
+
+    /// Puts a new forgetting horizon into `batch`; pruning uses it only once
+    /// [`forgotten_before_written`](Self::forgotten_before_written) says the batch is durable.
+    pub fn put_forgotten_before(&self, batch: &mut WriteBatch, cutoff: UnixMicros) {
+        let cutoff = cutoff.max(self.ids_forgotten_before());
+        batch.put_cf(
+            &self.cf(CF_META),
+            META_IDS_FORGOTTEN_BEFORE,
+            codec::encode_i64(cutoff),
+        );
+    }
+
+    /// The batch carrying `cutoff` reached the disk: compactions may now forget ids below it.
+    pub fn forgotten_before_written(&self, cutoff: UnixMicros) {
+        self.forgotten_before.fetch_max(cutoff, Ordering::SeqCst);
     }
 
     /// A consistent copy of the whole store in `to` (a new directory), taken while writing
@@ -471,7 +554,47 @@ impl Store {
     }
 }
 
-fn cf_options(name: &str, options: &StoreOptions) -> Options {
+/// Refuses a directory holding RocksDB table files, a manifest or a WAL but no `CURRENT`:
+/// RocksDB would create a new, empty database beside them and the data would seem lost.
+fn refuse_incomplete_copy(dir: &Path) -> Result<(), StoreError> {
+    if dir.join("CURRENT").exists() {
+        return Ok(());
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::DataDir {
+                dir: dir.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_rocksdb_file(name))
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    files.sort();
+    let count = files.len();
+    let mut listed = files.into_iter().take(3).collect::<Vec<_>>().join(", ");
+    if count > 3 {
+        listed.push_str(&format!(" and {} more", count - 3));
+    }
+    Err(StoreError::IncompleteCopy {
+        dir: dir.display().to_string(),
+        files: listed,
+    })
+}
+
+fn is_rocksdb_file(name: &str) -> bool {
+    name.ends_with(".sst") || name.ends_with(".log") || name.starts_with("MANIFEST-")
+}
+
+fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
     let mut cf = Options::default();
     let mut table = BlockBasedOptions::default();
     match name {
@@ -484,16 +607,16 @@ fn cf_options(name: &str, options: &StoreOptions) -> Options {
             // Point lookups on every append: a bloom filter keeps misses off the disk.
             table.set_bloom_filter(10.0, false);
             cf.set_compression_type(DBCompressionType::Lz4);
-            let horizon_micros =
-                i64::try_from(options.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+            let forgotten_before = forgotten_before.clone();
             cf.set_compaction_filter(
                 "tally-dedup-horizon",
                 move |_level: u32, _key: &[u8], value: &[u8]| {
                     match codec::decode_dedup(value) {
-                        // Past the horizon the late window refuses the event anyway, so the
-                        // record can no longer catch a duplicate.
+                        // Only below the stored horizon: the writer refuses those events, so
+                        // the record can no longer catch a duplicate. A horizon merely asked
+                        // for by this run (a wider or narrower window) never prunes.
                         Ok(record)
-                            if record.event_time < now_micros().saturating_sub(horizon_micros) =>
+                            if record.event_time < forgotten_before.load(Ordering::SeqCst) =>
                         {
                             Decision::Remove
                         }
@@ -511,8 +634,100 @@ fn cf_options(name: &str, options: &StoreOptions) -> Options {
     cf
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(horizon: Duration) -> StoreOptions {
+        StoreOptions {
+            dedup_horizon: horizon,
+            min_free_disk: 0,
+        }
+    }
+
+    fn put_dedup(store: &Store, key: u8, event_time: UnixMicros) {
+        let record = DedupRecord {
+            seq: u64::from(key),
+            event_time,
+            fingerprint: 7,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&store.cf(CF_DEDUP), [key; 16], codec::encode_dedup(&record));
+        store.write(batch, true).unwrap();
+    }
+
+    fn remembered(store: &Store) -> Vec<bool> {
+        store
+            .dedup_lookup(&[[1; 16], [2; 16]])
+            .unwrap()
+            .iter()
+            .map(Option::is_some)
+            .collect()
+    }
+
+    #[test]
+    fn ids_are_forgotten_only_below_the_stored_horizon_whatever_a_later_open_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
+        assert_eq!(store.ids_forgotten_before(), i64::MIN);
+        put_dedup(&store, 1, 1_000);
+        put_dedup(&store, 2, 5_000);
+        // A short horizon asked for at open prunes nothing by itself.
+        store.compact_all().unwrap();
+        assert_eq!(remembered(&store), [true, true]);
+
+        // The writer's step: the horizon is stored, then compactions use it.
+        let cutoff = store.forget_cutoff(3_000 + 60_000_000).unwrap();
+        assert_eq!(cutoff, 3_000);
+        let mut batch = WriteBatch::default();
+        store.put_forgotten_before(&mut batch, cutoff);
+        store.write(batch, true).unwrap();
+        store.forgotten_before_written(cutoff);
+        store.compact_all().unwrap();
+        assert_eq!(remembered(&store), [false, true]);
+        // Less than a step later there is nothing to store.
+        assert_eq!(store.forget_cutoff(3_001 + 60_000_000), None);
+        // An older cutoff never lowers it.
+        let mut batch = WriteBatch::default();
+        store.put_forgotten_before(&mut batch, 10);
+        store.write(batch, true).unwrap();
+        drop(store);
+
+        // Reopened with a far wider horizon (a wider late window), the stored one holds.
+        let wide = options(Duration::from_secs(365 * 86_400));
+        let store = Store::open(dir.path(), &wide).unwrap();
+        assert_eq!(store.ids_forgotten_before(), 3_000);
+        assert_eq!(store.forget_cutoff(3_000 + 60_000_000), None);
+        drop(store);
+        let read_only = Store::open_read_only(dir.path(), &wide).unwrap();
+        assert_eq!(read_only.ids_forgotten_before(), 3_000);
+    }
+
+    #[test]
+    fn refuses_a_directory_with_table_files_but_no_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(Duration::from_secs(60));
+        // Unrelated files (the operator token) do not make a store.
+        std::fs::write(dir.path().join("admin-token"), "x").unwrap();
+        drop(Store::open(dir.path(), &options).unwrap());
+        std::fs::remove_file(dir.path().join("CURRENT")).unwrap();
+        for open in [Store::open, Store::open_read_only] {
+            let Err(error) = open(dir.path(), &options) else {
+                panic!("a store without CURRENT opened");
+            };
+            let message = error.to_string();
+            assert!(
+                matches!(error, StoreError::IncompleteCopy { .. })
+                    && message.contains("MANIFEST-")
+                    && message.contains("no CURRENT"),
+                "{message}"
+            );
+        }
+        assert!(!dir.path().join("CURRENT").exists(), "nothing was created");
+
+        let only_tables = tempfile::tempdir().unwrap();
+        std::fs::write(only_tables.path().join("000012.sst"), "x").unwrap();
+        let error = Store::open(only_tables.path(), &options).err().unwrap();
+        assert!(error.to_string().contains("000012.sst"), "{error}");
+    }
 }

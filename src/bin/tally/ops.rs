@@ -126,11 +126,23 @@ pub struct RestoreArgs {
     data_dir: PathBuf,
 }
 
+/// For commands that open the store without its log writer: they never move the stored
+/// forgetting horizon, so the horizon given here changes nothing.
 fn store_options() -> StoreOptions {
     StoreOptions {
         dedup_horizon: std::time::Duration::from_secs(35 * 86_400),
         min_free_disk: 0,
     }
+}
+
+/// Opens a stopped data directory's store (RocksDB's lock refuses one `tally serve` holds).
+fn open_stopped(data_dir: &Path) -> anyhow::Result<Store> {
+    Store::open(data_dir, &store_options()).with_context(|| {
+        format!(
+            "cannot open {}; if `tally serve` runs on it, use its /api/tally/admin endpoints",
+            data_dir.display()
+        )
+    })
 }
 
 /// Opens an engine on a stopped data directory, runs `work`, and stops it cleanly.
@@ -162,6 +174,15 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
     match command {
         ReplayCommand::Rebuild(args) => {
             let cfs = replay::projection_cfs(&args.projection)?;
+            if !args.dry_run {
+                // Before the engine starts: its projector would fold under the new catalog.
+                let config = Config::from_args(&args.engine)?;
+                let changed = {
+                    let store = open_stopped(&config.data_dir)?;
+                    tally::engine::catalog_changes(&store, &config.catalog)?
+                };
+                replay::check_catalog_rebuild(&changed, &args.projection, &cfs)?;
+            }
             let report = with_engine(&args.engine, true, |engine| {
                 let bar = progress_bar();
                 let terminal = std::io::stderr().is_terminal();
@@ -178,7 +199,11 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
                     }
                 })?;
                 bar.finish_and_clear();
-                if report.identical || report.swapped {
+                // The catalog is recorded only when every projection it shapes now equals a
+                // fold under it; a partial dry run records nothing.
+                if (report.identical || report.swapped)
+                    && replay::left_under_old_catalog(&cfs).is_empty()
+                {
                     engine.record_catalog()?;
                 }
                 Ok(report)
@@ -307,6 +332,9 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             let checkpoint = store
                 .checkpoint(tally::projection::USAGE_PROJECTION)?
                 .unwrap_or(0);
+            let forgotten_before = Some(store.ids_forgotten_before())
+                .filter(|&at| at != i64::MIN)
+                .map(time::format_rfc3339);
             let sizes: serde_json::Map<String, serde_json::Value> = COLUMN_FAMILIES
                 .iter()
                 .map(|&cf| (cf.to_owned(), json!(store.cf_size(cf))))
@@ -317,6 +345,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 "dead_letters": dead_letters,
                 "projector_checkpoint": checkpoint,
                 "projector_lag": entries.saturating_sub(checkpoint),
+                "ids_forgotten_before": forgotten_before,
                 "column_family_bytes": sizes,
             });
             if args.json {
@@ -332,6 +361,11 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                     out,
                     "projected up to    {checkpoint} (lag {})",
                     summary["projector_lag"]
+                )?;
+                writeln!(
+                    out,
+                    "ids forgotten for  events before {}",
+                    forgotten_before.as_deref().unwrap_or("(none yet)")
                 )?;
                 for (cf, bytes) in &sizes {
                     writeln!(out, "  {cf:<12} {bytes} bytes")?;
@@ -427,27 +461,25 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 
 pub fn backup(args: BackupArgs) -> anyhow::Result<()> {
     crate::init_logging(LogFormat::Text);
-    if args.to.exists() {
-        bail!(
-            "--to: {} exists; a backup goes to a new directory",
-            args.to.display()
-        );
-    }
-    let store = Store::open(&args.data_dir, &store_options()).with_context(|| {
-        format!(
-            "cannot open {}; if `tally serve` runs on it, use POST /api/tally/admin/backup",
-            args.data_dir.display()
-        )
-    })?;
-    store.checkpoint_to(&args.to)?;
+    let to = if args.to.is_absolute() {
+        args.to.clone()
+    } else {
+        std::env::current_dir()?.join(&args.to)
+    };
+    // The operator on the host may write anywhere but into the store's own directories.
+    let to = tally::backup::backup_target(None, &args.data_dir, &to)
+        .map_err(|error| anyhow::anyhow!("--to: {error}"))?;
+    let store = open_stopped(&args.data_dir)?;
+    store.checkpoint_to(&to)?;
     println!(
         "tally: backed up {} to {}",
         args.data_dir.display(),
-        args.to.display()
+        to.display()
     );
     Ok(())
 }
 
+/// Copies `from` into `to` (created), each file synced to the disk.
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
     std::fs::create_dir_all(to)?;
     let mut bytes = 0;
@@ -458,17 +490,27 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
             bytes += copy_dir(&entry.path(), &target)?;
         } else {
             bytes += std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
         }
     }
+    sync_dir(to)?;
     Ok(bytes)
 }
 
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Copies the backup into `<data-dir>.restoring`, opens it there to check it, and only then
+/// renames it to the data directory: a restore cut short leaves no data directory that
+/// `tally serve` could take for a new, empty store.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     crate::init_logging(LogFormat::Text);
-    if args.data_dir.exists() && std::fs::read_dir(&args.data_dir)?.next().is_some() {
+    let data_dir = &args.data_dir;
+    if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         bail!(
             "--data-dir: {} is not empty; restore into a new directory",
-            args.data_dir.display()
+            data_dir.display()
         );
     }
     if !args.from.join("CURRENT").is_file() {
@@ -477,18 +519,43 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             args.from.display()
         );
     }
-    let bytes = copy_dir(&args.from, &args.data_dir)?;
-    // Opening proves the copy is a store of this format.
-    Store::open(&args.data_dir, &store_options()).with_context(|| {
+    let staging = replay::sibling_dir(data_dir, ".restoring");
+    if staging.exists() {
+        // Left by a restore that was cut short; nothing refers to it.
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove the stale {}", staging.display()))?;
+    }
+    let staged = (|| -> anyhow::Result<u64> {
+        let bytes = copy_dir(&args.from, &staging)
+            .with_context(|| format!("cannot copy the backup into {}", staging.display()))?;
+        // Opening proves the copy is a store of this format.
+        Store::open(&staging, &store_options())
+            .with_context(|| format!("the restored copy does not open ({})", staging.display()))?
+            .flush()?;
+        Ok(bytes)
+    })();
+    let bytes = match staged {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    // rename(2) replaces an empty directory, atomically.
+    std::fs::rename(&staging, data_dir).with_context(|| {
         format!(
-            "the restored copy in {} does not open",
-            args.data_dir.display()
+            "cannot move {} to {} (the copy is complete and kept there)",
+            staging.display(),
+            data_dir.display()
         )
     })?;
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
     println!(
         "tally: restored {} ({bytes} bytes) into {}",
         args.from.display(),
-        args.data_dir.display()
+        data_dir.display()
     );
     Ok(())
 }
