@@ -6,6 +6,20 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}"
 
 say() { printf 'tally: %s\n' "$*" >&2; }
 
+trim_target_dir() {
+  # Keeps the shared build directory bounded: past 20 GB, drop what is rebuilt cheaply
+  # (incremental state, test and bench executables), keeping the compiled dependencies.
+  local dir="$CARGO_TARGET_DIR"
+  [ -d "$dir" ] || return 0
+  local kb
+  kb=$(du -sk "$dir" 2>/dev/null | cut -f1)
+  if [ "${kb:-0}" -gt $((20 * 1024 * 1024)) ]; then
+    say "the build directory $dir holds $((kb / 1024 / 1024)) GB; removing incremental state and old test executables"
+    rm -rf "$dir"/debug/incremental "$dir"/release/incremental
+    find "$dir"/debug/deps "$dir"/release/deps -maxdepth 1 -type f -perm -u+x ! -name '*.so' -delete 2>/dev/null || true
+  fi
+}
+
 apt_install() {
   # Installs the Debian packages given that are not installed yet.
   local missing=()
