@@ -26,6 +26,10 @@ pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 /// Largest raw event accepted (HTTP line or Kafka payload).
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// The namespace that stands for the whole tenant in queries; no event may be recorded in it.
+pub const SYSTEM_NAMESPACE: &str = "system";
+/// A UTF-8 byte order mark, which some tools put before JSON text.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A validated usage event, as the log stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +77,22 @@ impl Rejection {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Why an event was not decoded for a caller whose namespaces are limited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The event is wrong: answered on its own and kept as a dead letter.
+    Invalid(Rejection),
+    /// The event names a namespace the caller may not write to: an authorization failure, not
+    /// a bad event.
+    OutOfScope(Rejection),
+}
+
+impl From<Rejection> for Refusal {
+    fn from(rejection: Rejection) -> Self {
+        Refusal::Invalid(rejection)
     }
 }
 
@@ -173,25 +193,40 @@ const CLOUDEVENT_ATTRIBUTES: &[&str] = &[
     "data",
 ];
 
-/// Decodes and validates one event.
+/// Decodes and validates one event, in any namespace but `system`.
 pub fn decode(raw: &[u8], ctx: &DecodeContext<'_>) -> Result<UsageEvent, Rejection> {
+    decode_within(raw, ctx, &|_| true).map_err(|refusal| match refusal {
+        Refusal::Invalid(rejection) | Refusal::OutOfScope(rejection) => rejection,
+    })
+}
+
+/// Decodes and validates one event of a caller that may write only to the namespaces
+/// `may_write` allows. The namespace is judged before the catalog, so no event outside the
+/// scope can become a dead letter that a later repair would record.
+pub fn decode_within(
+    raw: &[u8],
+    ctx: &DecodeContext<'_>,
+    may_write: &dyn Fn(&str) -> bool,
+) -> Result<UsageEvent, Refusal> {
     if raw.len() > MAX_EVENT_BYTES {
         return Err(Rejection::new(
             None,
             "event",
             format!("is {} bytes; at most {MAX_EVENT_BYTES}", raw.len()),
-        ));
+        )
+        .into());
     }
+    let raw = raw.strip_prefix(UTF8_BOM).unwrap_or(raw);
     // serde would read a JSON array as a struct's fields in order; an event is an object.
     if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Rejection::new(None, "event", "must be a JSON object"));
+        return Err(Rejection::new(None, "event", "must be a JSON object").into());
     }
     let fields = if looks_like_cloudevent(raw) {
         parse_cloudevent(raw)?
     } else {
         parse_native(raw)?
     };
-    validate(fields, ctx)
+    validate(fields, ctx, may_write)
 }
 
 fn looks_like_cloudevent(raw: &[u8]) -> bool {
@@ -201,10 +236,19 @@ fn looks_like_cloudevent(raw: &[u8]) -> bool {
 
 fn parse_json<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, Rejection> {
     let mut deserializer = serde_json::Deserializer::from_slice(raw);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let (field, message) = json_error_field(e, "event");
         Rejection::new(None, field, message)
-    })
+    })?;
+    // Whatever follows the event would otherwise be dropped unseen.
+    deserializer.end().map_err(|e| {
+        Rejection::new(
+            None,
+            "event",
+            format!("{e}: one event per line or message, nothing after it"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// The field a JSON decoding error is about, and its message. Errors with no position inside
@@ -342,11 +386,17 @@ fn parse_cloudevent(raw: &[u8]) -> Result<Unvalidated<'_>, Rejection> {
     })
 }
 
-fn validate(fields: Unvalidated<'_>, ctx: &DecodeContext<'_>) -> Result<UsageEvent, Rejection> {
+fn validate(
+    fields: Unvalidated<'_>,
+    ctx: &DecodeContext<'_>,
+    may_write: &dyn Fn(&str) -> bool,
+) -> Result<UsageEvent, Refusal> {
     let Some(id) = fields.id else {
-        return Err(Rejection::new(None, "id", "is required"));
+        return Err(Rejection::new(None, "id", "is required").into());
     };
-    let reject = |field: &str, reason: String| Err(Rejection::new(Some(&id), field, reason));
+    let reject = |field: &str, reason: String| {
+        Err(Refusal::Invalid(Rejection::new(Some(&id), field, reason)))
+    };
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return reject("id", format!("must be 1 to {MAX_ID_LEN} bytes"));
     }
@@ -386,6 +436,21 @@ fn validate(fields: Unvalidated<'_>, ctx: &DecodeContext<'_>) -> Result<UsageEve
                 truncate(&namespace)
             ),
         );
+    }
+    if namespace == SYSTEM_NAMESPACE {
+        return reject(
+            fields.namespace_field,
+            "`system` stands for the whole tenant in queries and cannot hold events of its own; \
+             name the namespace the usage belongs to"
+                .into(),
+        );
+    }
+    if !may_write(&namespace) {
+        return Err(Refusal::OutOfScope(Rejection::new(
+            Some(&id),
+            fields.namespace_field,
+            format!("this token is not scoped to namespace `{namespace}`"),
+        )));
     }
 
     let Some(metric_label) = fields.metric_label else {
@@ -791,6 +856,121 @@ mod tests {
             let err = decode(event.to_string().as_bytes(), &context).unwrap_err();
             assert_eq!(err.field, field);
         }
+    }
+
+    const GOOD: &str = r#"{"id":"e1","namespace":"shop","metric_label":"http_lb_requests","quantity":1,"timestamp":"2026-11-28T11:00:00Z"}"#;
+
+    /// Regression: a second event, or junk, after the first was dropped without a word.
+    #[test]
+    fn nothing_may_follow_the_event() {
+        for trailing in [
+            GOOD.to_owned() + GOOD,
+            GOOD.to_owned() + " junk",
+            GOOD.to_owned() + "\r" + GOOD,
+            GOOD.to_owned() + ",",
+            GOOD.replace("\"id\":\"e1\"", "\"specversion\":\"1.0\",\"id\":\"e1\"") + "]",
+        ] {
+            let err = decode_str(&trailing).expect_err(&trailing);
+            assert_eq!(err.field, "event", "{trailing}: {err}");
+            assert!(err.reason.contains("trailing characters"), "{err}");
+        }
+        assert!(decode_str(&format!(" \t{GOOD} \r\n")).is_ok());
+    }
+
+    /// Regression: a byte order mark made the event unreadable.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let catalog = Catalog::builtin().unwrap();
+        let mut raw = UTF8_BOM.to_vec();
+        raw.extend_from_slice(GOOD.as_bytes());
+        assert_eq!(decode(&raw, &ctx(&catalog)).unwrap().id, "e1");
+    }
+
+    /// Regression: events were recorded in `system`, which no query can read on its own.
+    #[test]
+    fn no_event_is_recorded_in_system() {
+        let catalog = Catalog::builtin().unwrap();
+        let mut context = ctx(&catalog);
+        context.may_name_any_tenant = true;
+        let native = GOOD.replace("\"shop\"", "\"system\"");
+        let cloudevent = r#"{"specversion":"1.0","id":"c1","source":"/lb","type":"http_lb_requests","subject":"system","time":"2026-11-28T11:00:00Z","data":{"quantity":1}}"#;
+        for (raw, field) in [(native.as_str(), "namespace"), (cloudevent, "subject")] {
+            let err = decode(raw.as_bytes(), &context).unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.reason.contains("whole tenant"), "{err}");
+            // Not even for a caller that may write to every namespace.
+            assert!(matches!(
+                decode_within(raw.as_bytes(), &context, &|_| true),
+                Err(Refusal::Invalid(_))
+            ));
+        }
+    }
+
+    /// Regression: a token's namespaces did not bound where it could record events.
+    #[test]
+    fn a_namespace_outside_the_scope_is_refused_before_the_catalog_is_asked() {
+        let catalog = Catalog::builtin().unwrap();
+        let context = ctx(&catalog);
+        let only_shop = |namespace: &str| namespace == "shop";
+        assert!(decode_within(GOOD.as_bytes(), &context, &only_shop).is_ok());
+        // Even with a meter the catalog lacks: a repair after a catalog change must not find it.
+        let blog = GOOD
+            .replace("\"shop\"", "\"blog\"")
+            .replace("http_lb_requests", "not_yet_a_meter");
+        match decode_within(blog.as_bytes(), &context, &only_shop) {
+            Err(Refusal::OutOfScope(rejection)) => {
+                assert_eq!(rejection.field, "namespace");
+                assert_eq!(rejection.id.as_deref(), Some("e1"));
+                assert!(rejection.reason.contains("`blog`"), "{rejection}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A bad namespace is a bad event, not a scope question.
+        assert!(matches!(
+            decode_within(
+                GOOD.replace("shop", "Shop").as_bytes(),
+                &context,
+                &only_shop
+            ),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+
+    /// Regressions through the decoder: a quantity rounded instead of refused, and a leap
+    /// second carried into the next day.
+    #[test]
+    fn quantities_are_exact_and_leap_seconds_stay_in_their_day() {
+        let err = decode_str(&GOOD.replace(
+            "\"quantity\":1",
+            "\"quantity\":\"1.00000000000000000000000000000000001\"",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            ("quantity", "has more than 6 decimal places")
+        );
+        let err = decode_str(&GOOD.replace(
+            "\"quantity\":1",
+            "\"quantity\":1.00000000000000000000000000000000001",
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "quantity");
+        let cloudevent = r#"{"specversion":"1.0","id":"c1","source":"/lb","type":"http_lb_requests","subject":"shop","time":"2026-11-28T11:00:00Z","data":{"quantity":"9223372036854.775808"}}"#;
+        assert_eq!(decode_str(cloudevent).unwrap_err().field, "data.quantity");
+
+        let catalog = Catalog::builtin().unwrap();
+        let mut context = ctx(&catalog);
+        context.now = time::parse_rfc3339("2026-12-01T00:01:00Z").unwrap();
+        let event = decode(
+            GOOD.replace("2026-11-28T11:00:00Z", "2026-11-30T23:59:60Z")
+                .as_bytes(),
+            &context,
+        )
+        .unwrap();
+        assert_eq!(
+            time::format_rfc3339(event.timestamp),
+            "2026-11-30T23:59:59Z"
+        );
     }
 
     #[test]

@@ -53,10 +53,16 @@ pub fn format_rfc3339(at: UnixMicros) -> String {
 }
 
 /// Parses RFC 3339 into micros; `None` for anything else.
+///
+/// A leap second (`23:59:60.x`) becomes the last microsecond of the second before it, so it
+/// counts in the minute, hour and day it is written in; chrono carries it into the next one.
 pub fn parse_rfc3339(text: &str) -> Option<UnixMicros> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|d| d.timestamp_micros())
+    let parsed = DateTime::parse_from_rfc3339(text).ok()?;
+    let within_second = i64::from(parsed.timestamp_subsec_micros()).min(MICROS_PER_SECOND - 1);
+    parsed
+        .timestamp()
+        .checked_mul(MICROS_PER_SECOND)?
+        .checked_add(within_second)
 }
 
 /// Parses `unix_timestamp|RFC 3339`, the form `usage_summary` accepts.
@@ -95,6 +101,33 @@ mod tests {
             "2027-01-01T00:00:00Z"
         );
         assert_eq!(month_of_hour(hour + 1), month + 1);
+    }
+
+    /// Regression: `23:59:60` on the last day of November was bucketed in December.
+    #[test]
+    fn a_leap_second_counts_in_the_minute_it_is_written_in() {
+        let leap = parse_rfc3339("2026-11-30T23:59:60Z").unwrap();
+        assert_eq!(leap, parse_rfc3339("2026-11-30T23:59:59.999999Z").unwrap());
+        assert_eq!(
+            parse_rfc3339("2026-11-30T23:59:60.5Z").unwrap(),
+            leap,
+            "every instant of the leap second stays in it"
+        );
+        assert_eq!(
+            format_rfc3339(month_start(month_index(leap))),
+            "2026-11-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_rfc3339(hour_start(hour_index(leap))),
+            "2026-11-30T23:00:00Z"
+        );
+        // Written with an offset, it is the same UTC second.
+        assert_eq!(parse_rfc3339("2026-12-01T00:59:60+01:00"), Some(leap));
+        // Ordinary seconds are untouched.
+        assert_eq!(
+            parse_rfc3339("2026-12-01T00:00:00.25Z").unwrap() - leap,
+            250_001
+        );
     }
 
     #[test]

@@ -4,10 +4,6 @@
 //! of millionths, sums are `i128`, and floats appear only when a response shape demands a JSON
 //! number.
 
-use std::str::FromStr;
-
-use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 
 /// Micro-units per whole unit of a meter.
@@ -40,65 +36,97 @@ pub enum QuantityError {
 
 /// Parses decimal text (`12`, `0.25`, `1.5e3`) into exact micro-units.
 ///
-/// The grammar is checked here so that the decimal library's leniencies (underscores, a
-/// leading `+`) never widen the wire contract.
+/// The text is read digit by digit, never through a float or a rounding decimal type: a value
+/// with a non-zero digit past the sixth decimal place is refused however far out that digit
+/// is, and so is one beyond `i64` micro-units. The grammar is JSON's number grammar (no
+/// leading `+`, no underscores, no `.5`), checked here so that the wire contract is JSON's.
 pub fn parse_quantity(text: &str) -> Result<Micros, QuantityError> {
-    let (negative, digits) = match text.strip_prefix('-') {
+    let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    if !is_decimal_grammar(digits) {
+    let Some(number) = split_decimal(unsigned) else {
         return Err(QuantityError::NotANumber);
+    };
+    // value = significant digits × 10^-scale, the significant digits having neither leading
+    // nor trailing zeros.
+    let digits = || number.integer.bytes().chain(number.fraction.bytes());
+    let total = number.integer.len() + number.fraction.len();
+    let leading_zeros = digits().take_while(|&d| d == b'0').count();
+    if leading_zeros == total {
+        // Zero, however written (`-0`, `0.000e99`).
+        return Ok(Micros(0));
     }
-    let value = if digits.contains(['e', 'E']) {
-        Decimal::from_scientific(digits).map_err(|_| QuantityError::TooLarge)?
-    } else {
-        Decimal::from_str(digits).map_err(|_| QuantityError::TooLarge)?
-    }
-    .normalize();
-    if negative && !value.is_zero() {
+    if negative {
         return Err(QuantityError::Negative);
     }
-    if value.scale() > 6 {
+    let trailing_zeros = digits().rev().take_while(|&d| d == b'0').count();
+    let significant = total - leading_zeros - trailing_zeros;
+    let scale = number.fraction.len() as i128 - trailing_zeros as i128 - number.exponent;
+    if scale > 6 {
         return Err(QuantityError::TooPrecise);
     }
-    let micros = value
-        .checked_mul(Decimal::from(MICROS_PER_UNIT))
-        .and_then(|m| m.to_i64())
-        .ok_or(QuantityError::TooLarge)?;
-    Ok(Micros(micros))
+    // micros = significant digits × 10^(6 - scale); i64::MAX has 19 digits.
+    let shift = 6 - scale;
+    if significant as i128 + shift > 19 {
+        return Err(QuantityError::TooLarge);
+    }
+    let mut micros = digits()
+        .skip(leading_zeros)
+        .take(significant)
+        .fold(0i128, |acc, d| acc * 10 + i128::from(d - b'0'));
+    for _ in 0..shift {
+        micros *= 10;
+    }
+    i64::try_from(micros)
+        .map(Micros)
+        .map_err(|_| QuantityError::TooLarge)
 }
 
-/// `digits ('.' digits)? ([eE] [+-]? digits)?` — JSON's number grammar without the sign.
-fn is_decimal_grammar(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    let run = |i: &mut usize| {
-        let start = *i;
-        while *i < bytes.len() && bytes[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        *i > start
+/// The parts of `digits ('.' digits)? ([eE] [+-]? digits)?`, JSON's number grammar without
+/// the sign.
+struct DecimalParts<'a> {
+    integer: &'a str,
+    fraction: &'a str,
+    exponent: i128,
+}
+
+/// An exponent this large (in magnitude) already puts any digit out of range or precision.
+const SATURATED_EXPONENT: i128 = 1_000_000_000;
+
+fn split_decimal(text: &str) -> Option<DecimalParts<'_>> {
+    let is_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
+        None => (text, None),
     };
-    if !run(&mut i) {
-        return false;
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !is_digits(integer) || (mantissa.contains('.') && !is_digits(fraction)) {
+        return None;
     }
-    if i < bytes.len() && bytes[i] == b'.' {
-        i += 1;
-        if !run(&mut i) {
-            return false;
+    let exponent = match exponent {
+        None => 0,
+        Some(exponent) => {
+            let (negative, digits) = match exponent.strip_prefix('-') {
+                Some(digits) => (true, digits),
+                None => (false, exponent.strip_prefix('+').unwrap_or(exponent)),
+            };
+            if !is_digits(digits) {
+                return None;
+            }
+            let magnitude = match digits.trim_start_matches('0') {
+                "" => 0,
+                long if long.len() > 9 => SATURATED_EXPONENT,
+                short => short.parse().unwrap_or(SATURATED_EXPONENT),
+            };
+            if negative { -magnitude } else { magnitude }
         }
-    }
-    if i < bytes.len() && (bytes[i] == b'e' || bytes[i] == b'E') {
-        i += 1;
-        if i < bytes.len() && (bytes[i] == b'+' || bytes[i] == b'-') {
-            i += 1;
-        }
-        if !run(&mut i) {
-            return false;
-        }
-    }
-    i == bytes.len()
+    };
+    Some(DecimalParts {
+        integer,
+        fraction,
+        exponent,
+    })
 }
 
 /// Exact decimal text of a micro-unit amount: `12`, `0.5`, `-3.000001`.
@@ -181,6 +209,88 @@ mod tests {
             parse_quantity("9223372036855"),
             Err(QuantityError::TooLarge)
         );
+    }
+
+    /// Regression: a decimal library rounded to 28 significant digits, so a quantity with a
+    /// non-zero digit past its 28th was recorded as the rounded value instead of refused.
+    #[test]
+    fn refuses_what_is_not_exactly_representable() {
+        for inexact in [
+            "1.00000000000000000000000000000000001",
+            "0.0000000000000000000000000000000000001",
+            "123456789.1234567",
+            "1e-7",
+            "100e-9",
+        ] {
+            assert_eq!(
+                parse_quantity(inexact),
+                Err(QuantityError::TooPrecise),
+                "{inexact}"
+            );
+        }
+        for too_large in [
+            "9223372036854.775808",
+            "99999999999999999999999999999999999999",
+            "1e19",
+            "1e99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_quantity(too_large),
+                Err(QuantityError::TooLarge),
+                "{too_large}"
+            );
+        }
+        // Exact however long it is written.
+        for (text, micros) in [
+            ("1.00000000000000000000000000000000000", 1_000_000),
+            ("000000000000000000000000000000000001.5", 1_500_000),
+            // 10^35 × 10^-30 units.
+            (
+                "100000000000000000000000000000000000e-30",
+                100_000 * 1_000_000,
+            ),
+            ("9223372036854.775807", i64::MAX),
+            ("9223372036854775807e-6", i64::MAX),
+            ("0.000001", 1),
+            ("1E+2", 100_000_000),
+            ("0e99999999999999999999", 0),
+            ("-0.0", 0),
+        ] {
+            assert_eq!(parse_quantity(text), Ok(Micros(micros)), "{text}");
+        }
+        for bad in ["1.5.3", "1e5e3", "1e+", "1e-", "-", "--1", "1.e5", "e5"] {
+            assert_eq!(parse_quantity(bad), Err(QuantityError::NotANumber), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every way of writing an amount of micro-units parses to exactly it, and one more
+        /// digit anywhere past the sixth decimal refuses it.
+        #[test]
+        fn every_spelling_of_an_amount_is_exact(micros in 0..=i64::MAX, zeros in 0usize..40) {
+            let padding = "0".repeat(zeros);
+            let exact = format_micros(i128::from(micros));
+            // Zeros before the number, and after its decimal point.
+            let mut padded = format!("{padding}{exact}");
+            if zeros > 0 {
+                if !padded.contains('.') {
+                    padded.push('.');
+                }
+                padded.push_str(&padding);
+            }
+            for text in [
+                exact,
+                format!("{micros}e-6"),
+                format!("{micros}{padding}E-{}", 6 + zeros),
+                padded,
+            ] {
+                proptest::prop_assert_eq!(parse_quantity(&text), Ok(Micros(micros)), "{}", text);
+            }
+            proptest::prop_assert_eq!(
+                parse_quantity(&format!("{micros}{padding}1e-{}", 7 + zeros)),
+                Err(QuantityError::TooPrecise)
+            );
+        }
     }
 
     #[test]

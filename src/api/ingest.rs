@@ -1,7 +1,9 @@
 //! `POST /api/tally/events`: HTTP ingest of usage events (JSON array or NDJSON).
 //!
 //! Each event is judged on its own: good ones are appended durably (fsync'd) before the answer,
-//! bad ones are answered with their index and reason and kept as dead letters.
+//! bad ones are answered with their index and reason and kept whole as dead letters. Two
+//! things refuse the whole request instead, recording nothing: an event in a namespace outside
+//! the token's scope (403), and a piece of the body too large to be an event (413).
 
 use axum::Json;
 use axum::extract::State;
@@ -13,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, AppState, require_role};
 use crate::auth::{Caller, Role};
-use crate::event::{self, EventSource};
+use crate::event::{self, EventSource, Refusal};
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome};
 
@@ -57,6 +59,20 @@ pub async fn ingest_events(
         }
     })?;
     let events = split_events(&body)?;
+    if let Some((index, raw)) = events
+        .iter()
+        .enumerate()
+        .find(|(_, raw)| raw.len() > event::MAX_EVENT_BYTES)
+    {
+        // Not an event at all, whatever it is (an array that lost its `[`, a file that is one
+        // line): refusing the request keeps it whole with its sender.
+        return Err(ApiError::TooLarge(format!(
+            "body: event {index} is {} bytes, more than the {} an event may have; nothing was \
+             recorded",
+            raw.len(),
+            event::MAX_EVENT_BYTES
+        )));
+    }
     if events.is_empty() {
         return Err(ApiError::BadRequest(
             "body: holds no events; send a JSON array or NDJSON".into(),
@@ -73,22 +89,30 @@ pub async fn ingest_events(
     let now = engine.now();
     let context = engine.decode_context(now, &caller.tenant, caller.operator);
     let source = EventSource::Http { received_at: now };
-    let candidates: Vec<Candidate> = events
-        .iter()
-        .map(|raw| match event::decode(raw, &context) {
+    // A token's namespaces bound what it may write as well as what it may read.
+    let in_scope = |namespace: &str| caller.may_read_namespace(namespace);
+    let mut candidates = Vec::with_capacity(events.len());
+    for (index, raw) in events.iter().enumerate() {
+        candidates.push(match event::decode_within(raw, &context, &in_scope) {
             Ok(event) => Candidate::Event {
                 event,
                 source: source.clone(),
             },
-            Err(rejection) => Candidate::Rejected(DeadLetter::new(
+            Err(Refusal::Invalid(rejection)) => Candidate::Rejected(DeadLetter::new(
                 now,
                 source.clone(),
                 &caller.tenant,
                 rejection,
                 raw,
             )),
-        })
-        .collect();
+            Err(Refusal::OutOfScope(rejection)) => {
+                return Err(ApiError::Forbidden(format!(
+                    "event {index}: {}: {}; nothing was recorded",
+                    rejection.field, rejection.reason
+                )));
+            }
+        });
+    }
     let outcomes = engine.appender.append(candidates).await?;
 
     let mut response = IngestResponse {
@@ -146,14 +170,16 @@ pub async fn ingest_events(
     Ok(Json(response))
 }
 
-/// The raw events of a body: the elements of a JSON array, or the non-blank lines of NDJSON.
+/// The raw events of a body: the elements of a JSON array, or the values on the lines of
+/// NDJSON (a UTF-8 byte order mark before either is skipped).
 fn split_events(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
-    let start = body
+    let unmarked = body.strip_prefix(event::UTF8_BOM).unwrap_or(body);
+    let start = unmarked
         .iter()
         .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(body.len());
-    if body.get(start) == Some(&b'[') {
-        let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+        .unwrap_or(unmarked.len());
+    if unmarked.get(start) == Some(&b'[') {
+        let elements: Vec<&RawValue> = serde_json::from_slice(unmarked).map_err(|e| {
             ApiError::BadRequest(format!(
                 "body: not a JSON array of events ({e}); NDJSON is accepted too"
             ))
@@ -163,11 +189,36 @@ fn split_events(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
             .map(|raw| raw.get().as_bytes())
             .collect());
     }
-    Ok(body
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .collect())
+    let mut events = Vec::new();
+    // One mark at most per line, the body's own being its first line's: any more is content.
+    for line in body.split(|&b| b == b'\n' || b == b'\r') {
+        split_line(
+            line.strip_prefix(event::UTF8_BOM).unwrap_or(line),
+            &mut events,
+        );
+    }
+    Ok(events)
+}
+
+/// The JSON values on one NDJSON line, each an event. From the first byte that does not read
+/// as a value to the end of the line is one more event (to be refused and kept), so nothing
+/// after the first value is dropped unseen. A blank line holds none.
+fn split_line<'a>(line: &'a [u8], events: &mut Vec<&'a [u8]>) {
+    let mut values = serde_json::Deserializer::from_slice(line).into_iter::<&RawValue>();
+    loop {
+        let read = values.byte_offset();
+        match values.next() {
+            None => return,
+            Some(Ok(value)) => events.push(value.get().as_bytes()),
+            Some(Err(_)) => {
+                let rest = line[read..].trim_ascii();
+                if !rest.is_empty() {
+                    events.push(rest);
+                }
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,5 +237,98 @@ mod tests {
         );
         assert!(split_events(b"[{\"a\":1},").is_err());
         assert!(split_events(b"   ").unwrap().is_empty());
+    }
+
+    /// Regression: only the first value of a line was an event; the rest was dropped.
+    #[test]
+    fn every_value_on_a_line_is_an_event_and_the_rest_one_more() {
+        assert_eq!(
+            split_events(b"{\"a\":1}{\"b\":2}\n{\"c\":3}\r{\"d\":4}  {\"e\":5} junk {\"f\":6}\n7 [8]\n{\"g\":").unwrap(),
+            vec![
+                &b"{\"a\":1}"[..],
+                b"{\"b\":2}",
+                b"{\"c\":3}",
+                b"{\"d\":4}",
+                b"{\"e\":5}",
+                b"junk {\"f\":6}",
+                b"7",
+                b"[8]",
+                b"{\"g\":",
+            ]
+        );
+        // Invalid UTF-8 and a broken first value: the whole line, as before.
+        assert_eq!(
+            split_events(b"{\"a\":\"\xff\"}\n{oops}").unwrap(),
+            vec![&b"{\"a\":\"\xff\"}"[..], b"{oops}"]
+        );
+    }
+
+    /// Where in `body` each piece lies; every byte of an NDJSON body is in a piece, or is
+    /// whitespace, or is a byte order mark starting a line.
+    fn uncovered(body: &[u8]) -> Vec<(usize, u8)> {
+        let Ok(pieces) = split_events(body) else {
+            return Vec::new();
+        };
+        let mut covered = vec![false; body.len()];
+        for piece in pieces {
+            let start = piece.as_ptr() as usize - body.as_ptr() as usize;
+            covered[start..start + piece.len()].fill(true);
+        }
+        let mut line_start = 0;
+        let mut missed = Vec::new();
+        for (at, &byte) in body.iter().enumerate() {
+            if byte == b'\n' || byte == b'\r' {
+                line_start = at + 1;
+            }
+            let in_bom = at >= line_start
+                && at < line_start + 3
+                && body[line_start..].starts_with(event::UTF8_BOM);
+            if !covered[at] && !byte.is_ascii_whitespace() && !in_bom {
+                missed.push((at, byte));
+            }
+        }
+        missed
+    }
+
+    proptest::proptest! {
+        /// Nothing of an NDJSON body is dropped: every byte but whitespace and byte order
+        /// marks reaches an event (recorded or refused).
+        #[test]
+        fn no_byte_of_ndjson_is_dropped(tokens in proptest::collection::vec(
+            proptest::sample::select(vec![
+                &b"{\"a\":1}"[..], b"{", b"}", b" ", b"\n", b"\r", b"junk", b"[1]", b"7",
+                b"\"s\"", b"\xEF\xBB\xBF", b",", b"\xff", b"{\"b\":\"x y\"}",
+            ]),
+            0..40,
+        ), noise in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let mut body: Vec<u8> = tokens.concat();
+            // An array body is split by the JSON parser, not line by line.
+            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+                body.insert(0, b'x');
+            }
+            proptest::prop_assert_eq!(uncovered(&body), Vec::new());
+            body.extend_from_slice(&noise);
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+                proptest::prop_assert_eq!(uncovered(&body), Vec::new());
+            }
+        }
+    }
+
+    /// Regression: a byte order mark before an array made the whole body one NDJSON "line".
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        assert_eq!(
+            split_events(b"\xEF\xBB\xBF[{\"a\":1},{\"b\":2}]").unwrap(),
+            vec![&b"{\"a\":1}"[..], b"{\"b\":2}"]
+        );
+        assert_eq!(
+            split_events(b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{\"b\":2}").unwrap(),
+            vec![&b"{\"a\":1}"[..], b"{\"b\":2}"]
+        );
+        // Found by the property above: a second mark was dropped along with the first.
+        assert_eq!(
+            split_events(b"\xEF\xBB\xBF\xEF\xBB\xBF{\"a\":1}").unwrap(),
+            vec![&b"\xEF\xBB\xBF{\"a\":1}"[..]]
+        );
     }
 }

@@ -218,6 +218,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(tokens::revoke),
         )
         .route("/api/tally/audit", get(tokens::audit))
+        .layer(middleware::from_fn(refuse_large_body))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY));
     let ingest = Router::new()
         .route("/api/tally/events", post(ingest::ingest_events))
@@ -256,6 +257,18 @@ async fn read_body_in_time(
 ) -> Response {
     let timeout = state.engine.config.server.body_timeout;
     let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_INGEST_BODY) {
+        // Refused unread: no route takes that much.
+        return ApiError::TooLarge(format!(
+            "body: larger than {MAX_INGEST_BODY} bytes; send smaller batches"
+        ))
+        .into_response();
+    }
     let read = axum::body::to_bytes(body, MAX_INGEST_BODY + 1);
     let bytes = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -279,6 +292,61 @@ async fn read_body_in_time(
     };
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
+}
+
+/// Reads the body of every non-ingest request up to [`MAX_REQUEST_BODY`] and answers 413 in
+/// Tally's JSON when it is larger, also for handlers that take no body (they would otherwise
+/// answer as if it had not been sent). Handlers then read the body from memory.
+async fn refuse_large_body(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match read_bounded(body, declared).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// How much of a too-large body is still read (and dropped) before answering 413, so that a
+/// client still sending it reads the answer instead of a reset connection. Beyond this the
+/// connection is closed unread.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+async fn read_bounded(
+    mut body: axum::body::Body,
+    declared: Option<usize>,
+) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody;
+    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
+        return Err(body_too_large());
+    }
+    let mut kept = Vec::new();
+    let mut read = 0usize;
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read = read.saturating_add(data.len());
+        if read > DRAIN_LIMIT {
+            return Err(body_too_large());
+        }
+        if read <= MAX_REQUEST_BODY {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if read > MAX_REQUEST_BODY {
+        return Err(body_too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -404,11 +472,23 @@ pub fn namespace_scope<'a>(caller: &Caller, namespace: &'a str) -> Result<Scope<
     Ok(Scope::Namespace(namespace))
 }
 
-/// The request body, or a 400 naming it.
+/// The request body, or a 413 when it is over the limit and a 400 naming it otherwise.
 pub fn body_bytes(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| ApiError::BadRequest(format!("body: {rejection}")))
+    body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            body_too_large()
+        } else {
+            ApiError::BadRequest(format!("body: {rejection}"))
+        }
+    })
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::TooLarge(format!(
+        "body: larger than {MAX_REQUEST_BODY} bytes, the most this endpoint reads"
+    ))
 }
 
 /// Refuses every token but the operator's.
@@ -470,7 +550,8 @@ pub async fn append_audited_with_rows(
     Ok(())
 }
 
-/// Parses a JSON body into `T`, naming the field at fault. An empty body reads as `{}`.
+/// Parses a JSON body into `T`, naming the field at fault; nothing may follow it. An empty
+/// body reads as `{}`.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -478,10 +559,15 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         body
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let (field, message) = crate::event::json_error_field(e, "body");
         ApiError::BadRequest(format!("{field}: {message}"))
-    })
+    })?;
+    // Whatever follows the object would otherwise be ignored unseen.
+    deserializer
+        .end()
+        .map_err(|e| ApiError::BadRequest(format!("body: {e}; send one JSON object")))?;
+    Ok(value)
 }
 
 /// A body namespace, when given, must match the path's.
@@ -508,3 +594,27 @@ pub fn check_body_matches_path(
 
 /// How long an ingest answer waits for the projections to include its events.
 pub const PROJECTION_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Range {
+        from: Option<String>,
+    }
+
+    /// Regression: whatever followed the body's object was ignored.
+    #[test]
+    fn nothing_may_follow_a_json_body() {
+        assert!(parse_body::<Range>(b" {\"from\": \"a\"} \r\n").is_ok());
+        assert_eq!(parse_body::<Range>(b"").unwrap().from, None);
+        for trailing in [&b"{} {\"from\": \"b\"}"[..], b"{}}", b"{} junk", b"{},"] {
+            let error = parse_body::<Range>(trailing).unwrap_err();
+            assert!(
+                matches!(&error, ApiError::BadRequest(m) if m.starts_with("body: trailing")),
+                "{error}"
+            );
+        }
+    }
+}

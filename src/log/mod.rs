@@ -54,9 +54,6 @@ pub struct DedupRecord {
     pub fingerprint: u64,
 }
 
-/// Bytes of the raw input kept with a dead letter; enough to diagnose, bounded for safety.
-pub const DEAD_LETTER_RAW_LIMIT: usize = 4096;
-
 /// Input that could not be recorded, kept with the reason so nothing is silently lost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -65,8 +62,12 @@ pub struct DeadLetter {
     /// The tenant the input arrived for (token or message key).
     pub tenant: String,
     pub rejection: Rejection,
-    /// The input as received, cut to [`DEAD_LETTER_RAW_LIMIT`] bytes.
+    /// The input as received, whole, so that a repair can record it once the cause is gone.
+    /// Its size is bounded where it arrives: an HTTP request with a piece larger than
+    /// [`MAX_EVENT_BYTES`](crate::event::MAX_EVENT_BYTES) is refused whole, a Kafka payload
+    /// by the broker's message size.
     pub raw: Vec<u8>,
+    /// Set only by releases that cut the input to 4 KiB; such a letter cannot be repaired.
     pub raw_truncated: bool,
 }
 
@@ -78,14 +79,13 @@ impl DeadLetter {
         rejection: Rejection,
         raw: &[u8],
     ) -> Self {
-        let kept = raw.len().min(DEAD_LETTER_RAW_LIMIT);
         DeadLetter {
             received_at,
             source,
             tenant: tenant.to_owned(),
             rejection,
-            raw: raw[..kept].to_vec(),
-            raw_truncated: kept < raw.len(),
+            raw: raw.to_vec(),
+            raw_truncated: false,
         }
     }
 }
