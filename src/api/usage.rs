@@ -188,6 +188,34 @@ async fn period_totals(
     .await??)
 }
 
+/// Per-meter usage of one billing period of the tenant in `scope`, from the billing rows.
+async fn billing_period_totals(
+    state: &AppState,
+    tenant: &str,
+    period_uid: &str,
+    scope: Scope<'_>,
+) -> Result<BTreeMap<String, i128>, ApiError> {
+    let (store, catalog) = (
+        state.engine.store.clone(),
+        state.engine.config.catalog.clone(),
+    );
+    let (tenant, period_uid) = (tenant.to_owned(), period_uid.to_owned());
+    let namespace = match scope {
+        Scope::Tenant => None,
+        Scope::Namespace(namespace) => Some(namespace.to_owned()),
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        crate::projection::billing::period_usage(
+            &store,
+            &catalog,
+            &tenant,
+            &period_uid,
+            namespace.as_deref(),
+        )
+    })
+    .await??)
+}
+
 /// `POST /api/web/namespaces/{namespace}/usage_details`
 pub async fn usage_details(
     State(state): State<AppState>,
@@ -276,7 +304,21 @@ pub async fn current_usage(
         request.to.as_deref(),
         (open.start, open.end),
     )?;
-    // A whole billing period is answered from its running totals; any other range from hours.
+    let catalog = &engine.config.catalog;
+    let mut plan = catalog
+        .plan(&billing.plan)
+        .unwrap_or_else(|| catalog.default_plan());
+    // A billing period is priced at its own plan, as its invoice is. A whole calendar month
+    // is answered from its running totals; another billing period (one a plan change began,
+    // perhaps inside an hour) from the rows its invoice bills, where usage is filed by event
+    // time, so none of that hour from before it counts; any other range from whole hours.
+    let period = billing
+        .periods
+        .iter()
+        .find(|p| (p.start, p.end) == (from, to));
+    if let Some(period) = period {
+        plan = catalog.plan(&period.plan).unwrap_or(plan);
+    }
     let whole_period = time::billing_period_of(from);
     let totals =
         if time::month_start(whole_period) == from && time::month_start(whole_period + 1) == to {
@@ -284,15 +326,13 @@ pub async fn current_usage(
                 .await?
                 .remove(&whole_period)
                 .unwrap_or_default()
+        } else if let Some(period) = period {
+            billing_period_totals(&state, &caller.tenant, &period.uid, scope).await?
         } else {
             let rows =
                 hourly_rows(&state, &caller.tenant, scope, HourRange::covering(from, to)).await?;
-            report::metric_totals(&rows, &engine.config.catalog)
+            report::metric_totals(&rows, catalog)
         };
-    let catalog = &engine.config.catalog;
-    let plan = catalog
-        .plan(&billing.plan)
-        .unwrap_or_else(|| catalog.default_plan());
     let (usage_items, total) = report::cost_lines(&totals, catalog, plan, from, to);
     Ok(Json(CurrentUsageResponse {
         usage_items,
