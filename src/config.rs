@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// Requests per second each token may make (bursts of twice that); 0 turns the limit off.
     #[arg(long, env = "TALLY_RATE_LIMIT", default_value_t = 1_000)]
     pub rate_limit: u32,
+    /// Most items one F5 list answer carries (usage_details, hourly_usage_details, the quota
+    /// list); a longer one is cut there and says so in `X-Tally-Truncated: true`.
+    #[arg(long, env = "TALLY_MAX_LIST_ITEMS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_list_items: u64,
+    /// Most quota objects one tenant may have; creating one more is refused (409).
+    #[arg(long, env = "TALLY_MAX_QUOTA_OBJECTS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_quota_objects: u64,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -118,6 +125,10 @@ pub struct Config {
     pub accept_catalog_change: bool,
     /// Requests per second per token (0: unlimited).
     pub rate_limit: u32,
+    /// Most items one F5 list answer carries (at least 1).
+    pub max_list_items: usize,
+    /// Most quota objects per tenant (at least 1).
+    pub max_quota_objects: usize,
 }
 
 impl Config {
@@ -139,6 +150,8 @@ impl Config {
             invoice_due: days(30),
             accept_catalog_change: false,
             rate_limit: 1_000,
+            max_list_items: 10_000,
+            max_quota_objects: 1_000,
         }
     }
 
@@ -188,8 +201,11 @@ impl Config {
             }
             (None, _) => None,
         };
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(Config {
             rate_limit: args.rate_limit,
+            max_list_items: count(args.max_list_items),
+            max_quota_objects: count(args.max_quota_objects),
             accept_catalog_change: false,
             invoice_due: args.invoice_due,
             webhook,
@@ -229,6 +245,24 @@ mod tests {
         assert_eq!(
             Config::from_args(&cli.serve).unwrap().dedup_horizon,
             Duration::from_secs(2 * 86_400)
+        );
+    }
+
+    #[test]
+    fn list_and_quota_object_caps_are_at_least_one() {
+        for flag in ["--max-list-items", "--max-quota-objects"] {
+            assert!(
+                Cli::try_parse_from(["tally", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
+        let cli = Cli::parse_from(["tally", "--max-list-items", "7", "--max-quota-objects", "3"]);
+        let config = Config::from_args(&cli.serve).unwrap();
+        assert_eq!((config.max_list_items, config.max_quota_objects), (7, 3));
+        let defaults = Config::from_args(&Cli::parse_from(["tally"]).serve).unwrap();
+        assert_eq!(
+            (defaults.max_list_items, defaults.max_quota_objects),
+            (10_000, 1_000)
         );
     }
 

@@ -27,6 +27,10 @@ pub enum ApiError {
     /// 409 / ALREADY_EXISTS: the object exists already.
     #[error("{0}")]
     Conflict(String),
+    /// 409 / RESOURCE_EXHAUSTED: a per-tenant cap (e.g. `--max-quota-objects`) is reached;
+    /// nothing was changed, and deleting something first makes room.
+    #[error("{0}")]
+    LimitReached(String),
     /// 405: the path exists with other methods.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 5),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 12),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 6),
+            ApiError::LimitReached(_) => (StatusCode::CONFLICT, 8),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, 8),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),

@@ -4,20 +4,24 @@
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, body_bytes, check_body_namespace, namespace_scope, parse_body};
+use super::{
+    ApiError, AppState, body_bytes, check_body_namespace, list_headers, namespace_scope, parse_body,
+};
 use crate::auth::Caller;
 use std::collections::BTreeMap;
 
+use crate::catalog::Catalog;
 use crate::log::keys::{Scope, SeriesRow};
 use crate::log::store::CF_HOURLY;
 use crate::projection::Aggregate;
 use crate::projection::read;
 use crate::report::{
-    self, CalculatedUsageItem, HourRange, HourlyItem, HourlyQuery, MonthlyUsageItem, UsageItem,
-    UsageSummaryItem,
+    self, CalculatedUsageItem, HourRange, HourlyItem, HourlyItems, HourlyQuery, MetricTotals,
+    MonthlyUsageItem, UsageItem, UsageItems, UsageSummaryItem,
 };
 use crate::time::{self, UnixMicros};
 
@@ -147,26 +151,33 @@ fn check_range(
     Ok(())
 }
 
-async fn hourly_rows(
+/// Folds the hourly rows of `tenant` in `scope` over `range` into `fold` as they are read
+/// (never all held at once), off the async workers.
+async fn fold_hours<F: Send + 'static>(
     state: &AppState,
     tenant: &str,
     scope: Scope<'_>,
     range: HourRange,
-) -> Result<Vec<(SeriesRow, Aggregate)>, ApiError> {
-    let (store, tenant, scope) = (
+    mut fold: F,
+    add: fn(&mut F, &Catalog, SeriesRow, Aggregate),
+) -> Result<F, ApiError> {
+    let (store, catalog, tenant, scope) = (
         state.engine.store.clone(),
+        state.engine.config.catalog.clone(),
         tenant.to_owned(),
         scope.as_key_part().to_owned(),
     );
     Ok(tokio::task::spawn_blocking(move || {
-        read::series_rows(
+        read::visit_series_rows(
             &store,
             CF_HOURLY,
             &tenant,
             Scope::from_key_part(&scope),
             range.from_hour,
             range.to_hour,
+            |row, aggregate| add(&mut fold, &catalog, row, aggregate),
         )
+        .map(|()| fold)
     })
     .await??)
 }
@@ -222,7 +233,7 @@ pub async fn usage_details(
     caller: Caller,
     Path(namespace): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<UsageDetailsResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<UsageDetailsResponse>), ApiError> {
     let scope = namespace_scope(&caller, &namespace)?;
     let request: RangeRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
@@ -234,10 +245,14 @@ pub async fn usage_details(
         (period_start, now.max(period_start + 1)),
     )?;
     let range = HourRange::covering(from, to);
-    let rows = hourly_rows(&state, &caller.tenant, scope, range).await?;
-    Ok(Json(UsageDetailsResponse {
-        usage_items: report::usage_items(&rows, &state.engine.config.catalog, range),
-    }))
+    let cap = state.engine.config.max_list_items;
+    let items = UsageItems::new(cap);
+    let items = fold_hours(&state, &caller.tenant, scope, range, items, UsageItems::add).await?;
+    let (usage_items, truncated) = items.finish(&state.engine.config.catalog, range);
+    Ok((
+        list_headers(truncated, "usage_details", &caller.tenant, cap),
+        Json(UsageDetailsResponse { usage_items }),
+    ))
 }
 
 /// `POST /api/web/namespaces/{namespace}/hourly_usage_details`
@@ -246,7 +261,7 @@ pub async fn hourly_usage_details(
     caller: Caller,
     Path(namespace): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<HourlyUsageDetailsResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<HourlyUsageDetailsResponse>), ApiError> {
     namespace_scope(&caller, &namespace)?;
     let request: HourlyRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
@@ -274,16 +289,23 @@ pub async fn hourly_usage_details(
         from_hour: query.from_hour,
         to_hour: query.to_hour,
     };
-    let rows = hourly_rows(
+    let cap = state.engine.config.max_list_items;
+    let item_namespace = query.namespace.clone();
+    let items = HourlyItems::new(query, cap);
+    let items = fold_hours(
         &state,
         &caller.tenant,
-        Scope::Namespace(&query.namespace),
+        Scope::Namespace(&item_namespace),
         range,
+        items,
+        HourlyItems::add,
     )
     .await?;
-    Ok(Json(HourlyUsageDetailsResponse {
-        hourly_usage_items: report::hourly_items(&rows, &state.engine.config.catalog, &query),
-    }))
+    let (hourly_usage_items, truncated) = items.finish(&state.engine.config.catalog);
+    Ok((
+        list_headers(truncated, "hourly_usage_details", &caller.tenant, cap),
+        Json(HourlyUsageDetailsResponse { hourly_usage_items }),
+    ))
 }
 
 /// `POST /api/web/namespaces/{namespace}/current_usage`
@@ -329,9 +351,18 @@ pub async fn current_usage(
         } else if let Some(period) = period {
             billing_period_totals(&state, &caller.tenant, &period.uid, scope).await?
         } else {
-            let rows =
-                hourly_rows(&state, &caller.tenant, scope, HourRange::covering(from, to)).await?;
-            report::metric_totals(&rows, catalog)
+            let range = HourRange::covering(from, to);
+            let totals = MetricTotals::default();
+            fold_hours(
+                &state,
+                &caller.tenant,
+                scope,
+                range,
+                totals,
+                MetricTotals::add,
+            )
+            .await?
+            .finish(catalog)
         };
     let (usage_items, total) = report::cost_lines(&totals, catalog, plan, from, to);
     Ok(Json(CurrentUsageResponse {
@@ -397,15 +428,19 @@ pub async fn usage_summary(
         (None, None) => (now - SUMMARY_DEFAULT, now),
     };
     check_range((start, end), ("start_time", "end_time"))?;
-    let rows = hourly_rows(
+    let range = HourRange::covering(start, end);
+    let totals = MetricTotals::default();
+    let catalog = &state.engine.config.catalog;
+    let totals = fold_hours(
         &state,
         &caller.tenant,
         scope,
-        HourRange::covering(start, end),
+        range,
+        totals,
+        MetricTotals::add,
     )
-    .await?;
-    let catalog = &state.engine.config.catalog;
-    let totals = report::metric_totals(&rows, catalog);
+    .await?
+    .finish(catalog);
     Ok(Json(UsageSummaryResponse {
         usage_summary_items: report::usage_summary(&totals, catalog, end),
     }))
