@@ -62,6 +62,13 @@ pub struct ServeArgs {
     /// backup); `<data-dir>.backups` beside the data directory when absent.
     #[arg(long, env = "TALLY_BACKUP_ROOT")]
     pub backup_root: Option<PathBuf>,
+    /// Most items one F5 list answer carries (usage_details, hourly_usage_details, the quota
+    /// list); a longer one is cut there and says so in `X-Tally-Truncated: true`.
+    #[arg(long, env = "TALLY_MAX_LIST_ITEMS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_list_items: u64,
+    /// Most quota objects one tenant may have; creating one more is refused (409).
+    #[arg(long, env = "TALLY_MAX_QUOTA_OBJECTS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_quota_objects: u64,
     /// Log format on stderr.
     #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -179,6 +186,10 @@ pub struct Config {
     pub max_tokens_per_tenant: usize,
     /// Where API backups may be written (`--backup-root`).
     pub backup_root: PathBuf,
+    /// Most items one F5 list answer carries (at least 1).
+    pub max_list_items: usize,
+    /// Most quota objects per tenant (at least 1).
+    pub max_quota_objects: usize,
 }
 
 /// The backup root when `--backup-root` is absent: beside the data directory, outside it.
@@ -209,6 +220,8 @@ impl Config {
             server: ServerLimits::default(),
             auth_failure_limit: 30,
             max_tokens_per_tenant: 1_000,
+            max_list_items: 10_000,
+            max_quota_objects: 1_000,
         }
     }
 
@@ -259,6 +272,7 @@ impl Config {
             }
             (None, _) => None,
         };
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(Config {
             server: ServerLimits {
                 header_timeout: args.header_timeout,
@@ -274,6 +288,8 @@ impl Config {
             rate_limit: args.rate_limit,
             auth_failure_limit: args.auth_failure_limit,
             max_tokens_per_tenant: args.max_tokens_per_tenant,
+            max_list_items: count(args.max_list_items),
+            max_quota_objects: count(args.max_quota_objects),
             accept_catalog_change: false,
             invoice_due: args.invoice_due,
             webhook,
@@ -313,6 +329,24 @@ mod tests {
         assert_eq!(
             Config::from_args(&cli.serve).unwrap().dedup_horizon,
             Duration::from_secs(2 * 86_400)
+        );
+    }
+
+    #[test]
+    fn list_and_quota_object_caps_are_at_least_one() {
+        for flag in ["--max-list-items", "--max-quota-objects"] {
+            assert!(
+                Cli::try_parse_from(["tally", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
+        let cli = Cli::parse_from(["tally", "--max-list-items", "7", "--max-quota-objects", "3"]);
+        let config = Config::from_args(&cli.serve).unwrap();
+        assert_eq!((config.max_list_items, config.max_quota_objects), (7, 3));
+        let defaults = Config::from_args(&Cli::parse_from(["tally"]).serve).unwrap();
+        assert_eq!(
+            (defaults.max_list_items, defaults.max_quota_objects),
+            (10_000, 1_000)
         );
     }
 

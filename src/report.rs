@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, Plan};
+use crate::catalog::{Aggregation, Catalog, Plan};
 use crate::log::keys::{Series, SeriesRow};
 use crate::projection::Aggregate;
 use crate::time::{self, UnixMicros};
@@ -155,109 +155,214 @@ impl HourRange {
     }
 }
 
-/// `usage_details`: one item per (metric_label, namespace, object_name) over `range`.
-pub fn usage_items(
-    rows: &[(SeriesRow, Aggregate)],
-    catalog: &Catalog,
-    range: HourRange,
-) -> Vec<UsageItem> {
-    // Merge each series over its hours, then add series (deployments, containers) per item.
-    let mut per_series: BTreeMap<&Series, Aggregate> = BTreeMap::new();
-    for (row, aggregate) in rows {
-        per_series.entry(&row.series).or_default().merge(aggregate);
-    }
-    let mut per_item: BTreeMap<(&str, &str, &str), i128> = BTreeMap::new();
-    for (series, aggregate) in per_series {
-        let Some(meter) = catalog.meter(&series.metric_label) else {
-            continue;
-        };
-        let item = (
-            series.metric_label.as_str(),
-            series.namespace.as_str(),
-            series.object_name.as_str(),
-        );
-        *per_item.entry(item).or_default() += aggregate.value(meter.aggregation);
-    }
-    per_item
-        .into_iter()
-        .filter_map(|((metric_label, namespace, object_name), quantity)| {
-            let meter = catalog.meter(metric_label)?;
-            let query = HourlyQuery {
-                v: 1,
-                namespace: namespace.to_owned(),
-                metric_label: metric_label.to_owned(),
-                object_name: object_name.to_owned(),
-                from_hour: range.from_hour,
-                to_hour: range.to_hour,
-            };
-            Some(UsageItem {
-                metric_label: metric_label.to_owned(),
-                usage_type: meter.usage_type.clone(),
-                namespace: namespace.to_owned(),
-                object_name: object_name.to_owned(),
-                unit_name: meter.unit_name.clone(),
-                quantity: units::micros_to_f64(quantity),
-                start_timestamp: time::format_rfc3339(range.start()),
-                end_timestamp: time::format_rfc3339(range.end()),
-                hourly_breakdown_query: query.encode(),
-            })
-        })
-        .collect()
+/// The first `cap` keys of what is added, in key order, and whether any other was seen: what
+/// a capped list keeps while rows stream by in any order (memory follows the cap).
+#[derive(Debug)]
+pub struct FirstKeys<K, V> {
+    cap: usize,
+    map: BTreeMap<K, V>,
+    truncated: bool,
 }
 
-/// `hourly_usage_details`: one item per (hour, deployment, container) of the queried item.
-pub fn hourly_items(
-    rows: &[(SeriesRow, Aggregate)],
-    catalog: &Catalog,
-    query: &HourlyQuery,
-) -> Vec<HourlyItem> {
-    let Some(meter) = catalog.meter(&query.metric_label) else {
-        return Vec::new();
-    };
-    let mut per_hour: BTreeMap<(u32, &str, &str), Aggregate> = BTreeMap::new();
-    for (row, aggregate) in rows {
-        let series = &row.series;
-        if series.metric_label == query.metric_label
-            && series.object_name == query.object_name
-            && series.namespace == query.namespace
-        {
-            per_hour
-                .entry((
-                    row.bucket,
-                    series.deployment.as_str(),
-                    series.container.as_str(),
-                ))
+impl<K: Ord, V: Default> FirstKeys<K, V> {
+    pub fn new(cap: usize) -> Self {
+        FirstKeys {
+            cap,
+            map: BTreeMap::new(),
+            truncated: false,
+        }
+    }
+
+    /// The value of `key`, or `None` when `key` is past the first `cap` keys seen so far. A
+    /// key that pushes out the largest kept one pushes it out for good: every later key
+    /// that is kept is smaller still.
+    pub fn entry(&mut self, key: K) -> Option<&mut V> {
+        if !self.map.contains_key(&key) && self.map.len() >= self.cap {
+            self.truncated = true;
+            match self.map.last_key_value() {
+                Some((last, _)) if key < *last => {
+                    self.map.pop_last();
+                }
+                _ => return None,
+            }
+        }
+        Some(self.map.entry(key).or_default())
+    }
+
+    /// The kept keys in order, and whether others were left out.
+    pub fn finish(self) -> (BTreeMap<K, V>, bool) {
+        (self.map, self.truncated)
+    }
+}
+
+/// A `usage_details` item: (metric_label, namespace, object_name).
+type ItemKey = (String, String, String);
+/// An item's series by (deployment, container), each merged over the hours read.
+type ItemSeries = BTreeMap<(String, String), Aggregate>;
+
+/// `usage_details`: one item per (metric_label, namespace, object_name), folded from hourly
+/// rows as they are read; at most `cap` items, the first in that order.
+#[derive(Debug)]
+pub struct UsageItems {
+    items: FirstKeys<ItemKey, ItemSeries>,
+}
+
+impl UsageItems {
+    pub fn new(cap: usize) -> Self {
+        UsageItems {
+            items: FirstKeys::new(cap),
+        }
+    }
+
+    pub fn add(&mut self, catalog: &Catalog, row: SeriesRow, aggregate: Aggregate) {
+        // Rows of meters the catalog no longer has make no item, so they take no place.
+        if catalog.meter(&row.series.metric_label).is_none() {
+            return;
+        }
+        let Series {
+            namespace,
+            metric_label,
+            object_name,
+            deployment,
+            container,
+        } = row.series;
+        if let Some(series) = self.items.entry((metric_label, namespace, object_name)) {
+            series
+                .entry((deployment, container))
                 .or_default()
-                .merge(aggregate);
+                .merge(&aggregate);
         }
     }
-    per_hour
-        .into_iter()
-        .map(|((hour, deployment, container), aggregate)| HourlyItem {
-            start_timestamp: time::format_rfc3339(time::hour_start(hour)),
-            end_timestamp: time::format_rfc3339(time::hour_start(hour + 1)),
-            quantity: units::micros_to_f64(aggregate.value(meter.aggregation)),
-            unit_name: meter.unit_name.clone(),
-            deployment: deployment.to_owned(),
-            container: container.to_owned(),
-        })
-        .collect()
+
+    /// The items over `range` (series values added per item), and whether the cap cut them.
+    pub fn finish(self, catalog: &Catalog, range: HourRange) -> (Vec<UsageItem>, bool) {
+        let (items, truncated) = self.items.finish();
+        let items = items
+            .into_iter()
+            .filter_map(|((metric_label, namespace, object_name), series)| {
+                let meter = catalog.meter(&metric_label)?;
+                let quantity: i128 = series
+                    .values()
+                    .map(|aggregate| aggregate.value(meter.aggregation))
+                    .sum();
+                let query = HourlyQuery {
+                    v: 1,
+                    namespace: namespace.clone(),
+                    metric_label: metric_label.clone(),
+                    object_name: object_name.clone(),
+                    from_hour: range.from_hour,
+                    to_hour: range.to_hour,
+                };
+                Some(UsageItem {
+                    usage_type: meter.usage_type.clone(),
+                    unit_name: meter.unit_name.clone(),
+                    quantity: units::micros_to_f64(quantity),
+                    start_timestamp: time::format_rfc3339(range.start()),
+                    end_timestamp: time::format_rfc3339(range.end()),
+                    hourly_breakdown_query: query.encode(),
+                    metric_label,
+                    namespace,
+                    object_name,
+                })
+            })
+            .collect();
+        (items, truncated)
+    }
 }
 
-/// Per-metric totals (micro-units) of rows over a range: series merged over time, then added.
-pub fn metric_totals(rows: &[(SeriesRow, Aggregate)], catalog: &Catalog) -> BTreeMap<String, i128> {
-    let mut per_series: BTreeMap<&Series, Aggregate> = BTreeMap::new();
-    for (row, aggregate) in rows {
-        per_series.entry(&row.series).or_default().merge(aggregate);
-    }
-    let mut totals = BTreeMap::new();
-    for (series, aggregate) in per_series {
-        if let Some(meter) = catalog.meter(&series.metric_label) {
-            *totals.entry(series.metric_label.clone()).or_default() +=
-                aggregate.value(meter.aggregation);
+/// `hourly_usage_details`: one item per (hour, deployment, container) of the queried item,
+/// folded from rows as they are read; at most `cap` items, the first in that order.
+#[derive(Debug)]
+pub struct HourlyItems {
+    query: HourlyQuery,
+    items: FirstKeys<(u32, String, String), Aggregate>,
+}
+
+impl HourlyItems {
+    pub fn new(query: HourlyQuery, cap: usize) -> Self {
+        HourlyItems {
+            query,
+            items: FirstKeys::new(cap),
         }
     }
-    totals
+
+    pub fn add(&mut self, _catalog: &Catalog, row: SeriesRow, aggregate: Aggregate) {
+        let series = &row.series;
+        if series.metric_label != self.query.metric_label
+            || series.object_name != self.query.object_name
+            || series.namespace != self.query.namespace
+        {
+            return;
+        }
+        let Series {
+            deployment,
+            container,
+            ..
+        } = row.series;
+        if let Some(hour) = self.items.entry((row.bucket, deployment, container)) {
+            hour.merge(&aggregate);
+        }
+    }
+
+    /// The items, and whether the cap cut them.
+    pub fn finish(self, catalog: &Catalog) -> (Vec<HourlyItem>, bool) {
+        let (items, truncated) = self.items.finish();
+        let Some(meter) = catalog.meter(&self.query.metric_label) else {
+            return (Vec::new(), false);
+        };
+        let items = items
+            .into_iter()
+            .map(|((hour, deployment, container), aggregate)| HourlyItem {
+                start_timestamp: time::format_rfc3339(time::hour_start(hour)),
+                end_timestamp: time::format_rfc3339(time::hour_start(hour + 1)),
+                quantity: units::micros_to_f64(aggregate.value(meter.aggregation)),
+                unit_name: meter.unit_name.clone(),
+                deployment,
+                container,
+            })
+            .collect();
+        (items, truncated)
+    }
+}
+
+/// Per-metric totals (micro-units) over a range, folded from rows as they are read: series
+/// merged over time, then added. SUM and COUNT add up row by row; only MAX and LATEST series
+/// are held until the end.
+#[derive(Debug, Default)]
+pub struct MetricTotals {
+    additive: BTreeMap<String, i128>,
+    per_series: BTreeMap<Series, Aggregate>,
+}
+
+impl MetricTotals {
+    pub fn add(&mut self, catalog: &Catalog, row: SeriesRow, aggregate: Aggregate) {
+        let Some(meter) = catalog.meter(&row.series.metric_label) else {
+            return;
+        };
+        match meter.aggregation {
+            Aggregation::Sum | Aggregation::Count => {
+                *self.additive.entry(row.series.metric_label).or_default() +=
+                    aggregate.value(meter.aggregation);
+            }
+            Aggregation::Max | Aggregation::Latest => {
+                self.per_series
+                    .entry(row.series)
+                    .or_default()
+                    .merge(&aggregate);
+            }
+        }
+    }
+
+    pub fn finish(self, catalog: &Catalog) -> BTreeMap<String, i128> {
+        let mut totals = self.additive;
+        for (series, aggregate) in self.per_series {
+            if let Some(meter) = catalog.meter(&series.metric_label) {
+                *totals.entry(series.metric_label).or_default() +=
+                    aggregate.value(meter.aggregation);
+            }
+        }
+        totals
+    }
 }
 
 /// One cost line per metered label with usage; returns the lines and their total.
@@ -357,6 +462,126 @@ pub fn usage_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever order rows come in, a capped list keeps the first `cap` keys with every
+        /// row of each merged, and says whether others were left out.
+        #[test]
+        fn first_keys_keep_the_smallest_keys_whole(keys in proptest::collection::vec(0u8..40, 0..200), cap in 1usize..12) {
+            let mut first = FirstKeys::<u8, u32>::new(cap);
+            let mut all: BTreeMap<u8, u32> = BTreeMap::new();
+            for &key in &keys {
+                if let Some(count) = first.entry(key) {
+                    *count += 1;
+                }
+                *all.entry(key).or_default() += 1;
+            }
+            let (kept, truncated) = first.finish();
+            let expected: BTreeMap<u8, u32> = all.iter().take(cap).map(|(k, v)| (*k, *v)).collect();
+            prop_assert_eq!(kept, expected);
+            prop_assert_eq!(truncated, all.len() > cap);
+        }
+    }
+
+    fn row(hour: u32, namespace: &str, metric: &str, object: &str, container: &str) -> SeriesRow {
+        SeriesRow {
+            tenant: "t".into(),
+            scope: "*".into(),
+            bucket: hour,
+            series: Series {
+                namespace: namespace.into(),
+                metric_label: metric.into(),
+                object_name: object.into(),
+                deployment: String::new(),
+                container: container.into(),
+            },
+        }
+    }
+
+    fn quantity(units: i64) -> Aggregate {
+        let mut aggregate = Aggregate::default();
+        aggregate.merge(&Aggregate {
+            sum: i128::from(units) * 1_000_000,
+            count: 1,
+            max: units * 1_000_000,
+            last: units * 1_000_000,
+            last_at: 0,
+            last_tiebreak: 0,
+        });
+        aggregate
+    }
+
+    #[test]
+    fn metric_totals_add_sums_by_row_and_gauges_by_series() {
+        let catalog = Catalog::builtin().unwrap();
+        let mut totals = MetricTotals::default();
+        // Two hours of a SUM and of a LATEST meter, in two series each.
+        for (hour, units) in [(10, 1), (11, 2)] {
+            for object in ["a", "b"] {
+                let mut gauge = quantity(units * 10);
+                gauge.last_at = i64::from(hour);
+                totals.add(
+                    &catalog,
+                    row(hour, "shop", "http_lb_requests", object, ""),
+                    quantity(units),
+                );
+                totals.add(
+                    &catalog,
+                    row(hour, "shop", "http_loadbalancers", object, ""),
+                    gauge,
+                );
+            }
+        }
+        totals.add(
+            &catalog,
+            row(10, "shop", "no_such_meter", "a", ""),
+            quantity(5),
+        );
+        let totals = totals.finish(&catalog);
+        let expected: BTreeMap<String, i128> = [
+            ("http_lb_requests".to_owned(), 6_000_000),
+            ("http_loadbalancers".to_owned(), 40_000_000),
+        ]
+        .into();
+        assert_eq!(totals, expected);
+    }
+
+    #[test]
+    fn usage_items_are_capped_in_item_order_with_every_hour_of_the_kept_ones() {
+        let catalog = Catalog::builtin().unwrap();
+        let range = HourRange {
+            from_hour: 10,
+            to_hour: 12,
+        };
+        // Hour-major, as the hourly rows are stored: later items first in the first hour.
+        let rows = [
+            row(10, "shop", "http_lb_requests", "lb-c", ""),
+            row(10, "shop", "http_lb_requests", "lb-b", "x"),
+            row(10, "shop", "no_such_meter", "lb-a", ""),
+            row(11, "shop", "http_lb_requests", "lb-a", ""),
+            row(11, "shop", "http_lb_requests", "lb-b", "y"),
+            row(11, "shop", "http_lb_requests", "lb-b", "x"),
+        ];
+        let mut items = UsageItems::new(2);
+        for (units, row) in (1..).zip(rows) {
+            items.add(&catalog, row, quantity(units));
+        }
+        let (items, truncated) = items.finish(&catalog, range);
+        let got: Vec<(&str, f64)> = items
+            .iter()
+            .map(|i| (i.object_name.as_str(), i.quantity))
+            .collect();
+        assert_eq!(got, [("lb-a", 4.0), ("lb-b", 2.0 + 5.0 + 6.0)]);
+        assert!(truncated, "lb-c was left out");
+        let mut all = UsageItems::new(3);
+        all.add(
+            &catalog,
+            row(10, "shop", "http_lb_requests", "lb-a", ""),
+            quantity(1),
+        );
+        assert!(!all.finish(&catalog, range).1);
+    }
 
     #[test]
     fn hourly_queries_round_trip_and_refuse_garbage() {

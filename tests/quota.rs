@@ -26,13 +26,16 @@ fn gauge(server: &Server, id: &str, namespace: &str, metric: &str, quantity: &st
     assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
 }
 
+/// The tenant's alerts, oldest first (the list answers newest first).
 fn alerts(server: &Server) -> Vec<(String, String)> {
     let (status, body) = server.call("GET", "/api/tally/namespaces/system/alerts", None);
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["next_page_token"], "", "one page: {body}");
     body["alerts"]
         .as_array()
         .unwrap()
         .iter()
+        .rev()
         .map(|a| {
             (
                 a["id"].as_str().unwrap().to_owned(),

@@ -27,6 +27,10 @@ pub enum ApiError {
     /// 409 / ALREADY_EXISTS: the object exists already.
     #[error("{0}")]
     Conflict(String),
+    /// 409 / RESOURCE_EXHAUSTED: a per-tenant cap (e.g. `--max-quota-objects`) is reached;
+    /// nothing was changed, and deleting something first makes room.
+    #[error("{0}")]
+    LimitReached(String),
     /// 405: the path exists with other methods.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 12),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, 6),
             ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 4),
+            ApiError::LimitReached(_) => (StatusCode::CONFLICT, 8),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
             ApiError::TooManyRequests(_) | ApiError::TooManyFailedAuthentications(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, 8)

@@ -20,6 +20,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -590,6 +591,26 @@ pub fn check_body_matches_path(
         )),
         _ => Ok(()),
     }
+}
+
+/// Header of an F5 list answer that `--max-list-items` cut short. F5 list answers have no
+/// page fields, so the cut is said beside the body instead of in it.
+pub const TRUNCATED_HEADER: &str = "x-tally-truncated";
+
+/// The headers of an F5 list answer: `X-Tally-Truncated: true` when it was cut at `cap`
+/// items (logged too, so operators see which lists outgrow the cap).
+pub fn list_headers(truncated: bool, list: &str, tenant: &str, cap: usize) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if truncated {
+        tracing::warn!(
+            list,
+            tenant,
+            cap,
+            "list answer cut at --max-list-items; narrow the query"
+        );
+        headers.insert(TRUNCATED_HEADER, HeaderValue::from_static("true"));
+    }
+    headers
 }
 
 /// How long an ingest answer waits for the projections to include its events.

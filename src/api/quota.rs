@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -156,6 +159,13 @@ pub async fn create(
         return Err(ApiError::Conflict(format!(
             "metadata.name: quota `{}` already exists in namespace `{namespace}`",
             valid.name
+        )));
+    }
+    let cap = state.engine.config.max_quota_objects;
+    let tenant = caller.tenant.clone();
+    if blocking(&state, move |s| rows::count_objects(s, &tenant, cap)).await? >= cap {
+        return Err(ApiError::LimitReached(format!(
+            "metadata.name: the tenant has {cap} quota objects, the most it may have (--max-quota-objects); replace or delete one instead"
         )));
     }
     let now = state.engine.now();
@@ -331,13 +341,14 @@ pub async fn get_one(
     Ok(Json(answer))
 }
 
-/// `GET /api/web/namespaces/{namespace}/quotas`
+/// `GET /api/web/namespaces/{namespace}/quotas`: at most `--max-list-items` items (F5 lists
+/// have no pages; a cut answer says so in `X-Tally-Truncated`).
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(namespace): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     namespace_scope(&caller, &namespace)?;
     let params = query_params(query.as_deref());
     let filter = match params.get("label_filter").and_then(|v| v.last()) {
@@ -346,11 +357,14 @@ pub async fn list(
     };
     // F5: asking for any report field returns the full objects with the summary.
     let full = params.contains_key("report_fields") || params.contains_key("report_status_fields");
+    let cap = state.engine.config.max_list_items;
     let (tenant, ns) = (caller.tenant.clone(), namespace.clone());
-    let objects = blocking(&state, move |s| rows::list_objects(s, &tenant, Some(&ns))).await?;
+    let (objects, truncated) = blocking(&state, move |s| {
+        rows::find_objects(s, &tenant, Some(&ns), cap, |o| filter.matches(&o.labels))
+    })
+    .await?;
     let items: Vec<Value> = objects
         .iter()
-        .filter(|o| filter.matches(&o.labels))
         .map(|object| {
             let mut item = json!({
                 "name": object.name,
@@ -371,7 +385,10 @@ pub async fn list(
             item
         })
         .collect();
-    Ok(Json(json!({"items": items, "errors": []})))
+    Ok((
+        super::list_headers(truncated, "quotas", &caller.tenant, cap),
+        Json(json!({"items": items, "errors": []})),
+    ))
 }
 
 /// The tenant's effective limits and its quota objects' levels, read together.
@@ -708,24 +725,67 @@ fn alert_json(seq: u64, alert: &Alert) -> Value {
     })
 }
 
-/// Most alerts one list answers.
-const ALERT_LIST_LIMIT: usize = 1_000;
+/// Alerts one page holds unless `page_size` says otherwise, and the most it may say.
+const ALERT_PAGE_DEFAULT: usize = 100;
+const ALERT_PAGE_MAX: usize = 1_000;
 
-/// `GET /api/tally/namespaces/{namespace}/alerts`: the tenant's threshold crossings, oldest
-/// first (quota limits are tenant-wide, so every namespace lists the same alerts).
+/// `page_size` of a Tally list: absent or 0 is `default`, above `max` is `max`.
+fn page_size(
+    params: &BTreeMap<String, Vec<String>>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match params.get("page_size").and_then(|v| v.last()) {
+        None => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(0) => Ok(default),
+            Ok(n) => Ok(usize::try_from(n).unwrap_or(max).min(max)),
+            Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Ok(max),
+            Err(_) => Err(ApiError::BadRequest(format!(
+                "page_size: `{}` is not a whole number (0 to {max})",
+                text.chars().take(64).collect::<String>()
+            ))),
+        },
+    }
+}
+
+/// An alert list's `next_page_token`: where the next page starts, opaque to clients.
+fn alert_page_token(seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("alerts.{seq}"))
+}
+
+fn parse_alert_page_token(token: &str) -> Result<u64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix("alerts.")?.parse().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest("page_token: is not a next_page_token of this list".into())
+        })
+}
+
+/// `GET /api/tally/namespaces/{namespace}/alerts?page_size=&page_token=`: the tenant's
+/// threshold crossings, newest first, a page at a time (quota limits are tenant-wide, so every
+/// namespace lists the same alerts). `next_page_token` is empty on the last page.
 pub async fn alerts(
     State(state): State<AppState>,
     caller: Caller,
     Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     namespace_scope(&caller, &namespace)?;
+    let params = query_params(query.as_deref());
+    let size = page_size(&params, ALERT_PAGE_DEFAULT, ALERT_PAGE_MAX)?;
+    let from = match params.get("page_token").and_then(|v| v.last()) {
+        Some(token) if !token.is_empty() => Some(parse_alert_page_token(token)?),
+        _ => None,
+    };
     let tenant = caller.tenant.clone();
-    let alerts = blocking(&state, move |s| {
-        rows::list_alerts(s, &tenant, ALERT_LIST_LIMIT)
-    })
-    .await?;
+    let page = blocking(&state, move |s| rows::list_alerts(s, &tenant, from, size)).await?;
     Ok(Json(json!({
-        "alerts": alerts.iter().map(|(seq, a)| alert_json(*seq, a)).collect::<Vec<_>>(),
+        "alerts": page.alerts.iter().map(|(seq, a)| alert_json(*seq, a)).collect::<Vec<_>>(),
+        "next_page_token": page.next.map(alert_page_token).unwrap_or_default(),
     })))
 }
 

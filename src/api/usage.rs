@@ -4,20 +4,24 @@
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, body_bytes, check_body_namespace, namespace_scope, parse_body};
+use super::{
+    ApiError, AppState, body_bytes, check_body_namespace, list_headers, namespace_scope, parse_body,
+};
 use crate::auth::Caller;
 use std::collections::BTreeMap;
 
+use crate::catalog::Catalog;
 use crate::log::keys::{Scope, SeriesRow};
 use crate::log::store::CF_HOURLY;
 use crate::projection::Aggregate;
 use crate::projection::read;
 use crate::report::{
-    self, CalculatedUsageItem, HourRange, HourlyItem, HourlyQuery, MonthlyUsageItem, UsageItem,
-    UsageSummaryItem,
+    self, CalculatedUsageItem, HourRange, HourlyItem, HourlyItems, HourlyQuery, MetricTotals,
+    MonthlyUsageItem, UsageItem, UsageItems, UsageSummaryItem,
 };
 use crate::time::{self, UnixMicros};
 
@@ -147,26 +151,33 @@ fn check_range(
     Ok(())
 }
 
-async fn hourly_rows(
+/// Folds the hourly rows of `tenant` in `scope` over `range` into `fold` as they are read
+/// (never all held at once), off the async workers.
+async fn fold_hours<F: Send + 'static>(
     state: &AppState,
     tenant: &str,
     scope: Scope<'_>,
     range: HourRange,
-) -> Result<Vec<(SeriesRow, Aggregate)>, ApiError> {
-    let (store, tenant, scope) = (
+    mut fold: F,
+    add: fn(&mut F, &Catalog, SeriesRow, Aggregate),
+) -> Result<F, ApiError> {
+    let (store, catalog, tenant, scope) = (
         state.engine.store.clone(),
+        state.engine.config.catalog.clone(),
         tenant.to_owned(),
         scope.as_key_part().to_owned(),
     );
     Ok(tokio::task::spawn_blocking(move || {
-        read::series_rows(
+        read::visit_series_rows(
             &store,
             CF_HOURLY,
             &tenant,
             Scope::from_key_part(&scope),
             range.from_hour,
             range.to_hour,
+            |row, aggregate| add(&mut fold, &catalog, row, aggregate),
         )
+        .map(|()| fold)
     })
     .await??)
 }
@@ -188,13 +199,41 @@ async fn period_totals(
     .await??)
 }
 
+/// Per-meter usage of one billing period of the tenant in `scope`, from the billing rows.
+async fn billing_period_totals(
+    state: &AppState,
+    tenant: &str,
+    period_uid: &str,
+    scope: Scope<'_>,
+) -> Result<BTreeMap<String, i128>, ApiError> {
+    let (store, catalog) = (
+        state.engine.store.clone(),
+        state.engine.config.catalog.clone(),
+    );
+    let (tenant, period_uid) = (tenant.to_owned(), period_uid.to_owned());
+    let namespace = match scope {
+        Scope::Tenant => None,
+        Scope::Namespace(namespace) => Some(namespace.to_owned()),
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        crate::projection::billing::period_usage(
+            &store,
+            &catalog,
+            &tenant,
+            &period_uid,
+            namespace.as_deref(),
+        )
+    })
+    .await??)
+}
+
 /// `POST /api/web/namespaces/{namespace}/usage_details`
 pub async fn usage_details(
     State(state): State<AppState>,
     caller: Caller,
     Path(namespace): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<UsageDetailsResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<UsageDetailsResponse>), ApiError> {
     let scope = namespace_scope(&caller, &namespace)?;
     let request: RangeRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
@@ -206,10 +245,14 @@ pub async fn usage_details(
         (period_start, now.max(period_start + 1)),
     )?;
     let range = HourRange::covering(from, to);
-    let rows = hourly_rows(&state, &caller.tenant, scope, range).await?;
-    Ok(Json(UsageDetailsResponse {
-        usage_items: report::usage_items(&rows, &state.engine.config.catalog, range),
-    }))
+    let cap = state.engine.config.max_list_items;
+    let items = UsageItems::new(cap);
+    let items = fold_hours(&state, &caller.tenant, scope, range, items, UsageItems::add).await?;
+    let (usage_items, truncated) = items.finish(&state.engine.config.catalog, range);
+    Ok((
+        list_headers(truncated, "usage_details", &caller.tenant, cap),
+        Json(UsageDetailsResponse { usage_items }),
+    ))
 }
 
 /// `POST /api/web/namespaces/{namespace}/hourly_usage_details`
@@ -218,7 +261,7 @@ pub async fn hourly_usage_details(
     caller: Caller,
     Path(namespace): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<HourlyUsageDetailsResponse>, ApiError> {
+) -> Result<(HeaderMap, Json<HourlyUsageDetailsResponse>), ApiError> {
     namespace_scope(&caller, &namespace)?;
     let request: HourlyRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
@@ -246,16 +289,23 @@ pub async fn hourly_usage_details(
         from_hour: query.from_hour,
         to_hour: query.to_hour,
     };
-    let rows = hourly_rows(
+    let cap = state.engine.config.max_list_items;
+    let item_namespace = query.namespace.clone();
+    let items = HourlyItems::new(query, cap);
+    let items = fold_hours(
         &state,
         &caller.tenant,
-        Scope::Namespace(&query.namespace),
+        Scope::Namespace(&item_namespace),
         range,
+        items,
+        HourlyItems::add,
     )
     .await?;
-    Ok(Json(HourlyUsageDetailsResponse {
-        hourly_usage_items: report::hourly_items(&rows, &state.engine.config.catalog, &query),
-    }))
+    let (hourly_usage_items, truncated) = items.finish(&state.engine.config.catalog);
+    Ok((
+        list_headers(truncated, "hourly_usage_details", &caller.tenant, cap),
+        Json(HourlyUsageDetailsResponse { hourly_usage_items }),
+    ))
 }
 
 /// `POST /api/web/namespaces/{namespace}/current_usage`
@@ -276,7 +326,21 @@ pub async fn current_usage(
         request.to.as_deref(),
         (open.start, open.end),
     )?;
-    // A whole billing period is answered from its running totals; any other range from hours.
+    let catalog = &engine.config.catalog;
+    let mut plan = catalog
+        .plan(&billing.plan)
+        .unwrap_or_else(|| catalog.default_plan());
+    // A billing period is priced at its own plan, as its invoice is. A whole calendar month
+    // is answered from its running totals; another billing period (one a plan change began,
+    // perhaps inside an hour) from the rows its invoice bills, where usage is filed by event
+    // time, so none of that hour from before it counts; any other range from whole hours.
+    let period = billing
+        .periods
+        .iter()
+        .find(|p| (p.start, p.end) == (from, to));
+    if let Some(period) = period {
+        plan = catalog.plan(&period.plan).unwrap_or(plan);
+    }
     let whole_period = time::billing_period_of(from);
     let totals =
         if time::month_start(whole_period) == from && time::month_start(whole_period + 1) == to {
@@ -284,15 +348,22 @@ pub async fn current_usage(
                 .await?
                 .remove(&whole_period)
                 .unwrap_or_default()
+        } else if let Some(period) = period {
+            billing_period_totals(&state, &caller.tenant, &period.uid, scope).await?
         } else {
-            let rows =
-                hourly_rows(&state, &caller.tenant, scope, HourRange::covering(from, to)).await?;
-            report::metric_totals(&rows, &engine.config.catalog)
+            let range = HourRange::covering(from, to);
+            let totals = MetricTotals::default();
+            fold_hours(
+                &state,
+                &caller.tenant,
+                scope,
+                range,
+                totals,
+                MetricTotals::add,
+            )
+            .await?
+            .finish(catalog)
         };
-    let catalog = &engine.config.catalog;
-    let plan = catalog
-        .plan(&billing.plan)
-        .unwrap_or_else(|| catalog.default_plan());
     let (usage_items, total) = report::cost_lines(&totals, catalog, plan, from, to);
     Ok(Json(CurrentUsageResponse {
         usage_items,
@@ -357,15 +428,19 @@ pub async fn usage_summary(
         (None, None) => (now - SUMMARY_DEFAULT, now),
     };
     check_range((start, end), ("start_time", "end_time"))?;
-    let rows = hourly_rows(
+    let range = HourRange::covering(start, end);
+    let totals = MetricTotals::default();
+    let catalog = &state.engine.config.catalog;
+    let totals = fold_hours(
         &state,
         &caller.tenant,
         scope,
-        HourRange::covering(start, end),
+        range,
+        totals,
+        MetricTotals::add,
     )
-    .await?;
-    let catalog = &state.engine.config.catalog;
-    let totals = report::metric_totals(&rows, catalog);
+    .await?
+    .finish(catalog);
     Ok(Json(UsageSummaryResponse {
         usage_summary_items: report::usage_summary(&totals, catalog, end),
     }))

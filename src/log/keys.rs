@@ -12,6 +12,7 @@
 //! |               | `s` tenant `\0` kind `\0` key `\0` namespace `\0` object `\0` deployment `\0` container `\0` | series level: value, time, id hash |
 //! |               | `t` tenant `\0` scope `\0` kind `\0` key `\0`                                            | `i128` BE level (namespace or `*`)   |
 //! |               | `b` tenant `\0` kind `\0` key `\0`                                                        | threshold band `u8` (0–3)            |
+//! |               | `a` tenant `\0` !seq `u64` BE (seq inverted: newest first)                                | [`Alert`](crate::quota::Alert), bincode (the tenant's copy) |
 //! | `alerts`      | seq `u64` BE of the alert's log entry                                                 | [`Alert`](crate::quota::Alert), bincode |
 //! | `billing`     | `t` tenant `\0`                                                                       | tenant billing state, bincode        |
 //! |               | `u` tenant `\0` period uid `\0` namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate of the period |

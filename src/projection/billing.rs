@@ -101,9 +101,39 @@ pub fn period_values(
     pending: &BTreeMap<Vec<u8>, Aggregate>,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
     let prefix = period_prefix(tenant, period_uid);
+    values_under(store, catalog, prefix.len(), &prefix, pending)
+}
+
+/// Each meter's value over a period in one namespace (`None`: every namespace), micro-units:
+/// the rows the period's invoice bills, so `current_usage` of a billing period and its
+/// invoice agree to the unit.
+pub fn period_usage(
+    store: &Store,
+    catalog: &Catalog,
+    tenant: &str,
+    period_uid: &str,
+    namespace: Option<&str>,
+) -> Result<BTreeMap<String, i128>, StoreError> {
+    let period = period_prefix(tenant, period_uid);
+    let mut prefix = period.clone();
+    if let Some(namespace) = namespace {
+        push_str(&mut prefix, namespace);
+    }
+    values_under(store, catalog, period.len(), &prefix, &BTreeMap::new())
+}
+
+/// Per-meter values of the usage rows under `prefix` (which starts with a period prefix of
+/// `period_len` bytes) and of the `pending` deltas under it.
+fn values_under(
+    store: &Store,
+    catalog: &Catalog,
+    period_len: usize,
+    prefix: &[u8],
+    pending: &BTreeMap<Vec<u8>, Aggregate>,
+) -> Result<BTreeMap<String, i128>, StoreError> {
     let mut rows: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
     let mut failure = None;
-    store.scan_prefix(CF_BILLING, &prefix, |key, value| {
+    store.scan_prefix(CF_BILLING, prefix, |key, value| {
         match Aggregate::decode(value) {
             Ok(aggregate) => {
                 rows.insert(key.to_vec(), aggregate);
@@ -115,16 +145,16 @@ pub fn period_values(
     if let Some(error) = failure {
         return Err(corrupt(error));
     }
-    for (key, delta) in pending.range(prefix.clone()..) {
-        if !key.starts_with(&prefix) {
+    for (key, delta) in pending.range(prefix.to_vec()..) {
+        if !key.starts_with(prefix) {
             break;
         }
         rows.entry(key.clone()).or_default().merge(delta);
     }
     let mut values = BTreeMap::new();
     for (key, aggregate) in rows {
-        // namespace \0 metric \0 …: the metric is the second part after the prefix.
-        let Some(metric) = key[prefix.len()..]
+        // namespace \0 metric \0 …: the metric is the second part after the period prefix.
+        let Some(metric) = key[period_len..]
             .split(|&b| b == 0)
             .nth(1)
             .map(|m| String::from_utf8_lossy(m).into_owned())
@@ -288,5 +318,74 @@ impl<'a> BillingFold<'a> {
             batch.put_cf(&cf, transition_key(id), tenant.as_bytes());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventSource;
+    use crate::log::store::StoreOptions;
+    use crate::units::Micros;
+
+    fn usage(id: &str, namespace: &str, at: UnixMicros, quantity: i64) -> LogEntry {
+        LogEntry::UsageRecorded {
+            event: UsageEvent {
+                tenant: "t".into(),
+                id: id.into(),
+                namespace: namespace.into(),
+                metric_label: "http_lb_requests".into(),
+                quantity: Micros(quantity),
+                timestamp: at,
+                object_name: String::new(),
+                deployment: String::new(),
+                container: String::new(),
+                labels: BTreeMap::new(),
+            },
+            source: EventSource::Http { received_at: 0 },
+            recorded_at: 0,
+        }
+    }
+
+    #[test]
+    fn period_usage_reads_one_namespace_or_all_of_the_invoiced_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedup_horizon: std::time::Duration::from_secs(86_400),
+            min_free_disk: 0,
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        let catalog = Catalog::builtin().unwrap();
+        let at = crate::time::parse_rfc3339("2026-03-10T10:15:00Z").unwrap();
+        let mut fold = BillingFold::new(&store, &catalog, 0);
+        for (seq, entry) in [
+            usage("a", "shop", at, 3_000_000),
+            usage("b", "blog", at + 1, 4_000_000),
+            usage("c", "shop", at + 2, 5_000_000),
+        ]
+        .iter()
+        .enumerate()
+        {
+            fold.fold(seq as u64, entry).unwrap();
+        }
+        let mut batch = WriteBatch::default();
+        fold.write(&mut batch).unwrap();
+        store.write(batch, false).unwrap();
+        let period = load_tenant(&store, "t")
+            .unwrap()
+            .unwrap()
+            .open_period()
+            .uid
+            .clone();
+        let read = |namespace| period_usage(&store, &catalog, "t", &period, namespace).unwrap();
+        assert_eq!(read(Some("shop"))["http_lb_requests"], 8_000_000);
+        assert_eq!(read(Some("blog"))["http_lb_requests"], 4_000_000);
+        assert_eq!(read(None)["http_lb_requests"], 12_000_000);
+        // `sho` is not a prefix of `shop`'s rows: namespaces end at their terminator.
+        assert!(read(Some("sho")).is_empty());
+        assert_eq!(
+            read(None),
+            period_values(&store, &catalog, "t", &period, &BTreeMap::new()).unwrap()
+        );
     }
 }

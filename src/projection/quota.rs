@@ -9,7 +9,8 @@ use crate::log::codec;
 use crate::log::keys::{self, TENANT_SCOPE};
 use crate::log::store::{CF_ALERTS, CF_QUOTA, Store, StoreError};
 use crate::quota::fold::{
-    QuotaReads, QuotaWrites, SeriesLevel, band_key, object_key, objects_prefix, total_key,
+    QuotaReads, QuotaWrites, ROW_ALERT, SeriesLevel, band_key, decode_tenant_alert_seq, object_key,
+    objects_prefix, tenant_alert_key, tenant_alerts_prefix, total_key,
 };
 use crate::quota::{Alert, LimitKey, QuotaObject};
 
@@ -74,8 +75,45 @@ pub fn put_writes(store: &Store, batch: &mut WriteBatch, writes: &QuotaWrites) {
         batch.put_cf(&quota, key, [codec::VALUE_VERSION, *band]);
     }
     for (seq, alert) in &writes.alert_rows {
-        batch.put_cf(&alerts, keys::seq_key(*seq), codec::encode_alert(alert));
+        let value = codec::encode_alert(alert);
+        batch.put_cf(&alerts, keys::seq_key(*seq), &value);
+        batch.put_cf(&quota, tenant_alert_key(&alert.tenant, *seq), &value);
     }
+}
+
+/// Indexes per tenant the alerts of a store written before that index existed (once: a store
+/// with alerts and no index row). Returns how many it indexed.
+pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
+    let mut indexed = false;
+    store.scan_prefix(CF_QUOTA, &[ROW_ALERT], |_, _| {
+        indexed = true;
+        false
+    })?;
+    if indexed {
+        return Ok(0);
+    }
+    let mut batch = WriteBatch::default();
+    let quota = store.cf(CF_QUOTA);
+    let mut count = 0;
+    let mut failure = None;
+    store.scan(CF_ALERTS, &[], None, |key, value| {
+        match (keys::decode_seq_key(key), codec::decode_alert(value)) {
+            (Some(seq), Ok(alert)) => {
+                batch.put_cf(&quota, tenant_alert_key(&alert.tenant, seq), value);
+                count += 1;
+            }
+            (_, Err(error)) => failure = Some(error),
+            (None, _) => {}
+        }
+        failure.is_none()
+    })?;
+    if let Some(error) = failure {
+        return Err(corrupt(CF_ALERTS)(error));
+    }
+    if count > 0 {
+        store.write(batch, true)?;
+    }
+    Ok(count)
 }
 
 /// A tenant's quota objects, of one namespace or all, in (namespace, name) order.
@@ -84,23 +122,53 @@ pub fn list_objects(
     tenant: &str,
     namespace: Option<&str>,
 ) -> Result<Vec<QuotaObject>, StoreError> {
+    Ok(find_objects(store, tenant, namespace, usize::MAX, |_| true)?.0)
+}
+
+/// The first `limit` of a tenant's quota objects that `keep` accepts (one namespace or all,
+/// in (namespace, name) order), and whether more were left.
+pub fn find_objects(
+    store: &Store,
+    tenant: &str,
+    namespace: Option<&str>,
+    limit: usize,
+    keep: impl Fn(&QuotaObject) -> bool,
+) -> Result<(Vec<QuotaObject>, bool), StoreError> {
     let mut prefix = objects_prefix(tenant);
     if let Some(namespace) = namespace {
         keys::push_str(&mut prefix, namespace);
     }
     let mut objects = Vec::new();
+    let mut more = false;
     let mut failure = None;
     store.scan_prefix(CF_QUOTA, &prefix, |_, value| {
         match codec::decode_quota_object(value) {
-            Ok(object) => objects.push(object),
+            Ok(object) if keep(&object) => {
+                if objects.len() < limit {
+                    objects.push(object);
+                } else {
+                    more = true;
+                }
+            }
+            Ok(_) => {}
             Err(error) => failure = Some(error),
         }
-        failure.is_none()
+        failure.is_none() && !more
     })?;
     match failure {
         Some(error) => Err(corrupt(CF_QUOTA)(error)),
-        None => Ok(objects),
+        None => Ok((objects, more)),
     }
+}
+
+/// How many quota objects a tenant has, counted up to `up_to` (enough to compare with a cap).
+pub fn count_objects(store: &Store, tenant: &str, up_to: usize) -> Result<usize, StoreError> {
+    let mut count = 0;
+    store.scan_prefix(CF_QUOTA, &objects_prefix(tenant), |_, _| {
+        count += 1;
+        count < up_to
+    })?;
+    Ok(count)
 }
 
 pub fn get_object(
@@ -131,21 +199,61 @@ pub fn stored_band(store: &Store, tenant: &str, key: &LimitKey) -> Result<u8, St
     StoreQuotaReads(store).band(&band_key(tenant, key))
 }
 
-/// Alerts from `from_seq` on that `keep` accepts, oldest first, at most `limit`.
-fn scan_alerts(
+/// One page of a tenant's alerts.
+#[derive(Debug, Default)]
+pub struct AlertPage {
+    /// (seq, alert), newest first.
+    pub alerts: Vec<(u64, Alert)>,
+    /// The seq the next page starts at, when more are left.
+    pub next: Option<u64>,
+}
+
+/// A tenant's alerts newest first, from seq `from_seq` down (`None`: the newest), at most
+/// `limit`. Reads only this tenant's index rows.
+pub fn list_alerts(
+    store: &Store,
+    tenant: &str,
+    from_seq: Option<u64>,
+    limit: usize,
+) -> Result<AlertPage, StoreError> {
+    let prefix = tenant_alerts_prefix(tenant);
+    let start = from_seq.map_or_else(|| prefix.clone(), |seq| tenant_alert_key(tenant, seq));
+    let end = keys::prefix_successor(&prefix);
+    let mut alerts = Vec::new();
+    let mut next = None;
+    let mut failure = None;
+    store.scan(CF_QUOTA, &start, end.as_deref(), |key, value| {
+        let Some(seq) = decode_tenant_alert_seq(key) else {
+            return true;
+        };
+        if alerts.len() == limit {
+            next = Some(seq);
+            return false;
+        }
+        match codec::decode_alert(value) {
+            Ok(alert) => alerts.push((seq, alert)),
+            Err(error) => failure = Some(error),
+        }
+        failure.is_none()
+    })?;
+    match failure {
+        Some(error) => Err(corrupt(CF_QUOTA)(error)),
+        None => Ok(AlertPage { alerts, next }),
+    }
+}
+
+/// Every alert from `from_seq` on, oldest first, at most `limit` (the webhook deliverer's
+/// feed).
+pub fn alerts_from(
     store: &Store,
     from_seq: u64,
     limit: usize,
-    keep: impl Fn(&Alert) -> bool,
 ) -> Result<Vec<(u64, Alert)>, StoreError> {
     let mut alerts = Vec::new();
     let mut failure = None;
     store.scan(CF_ALERTS, &keys::seq_key(from_seq), None, |key, value| {
         match codec::decode_alert(value) {
-            Ok(alert) if keep(&alert) => {
-                alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert));
-            }
-            Ok(_) => {}
+            Ok(alert) => alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert)),
             Err(error) => failure = Some(error),
         }
         failure.is_none() && alerts.len() < limit
@@ -154,24 +262,6 @@ fn scan_alerts(
         Some(error) => Err(corrupt(CF_ALERTS)(error)),
         None => Ok(alerts),
     }
-}
-
-/// A tenant's alerts, oldest first, at most `limit`.
-pub fn list_alerts(
-    store: &Store,
-    tenant: &str,
-    limit: usize,
-) -> Result<Vec<(u64, Alert)>, StoreError> {
-    scan_alerts(store, 0, limit, |alert| alert.tenant == tenant)
-}
-
-/// Every alert from `from_seq` on, at most `limit` (the webhook deliverer's feed).
-pub fn alerts_from(
-    store: &Store,
-    from_seq: u64,
-    limit: usize,
-) -> Result<Vec<(u64, Alert)>, StoreError> {
-    scan_alerts(store, from_seq, limit, |_| true)
 }
 
 /// Levels of every key of a tenant in one scope (namespace, or `*`), micro-units.
@@ -206,5 +296,135 @@ pub fn levels(
     match failure {
         Some(error) => Err(corrupt(CF_QUOTA)(error)),
         None => Ok(levels),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::QuotaKind;
+    use crate::log::store::StoreOptions;
+    use crate::quota::Direction;
+
+    fn store(dir: &tempfile::TempDir) -> Store {
+        let options = StoreOptions {
+            dedup_horizon: std::time::Duration::from_secs(86_400),
+            min_free_disk: 0,
+        };
+        Store::open(dir.path(), &options).unwrap()
+    }
+
+    fn alert(tenant: &str, seq: u64) -> Alert {
+        Alert {
+            id: format!("object:lb:80:raised:{seq}"),
+            tenant: tenant.to_owned(),
+            key: LimitKey {
+                kind: QuotaKind::Object,
+                name: "lb".into(),
+            },
+            threshold_percent: 80,
+            direction: Direction::Raised,
+            level: 4,
+            limit: 5,
+            trigger_seq: seq,
+            at: 0,
+        }
+    }
+
+    fn seqs(alerts: &[(u64, Alert)]) -> Vec<u64> {
+        alerts.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    #[test]
+    fn alert_lists_page_newest_first_through_one_tenants_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        // Tenant `b`'s alerts interleave with `a`'s; `ab` shares `a`'s first letter.
+        let mut writes = QuotaWrites::default();
+        for seq in 1..=7 {
+            let tenant = ["a", "b", "ab"][(seq % 3) as usize];
+            writes.alert_rows.push((seq, alert(tenant, seq)));
+        }
+        let mut batch = WriteBatch::default();
+        put_writes(&store, &mut batch, &writes);
+        store.write(batch, false).unwrap();
+
+        let page = list_alerts(&store, "b", None, 2).unwrap();
+        assert_eq!((seqs(&page.alerts), page.next), (vec![7, 4], Some(1)));
+        assert!(page.alerts.iter().all(|(_, a)| a.tenant == "b"));
+        let page = list_alerts(&store, "b", page.next, 2).unwrap();
+        assert_eq!((seqs(&page.alerts), page.next), (vec![1], None));
+        let page = list_alerts(&store, "a", None, 10).unwrap();
+        assert_eq!((seqs(&page.alerts), page.next), (vec![6, 3], None));
+        assert_eq!(
+            list_alerts(&store, "nobody", None, 10)
+                .unwrap()
+                .alerts
+                .len(),
+            0
+        );
+        // The webhook feed still reads every tenant's alerts in log order.
+        assert_eq!(seqs(&alerts_from(&store, 3, 10).unwrap()), [3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn alerts_stored_before_the_tenant_index_are_indexed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        // What an older build wrote: only the seq-keyed rows.
+        let mut batch = WriteBatch::default();
+        for seq in [3, 9] {
+            batch.put_cf(
+                &store.cf(CF_ALERTS),
+                keys::seq_key(seq),
+                codec::encode_alert(&alert("a", seq)),
+            );
+        }
+        store.write(batch, false).unwrap();
+        assert_eq!(list_alerts(&store, "a", None, 10).unwrap().alerts.len(), 0);
+        assert_eq!(index_stored_alerts(&store).unwrap(), 2);
+        assert_eq!(
+            seqs(&list_alerts(&store, "a", None, 10).unwrap().alerts),
+            [9, 3]
+        );
+        assert_eq!(index_stored_alerts(&store).unwrap(), 0, "once");
+    }
+
+    #[test]
+    fn object_lists_stop_at_their_limit_and_counts_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let mut writes = QuotaWrites::default();
+        for name in ["q1", "q2", "q3", "q4"] {
+            let object = QuotaObject {
+                name: name.into(),
+                namespace: "system".into(),
+                labels: [("keep".to_owned(), (name != "q2").to_string())].into(),
+                annotations: BTreeMap::new(),
+                description: String::new(),
+                disable: false,
+                spec: crate::quota::Limits::default(),
+                uid: name.into(),
+                tenant: "t".into(),
+                creation_timestamp: 0,
+                modification_timestamp: 0,
+                creator_id: String::new(),
+            };
+            writes
+                .objects
+                .insert(object_key("t", "system", name), Some(object));
+        }
+        let mut batch = WriteBatch::default();
+        put_writes(&store, &mut batch, &writes);
+        store.write(batch, false).unwrap();
+        let keep = |o: &QuotaObject| o.labels.get("keep").is_some_and(|v| v == "true");
+        let (objects, more) = find_objects(&store, "t", Some("system"), 2, keep).unwrap();
+        let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!((names, more), (vec!["q1", "q3"], true));
+        let (objects, more) = find_objects(&store, "t", Some("system"), 3, keep).unwrap();
+        assert_eq!((objects.len(), more), (3, false));
+        assert_eq!(count_objects(&store, "t", 10).unwrap(), 4);
+        assert_eq!(count_objects(&store, "t", 2).unwrap(), 2);
+        assert_eq!(count_objects(&store, "u", 2).unwrap(), 0);
     }
 }

@@ -54,6 +54,18 @@ pub fn start(
     std::thread::Builder::new()
         .name("tally-projector".into())
         .spawn(move || {
+            // Stores written before alerts were indexed per tenant get the index once (under
+            // the gate, like a batch); a failure only leaves their old alerts out of the list
+            // until the next start.
+            let indexed = match gate.lock() {
+                Ok(_held) => super::quota::index_stored_alerts(&store),
+                Err(_) => Err(StoreError::Closed),
+            };
+            match indexed {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "indexed stored alerts per tenant"),
+                Err(error) => tracing::error!(%error, "cannot index stored alerts per tenant"),
+            }
             let mut next = loop {
                 match store.checkpoint(USAGE_PROJECTION) {
                     Ok(checkpoint) => break checkpoint.unwrap_or(0),

@@ -24,6 +24,8 @@ pub const ROW_OBJECT: u8 = b'o';
 pub const ROW_SERIES: u8 = b's';
 pub const ROW_TOTAL: u8 = b't';
 pub const ROW_BAND: u8 = b'b';
+/// A tenant's alerts, newest first (the `alerts` CF holds every tenant's in log order).
+pub const ROW_ALERT: u8 = b'a';
 
 /// One series' level: its value and the (event time, log seq) that set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,6 +105,26 @@ pub fn band_key(tenant: &str, limit: &LimitKey) -> Vec<u8> {
     push_str(&mut key, tenant);
     limit_key_parts(&mut key, limit);
     key
+}
+
+/// `a tenant\0` — every alert of a tenant.
+pub fn tenant_alerts_prefix(tenant: &str) -> Vec<u8> {
+    let mut key = vec![ROW_ALERT];
+    push_str(&mut key, tenant);
+    key
+}
+
+/// `a tenant\0 !seq` — the seq inverted, so the newest alert comes first in key order.
+pub fn tenant_alert_key(tenant: &str, seq: u64) -> Vec<u8> {
+    let mut key = tenant_alerts_prefix(tenant);
+    key.extend_from_slice(&(!seq).to_be_bytes());
+    key
+}
+
+/// The seq of a [`tenant_alert_key`].
+pub fn decode_tenant_alert_seq(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(!u64::from_be_bytes(tail))
 }
 
 /// What the fold reads of stored state.
