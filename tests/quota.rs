@@ -269,6 +269,21 @@ fn quota_objects_levels_checks_and_alerts() {
     assert_eq!(status, 404);
     let (status, _) = check(&server, "vcpu", json!("lots"));
     assert_eq!(status, 400);
+    // A JSON number is read as written, never rounded: this one is not exactly representable.
+    let (status, body) = server
+        .post_raw(
+            "/api/tally/namespaces/shop/quota/check",
+            Some(common::OPERATOR_TOKEN),
+            br#"{"key": "vcpu", "amount": 1.00000000000000000000001}"#.to_vec(),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("amount"),
+        "{body}"
+    );
+    let (_, answer) = check(&server, "vcpu", json!(0.5));
+    assert_eq!(answer["allowed"], false, "{answer}");
 
     // vCPU reached 100 %: three alerts; a fourth load balancer reaches 100 % too.
     gauge(&server, "lb-blog-2", "blog", "http_loadbalancers", "2");

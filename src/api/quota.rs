@@ -638,8 +638,9 @@ fn kind_of(name: &str) -> Option<QuotaKind> {
 struct CheckRequest {
     /// An object kind or resource name, optionally prefixed `object:` / `resource:`.
     key: String,
-    /// How much more is wanted (a number or a decimal string).
-    amount: Value,
+    /// How much more is wanted (a number or a decimal string), kept as written: a JSON number
+    /// read as a float would be rounded, and amounts are exact.
+    amount: Box<serde_json::value::RawValue>,
 }
 
 /// `POST /api/tally/namespaces/{namespace}/quota/check`: would `amount` more fit now?
@@ -651,10 +652,11 @@ pub async fn check(
 ) -> Result<Json<Value>, ApiError> {
     namespace_scope(&caller, &namespace)?;
     let request: CheckRequest = parse_body(&body_bytes(body)?)?;
-    let amount_text = match &request.amount {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
+    let raw = request.amount.get();
+    let amount_text = if raw.starts_with('"') {
+        serde_json::from_str::<String>(raw).unwrap_or_default()
+    } else {
+        raw.to_owned()
     };
     let amount = units::parse_quantity(&amount_text)
         .map_err(|e| ApiError::BadRequest(format!("amount: {e}")))?;
