@@ -22,6 +22,8 @@ pub enum BackupPathError {
         "{path} is inside {shadow}, the rebuild's shadow store, which the next rebuild deletes"
     )]
     InsideShadow { path: String, shadow: String },
+    #[error("{path} is inside {staging}, where `tally restore` stages a copy and which it deletes")]
+    InsideRestoreStaging { path: String, staging: String },
     #[error("{path} is outside the backup root {root} (--backup-root)")]
     OutsideRoot { path: String, root: String },
     #[error("{0} exists; a backup goes to a new directory")]
@@ -88,6 +90,14 @@ pub fn backup_target(
         return Err(BackupPathError::InsideShadow {
             path: shown,
             shadow: shadow.display().to_string(),
+        });
+    }
+    if let Ok(staging) = resolve_new(&replay::sibling_dir(data_dir, ".restoring"))
+        && target.starts_with(&staging)
+    {
+        return Err(BackupPathError::InsideRestoreStaging {
+            path: shown,
+            staging: staging.display().to_string(),
         });
     }
     if let Some(root) = &root
@@ -174,6 +184,11 @@ mod tests {
         let error = check(&layout, &layout.base.join("data.rebuild")).unwrap_err();
         assert!(
             matches!(error, BackupPathError::InsideShadow { .. }),
+            "{error}"
+        );
+        let error = check(&layout, &layout.base.join("data.restoring")).unwrap_err();
+        assert!(
+            matches!(error, BackupPathError::InsideRestoreStaging { .. }),
             "{error}"
         );
         // A symlink under the root that leads out of it.

@@ -195,6 +195,19 @@ impl Engine {
         entries: Vec<LogEntry>,
         rows: Vec<RowWrite>,
     ) -> Result<Vec<Outcome>, AppendError> {
+        let outcomes = self.record_facts_with_rows(entries, rows).await?;
+        self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
+            .await;
+        Ok(outcomes)
+    }
+
+    /// As [`append_facts_with_rows`](Self::append_facts_with_rows), answering as soon as the
+    /// batch is durable, before the projections include it.
+    pub async fn record_facts_with_rows(
+        &self,
+        entries: Vec<LogEntry>,
+        rows: Vec<RowWrite>,
+    ) -> Result<Vec<Outcome>, AppendError> {
         let candidates = entries
             .into_iter()
             .map(|entry| Candidate::Fact {
@@ -202,10 +215,7 @@ impl Engine {
                 identity: None,
             })
             .collect();
-        let outcomes = self.appender.append_with_rows(candidates, rows).await?;
-        self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
-            .await;
-        Ok(outcomes)
+        self.appender.append_with_rows(candidates, rows).await
     }
 
     /// Closes every billing period whose end the clock has passed: one `PeriodClosed` per

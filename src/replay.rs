@@ -215,13 +215,24 @@ pub struct RebuildReport {
 /// `dir` with `suffix` added to its last component: a directory beside it (`data/` gives
 /// `data.rebuild`, not `data/.rebuild`).
 pub fn sibling_dir(dir: &Path, suffix: &str) -> PathBuf {
+    // `.` or `x/..` has no last component of its own: name the directory it stands for.
+    let absolute;
+    let dir = if dir.file_name().is_none() {
+        absolute = std::path::absolute(dir)
+            .ok()
+            .and_then(|d| std::fs::canonicalize(&d).ok().or(Some(d)))
+            .unwrap_or_else(|| dir.to_path_buf());
+        absolute.as_path()
+    } else {
+        dir
+    };
     match (dir.parent(), dir.file_name()) {
         (Some(parent), Some(name)) => {
             let mut name = name.to_owned();
             name.push(suffix);
             parent.join(name)
         }
-        // `.`, `..` or `/`: no last component to extend.
+        // `/`: no last component to extend.
         _ => {
             let mut name = dir.as_os_str().to_owned();
             name.push(suffix);
@@ -391,5 +402,10 @@ mod tests {
             sibling_dir(Path::new("./data/"), ".restoring"),
             Path::new("./data.restoring")
         );
+        // `.` is the directory it stands for: its sibling is outside it.
+        let here = std::fs::canonicalize(".").unwrap();
+        let beside = sibling_dir(Path::new("."), ".backups");
+        assert_eq!(beside.parent(), here.parent());
+        assert!(!beside.starts_with(&here), "{}", beside.display());
     }
 }

@@ -492,3 +492,76 @@ fn the_token_list_comes_in_pages() {
     }
     server.stop();
 }
+
+/// One page of the audit trail as `token`: the targets, and `next_page_token`.
+fn audit_page(server: &Server, token: &str, query: &str) -> (Vec<String>, String) {
+    let (status, answer) = call(
+        server,
+        "GET",
+        &format!("/api/tally/audit{query}"),
+        token,
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let targets = answer["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_owned())
+        .collect();
+    let next = answer["next_page_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (targets, next)
+}
+
+#[test]
+fn the_audit_trail_comes_in_pages_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), None);
+    let mut issued = Vec::new();
+    for _ in 0..130 {
+        let (id, _) = issue(
+            &server,
+            OPERATOR_TOKEN,
+            json!({"role": "read", "namespaces": ["*"]}),
+        );
+        issued.push(id);
+    }
+    let everything: Vec<String> = audit(&server, OPERATOR_TOKEN)
+        .into_iter()
+        .map(|(_, target)| target)
+        .collect();
+    assert_eq!(everything.len(), 130, "{everything:?}");
+    assert!(
+        everything[0].starts_with(issued.last().unwrap()),
+        "newest first: {everything:?}"
+    );
+    let mut paged = Vec::new();
+    let mut query = "?page_size=50".to_owned();
+    let mut pages = 0;
+    loop {
+        let (targets, next) = audit_page(&server, OPERATOR_TOKEN, &query);
+        assert!(targets.len() <= 50);
+        pages += 1;
+        paged.extend(targets);
+        if next.is_empty() {
+            break;
+        }
+        query = format!("?page_size=50&page_token={next}");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, everything, "every record once, in order");
+    for query in ["?page_size=0", "?page_size=1001", "?page_token=later"] {
+        let (status, answer) = call(
+            &server,
+            "GET",
+            &format!("/api/tally/audit{query}"),
+            OPERATOR_TOKEN,
+            None,
+        );
+        assert_eq!(status, 400, "{query}: {answer}");
+    }
+    server.stop();
+}

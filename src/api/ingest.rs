@@ -179,12 +179,13 @@ fn split_events(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(unmarked.len());
     if unmarked.get(start) == Some(&b'[') {
-        let elements: Vec<&RawValue> = serde_json::from_slice(unmarked).map_err(|e| {
+        let elements: AtMostOneTooMany = serde_json::from_slice(unmarked).map_err(|e| {
             ApiError::BadRequest(format!(
                 "body: not a JSON array of events ({e}); NDJSON is accepted too"
             ))
         })?;
         return Ok(elements
+            .0
             .into_iter()
             .map(|raw| raw.get().as_bytes())
             .collect());
@@ -196,16 +197,52 @@ fn split_events(body: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
             line.strip_prefix(event::UTF8_BOM).unwrap_or(line),
             &mut events,
         );
+        // Enough to refuse the request; a body of tiny values must not cost memory per value.
+        if events.len() > MAX_EVENTS_PER_REQUEST {
+            break;
+        }
     }
     Ok(events)
 }
 
+/// The elements of a JSON array, keeping at most one more than a request may carry (enough to
+/// refuse it) while still reading the whole array, so memory does not grow with its length.
+struct AtMostOneTooMany<'a>(Vec<&'a RawValue>);
+
+impl<'de> serde::Deserialize<'de> for AtMostOneTooMany<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Elements;
+        impl<'de> serde::de::Visitor<'de> for Elements {
+            type Value = AtMostOneTooMany<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON array of events")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut kept = Vec::new();
+                while kept.len() <= MAX_EVENTS_PER_REQUEST {
+                    match seq.next_element::<&RawValue>()? {
+                        Some(raw) => kept.push(raw),
+                        None => return Ok(AtMostOneTooMany(kept)),
+                    }
+                }
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(AtMostOneTooMany(kept))
+            }
+        }
+        deserializer.deserialize_seq(Elements)
+    }
+}
+
 /// The JSON values on one NDJSON line, each an event. From the first byte that does not read
 /// as a value to the end of the line is one more event (to be refused and kept), so nothing
-/// after the first value is dropped unseen. A blank line holds none.
+/// after the first value is dropped unseen. A blank line holds none. Stops once `events`
+/// holds one more than a request may carry: enough to refuse it.
 fn split_line<'a>(line: &'a [u8], events: &mut Vec<&'a [u8]>) {
     let mut values = serde_json::Deserializer::from_slice(line).into_iter::<&RawValue>();
-    loop {
+    while events.len() <= MAX_EVENTS_PER_REQUEST {
         let read = values.byte_offset();
         match values.next() {
             None => return,
@@ -237,6 +274,17 @@ mod tests {
         );
         assert!(split_events(b"[{\"a\":1},").is_err());
         assert!(split_events(b"   ").unwrap().is_empty());
+        // Past the most a request may carry, only one more is kept, whatever the length.
+        let many = "1 ".repeat(MAX_EVENTS_PER_REQUEST * 3);
+        assert_eq!(
+            split_events(many.as_bytes()).unwrap().len(),
+            MAX_EVENTS_PER_REQUEST + 1
+        );
+        let array = format!("[{}1]", "1,".repeat(MAX_EVENTS_PER_REQUEST * 3));
+        assert_eq!(
+            split_events(array.as_bytes()).unwrap().len(),
+            MAX_EVENTS_PER_REQUEST + 1
+        );
     }
 
     /// Regression: only the first value of a line was an event; the rest was dropped.

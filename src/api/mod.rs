@@ -315,8 +315,9 @@ async fn refuse_large_body(request: Request, next: Next) -> Response {
 }
 
 /// How much of a too-large body is still read (and dropped) before answering 413, so that a
-/// client still sending it reads the answer instead of a reset connection. Beyond this the
-/// connection is closed unread.
+/// client still sending it reads the answer instead of a reset connection. (The body-timeout
+/// layer outside has already read up to [`MAX_INGEST_BODY`] of it, within `--body-timeout`,
+/// and refused a longer declared length unread.)
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 async fn read_bounded(
@@ -535,6 +536,18 @@ pub async fn append_audited_with_rows(
     audits: Vec<(String, String, String)>,
     rows: Vec<crate::log::append::RowWrite>,
 ) -> Result<(), ApiError> {
+    let all = with_audit_records(state, caller, entries, audits);
+    state.engine.append_facts_with_rows(all, rows).await?;
+    Ok(())
+}
+
+/// `entries` followed by an audit record of each `(tenant, action, target)` the caller did.
+pub fn with_audit_records(
+    state: &AppState,
+    caller: &Caller,
+    entries: Vec<crate::log::LogEntry>,
+    audits: Vec<(String, String, String)>,
+) -> Vec<crate::log::LogEntry> {
     let at = state.engine.now();
     let mut all = entries;
     all.extend(audits.into_iter().map(|(tenant, action, target)| {
@@ -547,8 +560,7 @@ pub async fn append_audited_with_rows(
             target,
         })
     }));
-    state.engine.append_facts_with_rows(all, rows).await?;
-    Ok(())
+    all
 }
 
 /// Parses a JSON body into `T`, naming the field at fault; nothing may follow it. An empty

@@ -486,8 +486,8 @@ fn int32(value: i128) -> Value {
     json!(i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX }))
 }
 
-/// The six maps of `quota/limits` and `quota/usage`, each with its own value type
-/// (`../shared/spec/quota-map-values.md`); the deprecated maps repeat the current ones.
+/// The maps of `quota/limits` and `quota/usage`, each with its own value type (F5's
+/// `ves.io.schema.quota` messages); `float_quota_usage` repeats `resources`.
 struct QuotaMaps {
     objects: Map<String, Value>,
     quota_usage: Map<String, Value>,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, append_audited_with_rows, body_bytes, parse_body, require_role};
+use super::{AppState, body_bytes, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role, TokenRecord, Tokens};
 use crate::event::{is_dns1035_label, is_tenant_name};
@@ -100,7 +100,7 @@ pub async fn create(
             Some(at)
         }
     };
-    let _guard = state.token_lock.lock().await;
+    let guard = state.token_lock.clone().lock_owned().await;
     let cap = state.engine.config.max_tokens_per_tenant;
     if state.engine.tokens.count(&tenant) >= cap {
         return Err(ApiError::Conflict(format!(
@@ -111,9 +111,11 @@ pub async fn create(
     let target = crate::audit::token_target(&record.id, &record.namespaces);
     let audit = (tenant, "token.create".to_owned(), target);
     let row = Tokens::put_row(&record);
-    append_audited_with_rows(&state, &caller, Vec::new(), vec![audit], vec![row]).await?;
     let mut answer = token_json(&record);
-    state.engine.tokens.remember(record);
+    apply_change(&state, &caller, guard, audit, row, move |tokens| {
+        tokens.remember(record)
+    })
+    .await?;
     answer["token"] = json!(token);
     Ok(Json(answer))
 }
@@ -210,7 +212,7 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     require_role(&caller, Role::Admin)?;
     let not_found = || ApiError::NotFound("no token has this id".into());
-    let _guard = state.token_lock.lock().await;
+    let guard = state.token_lock.clone().lock_owned().await;
     let record = state.engine.tokens.get(&id).ok_or_else(not_found)?;
     if !caller.may_manage(&record) {
         return Err(not_found());
@@ -224,62 +226,130 @@ pub async fn revoke(
     let target = crate::audit::token_target(&record.id, &record.namespaces);
     let audit = (record.tenant.clone(), "token.revoke".to_owned(), target);
     let row = Tokens::delete_row(&id);
-    append_audited_with_rows(&state, &caller, Vec::new(), vec![audit], vec![row]).await?;
-    state.engine.tokens.forget(&id);
+    let forgotten = id.clone();
+    apply_change(&state, &caller, guard, audit, row, move |tokens| {
+        tokens.forget(&forgotten)
+    })
+    .await?;
     Ok(Json(json!({"id": id, "revoked": true})))
+}
+
+/// Writes a token change with its audit record, then applies it to the tokens in memory, as
+/// one task that a dropped request (a client gone, a shutdown) cannot cut in half: what the
+/// store says and which tokens verify never disagree. `guard` (the token lock) is held until
+/// both are done.
+async fn apply_change(
+    state: &AppState,
+    caller: &Caller,
+    guard: tokio::sync::OwnedMutexGuard<()>,
+    audit: (String, String, String),
+    row: crate::log::append::RowWrite,
+    apply: impl FnOnce(&Tokens) + Send + 'static,
+) -> Result<(), ApiError> {
+    let entries = super::with_audit_records(state, caller, Vec::new(), vec![audit]);
+    let engine = state.engine.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        engine.record_facts_with_rows(entries, vec![row]).await?;
+        // In force from the moment it is durable; the wait only makes the audit readable.
+        apply(&engine.tokens);
+        engine
+            .wait_projected(engine.head.get(), super::PROJECTION_WAIT)
+            .await;
+        Ok::<(), ApiError>(())
+    })
+    .await?
 }
 
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     #[serde(default)]
     tenant: Option<String>,
+    /// Records per page (`limit` is its older name).
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    page_size: Option<usize>,
+    /// `next_page_token` of the previous page: the records older than it.
+    #[serde(default)]
+    page_token: Option<String>,
 }
 
-/// `GET /api/tally/audit[?tenant=&limit=]`: the tenant's admin and billing changes, newest
-/// first (the operator may name any tenant). An admin scoped to some namespaces reads only the
+/// Most audit records one page holds.
+const AUDIT_PAGE_MAX: usize = 1_000;
+
+/// `GET /api/tally/audit[?tenant=&page_size=&page_token=]`: the tenant's admin and billing
+/// changes, newest first, a page at a time (the operator may name any tenant). An admin scoped to some namespaces reads only the
 /// records about them ([`crate::audit::visible_to`]).
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_role(&caller, Role::Admin)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
     let tenant = query.tenant.unwrap_or_else(|| caller.tenant.clone());
     if !caller.operator && tenant != caller.tenant {
         return Err(ApiError::Forbidden(
             "a tenant's admin reads its own tenant's audit trail".into(),
         ));
     }
-    let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
+    let page_size = match query.page_size.or(query.limit) {
+        None => 100,
+        Some(n) if (1..=AUDIT_PAGE_MAX).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "page_size: {n} is not between 1 and {AUDIT_PAGE_MAX}"
+            )));
+        }
+    };
+    // The token is the seq of the last record of the previous page; this page is older.
+    let before = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
+        None => u64::MAX,
+        Some(token) => token.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest("page_token: not a token this list returned".into())
+        })?,
+    };
     let store = state.engine.store.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        let mut prefix = Vec::new();
-        push_str(&mut prefix, &tenant);
+    let reader = caller.clone();
+    // Newest first, reading only as far as the page needs (a tenant's trail is unbounded).
+    let (records, last_seq) = tokio::task::spawn_blocking(move || {
+        let mut start = Vec::new();
+        push_str(&mut start, &tenant);
+        let end = crate::projection::runner::audit_key(&tenant, before);
         let mut records = Vec::new();
+        let mut last_seq = None;
         let mut failure = None;
-        store.scan_prefix(CF_AUDIT, &prefix, |_, value| {
+        store.scan_reverse(CF_AUDIT, &start, &end, |key, value| {
             match codec::decode_audit(value) {
-                Ok(record) => records.push(record),
+                Ok(record) => {
+                    if crate::audit::visible_to(&record, &reader) {
+                        last_seq = key
+                            .get(key.len().saturating_sub(8)..)
+                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                            .map(u64::from_be_bytes);
+                        records.push(record);
+                    }
+                }
                 Err(error) => failure = Some(error),
             }
-            failure.is_none()
+            failure.is_none() && records.len() < page_size
         })?;
         match failure {
             Some(source) => Err(crate::log::store::StoreError::Corrupt {
                 cf: CF_AUDIT,
                 source,
             }),
-            None => Ok(records),
+            None => Ok((records, last_seq)),
         }
     })
     .await??;
+    let next_page_token = match last_seq {
+        Some(seq) if records.len() == page_size => seq.to_string(),
+        _ => String::new(),
+    };
     let records: Vec<Value> = records
         .iter()
-        .rev()
-        .filter(|r| crate::audit::visible_to(r, &caller))
-        .take(limit)
         .map(|r| {
             json!({
                 "at": time::format_rfc3339(r.at),
@@ -291,7 +361,9 @@ pub async fn audit(
             })
         })
         .collect();
-    Ok(Json(json!({"audit": records})))
+    Ok(Json(
+        json!({"audit": records, "next_page_token": next_page_token}),
+    ))
 }
 
 #[cfg(test)]

@@ -424,7 +424,10 @@ impl Writer {
                         let Some((key, from_store)) = lookups.next() else {
                             unreachable!("one dedup lookup per event")
                         };
-                        if event.timestamp < refuse_before {
+                        let existing = in_batch.get(key).or(from_store.as_ref());
+                        // An id still remembered is judged by its record (a resend is a
+                        // duplicate); only an id that may be forgotten is refused by its age.
+                        if existing.is_none() && event.timestamp < refuse_before {
                             let rejection =
                                 forgotten_rejection(&event.id, event.timestamp, refuse_before);
                             let letter = event_letter(now, source, event, rejection.clone());
@@ -438,7 +441,6 @@ impl Writer {
                             continue;
                         }
                         let fingerprint = event.fingerprint();
-                        let existing = in_batch.get(key).or(from_store.as_ref());
                         match classify(fingerprint, existing) {
                             Verdict::New => {
                                 let seq = next_seq;
@@ -766,8 +768,9 @@ mod tests {
         drop((appender, store));
         thread.join().unwrap();
 
-        // A run remembering ids for 35 days keeps the stored horizon: `old` again, and a new
-        // event as old, are refused (whether or not compaction pruned the record yet).
+        // A run remembering ids for 35 days keeps the stored horizon: a new event older than
+        // it is refused, and `old` again is a duplicate while its record is still there (it
+        // was counted; once compaction prunes the record, it is refused like the new one).
         let (store, appender, thread) = run(35);
         assert_eq!(store.ids_forgotten_before(), 100 * day);
         let outcomes = appender
@@ -781,7 +784,8 @@ mod tests {
             )
             .unwrap();
         let horizon_text = time::format_rfc3339(100 * day);
-        for outcome in &outcomes[..2] {
+        assert_eq!(outcomes[0], Outcome::Duplicate { seq: 0 });
+        for outcome in &outcomes[1..2] {
             let Outcome::Rejected(rejection) = outcome else {
                 panic!("accepted: {outcomes:?}")
             };
@@ -793,7 +797,7 @@ mod tests {
             );
         }
         assert_eq!(outcomes[2], Outcome::Recorded { seq: 2 });
-        assert_eq!(store.dead_letters(0, 10).unwrap().len(), 2);
+        assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
         assert_eq!(store.read_log(0, 10).unwrap().len(), 3);
         assert_eq!(store.ids_forgotten_before(), 100 * day);
         drop(appender);

@@ -457,6 +457,33 @@ impl Store {
     }
 
     /// Every row whose key starts with `prefix`.
+    /// Visits the keys in `[start, end)` from the highest down, while `visit` returns true.
+    pub fn scan_reverse(
+        &self,
+        cf: &'static str,
+        start: &[u8],
+        end: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let handle = self.cf(cf);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(start.to_vec());
+        read_options.set_iterate_upper_bound(end.to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(&handle, read_options);
+        iter.seek_to_last();
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if !visit(key, value) {
+                return Ok(());
+            }
+            iter.prev();
+        }
+        iter.status()?;
+        Ok(())
+    }
+
     pub fn scan_prefix(
         &self,
         cf: &'static str,
