@@ -331,7 +331,15 @@ const MAX_TRACKED_CLIENTS: usize = 100_000;
 pub struct FailureLimit {
     max: u32,
     window: Duration,
-    clients: Mutex<HashMap<IpAddr, FailureWindow>>,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Default)]
+struct Clients {
+    windows: HashMap<IpAddr, FailureWindow>,
+    /// When ended windows were last dropped: at most once a window, so a full table does not
+    /// make every failure scan it under the lock.
+    swept: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -354,7 +362,7 @@ impl FailureLimit {
     /// up its failures.
     pub fn blocked(&self, client: IpAddr, now: Instant) -> Option<Duration> {
         let clients = self.clients.lock().ok()?;
-        let window = clients.get(&client_key(client))?;
+        let window = clients.windows.get(&client_key(client))?;
         self.wait(window, now)
     }
 
@@ -364,15 +372,25 @@ impl FailureLimit {
             return;
         };
         let key = client_key(client);
-        if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&key) {
-            clients.retain(|_, w| now.saturating_duration_since(w.started) < self.window);
-            if clients.len() >= MAX_TRACKED_CLIENTS {
+        let clients = &mut *clients;
+        if clients.windows.len() >= MAX_TRACKED_CLIENTS && !clients.windows.contains_key(&key) {
+            if clients
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= self.window)
+            {
+                let window = self.window;
+                clients
+                    .windows
+                    .retain(|_, w| now.saturating_duration_since(w.started) < window);
+                clients.swept = Some(now);
+            }
+            if clients.windows.len() >= MAX_TRACKED_CLIENTS {
                 // Full of live windows: this client goes uncounted rather than evicting one
-                // that is being limited.
+                // that is being limited (the README says so).
                 return;
             }
         }
-        let window = clients.entry(key).or_insert(FailureWindow {
+        let window = clients.windows.entry(key).or_insert(FailureWindow {
             started: now,
             failures: 0,
         });
