@@ -65,6 +65,9 @@ const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// The event time before which dedup records may already be pruned (see
 /// [`Store::ids_forgotten_before`]).
 const META_IDS_FORGOTTEN_BEFORE: &[u8] = b"ids_forgotten_before";
+/// The longest dedup horizon any run moved the forgetting horizon with (micros): a later run
+/// with a shorter one (a tool with default flags) must not forget more than it did.
+const META_LONGEST_DEDUP_HORIZON: &[u8] = b"longest_dedup_horizon";
 /// The stored horizon moves in steps of at least this, so batches of duplicates alone do not
 /// each become a write.
 const FORGET_STEP_MICROS: i64 = 1_000_000;
@@ -142,6 +145,8 @@ pub struct Store {
     /// The stored forgetting horizon as last written; the dedup compaction filter prunes below
     /// it and nothing else.
     forgotten_before: Arc<AtomicI64>,
+    /// [`META_LONGEST_DEDUP_HORIZON`] as stored (0 when none is).
+    longest_horizon: Arc<AtomicI64>,
 }
 
 impl Store {
@@ -165,6 +170,7 @@ impl Store {
             min_free_disk: options.min_free_disk,
             dedup_horizon: options.dedup_horizon,
             forgotten_before,
+            longest_horizon: Arc::default(),
         };
         store.check_format_version()?;
         store.load_forgotten_before()?;
@@ -187,12 +193,22 @@ impl Store {
             min_free_disk: 0,
             dedup_horizon: options.dedup_horizon,
             forgotten_before,
+            longest_horizon: Arc::default(),
         };
         store.load_forgotten_before()?;
         Ok(store)
     }
 
     fn load_forgotten_before(&self) -> Result<(), StoreError> {
+        if let Some(bytes) = self.get(CF_META, META_LONGEST_DEDUP_HORIZON)? {
+            let stored = codec::decode_i64(&bytes, "longest dedup horizon").map_err(|source| {
+                StoreError::Corrupt {
+                    cf: CF_META,
+                    source,
+                }
+            })?;
+            self.longest_horizon.fetch_max(stored, Ordering::SeqCst);
+        }
         if let Some(bytes) = self.get(CF_META, META_IDS_FORGOTTEN_BEFORE)? {
             let stored = codec::decode_i64(&bytes, "ids forgotten before").map_err(|source| {
                 StoreError::Corrupt {
@@ -216,8 +232,7 @@ impl Store {
 
     /// The horizon to store at `now` (`now − dedup_horizon`), when it has moved on by a step.
     pub fn forget_cutoff(&self, now: UnixMicros) -> Option<UnixMicros> {
-        let horizon = i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = now.saturating_sub(horizon);
+        let cutoff = now.saturating_sub(self.effective_horizon());
         (cutoff
             >= self
                 .ids_forgotten_before()
@@ -234,11 +249,25 @@ impl Store {
             META_IDS_FORGOTTEN_BEFORE,
             codec::encode_i64(cutoff),
         );
+        batch.put_cf(
+            &self.cf(CF_META),
+            META_LONGEST_DEDUP_HORIZON,
+            codec::encode_i64(self.effective_horizon()),
+        );
     }
 
     /// The batch carrying `cutoff` reached the disk: compactions may now forget ids below it.
     pub fn forgotten_before_written(&self, cutoff: UnixMicros) {
         self.forgotten_before.fetch_max(cutoff, Ordering::SeqCst);
+        self.longest_horizon
+            .fetch_max(self.effective_horizon(), Ordering::SeqCst);
+    }
+
+    /// The horizon the forgetting horizon moves with: this run's `--dedup-horizon`, or the
+    /// longest any earlier run moved it with (micros).
+    fn effective_horizon(&self) -> i64 {
+        let own = i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
+        own.max(self.longest_horizon.load(Ordering::SeqCst))
     }
 
     /// A consistent copy of the whole store in `to` (a new directory), taken while writing
@@ -728,6 +757,24 @@ mod tests {
         drop(store);
         let read_only = Store::open_read_only(dir.path(), &wide).unwrap();
         assert_eq!(read_only.ids_forgotten_before(), 3_000);
+    }
+
+    #[test]
+    fn a_run_with_a_shorter_horizon_forgets_no_more_than_the_longest_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let minute = 60_000_000i64;
+        let store = Store::open(dir.path(), &options(Duration::from_secs(600))).unwrap();
+        let now = 100 * minute;
+        let cutoff = store.forget_cutoff(now).unwrap();
+        assert_eq!(cutoff, now - 10 * minute);
+        let mut batch = WriteBatch::default();
+        store.put_forgotten_before(&mut batch, cutoff);
+        store.write(batch, true).unwrap();
+        store.forgotten_before_written(cutoff);
+        drop(store);
+        // A tool started with a one-minute horizon keeps moving it ten minutes behind.
+        let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
+        assert_eq!(store.forget_cutoff(now + minute), Some(now - 9 * minute));
     }
 
     #[test]
