@@ -416,3 +416,54 @@ fn dead_letters_are_repaired_and_meter_changes_need_a_rebuild() {
     assert_eq!(status, 200, "{usage}");
     server.stop();
 }
+
+#[test]
+fn a_dry_run_rebuild_under_tighter_quotas_appends_nothing_to_the_live_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let mut server = Server::start(&data, None);
+    // 4 load balancers of the free plan's 5: one 80 % alert joins the event in the log.
+    let (status, body) = server.post(
+        "/api/tally/events",
+        &json!([{"id": "lb-1", "namespace": "shop", "metric_label": "http_loadbalancers",
+                 "quantity": "4", "timestamp": rfc3339(Utc::now().timestamp_micros())}]),
+    );
+    assert_eq!(status, 200, "{body}");
+    server.wait_caught_up();
+    server.stop();
+    let log_length = || {
+        let store = Store::open(
+            &data,
+            &StoreOptions {
+                dedup_horizon: Duration::from_secs(35 * 86_400),
+                min_free_disk: 0,
+            },
+        )
+        .unwrap();
+        store.read_log(0, 100).unwrap().len()
+    };
+    assert_eq!(log_length(), 2);
+    let sums = tally_ok(&["inspect", "--data-dir", data_arg, "checksums"]);
+
+    // At a limit of 4 the shadow fold finds the 90 % and 100 % crossings: a dry run keeps
+    // them to itself.
+    let tighter = common::catalog_with(dir.path(), "tighter.json", |c| {
+        c["plans"][0]["default_quota"]["object_limits"]["http_loadbalancer"]["maximum"] = json!(4);
+    });
+    let out = tally_ok(&[
+        "replay",
+        "rebuild",
+        "--data-dir",
+        data_arg,
+        "--dry-run",
+        "--catalog",
+        tighter.to_str().unwrap(),
+    ]);
+    assert!(out.contains("dry run"), "{out}");
+    assert_eq!(log_length(), 2, "the dry run appended to the live log");
+    assert_eq!(
+        tally_ok(&["inspect", "--data-dir", data_arg, "checksums"]),
+        sums
+    );
+}
