@@ -277,6 +277,21 @@ fn an_interrupted_restore_is_refused_not_served_empty() {
     assert!(!staging.exists());
     assert!(!restored.join("000099.sst").exists());
     assert_eq!(summary(&restored)["log_entries"], entries);
+
+    // A data directory that is a mount point (a container's volume) cannot be replaced by a
+    // rename: the checked copy goes into it, CURRENT last.
+    let volume = dir.path().join("volume");
+    let _mount = common::Tmpfs::mount(&volume, "64m");
+    tally_ok(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        volume.to_str().unwrap(),
+    ]);
+    assert!(!with_suffix(&volume, ".restoring").exists());
+    assert!(!volume.join("CURRENT.restoring").exists());
+    assert_eq!(summary(&volume)["log_entries"], entries);
 }
 
 #[test]

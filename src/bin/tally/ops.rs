@@ -497,6 +497,33 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
+/// Copies a checked store into the existing, empty `to`: every file but `CURRENT` first, then
+/// `CURRENT` (written beside it and renamed), so a copy cut short holds table files and no
+/// `CURRENT`, which every command refuses to open rather than taking it for a new store.
+fn copy_current_last(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "CURRENT" {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    sync_dir(to)?;
+    let pending = to.join("CURRENT.restoring");
+    std::fs::copy(from.join("CURRENT"), &pending)?;
+    std::fs::File::open(&pending)?.sync_all()?;
+    std::fs::rename(&pending, to.join("CURRENT"))?;
+    sync_dir(to)?;
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -541,14 +568,35 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    // rename(2) replaces an empty directory, atomically.
-    std::fs::rename(&staging, data_dir).with_context(|| {
-        format!(
-            "cannot move {} to {} (the copy is complete and kept there)",
-            staging.display(),
-            data_dir.display()
-        )
-    })?;
+    // rename(2) replaces an empty directory, atomically. A data directory that is a mount
+    // point, or on another file system, cannot be replaced: the copy goes into it instead.
+    match std::fs::rename(&staging, data_dir) {
+        Ok(()) => {}
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::CrossesDevices | std::io::ErrorKind::ResourceBusy
+            ) && data_dir.is_dir() =>
+        {
+            copy_current_last(&staging, data_dir).with_context(|| {
+                format!(
+                    "cannot copy {} into {} (the copy is complete and kept there)",
+                    staging.display(),
+                    data_dir.display()
+                )
+            })?;
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Err(error) => {
+            return Err(error).with_context(|| {
+                format!(
+                    "cannot move {} to {} (the copy is complete and kept there)",
+                    staging.display(),
+                    data_dir.display()
+                )
+            });
+        }
+    }
     if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;
     }
