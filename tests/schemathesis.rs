@@ -15,13 +15,7 @@ fn schemathesis() -> PathBuf {
     if let Some(path) = std::env::var_os("TALLY_SCHEMATHESIS") {
         return PathBuf::from(path);
     }
-    let venv = std::env::var_os("TALLY_SCHEMATHESIS_VENV").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/tally-schemathesis")
-        },
-        PathBuf::from,
-    );
+    let venv = common::tools_venv();
     let binary = venv.join("bin/schemathesis");
     assert!(
         binary.is_file(),

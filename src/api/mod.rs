@@ -258,12 +258,7 @@ async fn read_body_in_time(
 ) -> Response {
     let timeout = state.engine.config.server.body_timeout;
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > MAX_INGEST_BODY) {
+    if declared_length(&parts).is_some_and(|length| length > MAX_INGEST_BODY) {
         // Refused unread: no route takes that much.
         return ApiError::TooLarge(format!(
             "body: larger than {MAX_INGEST_BODY} bytes; send smaller batches"
@@ -295,17 +290,21 @@ async fn read_body_in_time(
         .await
 }
 
+/// The body length a request declares in `Content-Length`, when it declares one.
+fn declared_length(parts: &axum::http::request::Parts) -> Option<usize> {
+    parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
 /// Reads the body of every non-ingest request up to [`MAX_REQUEST_BODY`] and answers 413 in
 /// Tally's JSON when it is larger, also for handlers that take no body (they would otherwise
 /// answer as if it had not been sent). Handlers then read the body from memory.
 async fn refuse_large_body(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    match read_bounded(body, declared).await {
+    match read_bounded(body, declared_length(&parts)).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await

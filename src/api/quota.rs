@@ -488,6 +488,7 @@ fn int32(value: i128) -> Value {
 
 /// The maps of `quota/limits` and `quota/usage`, each with its own value type (F5's
 /// `ves.io.schema.quota` messages); `float_quota_usage` repeats `resources`.
+#[derive(Default)]
 struct QuotaMaps {
     objects: Map<String, Value>,
     quota_usage: Map<String, Value>,
@@ -516,13 +517,7 @@ pub async fn limits(
     let scope = namespace_scope(&caller, &namespace)?;
     let view = quota_view(&state, &caller.tenant, scope, false).await?;
     let catalog = &state.engine.config.catalog;
-    let mut maps = QuotaMaps {
-        objects: Map::new(),
-        quota_usage: Map::new(),
-        resources: Map::new(),
-        apis: Map::new(),
-        api_limits: Map::new(),
-    };
+    let mut maps = QuotaMaps::default();
     for (name, &maximum) in &view.limits.object_limits {
         let item = json!({"limit": {"maximum": limit_number(QuotaKind::Object, maximum)}});
         let deprecated = json!({"limit": {"maximum": int32(i128::from(maximum))}});
@@ -568,13 +563,7 @@ pub async fn usage(
             .copied()
             .unwrap_or(0)
     };
-    let mut maps = QuotaMaps {
-        objects: Map::new(),
-        quota_usage: Map::new(),
-        resources: Map::new(),
-        apis: Map::new(),
-        api_limits: Map::new(),
-    };
+    let mut maps = QuotaMaps::default();
     for key in view
         .limits
         .level_keys()

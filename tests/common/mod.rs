@@ -56,16 +56,21 @@ pub fn drop_projections(data_dir: &Path) {
     store.write(batch, true).expect("write");
 }
 
-/// The Python of the suite's tools venv (`scripts/test` installs schemathesis and
-/// confluent-kafka there): `$TALLY_SCHEMATHESIS_VENV`, default `~/.cache/tally-schemathesis`.
-pub fn tools_python() -> PathBuf {
-    let venv = std::env::var_os("TALLY_SCHEMATHESIS_VENV").map_or_else(
+/// The suite's tools venv (`scripts/test` installs schemathesis and confluent-kafka there):
+/// `$TALLY_SCHEMATHESIS_VENV`, default `~/.cache/tally-schemathesis`.
+pub fn tools_venv() -> PathBuf {
+    std::env::var_os("TALLY_SCHEMATHESIS_VENV").map_or_else(
         || {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                 .join(".cache/tally-schemathesis")
         },
         PathBuf::from,
-    );
+    )
+}
+
+/// The Python of the tools venv.
+pub fn tools_python() -> PathBuf {
+    let venv = tools_venv();
     let python = venv.join("bin/python");
     assert!(
         python.is_file(),
