@@ -475,6 +475,11 @@ fn drop_alert_index(data: &Path) -> usize {
             true
         })
         .unwrap();
+    // A store from before the index has no mark that its alerts were indexed either.
+    batch.delete_cf(
+        &store.cf(tally::log::store::CF_META),
+        tally::projection::quota::META_ALERTS_INDEXED,
+    );
     store.write(batch, true).unwrap();
     dropped
 }

@@ -7,9 +7,9 @@ use rocksdb::WriteBatch;
 
 use crate::log::codec;
 use crate::log::keys::{self, TENANT_SCOPE};
-use crate::log::store::{CF_ALERTS, CF_QUOTA, Store, StoreError};
+use crate::log::store::{CF_ALERTS, CF_META, CF_QUOTA, Store, StoreError};
 use crate::quota::fold::{
-    QuotaReads, QuotaWrites, ROW_ALERT, SeriesLevel, band_key, decode_tenant_alert_seq, object_key,
+    QuotaReads, QuotaWrites, SeriesLevel, band_key, decode_tenant_alert_seq, object_key,
     objects_prefix, tenant_alert_key, tenant_alerts_prefix, total_key,
 };
 use crate::quota::{Alert, LimitKey, QuotaObject};
@@ -81,15 +81,15 @@ pub fn put_writes(store: &Store, batch: &mut WriteBatch, writes: &QuotaWrites) {
     }
 }
 
-/// Indexes per tenant the alerts of a store written before that index existed (once: a store
-/// with alerts and no index row). Returns how many it indexed.
+/// Marks, in the store's metadata, that every stored alert has its per-tenant index row (from
+/// then on the fold writes both). Written with the index rows, so an indexing that failed is
+/// tried again at the next start, even after new alerts were folded.
+pub const META_ALERTS_INDEXED: &[u8] = b"alerts_indexed_per_tenant";
+
+/// Indexes per tenant the alerts of a store written before that index existed (once: until
+/// [`META_ALERTS_INDEXED`] is stored). Returns how many it indexed.
 pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
-    let mut indexed = false;
-    store.scan_prefix(CF_QUOTA, &[ROW_ALERT], |_, _| {
-        indexed = true;
-        false
-    })?;
-    if indexed {
+    if store.get(CF_META, META_ALERTS_INDEXED)?.is_some() {
         return Ok(0);
     }
     let mut batch = WriteBatch::default();
@@ -110,9 +110,8 @@ pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
     if let Some(error) = failure {
         return Err(corrupt(CF_ALERTS)(error));
     }
-    if count > 0 {
-        store.write(batch, true)?;
-    }
+    batch.put_cf(&store.cf(CF_META), META_ALERTS_INDEXED, [1]);
+    store.write(batch, true)?;
     Ok(count)
 }
 
@@ -388,6 +387,36 @@ mod tests {
             [9, 3]
         );
         assert_eq!(index_stored_alerts(&store).unwrap(), 0, "once");
+    }
+
+    #[test]
+    fn an_indexing_that_failed_is_tried_again_even_after_new_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            &store.cf(CF_ALERTS),
+            keys::seq_key(3),
+            codec::encode_alert(&alert("a", 3)),
+        );
+        batch.put_cf(&store.cf(CF_ALERTS), keys::seq_key(4), b"not an alert");
+        store.write(batch, false).unwrap();
+        assert!(index_stored_alerts(&store).is_err());
+        // A new alert is folded (with its index row) before the next start.
+        let mut writes = QuotaWrites::default();
+        writes.alert_rows.push((9, alert("a", 9)));
+        let mut batch = WriteBatch::default();
+        put_writes(&store, &mut batch, &writes);
+        store.write(batch, false).unwrap();
+        // The damaged row is repaired (say, by a rebuild): the next start indexes the old one.
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(&store.cf(CF_ALERTS), keys::seq_key(4));
+        store.write(batch, false).unwrap();
+        assert_eq!(index_stored_alerts(&store).unwrap(), 2);
+        assert_eq!(
+            seqs(&list_alerts(&store, "a", None, 10).unwrap().alerts),
+            [9, 3]
+        );
     }
 
     #[test]
