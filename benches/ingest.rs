@@ -94,7 +94,7 @@ fn log_append(c: &mut Criterion) {
     .expect("store");
     let clock = time::system_clock();
     let now = clock();
-    let (appender, _thread) =
+    let (appender, writer) =
         Appender::start(store, LogHead::new(0), clock, Default::default()).expect("appender");
     let context = decode_context(&catalog, now);
     let mut offset = 0;
@@ -123,6 +123,10 @@ fn log_append(c: &mut Criterion) {
         )
     });
     group.finish();
+    // The writer holds the store: let it close RocksDB before the directory goes and the
+    // process exits (RocksDB aborts when its threads outlive the process's statics).
+    drop(appender);
+    writer.join().expect("writer thread");
 }
 
 criterion_group!(benches, decode_and_fold, log_append);
