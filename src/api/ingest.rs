@@ -338,7 +338,20 @@ mod tests {
         missed
     }
 
+    #[test]
+    fn bodies_the_property_once_misjudged_keep_every_byte() {
+        // Two marks: the second is content. A mark before an array: the array is the body.
+        assert_eq!(uncovered(b"\xEF\xBB\xBF\xEF\xBB\xBF"), Vec::new());
+        assert_eq!(split_events(b"\xEF\xBB\xBF[1]").unwrap(), vec![&b"1"[..]]);
+    }
+
     proptest::proptest! {
+        // Failures are printed, not saved beside the sources (the repository's top level
+        // stays as it is); cases found once are kept as the unit test above.
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
         /// Nothing of an NDJSON body is dropped: every byte but whitespace and byte order
         /// marks reaches an event (recorded or refused).
         #[test]
@@ -349,14 +362,19 @@ mod tests {
             ]),
             0..40,
         ), noise in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            // An array body (after a byte order mark and whitespace, as `split_events` reads
+            // it) is split by the JSON parser, not line by line.
+            let is_array = |body: &[u8]| {
+                let unmarked = body.strip_prefix(event::UTF8_BOM).unwrap_or(body);
+                unmarked.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+            };
             let mut body: Vec<u8> = tokens.concat();
-            // An array body is split by the JSON parser, not line by line.
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            if is_array(&body) {
                 body.insert(0, b'x');
             }
             proptest::prop_assert_eq!(uncovered(&body), Vec::new());
             body.extend_from_slice(&noise);
-            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+            if !is_array(&body) {
                 proptest::prop_assert_eq!(uncovered(&body), Vec::new());
             }
         }
