@@ -562,6 +562,18 @@ pub fn with_audit_records(
     all
 }
 
+/// The `page_size` of a Tally list that refuses sizes out of range: `default` when absent,
+/// else 1 to `max`.
+pub fn page_size(requested: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match requested {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "page_size: 1 to {max}, not {n}"
+        ))),
+    }
+}
+
 /// Parses a JSON body into `T`, naming the field at fault; nothing may follow it. An empty
 /// body reads as `{}`.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

@@ -120,7 +120,7 @@ pub async fn create(
     Ok(Json(answer))
 }
 
-/// Most tokens one page of the list holds, and how many when `page_size` is not given.
+/// Most tokens or audit records one page holds, and how many when `page_size` is not given.
 const MAX_PAGE_SIZE: usize = 1_000;
 const DEFAULT_PAGE_SIZE: usize = 100;
 
@@ -175,12 +175,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     require_role(&caller, Role::Admin)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
-    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(ApiError::BadRequest(format!(
-            "page_size: 1 to {MAX_PAGE_SIZE}, not {page_size}"
-        )));
-    }
+    let page_size = super::page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
         None => None,
         Some(text) => Some(decode_page_token(text).ok_or_else(|| {
@@ -275,12 +270,9 @@ pub struct AuditQuery {
     page_token: Option<String>,
 }
 
-/// Most audit records one page holds.
-const AUDIT_PAGE_MAX: usize = 1_000;
-
 /// `GET /api/tally/audit[?tenant=&page_size=&page_token=]`: the tenant's admin and billing
-/// changes, newest first, a page at a time (the operator may name any tenant). An admin scoped to some namespaces reads only the
-/// records about them ([`crate::audit::visible_to`]).
+/// changes, newest first, a page at a time (the operator may name any tenant). An admin
+/// scoped to some namespaces reads only the records about them ([`crate::audit::visible_to`]).
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,
@@ -294,14 +286,12 @@ pub async fn audit(
             "a tenant's admin reads its own tenant's audit trail".into(),
         ));
     }
-    let page_size = match query.page_size.or(query.limit) {
-        None => 100,
-        Some(n) if (1..=AUDIT_PAGE_MAX).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::BadRequest(format!(
-                "page_size: {n} is not between 1 and {AUDIT_PAGE_MAX}"
-            )));
-        }
+    // `limit`, the older name, keeps its old meaning: clamped into range, never refused.
+    let page_size = match query.page_size {
+        Some(_) => super::page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?,
+        None => query
+            .limit
+            .map_or(DEFAULT_PAGE_SIZE, |n| n.clamp(1, MAX_PAGE_SIZE)),
     };
     // The token is the seq of the last record of the previous page; this page is older.
     let before = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
@@ -324,10 +314,10 @@ pub async fn audit(
             match codec::decode_audit(value) {
                 Ok(record) => {
                     if crate::audit::visible_to(&record, &reader) {
+                        // The key ends in the record's seq.
                         last_seq = key
                             .get(key.len().saturating_sub(8)..)
-                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                            .map(u64::from_be_bytes);
+                            .and_then(crate::log::keys::decode_seq_key);
                         records.push(record);
                     }
                 }

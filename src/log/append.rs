@@ -114,6 +114,21 @@ pub fn conflict_rejection(id: &str, recorded_seq: u64) -> Rejection {
     )
 }
 
+/// Puts `letter` into `batch` at the next dead-letter seq, and advances it.
+fn put_dead_letter(
+    batch: &mut WriteBatch,
+    dead_cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
+    next_dead_letter: &mut u64,
+    letter: &DeadLetter,
+) {
+    batch.put_cf(
+        dead_cf,
+        keys::seq_key(*next_dead_letter),
+        codec::encode_dead_letter(letter),
+    );
+    *next_dead_letter += 1;
+}
+
 /// The answer to an event older than the stored forgetting horizon: its id may already be
 /// forgotten, so a resend could not be told from the original.
 pub fn forgotten_rejection(
@@ -412,12 +427,7 @@ impl Writer {
             for candidate in &request.candidates {
                 let outcome = match candidate {
                     Candidate::Rejected(letter) => {
-                        batch.put_cf(
-                            &dead_cf,
-                            keys::seq_key(next_dead_letter),
-                            codec::encode_dead_letter(letter),
-                        );
-                        next_dead_letter += 1;
+                        put_dead_letter(&mut batch, &dead_cf, &mut next_dead_letter, letter);
                         Outcome::Rejected(letter.rejection.clone())
                     }
                     Candidate::Event { event, source } => {
@@ -431,12 +441,7 @@ impl Writer {
                             let rejection =
                                 forgotten_rejection(&event.id, event.timestamp, refuse_before);
                             let letter = event_letter(now, source, event, rejection.clone());
-                            batch.put_cf(
-                                &dead_cf,
-                                keys::seq_key(next_dead_letter),
-                                codec::encode_dead_letter(&letter),
-                            );
-                            next_dead_letter += 1;
+                            put_dead_letter(&mut batch, &dead_cf, &mut next_dead_letter, &letter);
                             outcomes.push(Outcome::Rejected(rejection));
                             continue;
                         }
@@ -467,12 +472,12 @@ impl Writer {
                             Verdict::Conflict(seq) => {
                                 let rejection = conflict_rejection(&event.id, seq);
                                 let letter = event_letter(now, source, event, rejection.clone());
-                                batch.put_cf(
+                                put_dead_letter(
+                                    &mut batch,
                                     &dead_cf,
-                                    keys::seq_key(next_dead_letter),
-                                    codec::encode_dead_letter(&letter),
+                                    &mut next_dead_letter,
+                                    &letter,
                                 );
-                                next_dead_letter += 1;
                                 Outcome::Conflict(rejection)
                             }
                             Verdict::Duplicate(seq) => Outcome::Duplicate { seq },
