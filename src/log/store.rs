@@ -457,13 +457,31 @@ impl Store {
         end: Option<&[u8]>,
         mut visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
+        self.scan_directed(cf, start, end, false, &mut visit)
+    }
+
+    /// Visits the keys in `[start, end)`, from the lowest up or (`reverse`) from the highest
+    /// down, while `visit` returns true.
+    fn scan_directed(
+        &self,
+        cf: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
         let handle = self.cf(cf);
         let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(start.to_vec());
         if let Some(end) = end {
             read_options.set_iterate_upper_bound(end.to_vec());
         }
         let mut iter = self.db.raw_iterator_cf_opt(&handle, read_options);
-        iter.seek(start);
+        if reverse {
+            iter.seek_to_last();
+        } else {
+            iter.seek(start);
+        }
         while iter.valid() {
             let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
                 break;
@@ -471,7 +489,11 @@ impl Store {
             if !visit(key, value) {
                 return Ok(());
             }
-            iter.next();
+            if reverse {
+                iter.prev();
+            } else {
+                iter.next();
+            }
         }
         iter.status()?;
         Ok(())
@@ -494,23 +516,7 @@ impl Store {
         end: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let handle = self.cf(cf);
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_lower_bound(start.to_vec());
-        read_options.set_iterate_upper_bound(end.to_vec());
-        let mut iter = self.db.raw_iterator_cf_opt(&handle, read_options);
-        iter.seek_to_last();
-        while iter.valid() {
-            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
-                break;
-            };
-            if !visit(key, value) {
-                return Ok(());
-            }
-            iter.prev();
-        }
-        iter.status()?;
-        Ok(())
+        self.scan_directed(cf, start, Some(end), true, &mut visit)
     }
 
     pub fn scan_prefix(
