@@ -6,8 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::ingest::kafka::KafkaSettings;
-use crate::webhook::WebhookSettings;
+
+/// Where and how the Kafka consumer reads.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    /// Most messages in one append batch.
+    pub batch_max: usize,
+    /// Longest a batch waits to fill once it has its first message.
+    pub batch_linger: Duration,
+    /// How long a partition may stand still while behind before it is reported stalled.
+    pub stall_after: Duration,
+}
+
+/// Where alerts go and the key that signs them.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub secret: String,
+}
 
 /// Flags of `tally serve`; each also reads an environment variable.
 #[derive(Debug, Clone, clap::Args)]

@@ -18,7 +18,6 @@ use crate::log::append::{
 use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
 use crate::projection::runner;
-use crate::quota::Alert;
 use crate::time::{Clock, UnixMicros};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +73,9 @@ pub fn catalog_changes(
         .map(|stored| changed_meters(&stored, &catalog.meter_definitions()))
         .unwrap_or_default())
 }
+
+/// How long an answer waits for the projections to include what came before it.
+pub const PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running engine. Cheap to share behind an `Arc`.
 pub struct Engine {
@@ -146,7 +148,7 @@ impl Engine {
         let projector_gate = Arc::new(Mutex::new(()));
         let projector_thread = runner::start(
             store.clone(),
-            fold_context(&config, &appender),
+            fold_context(&config),
             head.clone(),
             projected_tx,
             projector_health.clone(),
@@ -180,7 +182,7 @@ impl Engine {
 
     /// What folding needs (the projector's, or a rebuild's).
     pub fn fold_context(&self) -> runner::FoldContext {
-        fold_context(&self.config, &self.appender)
+        fold_context(&self.config)
     }
 
     /// Appends quota changes and waits until the projections include them.
@@ -196,8 +198,7 @@ impl Engine {
         rows: Vec<RowWrite>,
     ) -> Result<Vec<Outcome>, AppendError> {
         let outcomes = self.record_facts_with_rows(entries, rows).await?;
-        self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
-            .await;
+        self.wait_projected(self.head.get(), PROJECTION_WAIT).await;
         Ok(outcomes)
     }
 
@@ -253,8 +254,7 @@ impl Engine {
             .append(candidates)
             .await
             .map_err(|e| EngineError::Background(e.to_string()))?;
-        self.wait_projected(self.head.get(), crate::api::PROJECTION_WAIT)
-            .await;
+        self.wait_projected(self.head.get(), PROJECTION_WAIT).await;
         Ok(outcomes
             .iter()
             .filter(|o| matches!(o, Outcome::Recorded { .. }))
@@ -319,27 +319,10 @@ impl Engine {
     }
 }
 
-/// The projector's way to append the alerts it finds: once each, by their deterministic ids.
-fn alert_sink(appender: Appender) -> runner::AlertSink {
-    Box::new(move |alerts: Vec<Alert>| {
-        let candidates = alerts
-            .into_iter()
-            .map(|alert| Candidate::Fact {
-                identity: Some(FactIdentity::new("alert", &alert.tenant, &alert.id)),
-                entry: LogEntry::QuotaAlert { alert },
-            })
-            .collect();
-        appender
-            .append_blocking(candidates, Vec::new())
-            .map(|_| ())
-            .map_err(|error| StoreError::Append(error.to_string()))
-    })
-}
-
-fn fold_context(config: &Config, appender: &Appender) -> runner::FoldContext {
+/// What the folds need of a configuration.
+pub fn fold_context(config: &Config) -> runner::FoldContext {
     runner::FoldContext {
         catalog: config.catalog.clone(),
-        alert_sink: alert_sink(appender.clone()),
         invoice_due_after: i64::try_from(config.invoice_due.as_micros()).unwrap_or(i64::MAX),
     }
 }

@@ -14,20 +14,27 @@
 //! - [`report`]: rows → F5 response shapes (usage items, cost lines, summaries).
 //!
 //! Shell:
-//! - [`log`]: the append-only log in RocksDB (keys, codecs, store, the single writer).
+//! - [`log`]: the append-only log in RocksDB: [`log::format`] (log format v2, the bytes of
+//!   every entry, pure), [`log::legacy`] (format 1, read only by `tally migrate`),
+//!   [`log::keys`], [`log::codec`], [`log::store`], [`log::append`] (the single writer) and
+//!   [`log::migrate`] (format 1 → 2 in place).
 //! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
 //! - [`projection::runner`]: the projector thread that checkpoints with its rows.
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
-//! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in.
+//! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in;
+//!   dry runs on a read-only store; `tally migrate`.
 //! - [`backup`]: where backups may be written.
 //! - [`audit`]: the record of who changed what.
 //! - [`auth`], [`config`], [`metrics`], [`health`].
 //!
 //! # Invariants
 //! - The log is the truth: projections are rebuilt from it and a fold of the same log gives the
-//!   same bytes, whatever the order or batching of its entries.
+//!   same bytes, whatever the order or batching of its entries. The projector never writes to
+//!   the log: what a fold finds (alerts too) is a projection row.
+//! - Stored bytes never depend on domain or API types: log entries are per-kind storage
+//!   structs in a versioned envelope ([`log::format`]), pinned by golden fixtures.
 //! - Appending events, their dedup records and dead letters is one durable write batch;
 //!   projection rows and the projector checkpoint are one batch. A crash loses nothing and
 //!   counts nothing twice.

@@ -14,15 +14,15 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::log::keys;
 use crate::log::store::{
-    CF_ALERTS, CF_AUDIT, CF_BILLING, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_LOG, CF_MONTHLY,
-    CF_QUOTA, Store, StoreError, StoreOptions,
+    CF_ALERTS, CF_AUDIT, CF_BILLING, CF_CHECKPOINTS, CF_HOURLY, CF_LOG, CF_MONTHLY, CF_QUOTA,
+    Store, StoreError, StoreOptions,
 };
 use crate::projection::USAGE_PROJECTION;
 use crate::projection::runner::fold_batch_into;
 
 /// Projections by name, with the column families each is made of.
 pub const PROJECTIONS: &[(&str, &[&str])] = &[
-    ("usage", &[CF_HOURLY, CF_MONTHLY, CF_CURRENT]),
+    ("usage", &[CF_HOURLY, CF_MONTHLY]),
     ("quota", &[CF_QUOTA, CF_ALERTS]),
     ("billing", &[CF_BILLING]),
     ("audit", &[CF_AUDIT]),
@@ -263,6 +263,9 @@ pub fn raw_scan_rate(store: &Store) -> Result<(u64, f64), StoreError> {
 
 /// Rebuilds `cfs` of the engine's store from its log (while it serves, or alone), compares
 /// and swaps what differs; `dry_run` only compares. `progress` hears (folded, head).
+///
+/// The fold writes only to the shadow store (alerts are rows of it like any other): nothing
+/// reaches the live directory before the swap, and a dry run never swaps.
 pub fn rebuild(
     engine: &Engine,
     cfs: &[&'static str],
@@ -271,43 +274,21 @@ pub fn rebuild(
 ) -> Result<RebuildReport, ReplayError> {
     let live = &engine.store;
     let (_, raw_rate) = raw_scan_rate(live)?;
-    let dir = shadow_dir(&engine.config.data_dir);
-    let shadow_error = |source| ReplayError::ShadowDir {
-        dir: dir.display().to_string(),
-        source,
-    };
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(shadow_error)?;
-    }
-    let result = (|| {
-        let shadow = Store::open(
-            &dir,
-            &StoreOptions {
-                dedup_horizon: engine.config.dedup_horizon,
-                min_free_disk: 0,
-            },
-        )?;
-        let mut context = engine.fold_context();
-        if dry_run {
-            // Alerts the shadow fold finds are appended to the live log by the fold's sink; a
-            // dry run changes nothing, so it keeps them to itself (the comparison covers the
-            // log only up to the live checkpoint, where they would not show anyway).
-            context.alert_sink = Box::new(|_| Ok(()));
-        }
+    with_shadow(&engine.config, |shadow| {
+        let context = engine.fold_context();
         let started = Instant::now();
         let mut next = 0u64;
-        let fold_to = |next: &mut u64, until: u64| -> Result<(), StoreError> {
-            while *next < until {
-                *next = fold_batch_into(live, &shadow, &context, *next, until)?;
-                progress(*next, until);
-            }
-            Ok(())
-        };
         // Most of the log without holding anything; then, under the gate, up to the live
         // checkpoint (the projector may be behind the head, never ahead of it).
-        fold_to(&mut next, engine.head.get())?;
+        fold_range(
+            live,
+            shadow,
+            &context,
+            &mut next,
+            engine.head.get(),
+            progress,
+        )?;
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
-        let rate = next as f64 / seconds;
         loop {
             let held = engine
                 .projector_gate
@@ -319,46 +300,126 @@ pub fn rebuild(
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            fold_to(&mut next, checkpoint)?;
-            let mut reports = Vec::new();
-            for &cf in cfs {
-                let (live_sum, rebuilt_sum) = (checksum(live, cf)?, checksum(&shadow, cf)?);
-                let differences = if live_sum == rebuilt_sum {
-                    Vec::new()
-                } else {
-                    first_differences(live, &shadow, cf, 10)?
-                };
-                reports.push(CfReport {
-                    cf,
-                    live: live_sum,
-                    rebuilt: rebuilt_sum,
-                    differences,
-                });
-            }
-            let identical = reports.iter().all(|r| r.live == r.rebuilt);
-            let swapped = !identical && !dry_run;
-            if swapped {
+            fold_range(live, shadow, &context, &mut next, checkpoint, progress)?;
+            let mut report = compare(live, shadow, cfs, next, seconds, raw_rate)?;
+            if !report.identical && !dry_run {
                 let checkpoint_row = (
                     CF_CHECKPOINTS,
                     USAGE_PROJECTION.as_bytes().to_vec(),
                     crate::log::codec::encode_u64(checkpoint).to_vec(),
                 );
-                live.replace_from(&shadow, cfs, &[checkpoint_row])?;
+                live.replace_from(shadow, cfs, &[checkpoint_row])?;
+                report.swapped = true;
             }
             drop(held);
-            return Ok(RebuildReport {
-                entries: next,
-                seconds,
-                entries_per_second: rate,
-                raw_scan_entries_per_second: raw_rate,
-                column_families: reports,
-                identical,
-                swapped,
-            });
+            return Ok(report);
         }
-    })();
+    })
+}
+
+/// A dry run on a stopped data directory: it is opened read-only (RocksDB's own log file goes
+/// elsewhere too), folded into a shadow beside it under `config`'s catalog and compared, so
+/// not one byte of the directory changes.
+pub fn dry_run_stopped(
+    config: &crate::config::Config,
+    cfs: &[&'static str],
+    progress: &dyn Fn(u64, u64),
+) -> Result<RebuildReport, ReplayError> {
+    let live = Store::open_read_only(
+        &config.data_dir,
+        &StoreOptions {
+            dedup_horizon: config.dedup_horizon,
+            min_free_disk: 0,
+        },
+    )?;
+    let (_, raw_rate) = raw_scan_rate(&live)?;
+    with_shadow(config, |shadow| {
+        let context = crate::engine::fold_context(config);
+        let started = Instant::now();
+        let checkpoint = live.checkpoint(USAGE_PROJECTION)?.unwrap_or(0);
+        let mut next = 0u64;
+        fold_range(&live, shadow, &context, &mut next, checkpoint, progress)?;
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        compare(&live, shadow, cfs, next, seconds, raw_rate)
+    })
+}
+
+/// Runs `work` on a fresh shadow store beside the data directory, removed afterwards.
+fn with_shadow(
+    config: &crate::config::Config,
+    work: impl FnOnce(&Store) -> Result<RebuildReport, ReplayError>,
+) -> Result<RebuildReport, ReplayError> {
+    let dir = shadow_dir(&config.data_dir);
+    let shadow_error = |source| ReplayError::ShadowDir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(shadow_error)?;
+    }
+    let result = Store::open(
+        &dir,
+        &StoreOptions {
+            dedup_horizon: config.dedup_horizon,
+            min_free_disk: 0,
+        },
+    )
+    .map_err(ReplayError::from)
+    .and_then(|shadow| work(&shadow));
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Folds `log`'s entries from `next` up to `until` into `shadow`.
+fn fold_range(
+    log: &Store,
+    shadow: &Store,
+    context: &crate::projection::runner::FoldContext,
+    next: &mut u64,
+    until: u64,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(), StoreError> {
+    while *next < until {
+        *next = fold_batch_into(log, shadow, context, *next, until)?;
+        progress(*next, until);
+    }
+    Ok(())
+}
+
+/// Compares `cfs` of the live and the shadow store.
+fn compare(
+    live: &Store,
+    shadow: &Store,
+    cfs: &[&'static str],
+    entries: u64,
+    seconds: f64,
+    raw_rate: f64,
+) -> Result<RebuildReport, ReplayError> {
+    let mut reports = Vec::new();
+    for &cf in cfs {
+        let (live_sum, rebuilt_sum) = (checksum(live, cf)?, checksum(shadow, cf)?);
+        let differences = if live_sum == rebuilt_sum {
+            Vec::new()
+        } else {
+            first_differences(live, shadow, cf, 10)?
+        };
+        reports.push(CfReport {
+            cf,
+            live: live_sum,
+            rebuilt: rebuilt_sum,
+            differences,
+        });
+    }
+    let identical = reports.iter().all(|r| r.live == r.rebuilt);
+    Ok(RebuildReport {
+        entries,
+        seconds,
+        entries_per_second: entries as f64 / seconds,
+        raw_scan_entries_per_second: raw_rate,
+        column_families: reports,
+        identical,
+        swapped: false,
+    })
 }
 
 /// The seq key of a log position, for inspection output.
@@ -414,4 +475,78 @@ mod tests {
         assert_eq!(beside.parent(), here.parent());
         assert!(!beside.starts_with(&here), "{}", beside.display());
     }
+}
+
+/// What `tally migrate` did to a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MigrationReport {
+    /// The format version the directory held before.
+    pub from_version: u32,
+    pub to_version: u32,
+    pub entries_rewritten: u64,
+    pub entries_already_current: u64,
+    pub dead_letters_rewritten: u64,
+}
+
+/// Why a migration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(transparent)]
+    Rewrite(#[from] crate::log::migrate::MigrateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{dir} holds format version {found}, newer than this build's {expected}: run the release that wrote it"
+    )]
+    Newer {
+        dir: String,
+        found: u32,
+        expected: u32,
+    },
+}
+
+/// Upgrades a stopped data directory to this build's format: the log and dead letters are
+/// rewritten in log format v2, then every projection and the projector checkpoint are emptied
+/// and the new version recorded in one batch, so the next engine to open it refolds the
+/// projections from the rewritten log. Safe to run again after an interruption; a directory
+/// already at this build's format is left alone.
+pub fn migrate(
+    data_dir: &Path,
+    options: &StoreOptions,
+    progress: &dyn Fn(u64),
+) -> Result<MigrationReport, MigrationError> {
+    use crate::log::migrate;
+    use crate::log::store::FORMAT_VERSION;
+    let (store, found) = Store::open_for_migration(data_dir, options)?;
+    let mut report = MigrationReport {
+        from_version: found,
+        to_version: FORMAT_VERSION,
+        entries_rewritten: 0,
+        entries_already_current: 0,
+        dead_letters_rewritten: 0,
+    };
+    if found == FORMAT_VERSION {
+        return Ok(report);
+    }
+    if found > FORMAT_VERSION {
+        return Err(MigrationError::Newer {
+            dir: data_dir.display().to_string(),
+            found,
+            expected: FORMAT_VERSION,
+        });
+    }
+    let log = migrate::rewrite_log(&store, progress)?;
+    let letters = migrate::rewrite_dead_letters(&store)?;
+    let projection_cfs: Vec<&'static str> = PROJECTIONS
+        .iter()
+        .flat_map(|(_, cfs)| cfs.iter().copied())
+        .chain(crate::log::store::RETIRED_COLUMN_FAMILIES.iter().copied())
+        .collect();
+    let cursor = crate::webhook::migrated_cursor_row(&store, &log.alert_entries)?;
+    migrate::finish(&store, &projection_cfs, cursor.as_slice())?;
+    store.flush()?;
+    report.entries_rewritten = log.rewritten;
+    report.entries_already_current = log.already_v2;
+    report.dead_letters_rewritten = letters.rewritten;
+    Ok(report)
 }

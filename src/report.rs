@@ -403,20 +403,30 @@ pub fn cost_lines(
     (lines, total)
 }
 
-/// `monthly_usage`: the cost of each billing period with usage, oldest first.
-pub fn monthly_items(
-    period_totals: &BTreeMap<u32, BTreeMap<String, i128>>,
-    catalog: &Catalog,
-    plan: &Plan,
-) -> Vec<MonthlyUsageItem> {
-    period_totals
+/// One billing period's usage in a scope, with the plan it is priced at.
+pub struct PeriodUsage<'a> {
+    pub start: UnixMicros,
+    pub end: UnixMicros,
+    pub plan: &'a Plan,
+    /// Metric label → micro-units.
+    pub totals: BTreeMap<String, i128>,
+}
+
+/// `monthly_usage`: one item per billing period, priced at the period's own plan.
+pub fn monthly_items(periods: &[PeriodUsage<'_>], catalog: &Catalog) -> Vec<MonthlyUsageItem> {
+    periods
         .iter()
-        .map(|(&month, totals)| {
-            let (start, end) = (time::month_start(month), time::month_start(month + 1));
-            let (_, amount) = cost_lines(totals, catalog, plan, start, end);
+        .map(|period| {
+            let (_, amount) = cost_lines(
+                &period.totals,
+                catalog,
+                period.plan,
+                period.start,
+                period.end,
+            );
             MonthlyUsageItem {
-                start_timestamp: time::format_rfc3339(start),
-                end_timestamp: time::format_rfc3339(end),
+                start_timestamp: time::format_rfc3339(period.start),
+                end_timestamp: time::format_rfc3339(period.end),
                 amount: amount.0.to_string(),
                 currency_code: catalog.currency().to_owned(),
             }
@@ -635,4 +645,31 @@ mod tests {
         assert_eq!(lines[1].amount, "120");
         assert_eq!(total, Cents(136));
     }
+}
+
+/// One alert as JSON: what the alert list shows and the webhook receives. `position` is where
+/// it is filed ([`crate::quota::alert_position`]), shown as `seq`.
+pub fn alert_json(position: u64, alert: &crate::quota::Alert) -> serde_json::Value {
+    let number = |micros: i128| {
+        units::format_micros(micros)
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number)
+    };
+    serde_json::json!({
+        "id": alert.id,
+        "seq": position.to_string(),
+        "tenant": alert.tenant,
+        "kind": crate::quota::kind_name(alert.key.kind),
+        "key": alert.key.name,
+        "threshold_percent": alert.threshold_percent,
+        "direction": match alert.direction {
+            crate::quota::Direction::Raised => "RAISED",
+            crate::quota::Direction::Cleared => "CLEARED",
+        },
+        "level": number(alert.level),
+        "limit": number(alert.limit),
+        "at": time::format_rfc3339(alert.at),
+    })
 }

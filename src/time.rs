@@ -37,12 +37,6 @@ pub fn month_of_hour(hour: u32) -> u32 {
     month_index(hour_start(hour))
 }
 
-/// The billing period containing `at`. Until subscriptions carry their own renewal periods,
-/// every tenant is billed by UTC calendar month, so a period is identified by its month index.
-pub fn billing_period_of(at: UnixMicros) -> u32 {
-    month_index(at)
-}
-
 pub fn to_datetime(at: UnixMicros) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(at).unwrap_or_default()
 }

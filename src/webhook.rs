@@ -26,12 +26,7 @@ const LAST_RETRY: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-/// Where alerts go and the key that signs them.
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    pub url: String,
-    pub secret: String,
-}
+pub use crate::config::WebhookSettings;
 
 /// `sha256=` and the hex HMAC-SHA256 of `{timestamp}.{body}` under `secret`: what the
 /// `X-Tally-Signature` header carries. Binding the timestamp lets receivers refuse replays.
@@ -100,6 +95,40 @@ fn write_cursor(store: &Store, next: u64) -> Result<(), StoreError> {
     store.write(batch, true)
 }
 
+/// The delivery position of a format-1 store, moved to format 2's alert positions: it counted
+/// the log seqs of alert entries, and alerts are now filed by their trigger
+/// ([`crate::quota::alert_position`]). `alert_entries` are the (seq, trigger seq) of those
+/// entries. The new position is that of the first alert not yet delivered (ordinal 0 of its
+/// trigger: another alert of the same entry may be delivered twice, none is skipped), or past
+/// every alert when all were delivered. `None` when no webhook ever delivered.
+pub fn migrated_cursor_row(
+    store: &Store,
+    alert_entries: &[(u64, u64)],
+) -> Result<Option<(&'static str, Vec<u8>, Vec<u8>)>, StoreError> {
+    if store.get(CF_META, CURSOR_KEY)?.is_none() {
+        return Ok(None);
+    }
+    let delivered_before = read_cursor(store)?;
+    let first_undelivered = alert_entries
+        .iter()
+        .filter(|(seq, _)| *seq >= delivered_before)
+        .map(|(_, trigger)| *trigger)
+        .min();
+    let position = match first_undelivered {
+        Some(trigger) => crate::quota::alert_position(trigger, 0),
+        None => alert_entries
+            .iter()
+            .map(|(_, trigger)| crate::quota::alert_position(trigger.saturating_add(1), 0))
+            .max()
+            .unwrap_or(0),
+    };
+    Ok(Some((
+        CF_META,
+        CURSOR_KEY.to_vec(),
+        codec::encode_u64(position).to_vec(),
+    )))
+}
+
 /// Sleeps up to `duration`, waking early when asked to stop; false when stopping.
 fn pause(duration: Duration, stop: &AtomicBool) -> bool {
     let until = Instant::now() + duration;
@@ -135,7 +164,7 @@ fn run(
             }
         };
         for (seq, alert) in alerts {
-            let body = crate::api::quota::webhook_body(seq, &alert).to_string();
+            let body = crate::report::alert_json(seq, &alert).to_string();
             // Retry this alert until it is delivered: order is kept and nothing is skipped.
             loop {
                 let timestamp = engine.now() / 1_000_000;

@@ -138,6 +138,13 @@ impl Harness {
     }
 }
 
+/// A transition to the team plan with the payment token and contacts it requires.
+fn to_team_plan() -> Value {
+    json!({"new_plan": "team-plan", "payload": {
+        "payment_provider_token": "tok_visa_4242",
+        "billing_address": {"address1": "1 Main St", "city": "Springfield", "country": "US"}}})
+}
+
 /// The test's own model of what every invoice must say.
 #[derive(Debug, Clone)]
 struct ModelPeriod {
@@ -243,9 +250,7 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
                 let (status, body) = h
                     .post(
                         "/api/web/namespaces/system/billing/plan_transition",
-                        json!({"new_plan": "team-plan", "payload": {
-                            "payment_provider_token": "tok_visa_4242",
-                            "billing_address": {"address1": "1 Main St", "city": "Springfield", "country": "US"}}}),
+                        to_team_plan(),
                     )
                     .await;
                 assert_eq!(status, StatusCode::OK, "{body}");
@@ -851,4 +856,105 @@ async fn billing_endpoints_refuse_what_is_wrong() {
         );
     }
     h.engine.shutdown().await;
+}
+
+/// One billing period, defined by the tenant's plan periods: after a plan change mid-month,
+/// `usage_details {}` and `current_usage {}` count the same usage (the open period's), and
+/// `monthly_usage` has one item per period, each priced at its own plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_details_and_current_usage_default_to_the_same_open_period_after_a_plan_change() {
+    let h = harness(micros(2026, 3, 1, 0, 0, 0));
+    let requests_at = |id: &'static str, at: i64, quantity: i64| {
+        let h = &h;
+        async move {
+            h.at(at + 60_000_000).await;
+            h.requests(id, at, quantity).await;
+        }
+    };
+    requests_at("before-1", micros(2026, 3, 3, 9, 0, 0), 20_000_000).await;
+    requests_at("before-2", micros(2026, 3, 10, 9, 0, 0), 1_000).await;
+    let change = micros(2026, 3, 15, 12, 0, 30);
+    h.at(change).await;
+    let (status, body) = h
+        .post(
+            "/api/web/namespaces/system/billing/plan_transition",
+            to_team_plan(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    requests_at("after-1", micros(2026, 3, 16, 9, 0, 0), 12).await;
+    requests_at("after-2", micros(2026, 3, 20, 9, 0, 0), 9).await;
+    h.at(micros(2026, 3, 21, 0, 0, 0)).await;
+
+    let requests_in = |items: &Value, label_of: &dyn Fn(&Value) -> bool| -> f64 {
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|item| label_of(item))
+            .map(|item| item["quantity"].as_f64().unwrap())
+            .sum()
+    };
+    let (status, details) = h
+        .post("/api/web/namespaces/system/usage_details", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{details}");
+    let counted_by_details = requests_in(&details["usage_items"], &|item| {
+        item["metric_label"] == "http_lb_requests"
+    });
+    let (status, current) = h
+        .post("/api/web/namespaces/system/current_usage", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{current}");
+    let counted_by_current = requests_in(&current["usage_items"], &|item| {
+        item["metric_labels"]
+            .as_array()
+            .is_some_and(|labels| labels.contains(&json!("http_lb_requests")))
+    });
+    assert_eq!(
+        (counted_by_details, counted_by_current),
+        (21.0, 21.0),
+        "{details}\n{current}"
+    );
+    // usage_details reads whole hours: the open period from the hour it began in.
+    assert_eq!(
+        details["usage_items"][0]["start_timestamp"],
+        "2026-03-15T12:00:00Z"
+    );
+    let start = tally::time::format_rfc3339(change);
+
+    // Two periods in March: the free one before the change, the team one after, each priced
+    // at its own plan (the free plan's usage costs nothing).
+    let (status, monthly) = h
+        .post("/api/web/namespaces/system/monthly_usage", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{monthly}");
+    let items = monthly["monthly_usage_items"].as_array().unwrap();
+    let bounds: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["start_timestamp"].as_str().unwrap(),
+                i["end_timestamp"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        bounds,
+        [
+            ("2026-03-01T00:00:00Z", start.as_str()),
+            (start.as_str(), "2026-04-01T00:00:00Z")
+        ],
+        "{monthly}"
+    );
+    assert_eq!(items[0]["amount"], "0", "{monthly}");
+    // The team period as its current cost says: the same plan, the same range.
+    let (_, team) = h
+        .post(
+            "/api/web/namespaces/system/current_usage",
+            json!({"from": start, "to": "2026-04-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(items[1]["amount"], team["total_cost"], "{monthly}\n{team}");
+    assert_ne!(items[1]["amount"], "0");
 }

@@ -498,9 +498,13 @@ fn ten_thousand_events_give_exact_totals_before_and_after_restart() {
         }
         assert_eq!(body["total_cost"], total_cost.to_string());
     };
+    // The tenant's billing period is its plan's: this new tenant's first one is the calendar
+    // month it was first seen in, and like its invoice it also bills the usage from before it
+    // began (events of last month here).
+    let period_end = next_month(period_start);
     let (status, current) = server.post("/api/web/namespaces/system/current_usage", &json!({}));
     assert_eq!(status, 200, "{current}");
-    check_cost(&current, &|e| e.at >= period_start);
+    check_cost(&current, &|e| e.at < period_end);
     // The same over an arbitrary range (answered from hourly rows).
     let (range_from, range_to) = (hour_floor(now - 10 * HOUR), hour_floor(now) + HOUR);
     let (_, ranged) = server.post(
@@ -510,17 +514,16 @@ fn ten_thousand_events_give_exact_totals_before_and_after_restart() {
     check_cost(&ranged, &|e| e.at >= range_from && e.at < range_to);
     // Namespace-scoped cost.
     let (_, blog) = server.post("/api/web/namespaces/blog/current_usage", &json!({}));
-    check_cost(&blog, &|e| e.at >= period_start && e.namespace == "blog");
+    check_cost(&blog, &|e| e.at < period_end && e.namespace == "blog");
 
-    // monthly_usage: one item per month holding events, its cost in cents.
+    // monthly_usage: one item per billing period holding usage, its cost in cents. The one
+    // period so far holds every event (those from before it too, as its invoice will).
     let (_, monthly) = server.post("/api/web/namespaces/system/monthly_usage", &json!({}));
-    let months: BTreeSet<i64> = events.iter().map(|e| month_floor(e.at)).collect();
+    let periods: BTreeSet<i64> = [period_start].into();
     let items = monthly["monthly_usage_items"].as_array().unwrap();
-    assert_eq!(items.len(), months.len());
-    for (item, month) in items.iter().zip(&months) {
-        let totals = per_metric(&series_values(
-            events.iter().filter(|e| month_floor(e.at) == *month),
-        ));
+    assert_eq!(items.len(), periods.len(), "{monthly}");
+    for (item, month) in items.iter().zip(&periods) {
+        let totals = per_metric(&series_values(events.iter().filter(|e| e.at < period_end)));
         let amount: i128 = totals
             .iter()
             .map(|(m, q)| billable(*q, METERS[*m].division_factor) * prices[METERS[*m].label])

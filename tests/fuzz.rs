@@ -122,7 +122,9 @@ proptest! {
         let _ = tally::projection::Aggregate::decode(&bytes);
         let _ = keys::decode_seq_key(&bytes);
         let _ = keys::decode_series_key(&bytes);
-        let _ = keys::decode_current_key(&bytes);
+        let _ = tally::log::format::read_envelope(&bytes);
+        let _ = tally::log::legacy::decode_entry(&bytes);
+        let _ = tally::log::legacy::decode_dead_letter(&bytes);
     }
 
     #[test]
@@ -130,9 +132,23 @@ proptest! {
         let mut value = vec![codec::VALUE_VERSION];
         value.extend_from_slice(&bytes);
         // Junk may happen to decode; it must never panic or allocate without bound.
-        let _ = codec::decode_entry(&value);
+        let _ = tally::log::legacy::decode_entry(&value);
+        let _ = tally::log::legacy::decode_dead_letter(&value);
         let _ = codec::decode_billing(&value);
-        let _ = codec::decode_dead_letter(&value);
+        // A v2 envelope of every kind with a junk payload.
+        for kind in tally::log::format::Kind::ALL {
+            let mut value = vec![tally::log::format::FORMAT_V2];
+            value.extend_from_slice(&kind.number().to_be_bytes());
+            value.extend_from_slice(&1u16.to_be_bytes());
+            value.extend_from_slice(&[0, 1, b't']);
+            value.extend_from_slice(&[0; 8]);
+            value.push(0);
+            value.extend_from_slice(&bytes);
+            let _ = codec::decode_entry(&value);
+        }
+        let mut letter = vec![tally::log::format::FORMAT_V2, 0, 1, 0];
+        letter.extend_from_slice(&bytes);
+        let _ = codec::decode_dead_letter(&letter);
     }
 }
 
@@ -150,7 +166,14 @@ fn an_unknown_empty_key_is_reported_on_the_whole_event() {
 fn a_corrupt_length_prefix_is_refused_not_allocated() {
     let mut value = vec![codec::VALUE_VERSION, 0];
     // A varint claiming a string of about 2^61 bytes.
-    value.extend_from_slice(&[0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20]);
-    assert!(codec::decode_entry(&value).is_err());
+    let huge = [0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20];
+    value.extend_from_slice(&huge);
+    assert!(tally::log::legacy::decode_entry(&value).is_err());
     assert!(codec::decode_billing(&value).is_err());
+    // The same in a v2 payload: a usage entry whose id claims 2^61 bytes.
+    let mut value = vec![tally::log::format::FORMAT_V2, 0, 1, 0, 1, 0, 1, b't'];
+    value.extend_from_slice(&[0; 8]);
+    value.push(0);
+    value.extend_from_slice(&huge);
+    assert!(codec::decode_entry(&value).is_err());
 }

@@ -13,7 +13,7 @@ use common::{Rng, Server};
 use serde_json::json;
 use tally::ingest::produce::TenantProducer;
 use tally::log::keys::Scope;
-use tally::log::store::{CF_HOURLY, Store, StoreOptions};
+use tally::log::store::{CF_HOURLY, CF_MONTHLY, Store, StoreOptions};
 use tally::log::{DeadLetter, LogEntry};
 use tally::projection::read;
 
@@ -185,15 +185,24 @@ fn open_store(server: &Server) -> Store {
     .unwrap()
 }
 
-/// Totals per tenant from the stored projections, over every billing period.
+/// Sums per metric of one tenant and scope over every month, from the stored monthly rows.
+fn metric_sums(store: &Store, tenant: &str, scope: Scope<'_>) -> BTreeMap<String, i128> {
+    let mut sums = BTreeMap::new();
+    for (row, aggregate) in
+        read::series_rows(store, CF_MONTHLY, tenant, scope, 0, u32::MAX).unwrap()
+    {
+        *sums.entry(row.series.metric_label).or_default() += aggregate.sum;
+    }
+    sums
+}
+
+/// Totals per tenant from the stored projections, over every month.
 fn stored_totals(store: &Store) -> BTreeMap<String, (i128, i128)> {
     TENANTS
         .iter()
         .map(|tenant| {
-            let periods = read::current_totals(store, tenant, Scope::Tenant, None).unwrap();
-            let sum = |metric: &str| {
-                periods.values().filter_map(|m| m.get(metric)).sum::<i128>() / 1_000_000
-            };
+            let totals = metric_sums(store, tenant, Scope::Tenant);
+            let sum = |metric: &str| totals.get(metric).copied().unwrap_or(0) / 1_000_000;
             (
                 tenant.to_string(),
                 (sum("http_lb_requests"), sum("waf_security_events")),
@@ -640,13 +649,8 @@ fn namespace_totals(store: &Store, tenant: &str, namespaces: &[&str]) -> BTreeMa
     namespaces
         .iter()
         .map(|namespace| {
-            let periods =
-                read::current_totals(store, tenant, Scope::Namespace(namespace), None).unwrap();
-            let sum = periods
-                .values()
-                .filter_map(|m| m.get("http_lb_requests"))
-                .sum::<i128>()
-                / 1_000_000;
+            let totals = metric_sums(store, tenant, Scope::Namespace(namespace));
+            let sum = totals.get("http_lb_requests").copied().unwrap_or(0) / 1_000_000;
             (namespace.to_string(), sum)
         })
         .collect()

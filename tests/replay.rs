@@ -423,7 +423,8 @@ fn a_dry_run_rebuild_under_tighter_quotas_appends_nothing_to_the_live_log() {
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
     let mut server = Server::start(&data, None);
-    // 4 load balancers of the free plan's 5: one 80 % alert joins the event in the log.
+    // 4 load balancers of the free plan's 5: one 80 % alert, a row of the quota projection
+    // (the projector never writes to the log it reads).
     let (status, body) = server.post(
         "/api/tally/events",
         &json!([{"id": "lb-1", "namespace": "shop", "metric_label": "http_loadbalancers",
@@ -431,6 +432,9 @@ fn a_dry_run_rebuild_under_tighter_quotas_appends_nothing_to_the_live_log() {
     );
     assert_eq!(status, 200, "{body}");
     server.wait_caught_up();
+    let (_, alerts) = server.call("GET", "/api/tally/namespaces/system/alerts", None);
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "{alerts}");
+    assert_eq!(alerts["alerts"][0]["threshold_percent"], 80, "{alerts}");
     server.stop();
     let log_length = || {
         let store = Store::open(
@@ -443,7 +447,11 @@ fn a_dry_run_rebuild_under_tighter_quotas_appends_nothing_to_the_live_log() {
         .unwrap();
         store.read_log(0, 100).unwrap().len()
     };
-    assert_eq!(log_length(), 2);
+    assert_eq!(
+        log_length(),
+        1,
+        "the event alone: the alert is not a log entry"
+    );
     let sums = tally_ok(&["inspect", "--data-dir", data_arg, "checksums"]);
 
     // At a limit of 4 the shadow fold finds the 90 % and 100 % crossings: a dry run keeps
@@ -451,6 +459,7 @@ fn a_dry_run_rebuild_under_tighter_quotas_appends_nothing_to_the_live_log() {
     let tighter = common::catalog_with(dir.path(), "tighter.json", |c| {
         c["plans"][0]["default_quota"]["object_limits"]["http_loadbalancer"]["maximum"] = json!(4);
     });
+    let before = dir_bytes(&data);
     let out = tally_ok(&[
         "replay",
         "rebuild",
@@ -461,9 +470,37 @@ fn a_dry_run_rebuild_under_tighter_quotas_appends_nothing_to_the_live_log() {
         tighter.to_str().unwrap(),
     ]);
     assert!(out.contains("dry run"), "{out}");
-    assert_eq!(log_length(), 2, "the dry run appended to the live log");
+    assert!(
+        out.contains("DIFFERS"),
+        "the tighter limit finds more crossings: {out}"
+    );
+    let after = dir_bytes(&data);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "the dry run created or removed files in the data directory"
+    );
+    for (name, bytes) in &before {
+        assert!(after[name] == *bytes, "the dry run changed {name}");
+    }
+    assert_eq!(log_length(), 1, "the dry run appended to the live log");
     assert_eq!(
         tally_ok(&["inspect", "--data-dir", data_arg, "checksums"]),
         sums
     );
+}
+
+/// Every file of a directory (not recursive) with its bytes.
+fn dir_bytes(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_file())
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            )
+        })
+        .collect()
 }

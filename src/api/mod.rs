@@ -636,8 +636,7 @@ pub fn list_headers(truncated: bool, list: &str, tenant: &str, cap: usize) -> He
     headers
 }
 
-/// How long an ingest answer waits for the projections to include its events.
-pub const PROJECTION_WAIT: Duration = Duration::from_secs(10);
+pub use crate::engine::PROJECTION_WAIT;
 
 #[cfg(test)]
 mod tests {

@@ -22,8 +22,7 @@ use crate::log::keys::Scope;
 use crate::log::store::{CF_HOURLY, Store};
 use crate::projection::{quota as rows, read};
 use crate::quota::{
-    self, Alert, Direction, LabelFilter, LimitKey, Limits, QuotaInput, QuotaObject, UNLIMITED,
-    effective_limits,
+    self, LabelFilter, LimitKey, Limits, QuotaInput, QuotaObject, UNLIMITED, effective_limits,
 };
 use crate::time;
 use crate::units;
@@ -701,21 +700,6 @@ pub async fn check(
     Ok(Json(answer))
 }
 
-fn alert_json(seq: u64, alert: &Alert) -> Value {
-    json!({
-        "id": alert.id,
-        "seq": seq.to_string(),
-        "tenant": alert.tenant,
-        "kind": quota::kind_name(alert.key.kind),
-        "key": alert.key.name,
-        "threshold_percent": alert.threshold_percent,
-        "direction": match alert.direction { Direction::Raised => "RAISED", Direction::Cleared => "CLEARED" },
-        "level": number(alert.level),
-        "limit": number(alert.limit),
-        "at": time::format_rfc3339(alert.at),
-    })
-}
-
 /// Alerts one page holds unless `page_size` says otherwise, and the most it may say.
 const ALERT_PAGE_DEFAULT: usize = 100;
 const ALERT_PAGE_MAX: usize = 1_000;
@@ -775,12 +759,7 @@ pub async fn alerts(
     let tenant = caller.tenant.clone();
     let page = blocking(&state, move |s| rows::list_alerts(s, &tenant, from, size)).await?;
     Ok(Json(json!({
-        "alerts": page.alerts.iter().map(|(seq, a)| alert_json(*seq, a)).collect::<Vec<_>>(),
+        "alerts": page.alerts.iter().map(|(seq, a)| crate::report::alert_json(*seq, a)).collect::<Vec<_>>(),
         "next_page_token": page.next.map(alert_page_token).unwrap_or_default(),
     })))
-}
-
-/// The JSON body a webhook receives for one alert.
-pub fn webhook_body(seq: u64, alert: &Alert) -> Value {
-    alert_json(seq, alert)
 }

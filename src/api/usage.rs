@@ -99,16 +99,6 @@ fn shorten(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// The open billing period containing `now`: `[start, end)`.
-fn open_period(now: UnixMicros) -> (u32, UnixMicros, UnixMicros) {
-    let period = time::billing_period_of(now);
-    (
-        period,
-        time::month_start(period),
-        time::month_start(period + 1),
-    )
-}
-
 /// Resolves `from`/`to` (each optional) against a default range and checks it.
 fn resolve_range(
     from: Option<&str>,
@@ -182,23 +172,6 @@ async fn fold_hours<F: Send + 'static>(
     .await??)
 }
 
-async fn period_totals(
-    state: &AppState,
-    tenant: &str,
-    scope: Scope<'_>,
-    period: Option<u32>,
-) -> Result<BTreeMap<u32, BTreeMap<String, i128>>, ApiError> {
-    let (store, tenant, scope) = (
-        state.engine.store.clone(),
-        tenant.to_owned(),
-        scope.as_key_part().to_owned(),
-    );
-    Ok(tokio::task::spawn_blocking(move || {
-        read::current_totals(&store, &tenant, Scope::from_key_part(&scope), period)
-    })
-    .await??)
-}
-
 /// Per-meter usage of one billing period of the tenant in `scope`, from the billing rows.
 async fn billing_period_totals(
     state: &AppState,
@@ -237,12 +210,13 @@ pub async fn usage_details(
     let scope = namespace_scope(&caller, &namespace)?;
     let request: RangeRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
-    let now = state.engine.now();
-    let (_, period_start, _) = open_period(now);
+    // The same default as `current_usage`: the tenant's open billing period.
+    let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
+    let open = billing.open_period();
     let (from, to) = resolve_range(
         request.from.as_deref(),
         request.to.as_deref(),
-        (period_start, now.max(period_start + 1)),
+        (open.start, open.end),
     )?;
     let range = HourRange::covering(from, to);
     let cap = state.engine.config.max_list_items;
@@ -330,40 +304,32 @@ pub async fn current_usage(
     let mut plan = catalog
         .plan(&billing.plan)
         .unwrap_or_else(|| catalog.default_plan());
-    // A billing period is priced at its own plan, as its invoice is. A whole calendar month
-    // is answered from its running totals; another billing period (one a plan change began,
-    // perhaps inside an hour) from the rows its invoice bills, where usage is filed by event
-    // time, so none of that hour from before it counts; any other range from whole hours.
+    // A billing period is priced at its own plan, as its invoice is, and answered from the
+    // rows its invoice bills (usage filed by event time, so none of an hour a plan change
+    // split counts twice); any other range from whole hours, at the current plan.
     let period = billing
         .periods
         .iter()
         .find(|p| (p.start, p.end) == (from, to));
-    if let Some(period) = period {
-        plan = catalog.plan(&period.plan).unwrap_or(plan);
-    }
-    let whole_period = time::billing_period_of(from);
-    let totals =
-        if time::month_start(whole_period) == from && time::month_start(whole_period + 1) == to {
-            period_totals(&state, &caller.tenant, scope, Some(whole_period))
-                .await?
-                .remove(&whole_period)
-                .unwrap_or_default()
-        } else if let Some(period) = period {
+    let totals = match period {
+        Some(period) => {
+            plan = catalog.plan(&period.plan).unwrap_or(plan);
             billing_period_totals(&state, &caller.tenant, &period.uid, scope).await?
-        } else {
+        }
+        None => {
             let range = HourRange::covering(from, to);
-            let totals = MetricTotals::default();
             fold_hours(
                 &state,
                 &caller.tenant,
                 scope,
                 range,
-                totals,
+                MetricTotals::default(),
                 MetricTotals::add,
             )
             .await?
             .finish(catalog)
-        };
+        }
+    };
     let (usage_items, total) = report::cost_lines(&totals, catalog, plan, from, to);
     Ok(Json(CurrentUsageResponse {
         usage_items,
@@ -384,15 +350,28 @@ pub async fn monthly_usage(
     let scope = namespace_scope(&caller, &namespace)?;
     let request: MonthlyRequest = parse_body(&body_bytes(body)?)?;
     check_body_namespace(&namespace, request.namespace.as_deref())?;
-    let totals = period_totals(&state, &caller.tenant, scope, None).await?;
     let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
     let catalog = &state.engine.config.catalog;
-    // Months are priced at the tenant's current plan; invoices hold each period's own.
-    let plan = catalog
-        .plan(&billing.plan)
-        .unwrap_or_else(|| catalog.default_plan());
+    // One item per billing period with usage in scope, priced at that period's own plan, as
+    // its invoice is (a plan change mid-month makes two items of that month).
+    let mut periods = Vec::with_capacity(billing.periods.len());
+    for period in &billing.periods {
+        let totals = billing_period_totals(&state, &caller.tenant, &period.uid, scope).await?;
+        if totals.values().all(|total| *total == 0) {
+            continue;
+        }
+        let plan = catalog
+            .plan(&period.plan)
+            .unwrap_or_else(|| catalog.default_plan());
+        periods.push(report::PeriodUsage {
+            start: period.start,
+            end: period.end,
+            plan,
+            totals,
+        });
+    }
     Ok(Json(MonthlyUsageResponse {
-        monthly_usage_items: report::monthly_items(&totals, catalog, plan),
+        monthly_usage_items: report::monthly_items(&periods, catalog),
     }))
 }
 

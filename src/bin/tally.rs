@@ -45,6 +45,9 @@ enum Command {
     Backup(ops::BackupArgs),
     /// A data directory from a backup.
     Restore(ops::RestoreArgs),
+    /// Upgrade a stopped data directory written by an older release: rewrite its log into this
+    /// build's format and rebuild every projection from it.
+    Migrate(ops::MigrateArgs),
 }
 
 #[derive(clap::Args)]
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => ops::inspect(args),
         Command::Backup(args) => ops::backup(args),
         Command::Restore(args) => ops::restore(args),
+        Command::Migrate(args) => ops::migrate(args),
         Command::Drain(args) => {
             init_logging(LogFormat::Text);
             let summary = tally::ingest::drain::drain(&args.brokers, &args.topic)?;

@@ -31,19 +31,7 @@ use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome, SourceOffset};
 use crate::log::store::Store;
 
-/// Where and how to consume.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    pub brokers: String,
-    pub topic: String,
-    pub group: String,
-    /// Most messages in one append batch.
-    pub batch_max: usize,
-    /// Longest a batch waits to fill once it has its first message.
-    pub batch_linger: Duration,
-    /// How long a partition may stand still while behind before it is reported stalled.
-    pub stall_after: Duration,
-}
+pub use crate::config::KafkaSettings;
 
 /// Assigns partitions at the offsets stored in RocksDB, and records broker errors as health.
 struct TallyContext {

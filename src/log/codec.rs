@@ -1,5 +1,6 @@
-//! Value encodings: a version byte, then either bincode (entries, dead letters) or a fixed
-//! hand-written layout (hot, small records).
+//! Value encodings: log entries and dead letters in log format v2 ([`super::format`]); other
+//! values a version byte, then either bincode (projection records) or a fixed hand-written
+//! layout (hot, small records).
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -67,11 +68,11 @@ pub fn versioned_body<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a [u8
 }
 
 pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
-    encode_versioned(entry)
+    super::format::encode_entry(entry)
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, CodecError> {
-    decode_versioned(bytes, "log entry")
+    super::format::decode_entry(bytes)
 }
 
 pub fn encode_quota_object(object: &crate::quota::QuotaObject) -> Vec<u8> {
@@ -115,11 +116,11 @@ pub fn decode_alert(bytes: &[u8]) -> Result<crate::quota::Alert, CodecError> {
 }
 
 pub fn encode_dead_letter(letter: &DeadLetter) -> Vec<u8> {
-    encode_versioned(letter)
+    super::format::encode_dead_letter(letter)
 }
 
 pub fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, CodecError> {
-    decode_versioned(bytes, "dead letter")
+    super::format::decode_dead_letter(bytes)
 }
 
 pub fn encode_dedup(record: &DedupRecord) -> [u8; 25] {

@@ -2,12 +2,12 @@
 //!
 //! | CF            | key                                                                                   | value (first byte: version)          |
 //! |---------------|---------------------------------------------------------------------------------------|--------------------------------------|
-//! | `log`         | seq `u64` BE                                                                          | [`LogEntry`](super::LogEntry), bincode |
+//! | `log`         | seq `u64` BE                                                                          | [`LogEntry`](super::LogEntry) in log format v2 ([`format`](super::format)) |
 //! | `dedup`       | xxh3-128(tenant `\0` id), 16 bytes                                                    | seq, event time, fingerprint         |
-//! | `dead_letter` | dead-letter number `u64` BE                                                           | [`DeadLetter`](super::DeadLetter), bincode |
+//! | `dead_letter` | dead-letter number `u64` BE                                                           | [`DeadLetter`](super::DeadLetter) in format v2 |
 //! | `hourly`      | tenant `\0` scope `\0` hour `u32` BE, namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate, 57 bytes |
 //! | `monthly`     | as `hourly` with month `u32` BE (months since year 0)                                  | aggregate                            |
-//! | `current`     | tenant `\0` scope `\0` billing period `u32` BE, metric `\0`                             | `i128` BE total of series values     |
+//! | `current`     | retired in format 2 (calendar-month totals; billing periods have their own rows) | —                                     |
 //! | `quota`       | `o` tenant `\0` namespace `\0` name `\0`                                                  | quota object, bincode                |
 //! |               | `s` tenant `\0` kind `\0` key `\0` namespace `\0` object `\0` deployment `\0` container `\0` | series level: value, time, id hash |
 //! |               | `t` tenant `\0` scope `\0` kind `\0` key `\0`                                            | `i128` BE level (namespace or `*`)   |
@@ -161,21 +161,6 @@ pub fn decode_series_key(key: &[u8]) -> Option<SeriesRow> {
     })
 }
 
-pub fn current_key(tenant: &str, scope: Scope<'_>, period: u32, metric_label: &str) -> Vec<u8> {
-    let mut key = bucket_prefix(tenant, scope, period);
-    push_str(&mut key, metric_label);
-    key
-}
-
-/// A decoded `current` key: (tenant, scope, period, metric_label).
-pub fn decode_current_key(key: &[u8]) -> Option<(String, String, u32, String)> {
-    let (tenant, rest) = take_str(key)?;
-    let (scope, rest) = take_str(rest)?;
-    let period = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-    let (metric, rest) = take_str(&rest[4..])?;
-    rest.is_empty().then_some((tenant, scope, period, metric))
-}
-
 /// `topic\0` — every partition of one topic.
 pub fn offset_prefix(topic: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + 5);
@@ -254,12 +239,6 @@ mod tests {
             let pa = scope_prefix(&a, Scope::Tenant);
             let kb = series_key(&b, Scope::Tenant, 7, &SeriesRef { namespace: "x", metric_label: "m", object_name: "", deployment: "", container: "" });
             prop_assert!(!kb.starts_with(&pa));
-        }
-
-        #[test]
-        fn current_keys_round_trip(tenant in "[a-z]{1,8}", period: u32, metric in "[a-z_]{1,12}") {
-            let key = current_key(&tenant, Scope::Namespace("shop"), period, &metric);
-            prop_assert_eq!(decode_current_key(&key), Some((tenant, "shop".to_owned(), period, metric)));
         }
     }
 

@@ -3,7 +3,10 @@
 
 pub mod append;
 pub mod codec;
+pub mod format;
 pub mod keys;
+pub mod legacy;
+pub mod migrate;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

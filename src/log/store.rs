@@ -26,6 +26,8 @@ pub const CF_DEDUP: &str = "dedup";
 pub const CF_DEAD_LETTER: &str = "dead_letter";
 pub const CF_HOURLY: &str = "hourly";
 pub const CF_MONTHLY: &str = "monthly";
+/// Calendar-month totals of format 1, replaced by the billing periods' own rows: still opened
+/// (RocksDB opens every family a store has), never written, emptied by `tally migrate`.
 pub const CF_CURRENT: &str = "current";
 pub const CF_CHECKPOINTS: &str = "checkpoints";
 pub const CF_OFFSETS: &str = "offsets";
@@ -54,13 +56,18 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_AUDIT,
 ];
 
+/// Families a format-1 store has that this build no longer uses.
+pub const RETIRED_COLUMN_FAMILIES: &[&str] = &[CF_CURRENT];
+
 /// Most table files RocksDB keeps open at once: a bound, so the file descriptors the store
 /// needs are known and the HTTP server can leave them free (an unbounded table cache plus
 /// client connections once exhausted the process's limit and broke the WAL).
 pub const MAX_OPEN_TABLE_FILES: i32 = 1_024;
 
 /// Layout version of this build's keys and values; a store of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: log entries and dead letters in log format v2 ([`super::format`]). A store of version 1
+/// is upgraded by `tally migrate`.
+pub const FORMAT_VERSION: u32 = 2;
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// The event time before which dedup records may already be pruned (see
 /// [`Store::ids_forgotten_before`]).
@@ -81,10 +88,12 @@ type Db = DBWithThreadMode<MultiThreaded>;
 pub enum StoreError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
-    #[error(
-        "data directory has format version {found}, this build reads {expected}; rebuild or use a matching build"
-    )]
-    FormatVersion { found: u32, expected: u32 },
+    #[error("{}", format_version_advice(dir, *found, *expected))]
+    FormatVersion {
+        dir: String,
+        found: u32,
+        expected: u32,
+    },
     #[error("corrupt value in {cf}: {source}")]
     Corrupt {
         cf: &'static str,
@@ -110,6 +119,19 @@ pub enum StoreError {
     IncompleteCopy { dir: String, files: String },
     #[error("cannot read the data directory {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
+}
+
+/// What to do with a store of another format version.
+fn format_version_advice(dir: &str, found: u32, expected: u32) -> String {
+    if found < expected {
+        format!(
+            "{dir} holds format version {found}, written by an older release; this build reads {expected}. Stop every engine on it, back it up (`tally backup`), then upgrade it with `tally migrate --data-dir {dir}`"
+        )
+    } else {
+        format!(
+            "{dir} holds format version {found}, written by a newer release; this build reads {expected}: run that release on it"
+        )
+    }
 }
 
 impl StoreError {
@@ -151,6 +173,23 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let (store, found) = Self::open_for_migration(dir, options)?;
+        if found != FORMAT_VERSION {
+            return Err(StoreError::FormatVersion {
+                dir: dir.display().to_string(),
+                found,
+                expected: FORMAT_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    /// Opens a store of any format version for `tally migrate`, with the version it holds (a
+    /// new store is created at this build's).
+    pub fn open_for_migration(
+        dir: &Path,
+        options: &StoreOptions,
+    ) -> Result<(Store, u32), StoreError> {
         refuse_incomplete_copy(dir)?;
         // Nothing is pruned until the stored horizon is read.
         let forgotten_before = Arc::new(AtomicI64::new(i64::MIN));
@@ -172,16 +211,22 @@ impl Store {
             forgotten_before,
             longest_horizon: Arc::default(),
         };
-        store.check_format_version()?;
+        let found = store.stored_format_version()?;
         store.load_forgotten_before()?;
-        Ok(store)
+        Ok((store, found))
     }
 
     /// Opens for reading only, beside a running engine (inspection); nothing is written.
     pub fn open_read_only(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         refuse_incomplete_copy(dir)?;
         let forgotten_before = Arc::new(AtomicI64::new(i64::MIN));
-        let db_options = Options::default();
+        let mut db_options = Options::default();
+        // RocksDB's info log would otherwise be rotated inside the directory: a read-only open
+        // (a dry run, an inspection) leaves every byte of it as it was.
+        let info_logs = std::env::temp_dir().join("tally-rocksdb-read-only-logs");
+        // Failing to create it fails the open below with RocksDB's own message.
+        let _ = std::fs::create_dir_all(&info_logs);
+        db_options.set_db_log_dir(info_logs);
         let descriptors: Vec<ColumnFamilyDescriptor> = COLUMN_FAMILIES
             .iter()
             .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, &forgotten_before)))
@@ -305,7 +350,8 @@ impl Store {
         self.write(batch, true)
     }
 
-    fn check_format_version(&self) -> Result<(), StoreError> {
+    /// The format version the store holds; a store without one is new and gets this build's.
+    fn stored_format_version(&self) -> Result<u32, StoreError> {
         let meta = self.cf(CF_META);
         match self.db.get_cf(&meta, META_FORMAT_VERSION)? {
             Some(bytes) => {
@@ -315,21 +361,27 @@ impl Store {
                         source,
                     }
                 })?;
-                let found = u32::try_from(found).unwrap_or(u32::MAX);
-                if found != FORMAT_VERSION {
-                    return Err(StoreError::FormatVersion {
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
+                Ok(u32::try_from(found).unwrap_or(u32::MAX))
             }
-            None => self.db.put_cf(
-                &meta,
-                META_FORMAT_VERSION,
-                codec::encode_u64(u64::from(FORMAT_VERSION)),
-            )?,
+            None => {
+                self.db.put_cf(
+                    &meta,
+                    META_FORMAT_VERSION,
+                    codec::encode_u64(u64::from(FORMAT_VERSION)),
+                )?;
+                Ok(FORMAT_VERSION)
+            }
         }
-        Ok(())
+    }
+
+    /// Records in `batch` that the store now holds this build's format (the last write of a
+    /// migration).
+    pub fn put_format_version(&self, batch: &mut WriteBatch) {
+        batch.put_cf(
+            &self.cf(CF_META),
+            META_FORMAT_VERSION,
+            codec::encode_u64(u64::from(FORMAT_VERSION)),
+        );
     }
 
     pub fn cf(&self, name: &'static str) -> Arc<BoundColumnFamily<'_>> {

@@ -129,9 +129,6 @@ impl Aggregate {
 pub struct UsageDeltas {
     pub hourly: BTreeMap<Vec<u8>, Aggregate>,
     pub monthly: BTreeMap<Vec<u8>, Aggregate>,
-    /// For each touched monthly row: the `current` row it rolls up into and the aggregation
-    /// that turns the series into a value.
-    pub rollups: BTreeMap<Vec<u8>, (Vec<u8>, Aggregation)>,
 }
 
 impl UsageDeltas {
@@ -141,9 +138,9 @@ impl UsageDeltas {
         let LogEntry::UsageRecorded { event, .. } = entry else {
             return;
         };
-        let Some(meter) = catalog.meter(&event.metric_label) else {
+        if catalog.meter(&event.metric_label).is_none() {
             return;
-        };
+        }
         let delta = Aggregate::of(event);
         let series = SeriesRef {
             namespace: &event.namespace,
@@ -154,20 +151,15 @@ impl UsageDeltas {
         };
         let hour = time::hour_index(event.timestamp);
         let month = time::month_index(event.timestamp);
-        let period = time::billing_period_of(event.timestamp);
         for scope in [Scope::Namespace(&event.namespace), Scope::Tenant] {
             self.hourly
                 .entry(keys::series_key(&event.tenant, scope, hour, &series))
                 .or_default()
                 .merge(&delta);
-            let monthly_key = keys::series_key(&event.tenant, scope, month, &series);
-            self.rollups.entry(monthly_key.clone()).or_insert_with(|| {
-                (
-                    keys::current_key(&event.tenant, scope, period, &event.metric_label),
-                    meter.aggregation,
-                )
-            });
-            self.monthly.entry(monthly_key).or_default().merge(&delta);
+            self.monthly
+                .entry(keys::series_key(&event.tenant, scope, month, &series))
+                .or_default()
+                .merge(&delta);
         }
     }
 }
@@ -177,50 +169,28 @@ impl UsageDeltas {
 pub struct RowUpdates {
     pub hourly: Vec<(Vec<u8>, Aggregate)>,
     pub monthly: Vec<(Vec<u8>, Aggregate)>,
-    pub current: Vec<(Vec<u8>, i128)>,
 }
 
 /// Merges `deltas` into stored rows. `stored_*` hold the current values of the delta keys in
-/// the same order (`None` = no row yet); `stored_current` gives the current totals by key.
+/// the same order (`None` = no row yet).
 pub fn merge_rows(
     deltas: &UsageDeltas,
     stored_hourly: &[Option<Aggregate>],
     stored_monthly: &[Option<Aggregate>],
-    stored_current: &BTreeMap<Vec<u8>, i128>,
 ) -> RowUpdates {
-    let merge = |rows: &BTreeMap<Vec<u8>, Aggregate>,
-                 stored: &[Option<Aggregate>]|
-     -> Vec<(Vec<u8>, Aggregate, Aggregate)> {
+    let merge = |rows: &BTreeMap<Vec<u8>, Aggregate>, stored: &[Option<Aggregate>]| {
         rows.iter()
             .zip(stored)
             .map(|((key, delta), old)| {
-                let old = old.unwrap_or_default();
-                let mut new = old;
+                let mut new = old.unwrap_or_default();
                 new.merge(delta);
-                (key.clone(), old, new)
+                (key.clone(), new)
             })
             .collect()
     };
-    let hourly = merge(&deltas.hourly, stored_hourly)
-        .into_iter()
-        .map(|(k, _, new)| (k, new))
-        .collect();
-    let monthly = merge(&deltas.monthly, stored_monthly);
-    // The current total of a period is the sum of its series' values; each touched series
-    // moves it by (new value − old value), whatever the aggregation.
-    let mut current: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
-    for (key, old, new) in &monthly {
-        if let Some((current_key, aggregation)) = deltas.rollups.get(key) {
-            let total = current
-                .entry(current_key.clone())
-                .or_insert_with(|| stored_current.get(current_key).copied().unwrap_or(0));
-            *total += new.value(*aggregation) - old.value(*aggregation);
-        }
-    }
     RowUpdates {
-        hourly,
-        monthly: monthly.into_iter().map(|(k, _, new)| (k, new)).collect(),
-        current: current.into_iter().collect(),
+        hourly: merge(&deltas.hourly, stored_hourly),
+        monthly: merge(&deltas.monthly, stored_monthly),
     }
 }
 
@@ -235,7 +205,7 @@ pub fn fold_from_scratch<'a>(
     }
     let none_hourly = vec![None; deltas.hourly.len()];
     let none_monthly = vec![None; deltas.monthly.len()];
-    merge_rows(&deltas, &none_hourly, &none_monthly, &BTreeMap::new())
+    merge_rows(&deltas, &none_hourly, &none_monthly)
 }
 
 #[cfg(test)]

@@ -1,11 +1,9 @@
 //! Reads of projection rows for the API (blocking; callers use `spawn_blocking`).
 
-use std::collections::BTreeMap;
-
 use super::Aggregate;
 use crate::log::codec;
 use crate::log::keys::{self, Scope, SeriesRow};
-use crate::log::store::{CF_CURRENT, Store, StoreError};
+use crate::log::store::{Store, StoreError};
 
 /// Rows of `cf` (`hourly` or `monthly`) for one tenant and scope with buckets in `[from, to)`.
 pub fn series_rows(
@@ -62,46 +60,4 @@ pub fn visit_series_rows(
         failure.is_none()
     })?;
     failure.map_or(Ok(()), Err)
-}
-
-/// Per-metric totals of every billing period of one tenant and scope: period → metric → micros.
-pub fn current_totals(
-    store: &Store,
-    tenant: &str,
-    scope: Scope<'_>,
-    period: Option<u32>,
-) -> Result<BTreeMap<u32, BTreeMap<String, i128>>, StoreError> {
-    let prefix = match period {
-        Some(period) => keys::bucket_prefix(tenant, scope, period),
-        None => keys::scope_prefix(tenant, scope),
-    };
-    let mut totals: BTreeMap<u32, BTreeMap<String, i128>> = BTreeMap::new();
-    let mut failure = None;
-    store.scan_prefix(CF_CURRENT, &prefix, |key, value| {
-        match (
-            keys::decode_current_key(key),
-            codec::decode_i128(value, "current total"),
-        ) {
-            (Some((_, _, period, metric)), Ok(total)) => {
-                totals.entry(period).or_default().insert(metric, total);
-            }
-            (None, _) => {
-                failure = Some(StoreError::Corrupt {
-                    cf: CF_CURRENT,
-                    source: codec::CodecError {
-                        what: "current key",
-                        reason: format!("{} bytes", key.len()),
-                    },
-                })
-            }
-            (_, Err(source)) => {
-                failure = Some(StoreError::Corrupt {
-                    cf: CF_CURRENT,
-                    source,
-                })
-            }
-        }
-        failure.is_none()
-    })?;
-    failure.map_or(Ok(totals), Err)
 }

@@ -3,7 +3,6 @@
 //! A crash between batches loses nothing: rows and checkpoint move together, so the next start
 //! resumes at the checkpoint and folds the same entries into the same rows.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,26 +16,18 @@ use crate::health::Health;
 use crate::log::LogEntry;
 use crate::log::append::LogHead;
 use crate::log::codec;
-use crate::log::store::{
-    CF_AUDIT, CF_CHECKPOINTS, CF_CURRENT, CF_HOURLY, CF_MONTHLY, Store, StoreError,
-};
+use crate::log::store::{CF_AUDIT, CF_CHECKPOINTS, CF_HOURLY, CF_MONTHLY, Store, StoreError};
 use crate::projection::billing::BillingFold;
 use crate::projection::quota::StoreQuotaReads;
-use crate::quota::Alert;
 use crate::quota::fold::QuotaFold;
 
 /// Entries folded per batch: large enough to amortise the row reads, small enough to keep a
 /// batch's memory and latency modest.
 pub const FOLD_BATCH: usize = 8_192;
 
-/// Appends the alerts a batch found, durably, before the batch's checkpoint moves (so a crash
-/// in between refolds them, and their ids make the second append a duplicate).
-pub type AlertSink = Box<dyn Fn(Vec<Alert>) -> Result<(), StoreError> + Send>;
-
 /// What the folds need besides the log.
 pub struct FoldContext {
     pub catalog: Arc<Catalog>,
-    pub alert_sink: AlertSink,
     /// How long after issue an invoice falls due (micros).
     pub invoice_due_after: i64,
 }
@@ -148,41 +139,16 @@ pub fn fold_batch_into(
         quota.fold(*seq, entry)?;
     }
     let quota_writes = quota.writes;
-    if !quota_writes.new_alerts.is_empty() {
-        (context.alert_sink)(quota_writes.new_alerts.clone())?;
-    }
     let stored_hourly = read_aggregates(store, CF_HOURLY, deltas.hourly.keys())?;
     let stored_monthly = read_aggregates(store, CF_MONTHLY, deltas.monthly.keys())?;
-    let current_keys: Vec<Vec<u8>> = {
-        let mut unique: Vec<Vec<u8>> = deltas.rollups.values().map(|(k, _)| k.clone()).collect();
-        unique.sort();
-        unique.dedup();
-        unique
-    };
-    let mut stored_current = BTreeMap::new();
-    for (key, value) in current_keys
-        .iter()
-        .zip(store.multi_get(CF_CURRENT, &current_keys)?)
-    {
-        if let Some(bytes) = value {
-            let total = codec::decode_i128(&bytes, "current total").map_err(|source| {
-                StoreError::Corrupt {
-                    cf: CF_CURRENT,
-                    source,
-                }
-            })?;
-            stored_current.insert(key.clone(), total);
-        }
-    }
-    let updates = merge_rows(&deltas, &stored_hourly, &stored_monthly, &stored_current);
+    let updates = merge_rows(&deltas, &stored_hourly, &stored_monthly);
 
     let next = last_seq + 1;
     let mut batch = WriteBatch::default();
     {
-        let (hourly, monthly, current, checkpoints) = (
+        let (hourly, monthly, checkpoints) = (
             store.cf(CF_HOURLY),
             store.cf(CF_MONTHLY),
-            store.cf(CF_CURRENT),
             store.cf(CF_CHECKPOINTS),
         );
         for (key, aggregate) in &updates.hourly {
@@ -190,9 +156,6 @@ pub fn fold_batch_into(
         }
         for (key, aggregate) in &updates.monthly {
             batch.put_cf(&monthly, key, aggregate.encode());
-        }
-        for (key, total) in &updates.current {
-            batch.put_cf(&current, key, codec::encode_i128(*total));
         }
         batch.put_cf(
             &checkpoints,

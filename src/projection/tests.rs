@@ -61,7 +61,6 @@ fn entries() -> impl Strategy<Value = Vec<LogEntry>> {
 fn incremental(chunks: &[&[LogEntry]], catalog: &Catalog) -> RowUpdates {
     let mut hourly: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
     let mut monthly: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
-    let mut current: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
     for chunk in chunks {
         let mut deltas = UsageDeltas::default();
         for e in *chunk {
@@ -77,15 +76,13 @@ fn incremental(chunks: &[&[LogEntry]], catalog: &Catalog) -> RowUpdates {
             .keys()
             .map(|k| monthly.get(k).copied())
             .collect();
-        let updates = merge_rows(&deltas, &stored_h, &stored_m, &current);
+        let updates = merge_rows(&deltas, &stored_h, &stored_m);
         hourly.extend(updates.hourly);
         monthly.extend(updates.monthly);
-        current.extend(updates.current);
     }
     RowUpdates {
         hourly: hourly.into_iter().collect(),
         monthly: monthly.into_iter().collect(),
-        current: current.into_iter().collect(),
     }
 }
 
@@ -135,20 +132,6 @@ proptest! {
     }
 
     #[test]
-    fn current_totals_are_sums_of_series_values(events in entries()) {
-        let catalog = Catalog::builtin().unwrap();
-        let rows = fold_from_scratch(&events, &catalog);
-        let mut expected: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
-        for (key, agg) in &rows.monthly {
-            let row = keys::decode_series_key(key).expect("monthly key");
-            let aggregation = catalog.meter(&row.series.metric_label).expect("meter").aggregation;
-            let scope = if row.scope == keys::TENANT_SCOPE { Scope::Tenant } else { Scope::Namespace(&row.scope) };
-            *expected.entry(keys::current_key(&row.tenant, scope, row.bucket, &row.series.metric_label)).or_default() += agg.value(aggregation);
-        }
-        prop_assert_eq!(rows.current.into_iter().collect::<BTreeMap<_, _>>(), expected);
-    }
-
-    #[test]
     fn aggregates_round_trip(sum: i128, count: u64, max: i64, last: i64, last_at: i64, last_tiebreak: u64) {
         let agg = Aggregate { sum, count, max, last, last_at, last_tiebreak };
         prop_assert_eq!(Aggregate::decode(&agg.encode()).unwrap(), agg);
@@ -168,10 +151,10 @@ fn tenant_scope_rows_mirror_namespace_rows() {
     // Two namespaces → two namespace rows and two tenant-wide rows per bucket.
     assert_eq!(rows.hourly.len(), 4);
     let tenant_total: i128 = rows
-        .current
+        .hourly
         .iter()
-        .filter(|(k, _)| keys::decode_current_key(k).is_some_and(|(_, scope, _, _)| scope == "*"))
-        .map(|(_, total)| total)
+        .filter(|(k, _)| keys::decode_series_key(k).is_some_and(|row| row.scope == "*"))
+        .map(|(_, aggregate)| aggregate.sum)
         .sum();
     assert_eq!(tenant_total, 12_000_000);
 }

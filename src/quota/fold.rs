@@ -145,9 +145,8 @@ pub struct QuotaWrites {
     pub series: BTreeMap<Vec<u8>, SeriesLevel>,
     pub totals: BTreeMap<Vec<u8>, i128>,
     pub bands: BTreeMap<Vec<u8>, u8>,
-    /// Crossings found by this fold: to append to the log (deduplicated by id).
-    pub new_alerts: Vec<Alert>,
-    /// Alert entries of the log folded here: rows of the `alerts` CF, by seq.
+    /// Crossings found by this fold, by their position ([`crate::quota::alert_position`]):
+    /// rows of the `alerts` CF, written with the batch's other rows (never to the log).
     pub alert_rows: Vec<(u64, Alert)>,
 }
 
@@ -160,6 +159,8 @@ pub struct QuotaFold<'a, R: QuotaReads> {
     /// Effective limits per tenant, computed once and dropped when its plan or objects change
     /// (a bound meter's every event is checked against them).
     limits: BTreeMap<String, Limits>,
+    /// The entry whose alerts are being numbered, and how many it has had.
+    alert_trigger: Option<(u64, u16)>,
     pub writes: QuotaWrites,
 }
 
@@ -171,7 +172,22 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
             plans: BTreeMap::new(),
             objects: BTreeMap::new(),
             limits: BTreeMap::new(),
+            alert_trigger: None,
             writes: QuotaWrites::default(),
+        }
+    }
+
+    /// Files the alerts of one crossing under their positions: the triggering entry's seq and
+    /// their order among that entry's alerts, the same on every fold of the same log.
+    fn file_alerts(&mut self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            let ordinal = match self.alert_trigger {
+                Some((seq, count)) if seq == alert.trigger_seq => count,
+                _ => 0,
+            };
+            self.alert_trigger = Some((alert.trigger_seq, ordinal.saturating_add(1)));
+            let position = crate::quota::alert_position(alert.trigger_seq, ordinal);
+            self.writes.alert_rows.push((position, alert));
         }
     }
 
@@ -236,10 +252,9 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                     .insert(object_key(tenant, namespace, name), None);
                 self.recheck(tenant, before, seq, *at)
             }
-            LogEntry::QuotaAlert { alert } => {
-                self.writes.alert_rows.push((seq, alert.clone()));
-                Ok(())
-            }
+            // Appended by releases before log format v2: the fold finds the same crossings
+            // again from their triggering entries, so these add nothing.
+            LogEntry::QuotaAlert { .. } => Ok(()),
             // Plan changes reach the fold through `set_plan`.
             LogEntry::Billing { .. } | LogEntry::Audit(_) => Ok(()),
         }
@@ -375,9 +390,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 level,
                 limit: limit.unwrap_or(-1),
             };
-            self.writes
-                .new_alerts
-                .extend(crossings(tenant, key, change, seq, at));
+            self.file_alerts(crossings(tenant, key, change, seq, at));
             self.writes.bands.insert(band_row, new_band);
         }
         Ok(())

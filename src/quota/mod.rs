@@ -220,6 +220,14 @@ pub struct Alert {
     pub at: UnixMicros,
 }
 
+/// Where an alert is filed and delivered from: the seq of the log entry whose fold crossed the
+/// threshold, times 65,536, plus the alert's order among that entry's alerts. Derived from the
+/// log alone, so every fold of the same log (restart, rebuild) files an alert at the same
+/// position, and the webhook's cursor stays valid across them.
+pub fn alert_position(trigger_seq: u64, ordinal: u16) -> u64 {
+    trigger_seq.saturating_mul(1 << 16) | u64::from(ordinal)
+}
+
 /// A key's move from one band to another, with the tenant level and limit that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BandChange {

@@ -238,7 +238,11 @@ impl Maps {
         self.series.borrow_mut().extend(writes.series);
         self.totals.borrow_mut().extend(writes.totals);
         self.bands.borrow_mut().extend(writes.bands);
-        writes.new_alerts
+        writes
+            .alert_rows
+            .into_iter()
+            .map(|(_, alert)| alert)
+            .collect()
     }
 
     fn tenant_level(&self, key: &LimitKey) -> i128 {

@@ -1,4 +1,5 @@
-//! The operator commands: `tally replay …`, `tally inspect`, `tally backup`, `tally restore`.
+//! The operator commands: `tally replay …`, `tally inspect`, `tally backup`, `tally restore`,
+//! `tally migrate`.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -126,6 +127,14 @@ pub struct RestoreArgs {
     data_dir: PathBuf,
 }
 
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// The engine settings the projections are rebuilt with (the catalog above all); only
+    /// --data-dir is needed when the catalog is the built-in one.
+    #[command(flatten)]
+    engine: ServeArgs,
+}
+
 /// For commands that open the store without its log writer: they never move the stored
 /// forgetting horizon, so the horizon given here changes nothing.
 fn store_options() -> StoreOptions {
@@ -183,31 +192,40 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
                 };
                 replay::check_catalog_rebuild(&changed, &args.projection, &cfs)?;
             }
-            let report = with_engine(&args.engine, true, |engine| {
-                let bar = progress_bar();
-                let terminal = std::io::stderr().is_terminal();
-                let started = std::time::Instant::now();
-                let last_line = std::cell::Cell::new(std::time::Instant::now());
-                let report = replay::rebuild(engine, &cfs, args.dry_run, &|done, head| {
-                    bar.set_length(head);
-                    bar.set_position(done);
-                    // Off a terminal: a plain line every five seconds and at the end.
-                    if !terminal && (last_line.get().elapsed().as_secs() >= 5 || done == head) {
-                        last_line.set(std::time::Instant::now());
-                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                        eprintln!("tally: rebuilding: {done}/{head} entries, {rate:.0} entries/s");
-                    }
-                })?;
-                bar.finish_and_clear();
-                // The catalog is recorded only when every projection it shapes now equals a
-                // fold under it; a partial dry run records nothing.
-                if (report.identical || report.swapped)
-                    && replay::left_under_old_catalog(&cfs).is_empty()
-                {
-                    engine.record_catalog()?;
+            let bar = progress_bar();
+            let terminal = std::io::stderr().is_terminal();
+            let started = std::time::Instant::now();
+            let last_line = std::cell::Cell::new(std::time::Instant::now());
+            let progress = |done: u64, head: u64| {
+                bar.set_length(head);
+                bar.set_position(done);
+                // Off a terminal: a plain line every five seconds and at the end.
+                if !terminal && (last_line.get().elapsed().as_secs() >= 5 || done == head) {
+                    last_line.set(std::time::Instant::now());
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!("tally: rebuilding: {done}/{head} entries, {rate:.0} entries/s");
                 }
-                Ok(report)
-            })?;
+            };
+            let report = if args.dry_run {
+                // No engine: the directory is only read, so not one byte of it changes.
+                let config = Config::from_args(&args.engine)?;
+                let report = replay::dry_run_stopped(&config, &cfs, &progress)?;
+                bar.finish_and_clear();
+                report
+            } else {
+                with_engine(&args.engine, true, |engine| {
+                    let report = replay::rebuild(engine, &cfs, false, &progress)?;
+                    bar.finish_and_clear();
+                    // The catalog is recorded only when every projection it shapes now equals a
+                    // fold under it; a partial dry run records nothing.
+                    if (report.identical || report.swapped)
+                        && replay::left_under_old_catalog(&cfs).is_empty()
+                    {
+                        engine.record_catalog()?;
+                    }
+                    Ok(report)
+                })?
+            };
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -604,6 +622,58 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         "tally: restored {} ({bytes} bytes) into {}",
         args.from.display(),
         data_dir.display()
+    );
+    Ok(())
+}
+
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    crate::init_logging(LogFormat::Text);
+    let data_dir = args.engine.data_dir.clone();
+    let bar = progress_bar();
+    let report = replay::migrate(&data_dir, &store_options(), &|seen| bar.set_position(seen))
+        .with_context(|| format!("cannot migrate {}", data_dir.display()))?;
+    bar.finish_and_clear();
+    if report.from_version == report.to_version {
+        println!(
+            "tally: {} is already at format version {}; nothing to do",
+            data_dir.display(),
+            report.to_version
+        );
+        return Ok(());
+    }
+    println!(
+        "tally: rewrote {} log entries and {} dead letters of {} from format {} to {} ({} entries were already rewritten)",
+        report.entries_rewritten,
+        report.dead_letters_rewritten,
+        data_dir.display(),
+        report.from_version,
+        report.to_version,
+        report.entries_already_current
+    );
+    // The projections were emptied with the version change: fold them again now, so the
+    // first `tally serve` answers at once.
+    let folded = with_engine(&args.engine, false, |engine| {
+        let head = engine.head.get();
+        let bar = progress_bar();
+        bar.set_length(head);
+        loop {
+            let checkpoint = engine
+                .store
+                .checkpoint(tally::projection::USAGE_PROJECTION)?
+                .unwrap_or(0);
+            bar.set_position(checkpoint);
+            if checkpoint >= head {
+                bar.finish_and_clear();
+                return Ok(checkpoint);
+            }
+            if let Some(reason) = engine.projector_health.reason() {
+                bail!("the projector stopped at entry {checkpoint}: {reason}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    })?;
+    println!(
+        "tally: rebuilt every projection from the {folded} log entries; `tally serve` can start on it"
     );
     Ok(())
 }
