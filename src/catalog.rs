@@ -375,7 +375,7 @@ impl Catalog {
     pub fn meter(&self, metric_label: &str) -> Option<&Meter> {
         self.meter_index
             .get(metric_label)
-            .map(|&i| &self.file.meters[i])
+            .and_then(|&i| self.file.meters.get(i))
     }
 
     pub fn meters(&self) -> &[Meter] {
@@ -383,16 +383,21 @@ impl Catalog {
     }
 
     pub fn plan(&self, name: &str) -> Option<&Plan> {
-        self.plan_index.get(name).map(|&i| &self.file.plans[i])
+        self.plan_index
+            .get(name)
+            .and_then(|&i| self.file.plans.get(i))
     }
 
     pub fn plans(&self) -> &[Plan] {
         &self.file.plans
     }
 
+    /// The plan new tenants start on. `new` refuses a catalog whose default plan is not one
+    /// of its plans, and has at least one plan.
+    #[allow(clippy::indexing_slicing)]
     pub fn default_plan(&self) -> &Plan {
-        // `new` guarantees the default plan exists.
-        &self.file.plans[self.plan_index[&self.file.default_plan]]
+        self.plan(&self.file.default_plan)
+            .unwrap_or(&self.file.plans[0])
     }
 
     /// What projections depend on, per meter: aggregation, division factor and quota binding.

@@ -600,13 +600,12 @@ fn has_control_chars(text: &str) -> bool {
 /// DNS-1035 label: a lowercase letter, then letters, digits or `-`, not ending in `-`, ≤ 63.
 pub fn is_dns1035_label(name: &str) -> bool {
     let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_lowercase()
+    bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_lowercase)
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[bytes.len() - 1] != b'-'
+        && bytes.last().is_some_and(|b| *b != b'-')
 }
 
 pub fn is_tenant_name(name: &str) -> bool {

@@ -43,6 +43,8 @@
 //!   a dead letter.
 
 #![forbid(unsafe_code)]
+// Input never panics the engine: no unwrap and no unchecked index outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
 pub mod api;
 pub mod audit;

@@ -469,6 +469,33 @@ pub fn usage_summary(
         .collect()
 }
 
+/// One alert as JSON: what the alert list shows and the webhook receives. `position` is where
+/// it is filed ([`crate::quota::alert_position`]), shown as `seq`.
+pub fn alert_json(position: u64, alert: &crate::quota::Alert) -> serde_json::Value {
+    let number = |micros: i128| {
+        units::format_micros(micros)
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number)
+    };
+    serde_json::json!({
+        "id": alert.id,
+        "seq": position.to_string(),
+        "tenant": alert.tenant,
+        "kind": crate::quota::kind_name(alert.key.kind),
+        "key": alert.key.name,
+        "threshold_percent": alert.threshold_percent,
+        "direction": match alert.direction {
+            crate::quota::Direction::Raised => "RAISED",
+            crate::quota::Direction::Cleared => "CLEARED",
+        },
+        "level": number(alert.level),
+        "limit": number(alert.limit),
+        "at": time::format_rfc3339(alert.at),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,31 +672,4 @@ mod tests {
         assert_eq!(lines[1].amount, "120");
         assert_eq!(total, Cents(136));
     }
-}
-
-/// One alert as JSON: what the alert list shows and the webhook receives. `position` is where
-/// it is filed ([`crate::quota::alert_position`]), shown as `seq`.
-pub fn alert_json(position: u64, alert: &crate::quota::Alert) -> serde_json::Value {
-    let number = |micros: i128| {
-        units::format_micros(micros)
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number)
-    };
-    serde_json::json!({
-        "id": alert.id,
-        "seq": position.to_string(),
-        "tenant": alert.tenant,
-        "kind": crate::quota::kind_name(alert.key.kind),
-        "key": alert.key.name,
-        "threshold_percent": alert.threshold_percent,
-        "direction": match alert.direction {
-            crate::quota::Direction::Raised => "RAISED",
-            crate::quota::Direction::Cleared => "CLEARED",
-        },
-        "level": number(alert.level),
-        "limit": number(alert.limit),
-        "at": time::format_rfc3339(alert.at),
-    })
 }

@@ -104,7 +104,7 @@ fn write_cursor(store: &Store, next: u64) -> Result<(), StoreError> {
 pub fn migrated_cursor_row(
     store: &Store,
     alert_entries: &[(u64, u64)],
-) -> Result<Option<(&'static str, Vec<u8>, Vec<u8>)>, StoreError> {
+) -> Result<Option<crate::log::store::PutRow>, StoreError> {
     if store.get(CF_META, CURSOR_KEY)?.is_none() {
         return Ok(None);
     }

@@ -172,11 +172,15 @@ pub async fn list_subscriptions(
     namespace_scope(&caller, &namespace)?;
     let billing = tenant_state(&state, &caller.tenant).await?;
     let catalog = &state.engine.config.catalog;
-    let mut runs: Vec<Vec<&billing::Period>> = Vec::new();
+    // Stretches of consecutive periods on one plan: (first, latest, all of them).
+    let mut runs: Vec<(&billing::Period, &billing::Period, Vec<&billing::Period>)> = Vec::new();
     for period in &billing.periods {
         match runs.last_mut() {
-            Some(run) if run[0].plan == period.plan => run.push(period),
-            _ => runs.push(vec![period]),
+            Some((first, latest, run)) if first.plan == period.plan => {
+                *latest = period;
+                run.push(period);
+            }
+            _ => runs.push((period, period, vec![period])),
         }
     }
     let last = runs.len().saturating_sub(1);
@@ -184,9 +188,7 @@ pub async fn list_subscriptions(
         .iter()
         .enumerate()
         .filter(|(index, _)| query.current != Some(true) || *index == last)
-        .map(|(index, run)| {
-            let first = run[0];
-            let latest = run[run.len() - 1];
+        .map(|(index, (first, latest, run))| {
             let plan = catalog.plan(&first.plan);
             let previous: Vec<Value> = run
                 .iter()
@@ -218,7 +220,11 @@ pub async fn list_subscriptions(
                 "previous_billing_periods": previous,
             });
             if index != last {
-                subscription["cancellation_date"] = json!(time::format_rfc3339(latest.end));
+                super::put_field(
+                    &mut subscription,
+                    "cancellation_date",
+                    json!(time::format_rfc3339(latest.end)),
+                );
             }
             subscription
         })
@@ -520,7 +526,11 @@ fn one_addon(body: &[u8], catalog: &Catalog) -> Result<String, ApiError> {
             name.chars().take(64).collect::<String>()
         )));
     }
-    if !value[name].as_object().is_some_and(Map::is_empty) {
+    if !value
+        .get(name)
+        .and_then(Value::as_object)
+        .is_some_and(Map::is_empty)
+    {
         return Err(ApiError::BadRequest(format!(
             "{name}: must be an empty object"
         )));

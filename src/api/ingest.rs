@@ -248,7 +248,7 @@ fn split_line<'a>(line: &'a [u8], events: &mut Vec<&'a [u8]>) {
             None => return,
             Some(Ok(value)) => events.push(value.get().as_bytes()),
             Some(Err(_)) => {
-                let rest = line[read..].trim_ascii();
+                let rest = line.get(read..).unwrap_or_default().trim_ascii();
                 if !rest.is_empty() {
                     events.push(rest);
                 }

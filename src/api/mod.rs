@@ -638,6 +638,13 @@ pub fn list_headers(truncated: bool, list: &str, tenant: &str, cap: usize) -> He
 
 pub use crate::engine::PROJECTION_WAIT;
 
+/// Sets `key` of a JSON object built by a handler (anything else is left as it is).
+pub(crate) fn put_field(object: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.to_owned(), value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -319,8 +319,8 @@ pub async fn get_one(
     let answer = match format.as_str() {
         "GET_RSP_FORMAT_DEFAULT" | "GET_RSP_FORMAT_READ" => {
             let mut answer = object_json(&object);
-            answer["status"] = json!([]);
-            answer["referring_objects"] = json!([]);
+            super::put_field(&mut answer, "status", json!([]));
+            super::put_field(&mut answer, "referring_objects", json!([]));
             answer
         }
         "GET_RSP_FORMAT_FOR_CREATE" => json!({"create_form": form_json(&object)}),
@@ -376,10 +376,10 @@ pub async fn list(
                 "disabled": object.disable,
             });
             if full {
-                item["get_spec"] = spec_json(&object.spec);
-                item["metadata"] = metadata_json(object);
-                item["system_metadata"] = system_metadata_json(object);
-                item["status_set"] = json!([]);
+                super::put_field(&mut item, "get_spec", spec_json(&object.spec));
+                super::put_field(&mut item, "metadata", metadata_json(object));
+                super::put_field(&mut item, "system_metadata", system_metadata_json(object));
+                super::put_field(&mut item, "status_set", json!([]));
             }
             item
         })
@@ -472,10 +472,10 @@ async fn quota_view(
 fn described(catalog: &Catalog, kind: QuotaKind, name: &str, mut entry: Value) -> Value {
     let (display_name, description) = catalog.quota_key_text(kind, name);
     if let Some(display_name) = display_name {
-        entry["display_name"] = json!(display_name);
+        super::put_field(&mut entry, "display_name", json!(display_name));
     }
     if let Some(description) = description {
-        entry["description"] = json!(description);
+        super::put_field(&mut entry, "description", json!(description));
     }
     entry
 }

@@ -116,7 +116,7 @@ pub async fn create(
         tokens.remember(record)
     })
     .await?;
-    answer["token"] = json!(token);
+    super::put_field(&mut answer, "token", json!(token));
     Ok(Json(answer))
 }
 

@@ -259,9 +259,18 @@ impl TenantBilling {
         }
     }
 
+    /// The open period. A tenant always has one: `new` creates it, closing always opens the
+    /// next, and a stored state without one is refused as damaged when decoded.
+    #[allow(clippy::indexing_slicing)]
     pub fn open_period(&self) -> &Period {
-        // `new` creates one and closing always opens the next.
         &self.periods[self.periods.len() - 1]
+    }
+
+    /// The open period, to change (see [`TenantBilling::open_period`]).
+    #[allow(clippy::indexing_slicing)]
+    fn open_period_mut(&mut self) -> &mut Period {
+        let last = self.periods.len() - 1;
+        &mut self.periods[last]
     }
 
     /// The transition waiting for approval, if any.
@@ -434,8 +443,7 @@ fn close_open_period(
     let unit = catalog
         .plan(&plan_name)
         .map_or(PeriodUnit::PERIOD_MONTH, |p| p.renewal_period_unit);
-    let last = state.periods.len() - 1;
-    let open = &mut state.periods[last];
+    let open = state.open_period_mut();
     if let Some(at) = at {
         open.end = at.clamp(open.start, open.end);
     }
@@ -475,9 +483,9 @@ fn finish_transition(
     let closed = close_open_period(state, Some(at), catalog);
     state.plan = to_plan.clone();
     let (_, end) = renewal_window(plan.renewal_period_unit, at);
-    let last = state.periods.len() - 1;
-    state.periods[last].plan = to_plan;
-    state.periods[last].end = end;
+    let open = state.open_period_mut();
+    open.plan = to_plan;
+    open.end = end;
     let extra = state
         .transitions
         .get(id)

@@ -1,5 +1,7 @@
 //! The `tally` binary: flags → config → engine → server, and the operator commands.
 
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
 #[path = "tally/ops.rs"]
 mod ops;
 

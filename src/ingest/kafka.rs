@@ -307,13 +307,14 @@ fn append_batch(engine: &Engine, settings: &KafkaSettings, batch: &[Polled]) -> 
         Ok(outcomes) => {
             let mut counts = [0u64; 4];
             for outcome in &outcomes {
+                let [recorded, duplicate, conflict, rejected] = &mut counts;
                 let slot = match outcome {
-                    Outcome::Recorded { .. } => 0,
-                    Outcome::Duplicate { .. } => 1,
-                    Outcome::Conflict(_) => 2,
-                    Outcome::Rejected(_) => 3,
+                    Outcome::Recorded { .. } => recorded,
+                    Outcome::Duplicate { .. } => duplicate,
+                    Outcome::Conflict(_) => conflict,
+                    Outcome::Rejected(_) => rejected,
                 };
-                counts[slot] += 1;
+                *slot += 1;
             }
             for (outcome, n) in ["recorded", "duplicate", "conflict", "rejected"]
                 .into_iter()

@@ -77,7 +77,12 @@ impl Iterator for Synthetic {
         let tenant = format!("tenant-{}", self.skewed(self.spec.tenants));
         let namespace = format!("ns-{}", self.skewed(self.spec.namespaces));
         let pick = (self.next_u64() % self.spec.metric_labels.len() as u64) as usize;
-        let metric = self.spec.metric_labels[pick].clone();
+        let metric = self
+            .spec
+            .metric_labels
+            .get(pick)
+            .cloned()
+            .unwrap_or_default();
         let quantity = self.next_u64() % 10_000;
         let spread = i64::try_from(self.spec.spread.as_micros())
             .unwrap_or(i64::MAX)

@@ -134,12 +134,20 @@ pub fn encode_dedup(record: &DedupRecord) -> [u8; 25] {
 
 pub fn decode_dedup(bytes: &[u8]) -> Result<DedupRecord, CodecError> {
     let body: [u8; 24] = fixed_body(bytes, "dedup record")?;
-    let word = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
+    let word = |at| field::<8>(&body, at);
     Ok(DedupRecord {
         seq: u64::from_be_bytes(word(0)),
         event_time: i64::from_be_bytes(word(8)),
         fingerprint: u64::from_be_bytes(word(16)),
     })
+}
+
+/// The `N` bytes at `at` of a fixed-width body whose length was checked (zeros past its end,
+/// which a checked body never reaches).
+pub fn field<const N: usize>(body: &[u8], at: usize) -> [u8; N] {
+    body.get(at..at.saturating_add(N))
+        .and_then(|bytes| bytes.try_into().ok())
+        .unwrap_or([0; N])
 }
 
 /// The body of a versioned fixed-width value, checked for its length.

@@ -138,7 +138,7 @@ pub fn decode_series_key(key: &[u8]) -> Option<SeriesRow> {
     let (tenant, rest) = take_str(key)?;
     let (scope, rest) = take_str(rest)?;
     let bucket = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-    let rest = &rest[4..];
+    let rest = rest.get(4..)?;
     let (namespace, rest) = take_str(rest)?;
     let (metric_label, rest) = take_str(rest)?;
     let (object_name, rest) = take_str(rest)?;
@@ -194,8 +194,8 @@ pub fn push_str(key: &mut Vec<u8>, part: &str) {
 
 fn take_str(bytes: &[u8]) -> Option<(String, &[u8])> {
     let end = bytes.iter().position(|&b| b == 0)?;
-    let text = std::str::from_utf8(&bytes[..end]).ok()?.to_owned();
-    Some((text, &bytes[end + 1..]))
+    let text = std::str::from_utf8(bytes.get(..end)?).ok()?.to_owned();
+    Some((text, bytes.get(end + 1..)?))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ fn rewrite<T>(
 pub fn finish(
     store: &Store,
     projection_cfs: &[&'static str],
-    rows: &[(&'static str, Vec<u8>, Vec<u8>)],
+    rows: &[super::store::PutRow],
 ) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     for &cf in projection_cfs.iter().chain([&CF_CHECKPOINTS]) {

@@ -157,6 +157,9 @@ pub struct StoreOptions {
 /// A stored (key, value).
 pub type Row = (Box<[u8]>, Box<[u8]>);
 
+/// A row to put: (column family, key, value).
+pub type PutRow = (&'static str, Vec<u8>, Vec<u8>);
+
 /// The RocksDB database with Tally's column families.
 #[derive(Clone)]
 pub struct Store {
@@ -330,7 +333,7 @@ impl Store {
         &self,
         source: &Store,
         cfs: &[&'static str],
-        extra: &[(&'static str, Vec<u8>, Vec<u8>)],
+        extra: &[PutRow],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for &name in cfs {
@@ -599,7 +602,10 @@ impl Store {
         let mut failure = None;
         let prefix = keys::offset_prefix(topic);
         self.scan_prefix(CF_OFFSETS, &prefix, |key, value| {
-            let partition = key[prefix.len()..].try_into().ok().map(i32::from_be_bytes);
+            let partition = key
+                .get(prefix.len()..)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(i32::from_be_bytes);
             match (partition, codec::decode_i64(value, "source offset")) {
                 (Some(partition), Ok(offset)) => {
                     offsets.insert(partition, offset);

@@ -154,7 +154,9 @@ fn values_under(
     let mut values = BTreeMap::new();
     for (key, aggregate) in rows {
         // namespace \0 metric \0 …: the metric is the second part after the period prefix.
-        let Some(metric) = key[period_len..]
+        let Some(metric) = key
+            .get(period_len..)
+            .unwrap_or_default()
             .split(|&b| b == 0)
             .nth(1)
             .map(|m| String::from_utf8_lossy(m).into_owned())

@@ -112,9 +112,9 @@ impl Aggregate {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let body: [u8; AGGREGATE_LEN - 1] = codec::fixed_body(bytes, "aggregate")?;
-        let eight = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
+        let eight = |at| codec::field::<8>(&body, at);
         Ok(Aggregate {
-            sum: i128::from_be_bytes(body[0..16].try_into().unwrap_or_default()),
+            sum: i128::from_be_bytes(codec::field(&body, 0)),
             count: u64::from_be_bytes(eight(16)),
             max: i64::from_be_bytes(eight(24)),
             last: i64::from_be_bytes(eight(32)),

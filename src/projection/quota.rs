@@ -275,7 +275,7 @@ pub fn levels(
     let mut levels = BTreeMap::new();
     let mut failure = None;
     store.scan_prefix(CF_QUOTA, &prefix, |key, value| {
-        let rest = &key[prefix.len()..];
+        let rest = key.get(prefix.len()..).unwrap_or_default();
         let mut parts = rest.split(|&b| b == 0);
         let kind = parts
             .next()

@@ -49,7 +49,7 @@ impl SeriesLevel {
 
     pub fn decode(bytes: &[u8]) -> Result<SeriesLevel, CodecError> {
         let body: [u8; 24] = crate::log::codec::fixed_body(bytes, "series level")?;
-        let eight = |at: usize| -> [u8; 8] { body[at..at + 8].try_into().unwrap_or_default() };
+        let eight = |at| crate::log::codec::field::<8>(&body, at);
         Ok(SeriesLevel {
             value: i64::from_be_bytes(eight(0)),
             at: i64::from_be_bytes(eight(8)),

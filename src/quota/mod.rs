@@ -252,7 +252,7 @@ pub fn crossings(
         limit,
     } = change;
     let alert = |index: u8, direction: Direction| {
-        let threshold_percent = THRESHOLDS[usize::from(index)];
+        let threshold_percent = THRESHOLDS.get(usize::from(index)).copied().unwrap_or(100);
         let way = match direction {
             Direction::Raised => "raised",
             Direction::Cleared => "cleared",
@@ -387,8 +387,8 @@ fn is_limit_key(key: &str) -> bool {
     let bytes = key.as_bytes();
     let middle_ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
     (2..=512).contains(&bytes.len())
-        && bytes[0].is_ascii_alphabetic()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes.first().is_some_and(u8::is_ascii_alphabetic)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.iter().all(middle_ok)
 }
 

@@ -372,13 +372,13 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "log entries        {entries} ({} bytes in SST files)",
-                    summary["log_bytes"]
+                    store.cf_size(tally::log::store::CF_LOG)
                 )?;
                 writeln!(out, "dead letters       {dead_letters}")?;
                 writeln!(
                     out,
                     "projected up to    {checkpoint} (lag {})",
-                    summary["projector_lag"]
+                    entries.saturating_sub(checkpoint)
                 )?;
                 writeln!(
                     out,
