@@ -351,13 +351,15 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
     let raw_store = Store::open(raw_dir.path(), &store_options()).expect("raw store");
     let started = Instant::now();
     for (i, chunk) in entries.chunks(1_000).enumerate() {
-        let mut batch = rocksdb::WriteBatch::default();
-        let cf = raw_store.cf(tally::log::store::CF_LOG);
+        let mut batch = raw_store.batch();
         for (j, value) in chunk.iter().enumerate() {
-            batch.put_cf(&cf, ((i * 1_000 + j) as u64).to_be_bytes(), value);
+            batch.put(
+                tally::log::store::CF_LOG,
+                ((i * 1_000 + j) as u64).to_be_bytes(),
+                value,
+            );
         }
-        drop(cf);
-        raw_store.write(batch, true).expect("raw write");
+        raw_store.commit(batch, true).expect("raw write");
     }
     let raw_rate = events as f64 / started.elapsed().as_secs_f64();
 

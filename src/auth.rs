@@ -169,13 +169,13 @@ impl Tokens {
     /// Writes a token at start-up (the operator's), before the log writer runs; changes made
     /// through the API go through the writer with their audit record instead.
     fn save(&self, record: TokenRecord) -> Result<(), StoreError> {
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(
-            &self.store.cf(CF_TOKENS),
+        let mut batch = self.store.batch();
+        batch.put(
+            CF_TOKENS,
             record.id.as_bytes(),
             codec::encode_record(&record),
         );
-        self.store.write(batch, true)?;
+        self.store.commit(batch, true)?;
         self.remember(record);
         Ok(())
     }

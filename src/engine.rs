@@ -328,11 +328,11 @@ pub fn fold_context(config: &Config) -> runner::FoldContext {
 }
 
 fn record_meters(store: &Store, meters: &BTreeMap<String, String>) -> Result<(), StoreError> {
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(
-        &store.cf(CF_META),
+    let mut batch = store.batch();
+    batch.put(
+        CF_META,
         META_METERS,
         serde_json::to_vec(meters).unwrap_or_default(),
     );
-    store.write(batch, true)
+    store.commit(batch, true)
 }

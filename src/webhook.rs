@@ -90,9 +90,9 @@ fn read_cursor(store: &Store) -> Result<u64, StoreError> {
 }
 
 fn write_cursor(store: &Store, next: u64) -> Result<(), StoreError> {
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(&store.cf(CF_META), CURSOR_KEY, codec::encode_u64(next));
-    store.write(batch, true)
+    let mut batch = store.batch();
+    batch.put(CF_META, CURSOR_KEY, codec::encode_u64(next));
+    store.commit(batch, true)
 }
 
 /// The delivery position of a format-1 store, moved to format 2's alert positions: it counted

@@ -466,21 +466,21 @@ fn drop_alert_index(data: &Path) -> usize {
         min_free_disk: 0,
     };
     let store = Store::open(data, &options).unwrap();
-    let mut batch = rocksdb::WriteBatch::default();
+    let mut batch = store.batch();
     let mut dropped = 0;
     store
         .scan_prefix(CF_QUOTA, &[tally::quota::fold::ROW_ALERT], |key, _| {
-            batch.delete_cf(&store.cf(CF_QUOTA), key);
+            batch.delete(CF_QUOTA, key);
             dropped += 1;
             true
         })
         .unwrap();
     // A store from before the index has no mark that its alerts were indexed either.
-    batch.delete_cf(
-        &store.cf(tally::log::store::CF_META),
+    batch.delete(
+        tally::log::store::CF_META,
         tally::projection::quota::META_ALERTS_INDEXED,
     );
-    store.write(batch, true).unwrap();
+    store.commit(batch, true).unwrap();
     dropped
 }
 

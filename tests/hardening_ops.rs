@@ -309,7 +309,9 @@ fn a_partial_rebuild_with_a_changed_catalog_is_refused_and_records_nothing() {
     let changed = common::catalog_with(dir.path(), "changed.json", |c| {
         for meter in c["meters"].as_array_mut().unwrap() {
             if meter["metric_label"] == "http_lb_requests" {
+                // Now bound to a quota key: the quota projection must count its levels.
                 meter["aggregation"] = json!("MAX");
+                meter["quota"] = json!({"kind": "resource", "name": "lb_requests"});
             }
         }
     });
@@ -339,7 +341,7 @@ fn a_partial_rebuild_with_a_changed_catalog_is_refused_and_records_nothing() {
         "--data-dir",
         data_arg,
         "--projection",
-        "usage",
+        "quota",
         "--dry-run",
         "--catalog",
         changed_arg,

@@ -103,3 +103,66 @@ fn the_check_recognises_an_import() {
     assert!(!names_crate("let my_tokio_thing = 1;", "tokio"));
     assert!(!names_crate("crate::hyperlink::x", "hyper"));
 }
+
+/// Every `.rs` file below `src/`, as (path relative to `src/`, text).
+fn sources() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .iter()
+        .map(|file| {
+            (
+                file.strip_prefix(&src)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string(),
+                std::fs::read_to_string(file).expect("read a source file"),
+            )
+        })
+        .collect()
+}
+
+/// The storage seam: only the store names RocksDB; every other module writes through its
+/// typed batches and reads through its scans.
+#[test]
+fn only_the_store_imports_rocksdb() {
+    let mut found = Vec::new();
+    for (path, text) in sources() {
+        if path == "log/store.rs" {
+            continue;
+        }
+        for (number, line) in text.lines().enumerate() {
+            if names_crate(line, "rocksdb") {
+                found.push(format!("{path}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "RocksDB outside the store:\n{}",
+        found.join("\n")
+    );
+}
+
+/// HTTP handlers call read functions; none names a column family.
+#[test]
+fn no_handler_names_a_column_family() {
+    let mut found = Vec::new();
+    for (path, text) in sources() {
+        if !path.starts_with("api/") {
+            continue;
+        }
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains("CF_") {
+                found.push(format!("{path}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "handlers naming column families:\n{}",
+        found.join("\n")
+    );
+}

@@ -211,9 +211,9 @@ fn rebuilds_find_nothing_to_change_then_repair_a_corrupted_row() {
             count: 1,
             ..Default::default()
         };
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(&store.cf(CF_HOURLY), &key, garbage.encode());
-        store.write(batch, true).unwrap();
+        let mut batch = store.batch();
+        batch.put(CF_HOURLY, &key, garbage.encode());
+        store.commit(batch, true).unwrap();
         key
     };
     assert_ne!(checksums(&data), sums);

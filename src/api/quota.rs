@@ -19,7 +19,7 @@ use crate::auth::{Caller, Role};
 use crate::catalog::{Catalog, QuotaKind, RateLimitType};
 use crate::log::LogEntry;
 use crate::log::keys::Scope;
-use crate::log::store::{CF_HOURLY, Store};
+use crate::log::store::Store;
 use crate::projection::{quota as rows, read};
 use crate::quota::{
     self, LabelFilter, LimitKey, Limits, QuotaInput, QuotaObject, UNLIMITED, effective_limits,
@@ -431,14 +431,7 @@ async fn quota_view(
         let levels = rows::levels(store, &tenant, namespace)?;
         let hour = time::hour_index(now);
         let hour_rows = if api_rates {
-            read::series_rows(
-                store,
-                CF_HOURLY,
-                &tenant,
-                Scope::from_key_part(&scope),
-                hour,
-                hour + 1,
-            )?
+            read::hourly_rows(store, &tenant, Scope::from_key_part(&scope), hour, hour + 1)?
         } else {
             Vec::new()
         };

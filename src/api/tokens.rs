@@ -15,9 +15,6 @@ use super::{AppState, body_bytes, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role, TokenRecord, Tokens};
 use crate::event::{is_dns1035_label, is_tenant_name};
-use crate::log::codec;
-use crate::log::keys::push_str;
-use crate::log::store::CF_AUDIT;
 use crate::time;
 
 #[derive(Debug, Deserialize)]
@@ -304,34 +301,9 @@ pub async fn audit(
     let reader = caller.clone();
     // Newest first, reading only as far as the page needs (a tenant's trail is unbounded).
     let (records, last_seq) = tokio::task::spawn_blocking(move || {
-        let mut start = Vec::new();
-        push_str(&mut start, &tenant);
-        let end = crate::projection::runner::audit_key(&tenant, before);
-        let mut records = Vec::new();
-        let mut last_seq = None;
-        let mut failure = None;
-        store.scan_reverse(CF_AUDIT, &start, &end, |key, value| {
-            match codec::decode_audit(value) {
-                Ok(record) => {
-                    if crate::audit::visible_to(&record, &reader) {
-                        // The key ends in the record's seq.
-                        last_seq = key
-                            .get(key.len().saturating_sub(8)..)
-                            .and_then(crate::log::keys::decode_seq_key);
-                        records.push(record);
-                    }
-                }
-                Err(error) => failure = Some(error),
-            }
-            failure.is_none() && records.len() < page_size
-        })?;
-        match failure {
-            Some(source) => Err(crate::log::store::StoreError::Corrupt {
-                cf: CF_AUDIT,
-                source,
-            }),
-            None => Ok((records, last_seq)),
-        }
+        crate::projection::read::audit_page(&store, &tenant, before, page_size, |record| {
+            crate::audit::visible_to(record, &reader)
+        })
     })
     .await??;
     let next_page_token = match last_seq {

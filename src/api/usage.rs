@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 
 use crate::catalog::Catalog;
 use crate::log::keys::{Scope, SeriesRow};
-use crate::log::store::CF_HOURLY;
 use crate::projection::Aggregate;
 use crate::projection::read;
 use crate::report::{
@@ -158,9 +157,8 @@ async fn fold_hours<F: Send + 'static>(
         scope.as_key_part().to_owned(),
     );
     Ok(tokio::task::spawn_blocking(move || {
-        read::visit_series_rows(
+        read::visit_hourly_rows(
             &store,
-            CF_HOURLY,
             &tenant,
             Scope::from_key_part(&scope),
             range.from_hour,

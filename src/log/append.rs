@@ -9,12 +9,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rocksdb::WriteBatch;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use super::keys;
-use super::store::{CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_OFFSETS, Store, StoreError};
+use super::store::{Batch, CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_OFFSETS, Store, StoreError};
 use super::{DeadLetter, DedupRecord, LogEntry};
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::health::Health;
@@ -115,14 +114,9 @@ pub fn conflict_rejection(id: &str, recorded_seq: u64) -> Rejection {
 }
 
 /// Puts `letter` into `batch` at the next dead-letter seq, and advances it.
-fn put_dead_letter(
-    batch: &mut WriteBatch,
-    dead_cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
-    next_dead_letter: &mut u64,
-    letter: &DeadLetter,
-) {
-    batch.put_cf(
-        dead_cf,
+fn put_dead_letter(batch: &mut Batch<'_>, next_dead_letter: &mut u64, letter: &DeadLetter) {
+    batch.put(
+        CF_DEAD_LETTER,
         keys::seq_key(*next_dead_letter),
         codec::encode_dead_letter(letter),
     );
@@ -414,12 +408,7 @@ impl Writer {
         let mut next_seq = self.next_seq;
         let mut next_dead_letter = self.next_dead_letter;
         let mut in_batch: HashMap<[u8; 16], DedupRecord> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        let (log_cf, dedup_cf, dead_cf) = (
-            self.store.cf(CF_LOG),
-            self.store.cf(CF_DEDUP),
-            self.store.cf(CF_DEAD_LETTER),
-        );
+        let mut batch = self.store.batch();
         let mut lookups = dedup_keys.iter().zip(stored);
         let mut all_outcomes = Vec::with_capacity(group.len());
         for request in group {
@@ -427,7 +416,7 @@ impl Writer {
             for candidate in &request.candidates {
                 let outcome = match candidate {
                     Candidate::Rejected(letter) => {
-                        put_dead_letter(&mut batch, &dead_cf, &mut next_dead_letter, letter);
+                        put_dead_letter(&mut batch, &mut next_dead_letter, letter);
                         Outcome::Rejected(letter.rejection.clone())
                     }
                     Candidate::Event { event, source } => {
@@ -441,7 +430,7 @@ impl Writer {
                             let rejection =
                                 forgotten_rejection(&event.id, event.timestamp, refuse_before);
                             let letter = event_letter(now, source, event, rejection.clone());
-                            put_dead_letter(&mut batch, &dead_cf, &mut next_dead_letter, &letter);
+                            put_dead_letter(&mut batch, &mut next_dead_letter, &letter);
                             outcomes.push(Outcome::Rejected(rejection));
                             continue;
                         }
@@ -455,29 +444,20 @@ impl Writer {
                                     source: source.clone(),
                                     recorded_at: now,
                                 };
-                                batch.put_cf(
-                                    &log_cf,
-                                    keys::seq_key(seq),
-                                    codec::encode_entry(&entry),
-                                );
+                                batch.put(CF_LOG, keys::seq_key(seq), codec::encode_entry(&entry));
                                 let record = DedupRecord {
                                     seq,
                                     event_time: event.timestamp,
                                     fingerprint,
                                 };
-                                batch.put_cf(&dedup_cf, key, codec::encode_dedup(&record));
+                                batch.put(CF_DEDUP, key, codec::encode_dedup(&record));
                                 in_batch.insert(*key, record);
                                 Outcome::Recorded { seq }
                             }
                             Verdict::Conflict(seq) => {
                                 let rejection = conflict_rejection(&event.id, seq);
                                 let letter = event_letter(now, source, event, rejection.clone());
-                                put_dead_letter(
-                                    &mut batch,
-                                    &dead_cf,
-                                    &mut next_dead_letter,
-                                    &letter,
-                                );
+                                put_dead_letter(&mut batch, &mut next_dead_letter, &letter);
                                 Outcome::Conflict(rejection)
                             }
                             Verdict::Duplicate(seq) => Outcome::Duplicate { seq },
@@ -498,11 +478,7 @@ impl Writer {
                             Verdict::New => {
                                 let seq = next_seq;
                                 next_seq += 1;
-                                batch.put_cf(
-                                    &log_cf,
-                                    keys::seq_key(seq),
-                                    codec::encode_entry(entry),
-                                );
+                                batch.put(CF_LOG, keys::seq_key(seq), codec::encode_entry(entry));
                                 if let Some(identity) = identity {
                                     // Facts are not subject to the late window: keep the
                                     // record for good (the compaction filter prunes by time).
@@ -511,11 +487,7 @@ impl Writer {
                                         event_time: i64::MAX,
                                         fingerprint: identity.fingerprint,
                                     };
-                                    batch.put_cf(
-                                        &dedup_cf,
-                                        identity.key,
-                                        codec::encode_dedup(&record),
-                                    );
+                                    batch.put(CF_DEDUP, identity.key, codec::encode_dedup(&record));
                                     in_batch.insert(identity.key, record);
                                 }
                                 Outcome::Recorded { seq }
@@ -532,26 +504,24 @@ impl Writer {
             }
             all_outcomes.push(outcomes);
         }
-        let offsets_cf = self.store.cf(CF_OFFSETS);
         for offset in group.iter().flat_map(|r| &r.offsets) {
-            batch.put_cf(
-                &offsets_cf,
+            batch.put(
+                CF_OFFSETS,
                 keys::offset_key(&offset.topic, offset.partition),
                 codec::encode_i64(offset.next_offset),
             );
         }
-        drop((log_cf, dedup_cf, dead_cf, offsets_cf));
         for row in group.iter().flat_map(|r| &r.rows) {
             match row {
-                RowWrite::Put { cf, key, value } => batch.put_cf(&self.store.cf(cf), key, value),
-                RowWrite::Delete { cf, key } => batch.delete_cf(&self.store.cf(cf), key),
+                RowWrite::Put { cf, key, value } => batch.put(cf, key, value),
+                RowWrite::Delete { cf, key } => batch.delete(cf, key),
             }
         }
         if let Some(cutoff) = forget_cutoff {
             self.store.put_forgotten_before(&mut batch, cutoff);
         }
         if !batch.is_empty() {
-            self.store.write(batch, true)?;
+            self.store.commit(batch, true)?;
         }
         if let Some(cutoff) = forget_cutoff {
             self.store.forgotten_before_written(cutoff);
@@ -709,9 +679,9 @@ mod tests {
                 min_free_disk: reserve,
             };
             let store = Store::open(dir.path(), &options).unwrap();
-            let mut batch = WriteBatch::default();
-            batch.put_cf(&store.cf(CF_TOKENS), b"old", b"v");
-            store.write(batch, true).unwrap();
+            let mut batch = store.batch();
+            batch.put(CF_TOKENS, b"old", b"v");
+            store.commit(batch, true).unwrap();
             let clock: Clock = std::sync::Arc::new(|| 5);
             let (appender, thread) =
                 Appender::start(store.clone(), LogHead::new(0), clock, Default::default()).unwrap();

@@ -5,8 +5,6 @@
 //! a rewrite cut short (crash, ^C) is simply run again. The caller then empties the
 //! projections and records the new format version in one batch ([`finish`]).
 
-use rocksdb::WriteBatch;
-
 use super::codec::CodecError;
 use super::store::{CF_CHECKPOINTS, CF_DEAD_LETTER, CF_LOG, Store, StoreError};
 use super::{LogEntry, format, keys, legacy};
@@ -96,8 +94,7 @@ fn rewrite<T>(
         // The least key above the last one read.
         let mut next_start = last_key.clone();
         next_start.push(0);
-        let mut batch = WriteBatch::default();
-        let handle = store.cf(cf);
+        let mut batch = store.batch();
         for (key, value) in &rows {
             let (decoded, was_v2) = decode(value).map_err(|source| MigrateError::Undecodable {
                 cf,
@@ -108,11 +105,11 @@ fn rewrite<T>(
             if was_v2 {
                 counts.already_v2 += 1;
             } else {
-                batch.put_cf(&handle, key, encode(&decoded));
+                batch.put(cf, key, encode(&decoded));
                 counts.rewritten += 1;
             }
         }
-        store.write(batch, true)?;
+        store.commit(batch, true)?;
         progress(counts.rewritten + counts.already_v2);
         if rows.len() < CHUNK {
             return Ok(counts);
@@ -129,16 +126,15 @@ pub fn finish(
     projection_cfs: &[&'static str],
     rows: &[super::store::PutRow],
 ) -> Result<(), StoreError> {
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     for &cf in projection_cfs.iter().chain([&CF_CHECKPOINTS]) {
-        // Every key of these families is shorter than 64 KiB of 0xff.
-        batch.delete_range_cf(&store.cf(cf), Vec::<u8>::new(), vec![0xff; 65_536]);
+        batch.delete_all(cf);
     }
     for (cf, key, value) in rows {
-        batch.put_cf(&store.cf(cf), key, value);
+        batch.put(cf, key, value);
     }
     store.put_format_version(&mut batch);
-    store.write(batch, true)
+    store.commit(batch, true)
 }
 
 fn hex(bytes: &[u8]) -> String {

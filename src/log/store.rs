@@ -160,6 +160,47 @@ pub type Row = (Box<[u8]>, Box<[u8]>);
 /// A row to put: (column family, key, value).
 pub type PutRow = (&'static str, Vec<u8>, Vec<u8>);
 
+/// One atomic write across column families, named by their constants: the only way rows are
+/// written ([`Store::commit`]). It keeps the handle of each family it has used, so a batch of
+/// many rows looks each up once.
+pub struct Batch<'s> {
+    store: &'s Store,
+    inner: WriteBatch,
+    handles: Vec<(&'static str, Arc<BoundColumnFamily<'s>>)>,
+}
+
+impl<'s> Batch<'s> {
+    fn handle(&mut self, cf: &'static str) -> Arc<BoundColumnFamily<'s>> {
+        if let Some((_, handle)) = self.handles.iter().find(|(name, _)| *name == cf) {
+            return handle.clone();
+        }
+        let handle = self.store.cf(cf);
+        self.handles.push((cf, handle.clone()));
+        handle
+    }
+
+    pub fn put(&mut self, cf: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let handle = self.handle(cf);
+        self.inner.put_cf(&handle, key, value);
+    }
+
+    pub fn delete(&mut self, cf: &'static str, key: impl AsRef<[u8]>) {
+        let handle = self.handle(cf);
+        self.inner.delete_cf(&handle, key);
+    }
+
+    /// Deletes every row of `cf`: every key Tally writes sorts below 64 KiB of `0xff`.
+    pub fn delete_all(&mut self, cf: &'static str) {
+        let handle = self.handle(cf);
+        self.inner
+            .delete_range_cf(&handle, Vec::<u8>::new(), vec![0xff; 65_536]);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
 /// The RocksDB database with Tally's column families.
 #[derive(Clone)]
 pub struct Store {
@@ -290,15 +331,15 @@ impl Store {
 
     /// Puts a new forgetting horizon into `batch`; pruning uses it only once
     /// [`forgotten_before_written`](Self::forgotten_before_written) says the batch is durable.
-    pub fn put_forgotten_before(&self, batch: &mut WriteBatch, cutoff: UnixMicros) {
+    pub fn put_forgotten_before(&self, batch: &mut Batch<'_>, cutoff: UnixMicros) {
         let cutoff = cutoff.max(self.ids_forgotten_before());
-        batch.put_cf(
-            &self.cf(CF_META),
+        batch.put(
+            CF_META,
             META_IDS_FORGOTTEN_BEFORE,
             codec::encode_i64(cutoff),
         );
-        batch.put_cf(
-            &self.cf(CF_META),
+        batch.put(
+            CF_META,
             META_LONGEST_DEDUP_HORIZON,
             codec::encode_i64(self.effective_horizon()),
         );
@@ -379,9 +420,9 @@ impl Store {
 
     /// Records in `batch` that the store now holds this build's format (the last write of a
     /// migration).
-    pub fn put_format_version(&self, batch: &mut WriteBatch) {
-        batch.put_cf(
-            &self.cf(CF_META),
+    pub fn put_format_version(&self, batch: &mut Batch<'_>) {
+        batch.put(
+            CF_META,
             META_FORMAT_VERSION,
             codec::encode_u64(u64::from(FORMAT_VERSION)),
         );
@@ -423,8 +464,21 @@ impl Store {
         Ok(())
     }
 
+    /// A new, empty batch of writes to this store.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+            handles: Vec::new(),
+        }
+    }
+
     /// Writes a batch atomically; `durable` waits for the WAL to reach the disk (fsync).
-    pub fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
+    pub fn commit(&self, batch: Batch<'_>, durable: bool) -> Result<(), StoreError> {
+        self.write(batch.inner, durable)
+    }
+
+    fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
         let mut write_options = WriteOptions::default();
         write_options.set_sync(durable);
         self.db.write_opt(batch, &write_options)?;
@@ -771,9 +825,9 @@ mod tests {
             event_time,
             fingerprint: 7,
         };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(&store.cf(CF_DEDUP), [key; 16], codec::encode_dedup(&record));
-        store.write(batch, true).unwrap();
+        let mut batch = store.batch();
+        batch.put(CF_DEDUP, [key; 16], codec::encode_dedup(&record));
+        store.commit(batch, true).unwrap();
     }
 
     fn remembered(store: &Store) -> Vec<bool> {
@@ -799,18 +853,18 @@ mod tests {
         // The writer's step: the horizon is stored, then compactions use it.
         let cutoff = store.forget_cutoff(3_000 + 60_000_000).unwrap();
         assert_eq!(cutoff, 3_000);
-        let mut batch = WriteBatch::default();
+        let mut batch = store.batch();
         store.put_forgotten_before(&mut batch, cutoff);
-        store.write(batch, true).unwrap();
+        store.commit(batch, true).unwrap();
         store.forgotten_before_written(cutoff);
         store.compact_all().unwrap();
         assert_eq!(remembered(&store), [false, true]);
         // Less than a step later there is nothing to store.
         assert_eq!(store.forget_cutoff(3_001 + 60_000_000), None);
         // An older cutoff never lowers it.
-        let mut batch = WriteBatch::default();
+        let mut batch = store.batch();
         store.put_forgotten_before(&mut batch, 10);
-        store.write(batch, true).unwrap();
+        store.commit(batch, true).unwrap();
         drop(store);
 
         // Reopened with a far wider horizon (a wider late window), the stored one holds.
@@ -831,14 +885,25 @@ mod tests {
         let now = 100 * minute;
         let cutoff = store.forget_cutoff(now).unwrap();
         assert_eq!(cutoff, now - 10 * minute);
-        let mut batch = WriteBatch::default();
+        let mut batch = store.batch();
         store.put_forgotten_before(&mut batch, cutoff);
-        store.write(batch, true).unwrap();
+        store.commit(batch, true).unwrap();
         store.forgotten_before_written(cutoff);
         drop(store);
         // A tool started with a one-minute horizon keeps moving it ten minutes behind.
         let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
         assert_eq!(store.forget_cutoff(now + minute), Some(now - 9 * minute));
+    }
+
+    #[test]
+    fn every_column_family_has_its_row_in_the_key_layout_table() {
+        let table = include_str!("keys.rs");
+        for name in COLUMN_FAMILIES {
+            assert!(
+                table.contains(&format!("//! | `{name}`")),
+                "src/log/keys.rs documents no key layout for `{name}`"
+            );
+        }
     }
 
     #[test]

@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rocksdb::WriteBatch;
-
 use super::Aggregate;
 use crate::billing::{self, IssueInput, TenantBilling};
 use crate::catalog::Catalog;
@@ -13,7 +11,7 @@ use crate::event::UsageEvent;
 use crate::log::LogEntry;
 use crate::log::codec;
 use crate::log::keys::push_str;
-use crate::log::store::{CF_BILLING, Store, StoreError};
+use crate::log::store::{Batch, CF_BILLING, Store, StoreError};
 use crate::time::UnixMicros;
 
 const ROW_TENANT: u8 = b't';
@@ -297,8 +295,7 @@ impl<'a> BillingFold<'a> {
     }
 
     /// Adds the fold's rows to `batch`.
-    pub fn write(self, batch: &mut WriteBatch) -> Result<(), StoreError> {
-        let cf = self.store.cf(CF_BILLING);
+    pub fn write(self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         let keys: Vec<Vec<u8>> = self.deltas.keys().cloned().collect();
         let stored = self.store.multi_get(CF_BILLING, &keys)?;
         for ((key, delta), stored) in self.deltas.iter().zip(stored) {
@@ -307,17 +304,17 @@ impl<'a> BillingFold<'a> {
                 None => Aggregate::default(),
             };
             row.merge(delta);
-            batch.put_cf(&cf, key, row.encode());
+            batch.put(CF_BILLING, key, row.encode());
         }
         for (tenant, state) in self
             .tenants
             .iter()
             .filter(|(tenant, _)| self.changed.contains(*tenant))
         {
-            batch.put_cf(&cf, tenant_key(tenant), codec::encode_billing(state));
+            batch.put(CF_BILLING, tenant_key(tenant), codec::encode_billing(state));
         }
         for (id, tenant) in &self.transitions {
-            batch.put_cf(&cf, transition_key(id), tenant.as_bytes());
+            batch.put(CF_BILLING, transition_key(id), tenant.as_bytes());
         }
         Ok(())
     }
@@ -370,9 +367,9 @@ mod tests {
         {
             fold.fold(seq as u64, entry).unwrap();
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = store.batch();
         fold.write(&mut batch).unwrap();
-        store.write(batch, false).unwrap();
+        store.commit(batch, false).unwrap();
         let period = load_tenant(&store, "t")
             .unwrap()
             .unwrap()

@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::WriteBatch;
-
 use crate::log::codec;
 use crate::log::keys::{self, TENANT_SCOPE};
-use crate::log::store::{CF_ALERTS, CF_META, CF_QUOTA, Store, StoreError};
+use crate::log::store::{Batch, CF_ALERTS, CF_META, CF_QUOTA, Store, StoreError};
 use crate::quota::fold::{
     QuotaReads, QuotaWrites, SeriesLevel, band_key, decode_tenant_alert_seq, object_key,
     objects_prefix, tenant_alert_key, tenant_alerts_prefix, total_key,
@@ -56,28 +54,26 @@ impl QuotaReads for StoreQuotaReads<'_> {
 }
 
 /// Adds the fold's rows to `batch`.
-pub fn put_writes(store: &Store, batch: &mut WriteBatch, writes: &QuotaWrites) {
-    let quota = store.cf(CF_QUOTA);
-    let alerts = store.cf(CF_ALERTS);
+pub fn put_writes(batch: &mut Batch<'_>, writes: &QuotaWrites) {
     for (key, object) in &writes.objects {
         match object {
-            Some(object) => batch.put_cf(&quota, key, codec::encode_quota_object(object)),
-            None => batch.delete_cf(&quota, key),
+            Some(object) => batch.put(CF_QUOTA, key, codec::encode_quota_object(object)),
+            None => batch.delete(CF_QUOTA, key),
         }
     }
     for (key, level) in &writes.series {
-        batch.put_cf(&quota, key, level.encode());
+        batch.put(CF_QUOTA, key, level.encode());
     }
     for (key, total) in &writes.totals {
-        batch.put_cf(&quota, key, codec::encode_i128(*total));
+        batch.put(CF_QUOTA, key, codec::encode_i128(*total));
     }
     for (key, band) in &writes.bands {
-        batch.put_cf(&quota, key, [codec::VALUE_VERSION, *band]);
+        batch.put(CF_QUOTA, key, [codec::VALUE_VERSION, *band]);
     }
     for (seq, alert) in &writes.alert_rows {
         let value = codec::encode_alert(alert);
-        batch.put_cf(&alerts, keys::seq_key(*seq), &value);
-        batch.put_cf(&quota, tenant_alert_key(&alert.tenant, *seq), &value);
+        batch.put(CF_ALERTS, keys::seq_key(*seq), &value);
+        batch.put(CF_QUOTA, tenant_alert_key(&alert.tenant, *seq), &value);
     }
 }
 
@@ -92,14 +88,13 @@ pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
     if store.get(CF_META, META_ALERTS_INDEXED)?.is_some() {
         return Ok(0);
     }
-    let mut batch = WriteBatch::default();
-    let quota = store.cf(CF_QUOTA);
+    let mut batch = store.batch();
     let mut count = 0;
     let mut failure = None;
     store.scan(CF_ALERTS, &[], None, |key, value| {
         match (keys::decode_seq_key(key), codec::decode_alert(value)) {
             (Some(seq), Ok(alert)) => {
-                batch.put_cf(&quota, tenant_alert_key(&alert.tenant, seq), value);
+                batch.put(CF_QUOTA, tenant_alert_key(&alert.tenant, seq), value);
                 count += 1;
             }
             (_, Err(error)) => failure = Some(error),
@@ -110,8 +105,8 @@ pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
     if let Some(error) = failure {
         return Err(corrupt(CF_ALERTS)(error));
     }
-    batch.put_cf(&store.cf(CF_META), META_ALERTS_INDEXED, [1]);
-    store.write(batch, true)?;
+    batch.put(CF_META, META_ALERTS_INDEXED, [1]);
+    store.commit(batch, true)?;
     Ok(count)
 }
 
@@ -344,9 +339,9 @@ mod tests {
             let tenant = ["a", "b", "ab"][(seq % 3) as usize];
             writes.alert_rows.push((seq, alert(tenant, seq)));
         }
-        let mut batch = WriteBatch::default();
-        put_writes(&store, &mut batch, &writes);
-        store.write(batch, false).unwrap();
+        let mut batch = store.batch();
+        put_writes(&mut batch, &writes);
+        store.commit(batch, false).unwrap();
 
         let page = list_alerts(&store, "b", None, 2).unwrap();
         assert_eq!((seqs(&page.alerts), page.next), (vec![7, 4], Some(1)));
@@ -371,15 +366,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         // What an older build wrote: only the seq-keyed rows.
-        let mut batch = WriteBatch::default();
+        let mut batch = store.batch();
         for seq in [3, 9] {
-            batch.put_cf(
-                &store.cf(CF_ALERTS),
+            batch.put(
+                CF_ALERTS,
                 keys::seq_key(seq),
                 codec::encode_alert(&alert("a", seq)),
             );
         }
-        store.write(batch, false).unwrap();
+        store.commit(batch, false).unwrap();
         assert_eq!(list_alerts(&store, "a", None, 10).unwrap().alerts.len(), 0);
         assert_eq!(index_stored_alerts(&store).unwrap(), 2);
         assert_eq!(
@@ -393,25 +388,25 @@ mod tests {
     fn an_indexing_that_failed_is_tried_again_even_after_new_alerts() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            &store.cf(CF_ALERTS),
+        let mut batch = store.batch();
+        batch.put(
+            CF_ALERTS,
             keys::seq_key(3),
             codec::encode_alert(&alert("a", 3)),
         );
-        batch.put_cf(&store.cf(CF_ALERTS), keys::seq_key(4), b"not an alert");
-        store.write(batch, false).unwrap();
+        batch.put(CF_ALERTS, keys::seq_key(4), b"not an alert");
+        store.commit(batch, false).unwrap();
         assert!(index_stored_alerts(&store).is_err());
         // A new alert is folded (with its index row) before the next start.
         let mut writes = QuotaWrites::default();
         writes.alert_rows.push((9, alert("a", 9)));
-        let mut batch = WriteBatch::default();
-        put_writes(&store, &mut batch, &writes);
-        store.write(batch, false).unwrap();
+        let mut batch = store.batch();
+        put_writes(&mut batch, &writes);
+        store.commit(batch, false).unwrap();
         // The damaged row is repaired (say, by a rebuild): the next start indexes the old one.
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(&store.cf(CF_ALERTS), keys::seq_key(4));
-        store.write(batch, false).unwrap();
+        let mut batch = store.batch();
+        batch.delete(CF_ALERTS, keys::seq_key(4));
+        store.commit(batch, false).unwrap();
         assert_eq!(index_stored_alerts(&store).unwrap(), 2);
         assert_eq!(
             seqs(&list_alerts(&store, "a", None, 10).unwrap().alerts),
@@ -443,9 +438,9 @@ mod tests {
                 .objects
                 .insert(object_key("t", "system", name), Some(object));
         }
-        let mut batch = WriteBatch::default();
-        put_writes(&store, &mut batch, &writes);
-        store.write(batch, false).unwrap();
+        let mut batch = store.batch();
+        put_writes(&mut batch, &writes);
+        store.commit(batch, false).unwrap();
         let keep = |o: &QuotaObject| o.labels.get("keep").is_some_and(|v| v == "true");
         let (objects, more) = find_objects(&store, "t", Some("system"), 2, keep).unwrap();
         let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();

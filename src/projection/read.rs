@@ -1,9 +1,10 @@
 //! Reads of projection rows for the API (blocking; callers use `spawn_blocking`).
 
 use super::Aggregate;
+use crate::audit::AuditRecord;
 use crate::log::codec;
 use crate::log::keys::{self, Scope, SeriesRow};
-use crate::log::store::{Store, StoreError};
+use crate::log::store::{CF_AUDIT, CF_HOURLY, Store, StoreError};
 
 /// Rows of `cf` (`hourly` or `monthly`) for one tenant and scope with buckets in `[from, to)`.
 pub fn series_rows(
@@ -60,4 +61,67 @@ pub fn visit_series_rows(
         failure.is_none()
     })?;
     failure.map_or(Ok(()), Err)
+}
+
+/// [`visit_series_rows`] of the hourly rows: hours in `[from_hour, to_hour)`.
+pub fn visit_hourly_rows(
+    store: &Store,
+    tenant: &str,
+    scope: Scope<'_>,
+    from_hour: u32,
+    to_hour: u32,
+    visit: impl FnMut(SeriesRow, Aggregate),
+) -> Result<(), StoreError> {
+    visit_series_rows(store, CF_HOURLY, tenant, scope, from_hour, to_hour, visit)
+}
+
+/// [`series_rows`] of the hourly rows.
+pub fn hourly_rows(
+    store: &Store,
+    tenant: &str,
+    scope: Scope<'_>,
+    from_hour: u32,
+    to_hour: u32,
+) -> Result<Vec<(SeriesRow, Aggregate)>, StoreError> {
+    series_rows(store, CF_HOURLY, tenant, scope, from_hour, to_hour)
+}
+
+/// Up to `limit` of `tenant`'s audit records older than the one at `before_seq`, newest
+/// first, that `keep` accepts, with the seq of the last one returned. Reads only as far as
+/// the page needs: a tenant's trail is unbounded.
+pub fn audit_page(
+    store: &Store,
+    tenant: &str,
+    before_seq: u64,
+    limit: usize,
+    mut keep: impl FnMut(&AuditRecord) -> bool,
+) -> Result<(Vec<AuditRecord>, Option<u64>), StoreError> {
+    let mut start = Vec::new();
+    keys::push_str(&mut start, tenant);
+    let end = super::runner::audit_key(tenant, before_seq);
+    let mut records = Vec::new();
+    let mut last_seq = None;
+    let mut failure = None;
+    store.scan_reverse(CF_AUDIT, &start, &end, |key, value| {
+        match codec::decode_audit(value) {
+            Ok(record) => {
+                if keep(&record) {
+                    // The key ends in the record's seq.
+                    last_seq = key
+                        .get(key.len().saturating_sub(8)..)
+                        .and_then(keys::decode_seq_key);
+                    records.push(record);
+                }
+            }
+            Err(error) => failure = Some(error),
+        }
+        failure.is_none() && records.len() < limit
+    })?;
+    match failure {
+        Some(source) => Err(StoreError::Corrupt {
+            cf: CF_AUDIT,
+            source,
+        }),
+        None => Ok((records, last_seq)),
+    }
 }

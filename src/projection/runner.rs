@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rocksdb::WriteBatch;
 use tokio::sync::watch;
 
 use super::{Aggregate, USAGE_PROJECTION, UsageDeltas, merge_rows};
@@ -144,31 +143,25 @@ pub fn fold_batch_into(
     let updates = merge_rows(&deltas, &stored_hourly, &stored_monthly);
 
     let next = last_seq + 1;
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     {
-        let (hourly, monthly, checkpoints) = (
-            store.cf(CF_HOURLY),
-            store.cf(CF_MONTHLY),
-            store.cf(CF_CHECKPOINTS),
-        );
         for (key, aggregate) in &updates.hourly {
-            batch.put_cf(&hourly, key, aggregate.encode());
+            batch.put(CF_HOURLY, key, aggregate.encode());
         }
         for (key, aggregate) in &updates.monthly {
-            batch.put_cf(&monthly, key, aggregate.encode());
+            batch.put(CF_MONTHLY, key, aggregate.encode());
         }
-        batch.put_cf(
-            &checkpoints,
+        batch.put(
+            CF_CHECKPOINTS,
             USAGE_PROJECTION.as_bytes(),
             codec::encode_u64(next),
         );
     }
-    super::quota::put_writes(store, &mut batch, &quota_writes);
-    let audit_cf = store.cf(CF_AUDIT);
+    super::quota::put_writes(&mut batch, &quota_writes);
     for (seq, entry) in &entries {
         if let LogEntry::Audit(record) = entry {
-            batch.put_cf(
-                &audit_cf,
+            batch.put(
+                CF_AUDIT,
                 audit_key(&record.tenant, *seq),
                 codec::encode_audit(record),
             );
@@ -176,7 +169,7 @@ pub fn fold_batch_into(
     }
     billing.write(&mut batch)?;
     // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
-    store.write(batch, false)?;
+    store.commit(batch, false)?;
     Ok(next)
 }
 

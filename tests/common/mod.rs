@@ -45,15 +45,15 @@ pub fn drop_projections(data_dir: &Path) {
         },
     )
     .expect("store");
-    let mut batch = rocksdb::WriteBatch::default();
+    let mut batch = store.batch();
     let cfs = tally::replay::PROJECTIONS
         .iter()
         .flat_map(|(_, cfs)| cfs.iter().copied())
         .chain([tally::log::store::CF_CHECKPOINTS]);
     for cf in cfs {
-        batch.delete_range_cf(&store.cf(cf), Vec::<u8>::new(), vec![0xff; 32]);
+        batch.delete_all(cf);
     }
-    store.write(batch, true).expect("write");
+    store.commit(batch, true).expect("write");
 }
 
 /// The suite's tools venv (`scripts/test` installs schemathesis and confluent-kafka there):
