@@ -101,6 +101,10 @@ pub struct Engine {
     pub clock: Clock,
     /// The operator token when this start generated it (shown once, then forgotten).
     pub generated_admin_token: Mutex<Option<String>>,
+    /// Per tenant, the log position just past the last fact (a command's entries, a period
+    /// close) this engine appended for it: a command of that tenant is decided once the
+    /// projections reach it, whatever other tenants appended since.
+    tenant_positions: Mutex<std::collections::HashMap<String, u64>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -170,6 +174,7 @@ impl Engine {
             metrics: Metrics::new(),
             clock,
             generated_admin_token: Mutex::new(generated),
+            tenant_positions: Mutex::default(),
             threads: Mutex::new(vec![writer_thread, projector_thread]),
         })
     }
@@ -185,7 +190,8 @@ impl Engine {
         fold_context(&self.config)
     }
 
-    /// Appends quota changes and waits until the projections include them.
+    /// Appends a command's facts (quota changes, billing changes, audit records); answers once
+    /// they are durable. Reads of the tenant wait for them ([`Engine::wait_tenant_current`]).
     pub async fn append_facts(&self, entries: Vec<LogEntry>) -> Result<Vec<Outcome>, AppendError> {
         self.append_facts_with_rows(entries, Vec::new()).await
     }
@@ -197,18 +203,17 @@ impl Engine {
         entries: Vec<LogEntry>,
         rows: Vec<RowWrite>,
     ) -> Result<Vec<Outcome>, AppendError> {
-        let outcomes = self.record_facts_with_rows(entries, rows).await?;
-        self.wait_projected(self.head.get(), PROJECTION_WAIT).await;
-        Ok(outcomes)
+        self.record_facts_with_rows(entries, rows).await
     }
 
-    /// As [`append_facts_with_rows`](Self::append_facts_with_rows), answering as soon as the
-    /// batch is durable, before the projections include it.
+    /// Appends facts and `rows` in one durable batch, and records where each tenant's facts
+    /// now end.
     pub async fn record_facts_with_rows(
         &self,
         entries: Vec<LogEntry>,
         rows: Vec<RowWrite>,
     ) -> Result<Vec<Outcome>, AppendError> {
+        let tenants: Vec<String> = entries.iter().map(|e| e.tenant().to_owned()).collect();
         let candidates = entries
             .into_iter()
             .map(|entry| Candidate::Fact {
@@ -216,7 +221,42 @@ impl Engine {
                 identity: None,
             })
             .collect();
-        self.appender.append_with_rows(candidates, rows).await
+        let outcomes = self.appender.append_with_rows(candidates, rows).await?;
+        self.note_positions(tenants.iter().map(String::as_str).zip(&outcomes));
+        Ok(outcomes)
+    }
+
+    /// Records where each tenant's recorded facts ended.
+    fn note_positions<'a>(&self, facts: impl Iterator<Item = (&'a str, &'a Outcome)>) {
+        let Ok(mut positions) = self.tenant_positions.lock() else {
+            return;
+        };
+        for (tenant, outcome) in facts {
+            if let Outcome::Recorded { seq } = outcome {
+                let next = seq.saturating_add(1);
+                let position = positions.entry(tenant.to_owned()).or_insert(next);
+                *position = (*position).max(next);
+            }
+        }
+    }
+
+    /// The log position the projections must reach before a command of `tenant` is decided:
+    /// past its last fact this engine appended, or, for a tenant with none since the start,
+    /// everything the log held at the start.
+    pub fn tenant_position(&self, tenant: &str) -> u64 {
+        self.tenant_positions
+            .lock()
+            .ok()
+            .and_then(|positions| positions.get(tenant).copied())
+            .unwrap_or(self.log_entries_at_start)
+            .max(self.log_entries_at_start)
+    }
+
+    /// Waits, up to [`PROJECTION_WAIT`], until the projections hold every fact of `tenant`
+    /// (see [`Engine::tenant_position`]); other tenants' backlog is not waited for.
+    pub async fn wait_tenant_current(&self, tenant: &str) -> bool {
+        self.wait_projected(self.tenant_position(tenant), PROJECTION_WAIT)
+            .await
     }
 
     /// Closes every billing period whose end the clock has passed: one `PeriodClosed` per
@@ -231,9 +271,11 @@ impl Engine {
                 .map_err(|e| EngineError::Background(e.to_string()))??;
         let now = self.now();
         let mut candidates = Vec::new();
+        let mut closing = Vec::new();
         for state in tenants {
             let open = state.open_period();
             if open.end <= now {
+                closing.push(state.tenant.clone());
                 candidates.push(Candidate::Fact {
                     identity: Some(FactIdentity::new("period-close", &state.tenant, &open.uid)),
                     entry: LogEntry::Billing {
@@ -254,7 +296,10 @@ impl Engine {
             .append(candidates)
             .await
             .map_err(|e| EngineError::Background(e.to_string()))?;
-        self.wait_projected(self.head.get(), PROJECTION_WAIT).await;
+        self.note_positions(closing.iter().map(String::as_str).zip(&outcomes));
+        if let Some(next) = recorded_next(&outcomes) {
+            self.wait_projected(next, PROJECTION_WAIT).await;
+        }
         Ok(outcomes
             .iter()
             .filter(|o| matches!(o, Outcome::Recorded { .. }))
@@ -317,6 +362,17 @@ impl Engine {
             Err(error) => tracing::error!(%error, "shutdown task failed"),
         }
     }
+}
+
+/// The log position just past the last entry `outcomes` recorded, if any.
+fn recorded_next(outcomes: &[Outcome]) -> Option<u64> {
+    outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Outcome::Recorded { seq } => Some(seq.saturating_add(1)),
+            _ => None,
+        })
+        .max()
 }
 
 /// What the folds need of a configuration.

@@ -82,6 +82,18 @@ impl Harness {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        self.request(method, path, token, body, true).await
+    }
+
+    /// A request; after a command, `wait` waits until the projections include it.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        wait: bool,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header("authorization", format!("APIToken {token}"));
@@ -95,6 +107,13 @@ impl Harness {
             .unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        if wait && method != "GET" {
+            // Commands answer once durable; the tests also read the projections directly
+            // (`billing()`), so they wait for them here.
+            self.engine
+                .wait_projected(self.engine.head.get(), Duration::from_secs(60))
+                .await;
+        }
         (
             status,
             serde_json::from_slice(&bytes)
@@ -957,4 +976,117 @@ async fn usage_details_and_current_usage_default_to_the_same_open_period_after_a
         .await;
     assert_eq!(items[1]["amount"], team["total_cost"], "{monthly}\n{team}");
     assert_ne!(items[1]["amount"], "0");
+}
+
+/// A command is decided against its own tenant's facts, not against a caught-up projector:
+/// with 200,000 events of another tenant in the log and the projector held still before
+/// them, a quota object and a plan transition of two other tenants are answered at once, and
+/// each tenant reads its own change once the projector gets there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
+    let now = micros(2026, 3, 10, 12, 0, 0);
+    let h = harness(now);
+    // A second tenant with its own admin token, made before the backlog.
+    let (status, acme) = h
+        .post(
+            "/api/tally/tokens",
+            json!({"tenant": "acme", "role": "admin", "namespaces": ["*"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acme}");
+    let acme_token = acme["token"].as_str().unwrap().to_owned();
+    let (status, _) = h
+        .call("GET", "/api/tally/audit", Some(&acme_token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The projector stops at its gate; 200,000 events of `busy` go into the log behind it.
+    let gate = h.engine.projector_gate.clone();
+    let held = gate.lock().unwrap();
+    let backlog = 200_000u64;
+    for chunk in 0..(backlog / 5_000) {
+        let candidates = (0..5_000)
+            .map(|i| tally::log::append::Candidate::Event {
+                event: tally::event::UsageEvent {
+                    tenant: "busy".into(),
+                    id: format!("busy-{chunk}-{i}"),
+                    namespace: "shop".into(),
+                    metric_label: "http_lb_requests".into(),
+                    quantity: tally::units::Micros(1_000_000),
+                    timestamp: now - 60_000_000,
+                    object_name: "lb".into(),
+                    deployment: String::new(),
+                    container: String::new(),
+                    labels: BTreeMap::new(),
+                },
+                source: tally::event::EventSource::Http { received_at: now },
+            })
+            .collect();
+        h.engine.appender.append(candidates).await.unwrap();
+    }
+    let projected_before = *h.engine.projected.borrow();
+    assert!(h.engine.head.get() >= projected_before + backlog);
+
+    // Two tenants' commands, decided and durable while all of it waits to be folded.
+    let (status, created) = h
+        .request(
+            "POST",
+            "/api/web/namespaces/system/quotas",
+            Some(TOKEN),
+            Some(json!({"metadata": {"name": "tight", "namespace": "system"},
+                   "spec": {"object_limits": {"http_loadbalancer": {"maximum": 3}}}})),
+            false,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let (status, transition) = h
+        .request(
+            "POST",
+            "/api/web/namespaces/system/billing/plan_transition",
+            Some(&acme_token),
+            Some(to_team_plan()),
+            false,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{transition}");
+    assert_eq!(
+        *h.engine.projected.borrow(),
+        projected_before,
+        "answered without the projector moving"
+    );
+
+    // Once it folds, each tenant reads its own change, and the backlog is counted once.
+    drop(held);
+    assert!(
+        h.engine
+            .wait_projected(h.engine.head.get(), Duration::from_secs(300))
+            .await
+    );
+    let (_, quota) = h.get("/api/web/namespaces/system/quotas/tight").await;
+    assert_eq!(
+        quota["spec"]["object_limits"]["http_loadbalancer"]["maximum"], 3,
+        "{quota}"
+    );
+    let (_, plan) = h
+        .call(
+            "GET",
+            "/api/web/namespaces/system/usage_plans/current",
+            Some(&acme_token),
+            None,
+        )
+        .await;
+    assert_eq!(plan["plans"][0]["name"], "team-plan", "{plan}");
+    let store = &h.engine.store;
+    let busy: i128 = tally::projection::read::hourly_rows(
+        store,
+        "busy",
+        tally::log::keys::Scope::Tenant,
+        0,
+        u32::MAX,
+    )
+    .unwrap()
+    .iter()
+    .map(|(_, aggregate)| aggregate.sum)
+    .sum();
+    assert_eq!(busy, i128::from(backlog) * 1_000_000);
 }

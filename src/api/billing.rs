@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    AppState, body_bytes, caught_up, namespace_scope, parse_body, require_operator, require_role,
+    AppState, CommandKind, body_bytes, namespace_scope, parse_body, require_operator, require_role,
+    tenant_current,
 };
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
@@ -30,6 +31,7 @@ pub(crate) async fn tenant_state(
     state: &AppState,
     tenant: &str,
 ) -> Result<TenantBilling, ApiError> {
+    super::readable(state, tenant).await;
     let store = state.engine.store.clone();
     let owned = tenant.to_owned();
     let stored = tokio::task::spawn_blocking(move || rows::load_tenant(&store, &owned)).await??;
@@ -311,8 +313,7 @@ pub async fn request_transition(
         )));
     };
     let payload = request.payload.unwrap_or_default();
-    let _guard = state.billing_lock.lock().await;
-    caught_up(&state).await?;
+    let _guard = tenant_current(&state, CommandKind::Billing, &caller.tenant).await?;
     let billing = tenant_state(&state, &caller.tenant).await?;
     if billing.plan == plan.name {
         return Err(ApiError::BadRequest(format!(
@@ -419,11 +420,23 @@ pub async fn transition_state(
             "id: a plan transition id is required".into(),
         ));
     }
-    let store = state.engine.store.clone();
-    let id = query.id.clone();
-    let tenant = tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &id))
-        .await??
-        .ok_or_else(unknown)?;
+    let lookup = || {
+        let store = state.engine.store.clone();
+        let id = query.id.clone();
+        tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &id))
+    };
+    // A request just made may still be folding: look again once the log is projected.
+    let tenant = match lookup().await?? {
+        Some(tenant) => tenant,
+        None => {
+            let head = state.engine.head.get();
+            state
+                .engine
+                .wait_projected(head, super::PROJECTION_WAIT)
+                .await;
+            lookup().await??.ok_or_else(unknown)?
+        }
+    };
     let billing = tenant_state(&state, &tenant).await?;
     let transition = billing.transitions.get(&query.id).ok_or_else(unknown)?;
     Ok(Json(json!({"state": transition.state.f5_name()})))
@@ -445,13 +458,27 @@ async fn decide(
 ) -> Result<Json<Value>, ApiError> {
     require_operator(caller)?;
     let request: DecisionRequest = parse_body(&body_bytes(body)?)?;
-    let _guard = state.billing_lock.lock().await;
-    caught_up(state).await?;
-    let store = state.engine.store.clone();
-    let owned = id.to_owned();
-    let tenant = tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &owned))
-        .await??
-        .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?;
+    let lookup = || {
+        let store = state.engine.store.clone();
+        let owned = id.to_owned();
+        tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &owned))
+    };
+    // The id names its tenant once the request is projected; an id not found yet may be of
+    // a request still being folded, so it is looked for again once the log is.
+    let tenant = match lookup().await?? {
+        Some(tenant) => tenant,
+        None => {
+            let head = state.engine.head.get();
+            state
+                .engine
+                .wait_projected(head, super::PROJECTION_WAIT)
+                .await;
+            lookup()
+                .await??
+                .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?
+        }
+    };
+    let _guard = tenant_current(state, CommandKind::Billing, &tenant).await?;
     let billing = tenant_state(state, &tenant).await?;
     let transition = billing
         .transitions
@@ -547,8 +574,7 @@ async fn change_addon(
     authorize_change(caller, "system")?;
     let catalog = state.engine.config.catalog.clone();
     let addon = one_addon(&body_bytes(body)?, &catalog)?;
-    let _guard = state.billing_lock.lock().await;
-    caught_up(state).await?;
+    let _guard = tenant_current(state, CommandKind::Billing, &caller.tenant).await?;
     let billing = tenant_state(state, &caller.tenant).await?;
     let plan = catalog.plan(&billing.plan).ok_or_else(|| {
         ApiError::Internal(format!(
@@ -655,7 +681,7 @@ pub async fn create_payment_method(
     }
     let role = parse_role(request.role.as_deref())?;
     let name = format!("pm-{}", &crate::ids::random_uuid()[..8]);
-    let _guard = state.billing_lock.lock().await;
+    let _guard = tenant_current(&state, CommandKind::Billing, &caller.tenant).await?;
     let change = BillingChange::PaymentMethodAdded {
         name: name.clone(),
         role,
@@ -687,8 +713,7 @@ async fn payment_method_action(
     let request: NamedRequest = parse_body(&body_bytes(body)?)?;
     super::check_body_matches_path("name", name, request.name.as_deref())?;
     super::check_body_namespace(namespace, request.namespace.as_deref())?;
-    let _guard = state.billing_lock.lock().await;
-    caught_up(state).await?;
+    let _guard = tenant_current(state, CommandKind::Billing, &caller.tenant).await?;
     let billing = tenant_state(state, &caller.tenant).await?;
     if !billing.payment_methods.contains_key(name) {
         return Err(ApiError::NotFound(format!(
@@ -910,8 +935,7 @@ pub async fn mark_paid(
     }
     require_operator(&caller)?;
     let request: MarkPaid = parse_body(&body_bytes(body)?)?;
-    let _guard = state.billing_lock.lock().await;
-    caught_up(&state).await?;
+    let _guard = tenant_current(&state, CommandKind::Billing, &request.tenant).await?;
     let billing = tenant_state(&state, &request.tenant).await?;
     let Some(invoice) = billing.invoices.iter().find(|i| i.name == name) else {
         return Err(ApiError::NotFound(format!(

@@ -49,11 +49,9 @@ pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub openapi: Arc<Bytes>,
-    /// Serialises quota object changes: each is judged (exists? missing?) against the state
-    /// every earlier change left.
-    pub quota_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Serialises billing changes the same way.
-    pub billing_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises each tenant's quota and billing changes: each is judged (exists? missing?)
+    /// against the state the tenant's earlier changes left. Other tenants never wait.
+    pub tenant_locks: Arc<TenantLocks>,
     /// One rebuild at a time.
     pub rebuild_lock: Arc<tokio::sync::Mutex<()>>,
     /// Requests per token (none when `--rate-limit 0`).
@@ -72,8 +70,7 @@ impl AppState {
         AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
-            quota_lock: Arc::default(),
-            billing_lock: Arc::default(),
+            tenant_locks: Arc::default(),
             rebuild_lock: Arc::default(),
             limiter: rate_limiter(engine_rate_limit),
             auth_failures,
@@ -503,15 +500,58 @@ pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// Waits until every entry written so far is projected, so that a change is judged against
-/// the state every earlier change left.
-pub async fn caught_up(state: &AppState) -> Result<(), ApiError> {
-    let head = state.engine.head.get();
-    if state.engine.wait_projected(head, PROJECTION_WAIT).await {
-        Ok(())
+/// What a tenant's command changes, each kind serialised on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    Quota,
+    Billing,
+}
+
+/// One lock per tenant and kind of command (created on first use, kept for the tenant).
+#[derive(Default)]
+pub struct TenantLocks {
+    locks: std::sync::Mutex<
+        std::collections::HashMap<(CommandKind, String), Arc<tokio::sync::Mutex<()>>>,
+    >,
+}
+
+impl TenantLocks {
+    /// Waits for `tenant`'s `kind` lock; commands of other tenants go on meanwhile.
+    pub async fn lock(&self, kind: CommandKind, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = match self.locks.lock() {
+            Ok(mut locks) => locks.entry((kind, tenant.to_owned())).or_default().clone(),
+            // A poisoned map still serialises: one fresh lock per call would not.
+            Err(poisoned) => poisoned
+                .into_inner()
+                .entry((kind, tenant.to_owned()))
+                .or_default()
+                .clone(),
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Waits (up to [`PROJECTION_WAIT`]) until the projections hold `tenant`'s every fact, so a
+/// read shows the tenant's own changes; other tenants' backlog is not waited for. Answers
+/// from what is projected when the wait runs out.
+pub async fn readable(state: &AppState, tenant: &str) {
+    state.engine.wait_tenant_current(tenant).await;
+}
+
+/// Takes `tenant`'s lock for `kind` and waits until the projections hold every fact of the
+/// tenant, so that its command is judged against the state its earlier commands left. Other
+/// tenants' backlog (Kafka usage of thousands of tenants) is not waited for.
+pub async fn tenant_current(
+    state: &AppState,
+    kind: CommandKind,
+    tenant: &str,
+) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
+    let guard = state.tenant_locks.lock(kind, tenant).await;
+    if state.engine.wait_tenant_current(tenant).await {
+        Ok(guard)
     } else {
         Err(ApiError::Unavailable(
-            "the projections are behind the log; retry shortly".into(),
+            "the projections are behind this tenant's last change; retry shortly".into(),
         ))
     }
 }

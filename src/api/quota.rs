@@ -13,7 +13,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, body_bytes, caught_up, namespace_scope, parse_body, require_role};
+use super::{
+    AppState, CommandKind, body_bytes, namespace_scope, parse_body, require_role, tenant_current,
+};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
 use crate::catalog::{Catalog, QuotaKind, RateLimitType};
@@ -148,8 +150,7 @@ pub async fn create(
     authorize_write(&caller, &namespace)?;
     let input: QuotaInput = parse_body(&body_bytes(body)?)?;
     let valid = quota::validate(input, &namespace, None).map_err(invalid)?;
-    let _guard = state.quota_lock.lock().await;
-    caught_up(&state).await?;
+    let _guard = tenant_current(&state, CommandKind::Quota, &caller.tenant).await?;
     let (tenant, ns, name) = (caller.tenant.clone(), namespace.clone(), valid.name.clone());
     if blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &name))
         .await?
@@ -205,8 +206,7 @@ pub async fn replace(
     authorize_write(&caller, &namespace)?;
     let input: QuotaInput = parse_body(&body_bytes(body)?)?;
     let valid = quota::validate(input, &namespace, Some(&name)).map_err(invalid)?;
-    let _guard = state.quota_lock.lock().await;
-    caught_up(&state).await?;
+    let _guard = tenant_current(&state, CommandKind::Quota, &caller.tenant).await?;
     let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
     let Some(existing) = blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n)).await?
     else {
@@ -265,8 +265,7 @@ pub async fn delete(
     let request: DeleteRequest = parse_body(&body_bytes(body)?)?;
     super::check_body_matches_path("name", &name, request.name.as_deref())?;
     super::check_body_namespace(&namespace, request.namespace.as_deref())?;
-    let _guard = state.quota_lock.lock().await;
-    caught_up(&state).await?;
+    let _guard = tenant_current(&state, CommandKind::Quota, &caller.tenant).await?;
     let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
     if blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n))
         .await?
@@ -305,6 +304,7 @@ pub async fn get_one(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     namespace_scope(&caller, &namespace)?;
+    super::readable(&state, &caller.tenant).await;
     let params = query_params(query.as_deref());
     let format = params
         .get("response_format")
@@ -349,6 +349,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
     namespace_scope(&caller, &namespace)?;
+    super::readable(&state, &caller.tenant).await;
     let params = query_params(query.as_deref());
     let filter = match params.get("label_filter").and_then(|v| v.last()) {
         Some(text) => LabelFilter::parse(text).map_err(invalid)?,
@@ -407,6 +408,7 @@ async fn quota_view(
     scope: Scope<'_>,
     api_rates: bool,
 ) -> Result<QuotaView, ApiError> {
+    super::readable(state, tenant).await;
     let api_rates = api_rates
         && state
             .engine
@@ -632,6 +634,7 @@ pub async fn check(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     namespace_scope(&caller, &namespace)?;
+    super::readable(&state, &caller.tenant).await;
     let request: CheckRequest = parse_body(&body_bytes(body)?)?;
     let raw = request.amount.get();
     let amount_text = if raw.starts_with('"') {
@@ -743,6 +746,7 @@ pub async fn alerts(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     namespace_scope(&caller, &namespace)?;
+    super::readable(&state, &caller.tenant).await;
     let params = query_params(query.as_deref());
     let size = page_size(&params, ALERT_PAGE_DEFAULT, ALERT_PAGE_MAX)?;
     let from = match params.get("page_token").and_then(|v| v.last()) {

@@ -243,11 +243,8 @@ async fn apply_change(
     tokio::spawn(async move {
         let _guard = guard;
         engine.record_facts_with_rows(entries, vec![row]).await?;
-        // In force from the moment it is durable; the wait only makes the audit readable.
+        // In force from the moment it is durable (the audit list waits for its record).
         apply(&engine.tokens);
-        engine
-            .wait_projected(engine.head.get(), super::PROJECTION_WAIT)
-            .await;
         Ok::<(), ApiError>(())
     })
     .await?
@@ -283,6 +280,7 @@ pub async fn audit(
             "a tenant's admin reads its own tenant's audit trail".into(),
         ));
     }
+    super::readable(&state, &tenant).await;
     // `limit`, the older name, keeps its old meaning: clamped into range, never refused.
     let page_size = match query.page_size {
         Some(_) => super::page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?,

@@ -48,6 +48,21 @@ pub enum LogEntry {
     Audit(AuditRecord),
 }
 
+impl LogEntry {
+    /// The tenant the fact belongs to.
+    pub fn tenant(&self) -> &str {
+        match self {
+            LogEntry::UsageRecorded { event, .. } => &event.tenant,
+            LogEntry::QuotaObjectPut { object, .. } => &object.tenant,
+            LogEntry::QuotaObjectDeleted { tenant, .. } | LogEntry::Billing { tenant, .. } => {
+                tenant
+            }
+            LogEntry::QuotaAlert { alert } => &alert.tenant,
+            LogEntry::Audit(record) => &record.tenant,
+        }
+    }
+}
+
 /// What the dedup index remembers of an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupRecord {
