@@ -507,12 +507,13 @@ pub enum CommandKind {
     Billing,
 }
 
+/// The lock of one tenant's commands of one kind.
+type CommandLock = Arc<tokio::sync::Mutex<()>>;
+
 /// One lock per tenant and kind of command (created on first use, kept for the tenant).
 #[derive(Default)]
 pub struct TenantLocks {
-    locks: std::sync::Mutex<
-        std::collections::HashMap<(CommandKind, String), Arc<tokio::sync::Mutex<()>>>,
-    >,
+    locks: std::sync::Mutex<std::collections::HashMap<(CommandKind, String), CommandLock>>,
 }
 
 impl TenantLocks {
