@@ -197,18 +197,8 @@ impl Engine {
     }
 
     /// As [`append_facts`](Self::append_facts), writing `rows` (token changes) in the same
-    /// batch.
+    /// durable batch; records where each tenant's facts now end.
     pub async fn append_facts_with_rows(
-        &self,
-        entries: Vec<LogEntry>,
-        rows: Vec<RowWrite>,
-    ) -> Result<Vec<Outcome>, AppendError> {
-        self.record_facts_with_rows(entries, rows).await
-    }
-
-    /// Appends facts and `rows` in one durable batch, and records where each tenant's facts
-    /// now end.
-    pub async fn record_facts_with_rows(
         &self,
         entries: Vec<LogEntry>,
         rows: Vec<RowWrite>,

@@ -212,7 +212,36 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::signature;
+    use super::*;
+    use crate::log::store::StoreOptions;
+    use crate::quota::alert_position;
+
+    #[test]
+    fn a_migrated_cursor_points_at_the_first_alert_not_yet_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedup_horizon: Duration::from_secs(60),
+            min_free_disk: 0,
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        // Alert entries at seqs 5, 9 and 12, triggered by entries 4, 8 and 8.
+        let alerts = [(5, 4), (9, 8), (12, 8)];
+        assert_eq!(
+            migrated_cursor_row(&store, &alerts).unwrap(),
+            None,
+            "never delivered"
+        );
+        let cursor_at = |delivered_before: u64| {
+            write_cursor(&store, delivered_before).unwrap();
+            let (_, _, value) = migrated_cursor_row(&store, &alerts).unwrap().unwrap();
+            codec::decode_u64(&value, "cursor").unwrap()
+        };
+        // The alert entry at 9 was not delivered: resume at its trigger.
+        assert_eq!(cursor_at(6), alert_position(8, 0));
+        assert_eq!(cursor_at(0), alert_position(4, 0));
+        // Everything delivered: past the last trigger.
+        assert_eq!(cursor_at(13), alert_position(9, 0));
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {

@@ -242,7 +242,7 @@ async fn apply_change(
     let engine = state.engine.clone();
     tokio::spawn(async move {
         let _guard = guard;
-        engine.record_facts_with_rows(entries, vec![row]).await?;
+        engine.append_facts_with_rows(entries, vec![row]).await?;
         // In force from the moment it is durable (the audit list waits for its record).
         apply(&engine.tokens);
         Ok::<(), ApiError>(())

@@ -629,6 +629,12 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     crate::init_logging(LogFormat::Text);
     let data_dir = args.engine.data_dir.clone();
+    if !data_dir.join("CURRENT").exists() {
+        bail!(
+            "{} holds no store to migrate (no CURRENT file)",
+            data_dir.display()
+        );
+    }
     let bar = progress_bar();
     let report = replay::migrate(&data_dir, &store_options(), &|seen| bar.set_position(seen))
         .with_context(|| format!("cannot migrate {}", data_dir.display()))?;
