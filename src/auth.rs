@@ -48,6 +48,65 @@ pub struct TokenRecord {
     pub expires_at: Option<UnixMicros>,
 }
 
+/// A token as stored (version 1): frozen apart from [`TokenRecord`], so changing that type
+/// never changes stored bytes. Its layout is the one every release so far wrote.
+#[derive(Serialize, Deserialize)]
+struct StoredTokenV1 {
+    id: String,
+    tenant: String,
+    role: StoredRoleV1,
+    namespaces: Vec<String>,
+    operator: bool,
+    salt: [u8; 16],
+    hash: [u8; 32],
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredRoleV1 {
+    Read,
+    Write,
+    Admin,
+}
+
+fn encode_token(record: &TokenRecord) -> Vec<u8> {
+    codec::encode_record(&StoredTokenV1 {
+        id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        role: match record.role {
+            Role::Read => StoredRoleV1::Read,
+            Role::Write => StoredRoleV1::Write,
+            Role::Admin => StoredRoleV1::Admin,
+        },
+        namespaces: record.namespaces.clone(),
+        operator: record.operator,
+        salt: record.salt,
+        hash: record.hash,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+    })
+}
+
+fn decode_token(bytes: &[u8]) -> Result<TokenRecord, codec::CodecError> {
+    let stored: StoredTokenV1 = codec::decode_record(bytes, "token")?;
+    Ok(TokenRecord {
+        id: stored.id,
+        tenant: stored.tenant,
+        role: match stored.role {
+            StoredRoleV1::Read => Role::Read,
+            StoredRoleV1::Write => Role::Write,
+            StoredRoleV1::Admin => Role::Admin,
+        },
+        namespaces: stored.namespaces,
+        operator: stored.operator,
+        salt: stored.salt,
+        hash: stored.hash,
+        created_at: stored.created_at,
+        expires_at: stored.expires_at,
+    })
+}
+
 /// Who is calling, once a token has been verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -139,24 +198,19 @@ impl Tokens {
     pub fn load(store: Store) -> Result<Tokens, StoreError> {
         let mut records = HashMap::new();
         let mut failure = None;
-        store.scan(
-            CF_TOKENS,
-            b"",
-            None,
-            |_, value| match codec::decode_record::<TokenRecord>(value, "token") {
-                Ok(record) => {
-                    records.insert(record.id.clone(), record);
-                    true
-                }
-                Err(source) => {
-                    failure = Some(StoreError::Corrupt {
-                        cf: CF_TOKENS,
-                        source,
-                    });
-                    false
-                }
-            },
-        )?;
+        store.scan(CF_TOKENS, b"", None, |_, value| match decode_token(value) {
+            Ok(record) => {
+                records.insert(record.id.clone(), record);
+                true
+            }
+            Err(source) => {
+                failure = Some(StoreError::Corrupt {
+                    cf: CF_TOKENS,
+                    source,
+                });
+                false
+            }
+        })?;
         if let Some(error) = failure {
             return Err(error);
         }
@@ -170,11 +224,7 @@ impl Tokens {
     /// through the API go through the writer with their audit record instead.
     fn save(&self, record: TokenRecord) -> Result<(), StoreError> {
         let mut batch = self.store.batch();
-        batch.put(
-            CF_TOKENS,
-            record.id.as_bytes(),
-            codec::encode_record(&record),
-        );
+        batch.put(CF_TOKENS, record.id.as_bytes(), encode_token(&record));
         self.store.commit(batch, true)?;
         self.remember(record);
         Ok(())
@@ -243,7 +293,7 @@ impl Tokens {
         RowWrite::Put {
             cf: CF_TOKENS,
             key: record.id.as_bytes().to_vec(),
-            value: codec::encode_record(record),
+            value: encode_token(record),
         }
     }
 

@@ -157,6 +157,8 @@ impl Harness {
     }
 }
 
+const TRANSITION: &str = "/api/web/namespaces/system/billing/plan_transition";
+
 /// A transition to the team plan with the payment token and contacts it requires.
 fn to_team_plan() -> Value {
     json!({"new_plan": "team-plan", "payload": {
@@ -266,12 +268,7 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
             (2, 15) => {
                 // Upgrade mid-month: payment token and contacts, as the team plan requires.
                 h.at(after_noon).await;
-                let (status, body) = h
-                    .post(
-                        "/api/web/namespaces/system/billing/plan_transition",
-                        to_team_plan(),
-                    )
-                    .await;
+                let (status, body) = h.post(TRANSITION, to_team_plan()).await;
                 assert_eq!(status, StatusCode::OK, "{body}");
                 assert_schema(&doc, "plan_transitionInitiatePlanTransitionRsp", &body);
                 assert_eq!(body["requires_manual_approval"], false);
@@ -894,12 +891,7 @@ async fn usage_details_and_current_usage_default_to_the_same_open_period_after_a
     requests_at("before-2", micros(2026, 3, 10, 9, 0, 0), 1_000).await;
     let change = micros(2026, 3, 15, 12, 0, 30);
     h.at(change).await;
-    let (status, body) = h
-        .post(
-            "/api/web/namespaces/system/billing/plan_transition",
-            to_team_plan(),
-        )
-        .await;
+    let (status, body) = h.post(TRANSITION, to_team_plan()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     requests_at("after-1", micros(2026, 3, 16, 9, 0, 0), 12).await;
     requests_at("after-2", micros(2026, 3, 20, 9, 0, 0), 9).await;

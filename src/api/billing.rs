@@ -420,26 +420,32 @@ pub async fn transition_state(
             "id: a plan transition id is required".into(),
         ));
     }
-    let lookup = || {
-        let store = state.engine.store.clone();
-        let id = query.id.clone();
-        tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &id))
-    };
-    // A request just made may still be folding: look again once the log is projected.
-    let tenant = match lookup().await?? {
-        Some(tenant) => tenant,
-        None => {
-            let head = state.engine.head.get();
-            state
-                .engine
-                .wait_projected(head, super::PROJECTION_WAIT)
-                .await;
-            lookup().await??.ok_or_else(unknown)?
-        }
-    };
+    let tenant = transition_tenant(&state, &query.id)
+        .await?
+        .ok_or_else(unknown)?;
     let billing = tenant_state(&state, &tenant).await?;
     let transition = billing.transitions.get(&query.id).ok_or_else(unknown)?;
     Ok(Json(json!({"state": transition.state.f5_name()})))
+}
+
+/// The tenant a plan transition id belongs to. The id names its tenant once the request is
+/// projected; an id not found yet may be of a request still being folded, so it is looked
+/// for again once the log is.
+async fn transition_tenant(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
+    let lookup = || {
+        let store = state.engine.store.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &id))
+    };
+    if let Some(tenant) = lookup().await?? {
+        return Ok(Some(tenant));
+    }
+    let head = state.engine.head.get();
+    state
+        .engine
+        .wait_projected(head, super::PROJECTION_WAIT)
+        .await;
+    Ok(lookup().await??)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -458,26 +464,9 @@ async fn decide(
 ) -> Result<Json<Value>, ApiError> {
     require_operator(caller)?;
     let request: DecisionRequest = parse_body(&body_bytes(body)?)?;
-    let lookup = || {
-        let store = state.engine.store.clone();
-        let owned = id.to_owned();
-        tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &owned))
-    };
-    // The id names its tenant once the request is projected; an id not found yet may be of
-    // a request still being folded, so it is looked for again once the log is.
-    let tenant = match lookup().await?? {
-        Some(tenant) => tenant,
-        None => {
-            let head = state.engine.head.get();
-            state
-                .engine
-                .wait_projected(head, super::PROJECTION_WAIT)
-                .await;
-            lookup()
-                .await??
-                .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?
-        }
-    };
+    let tenant = transition_tenant(state, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?;
     let _guard = tenant_current(state, CommandKind::Billing, &tenant).await?;
     let billing = tenant_state(state, &tenant).await?;
     let transition = billing
