@@ -197,23 +197,11 @@ pub struct Tokens {
 impl Tokens {
     pub fn load(store: Store) -> Result<Tokens, StoreError> {
         let mut records = HashMap::new();
-        let mut failure = None;
-        store.scan(CF_TOKENS, b"", None, |_, value| match decode_token(value) {
-            Ok(record) => {
-                records.insert(record.id.clone(), record);
-                true
-            }
-            Err(source) => {
-                failure = Some(StoreError::Corrupt {
-                    cf: CF_TOKENS,
-                    source,
-                });
-                false
-            }
+        store.scan_decoding(CF_TOKENS, b"", None, |_, value| {
+            let record = decode_token(value)?;
+            records.insert(record.id.clone(), record);
+            Ok(true)
         })?;
-        if let Some(error) = failure {
-            return Err(error);
-        }
         Ok(Tokens {
             store,
             records: RwLock::new(records),

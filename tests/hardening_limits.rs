@@ -79,6 +79,11 @@ impl Billing {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let body: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        // Commands answer once durable; the test also reads the projections directly
+        // (`billing()`), so it waits for them here.
+        self.engine
+            .wait_projected(self.engine.head.get(), std::time::Duration::from_secs(60))
+            .await;
         body
     }
 

@@ -608,6 +608,66 @@ impl Store {
         Ok(())
     }
 
+    /// Visits the rows in `[start, end)` while `visit` returns `Ok(true)`. A row `visit` cannot
+    /// decode stops the scan, which then fails as [`StoreError::Corrupt`] in `cf`: the one
+    /// place a scan turns a bad value into an error.
+    pub fn scan_decoding(
+        &self,
+        cf: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, CodecError>,
+    ) -> Result<(), StoreError> {
+        self.scan_decoding_directed(cf, start, end, false, visit)
+    }
+
+    /// [`Store::scan_decoding`] over every row whose key starts with `prefix`.
+    pub fn scan_prefix_decoding(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, CodecError>,
+    ) -> Result<(), StoreError> {
+        let end = keys::prefix_successor(prefix);
+        self.scan_decoding_directed(cf, prefix, end.as_deref(), false, visit)
+    }
+
+    /// [`Store::scan_decoding`] from the highest key of `[start, end)` down.
+    pub fn scan_reverse_decoding(
+        &self,
+        cf: &'static str,
+        start: &[u8],
+        end: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> Result<bool, CodecError>,
+    ) -> Result<(), StoreError> {
+        self.scan_decoding_directed(cf, start, Some(end), true, visit)
+    }
+
+    fn scan_decoding_directed(
+        &self,
+        cf: &'static str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, CodecError>,
+    ) -> Result<(), StoreError> {
+        let mut failure = None;
+        self.scan_directed(
+            cf,
+            start,
+            end,
+            reverse,
+            &mut |key, value| match visit(key, value) {
+                Ok(more) => more,
+                Err(source) => {
+                    failure = Some(source);
+                    false
+                }
+            },
+        )?;
+        failure.map_or(Ok(()), |source| Err(StoreError::Corrupt { cf, source }))
+    }
+
     /// Every (key, value) of a column family in key order, as an iterator (for walking two
     /// stores side by side).
     pub fn rows(&self, cf: &'static str) -> impl Iterator<Item = Result<Row, StoreError>> + '_ {
@@ -653,28 +713,19 @@ impl Store {
     /// The next offset to read of each partition of `topic`, as stored with the events.
     pub fn source_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         let mut offsets = BTreeMap::new();
-        let mut failure = None;
         let prefix = keys::offset_prefix(topic);
-        self.scan_prefix(CF_OFFSETS, &prefix, |key, value| {
+        self.scan_prefix_decoding(CF_OFFSETS, &prefix, |key, value| {
+            let offset = codec::decode_i64(value, "source offset")?;
             let partition = key
                 .get(prefix.len()..)
                 .and_then(|bytes| bytes.try_into().ok())
                 .map(i32::from_be_bytes);
-            match (partition, codec::decode_i64(value, "source offset")) {
-                (Some(partition), Ok(offset)) => {
-                    offsets.insert(partition, offset);
-                }
-                (_, Err(source)) => {
-                    failure = Some(StoreError::Corrupt {
-                        cf: CF_OFFSETS,
-                        source,
-                    })
-                }
-                (None, _) => {}
+            if let Some(partition) = partition {
+                offsets.insert(partition, offset);
             }
-            failure.is_none()
+            Ok(true)
         })?;
-        failure.map_or(Ok(offsets), Err)
+        Ok(offsets)
     }
 
     pub fn dead_letters(
@@ -683,21 +734,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
         let mut letters = Vec::new();
-        let mut failure = None;
-        self.scan(CF_DEAD_LETTER, &keys::seq_key(from), None, |key, value| {
-            match (keys::decode_seq_key(key), codec::decode_dead_letter(value)) {
-                (Some(n), Ok(letter)) => letters.push((n, letter)),
-                (_, Err(source)) => {
-                    failure = Some(StoreError::Corrupt {
-                        cf: CF_DEAD_LETTER,
-                        source,
-                    })
-                }
-                (None, _) => {}
+        self.scan_decoding(CF_DEAD_LETTER, &keys::seq_key(from), None, |key, value| {
+            let letter = codec::decode_dead_letter(value)?;
+            if let Some(n) = keys::decode_seq_key(key) {
+                letters.push((n, letter));
             }
-            failure.is_none() && letters.len() < limit
+            Ok(letters.len() < limit)
         })?;
-        failure.map_or(Ok(letters), Err)
+        Ok(letters)
     }
 
     /// Flushes memtables so a clean shutdown leaves nothing to replay from the WAL.

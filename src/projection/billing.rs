@@ -68,18 +68,11 @@ pub fn load_tenant(store: &Store, tenant: &str) -> Result<Option<TenantBilling>,
 /// Every tenant's billing state (the billing clock's round).
 pub fn all_tenants(store: &Store) -> Result<Vec<TenantBilling>, StoreError> {
     let mut tenants = Vec::new();
-    let mut failure = None;
-    store.scan_prefix(CF_BILLING, &[ROW_TENANT], |_, value| {
-        match codec::decode_billing(value) {
-            Ok(state) => tenants.push(state),
-            Err(error) => failure = Some(error),
-        }
-        failure.is_none()
+    store.scan_prefix_decoding(CF_BILLING, &[ROW_TENANT], |_, value| {
+        tenants.push(codec::decode_billing(value)?);
+        Ok(true)
     })?;
-    match failure {
-        Some(error) => Err(corrupt(error)),
-        None => Ok(tenants),
-    }
+    Ok(tenants)
 }
 
 /// The tenant a plan transition belongs to.
@@ -130,19 +123,10 @@ fn values_under(
     pending: &BTreeMap<Vec<u8>, Aggregate>,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
     let mut rows: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
-    let mut failure = None;
-    store.scan_prefix(CF_BILLING, prefix, |key, value| {
-        match Aggregate::decode(value) {
-            Ok(aggregate) => {
-                rows.insert(key.to_vec(), aggregate);
-            }
-            Err(error) => failure = Some(error),
-        }
-        failure.is_none()
+    store.scan_prefix_decoding(CF_BILLING, prefix, |key, value| {
+        rows.insert(key.to_vec(), Aggregate::decode(value)?);
+        Ok(true)
     })?;
-    if let Some(error) = failure {
-        return Err(corrupt(error));
-    }
     for (key, delta) in pending.range(prefix.to_vec()..) {
         if !key.starts_with(prefix) {
             break;

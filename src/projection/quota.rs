@@ -90,21 +90,14 @@ pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
     }
     let mut batch = store.batch();
     let mut count = 0;
-    let mut failure = None;
-    store.scan(CF_ALERTS, &[], None, |key, value| {
-        match (keys::decode_seq_key(key), codec::decode_alert(value)) {
-            (Some(seq), Ok(alert)) => {
-                batch.put(CF_QUOTA, tenant_alert_key(&alert.tenant, seq), value);
-                count += 1;
-            }
-            (_, Err(error)) => failure = Some(error),
-            (None, _) => {}
+    store.scan_decoding(CF_ALERTS, &[], None, |key, value| {
+        let alert = codec::decode_alert(value)?;
+        if let Some(seq) = keys::decode_seq_key(key) {
+            batch.put(CF_QUOTA, tenant_alert_key(&alert.tenant, seq), value);
+            count += 1;
         }
-        failure.is_none()
+        Ok(true)
     })?;
-    if let Some(error) = failure {
-        return Err(corrupt(CF_ALERTS)(error));
-    }
     batch.put(CF_META, META_ALERTS_INDEXED, [1]);
     store.commit(batch, true)?;
     Ok(count)
@@ -134,25 +127,18 @@ pub fn find_objects(
     }
     let mut objects = Vec::new();
     let mut more = false;
-    let mut failure = None;
-    store.scan_prefix(CF_QUOTA, &prefix, |_, value| {
-        match codec::decode_quota_object(value) {
-            Ok(object) if keep(&object) => {
-                if objects.len() < limit {
-                    objects.push(object);
-                } else {
-                    more = true;
-                }
+    store.scan_prefix_decoding(CF_QUOTA, &prefix, |_, value| {
+        let object = codec::decode_quota_object(value)?;
+        if keep(&object) {
+            if objects.len() < limit {
+                objects.push(object);
+            } else {
+                more = true;
             }
-            Ok(_) => {}
-            Err(error) => failure = Some(error),
         }
-        failure.is_none() && !more
+        Ok(!more)
     })?;
-    match failure {
-        Some(error) => Err(corrupt(CF_QUOTA)(error)),
-        None => Ok((objects, more)),
-    }
+    Ok((objects, more))
 }
 
 /// How many quota objects a tenant has, counted up to `up_to` (enough to compare with a cap).
@@ -215,25 +201,18 @@ pub fn list_alerts(
     let end = keys::prefix_successor(&prefix);
     let mut alerts = Vec::new();
     let mut next = None;
-    let mut failure = None;
-    store.scan(CF_QUOTA, &start, end.as_deref(), |key, value| {
+    store.scan_decoding(CF_QUOTA, &start, end.as_deref(), |key, value| {
         let Some(seq) = decode_tenant_alert_seq(key) else {
-            return true;
+            return Ok(true);
         };
         if alerts.len() == limit {
             next = Some(seq);
-            return false;
+            return Ok(false);
         }
-        match codec::decode_alert(value) {
-            Ok(alert) => alerts.push((seq, alert)),
-            Err(error) => failure = Some(error),
-        }
-        failure.is_none()
+        alerts.push((seq, codec::decode_alert(value)?));
+        Ok(true)
     })?;
-    match failure {
-        Some(error) => Err(corrupt(CF_QUOTA)(error)),
-        None => Ok(AlertPage { alerts, next }),
-    }
+    Ok(AlertPage { alerts, next })
 }
 
 /// Every alert from `from_seq` on, oldest first, at most `limit` (the webhook deliverer's
@@ -244,18 +223,12 @@ pub fn alerts_from(
     limit: usize,
 ) -> Result<Vec<(u64, Alert)>, StoreError> {
     let mut alerts = Vec::new();
-    let mut failure = None;
-    store.scan(CF_ALERTS, &keys::seq_key(from_seq), None, |key, value| {
-        match codec::decode_alert(value) {
-            Ok(alert) => alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert)),
-            Err(error) => failure = Some(error),
-        }
-        failure.is_none() && alerts.len() < limit
+    store.scan_decoding(CF_ALERTS, &keys::seq_key(from_seq), None, |key, value| {
+        let alert = codec::decode_alert(value)?;
+        alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert));
+        Ok(alerts.len() < limit)
     })?;
-    match failure {
-        Some(error) => Err(corrupt(CF_ALERTS)(error)),
-        None => Ok(alerts),
-    }
+    Ok(alerts)
 }
 
 /// Levels of every key of a tenant in one scope (namespace, or `*`), micro-units.
@@ -268,8 +241,8 @@ pub fn levels(
     keys::push_str(&mut prefix, tenant);
     keys::push_str(&mut prefix, namespace.unwrap_or(TENANT_SCOPE));
     let mut levels = BTreeMap::new();
-    let mut failure = None;
-    store.scan_prefix(CF_QUOTA, &prefix, |key, value| {
+    store.scan_prefix_decoding(CF_QUOTA, &prefix, |key, value| {
+        let level = codec::decode_i128(value, "quota level")?;
         let rest = key.get(prefix.len()..).unwrap_or_default();
         let mut parts = rest.split(|&b| b == 0);
         let kind = parts
@@ -278,19 +251,12 @@ pub fn levels(
         let name = parts
             .next()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        match (kind, name, codec::decode_i128(value, "quota level")) {
-            (Some(kind), Some(name), Ok(level)) => {
-                levels.insert((kind, name), level);
-            }
-            (_, _, Err(error)) => failure = Some(error),
-            _ => {}
+        if let (Some(kind), Some(name)) = (kind, name) {
+            levels.insert((kind, name), level);
         }
-        failure.is_none()
+        Ok(true)
     })?;
-    match failure {
-        Some(error) => Err(corrupt(CF_QUOTA)(error)),
-        None => Ok(levels),
-    }
+    Ok(levels)
 }
 
 #[cfg(test)]

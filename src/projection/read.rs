@@ -43,24 +43,15 @@ pub fn visit_series_rows(
 ) -> Result<(), StoreError> {
     let start = keys::bucket_prefix(tenant, scope, from_bucket);
     let end = keys::bucket_prefix(tenant, scope, to_bucket);
-    let mut failure = None;
-    store.scan(cf, &start, Some(&end), |key, value| {
-        match (keys::decode_series_key(key), Aggregate::decode(value)) {
-            (Some(row), Ok(aggregate)) => visit(row, aggregate),
-            (None, _) => {
-                failure = Some(StoreError::Corrupt {
-                    cf,
-                    source: codec::CodecError {
-                        what: "series key",
-                        reason: format!("{} bytes", key.len()),
-                    },
-                })
-            }
-            (_, Err(source)) => failure = Some(StoreError::Corrupt { cf, source }),
-        }
-        failure.is_none()
-    })?;
-    failure.map_or(Ok(()), Err)
+    store.scan_decoding(cf, &start, Some(&end), |key, value| {
+        let aggregate = Aggregate::decode(value)?;
+        let row = keys::decode_series_key(key).ok_or_else(|| codec::CodecError {
+            what: "series key",
+            reason: format!("{} bytes", key.len()),
+        })?;
+        visit(row, aggregate);
+        Ok(true)
+    })
 }
 
 /// [`visit_series_rows`] of the hourly rows: hours in `[from_hour, to_hour)`.
@@ -101,27 +92,16 @@ pub fn audit_page(
     let end = super::runner::audit_key(tenant, before_seq);
     let mut records = Vec::new();
     let mut last_seq = None;
-    let mut failure = None;
-    store.scan_reverse(CF_AUDIT, &start, &end, |key, value| {
-        match codec::decode_audit(value) {
-            Ok(record) => {
-                if keep(&record) {
-                    // The key ends in the record's seq.
-                    last_seq = key
-                        .get(key.len().saturating_sub(8)..)
-                        .and_then(keys::decode_seq_key);
-                    records.push(record);
-                }
-            }
-            Err(error) => failure = Some(error),
+    store.scan_reverse_decoding(CF_AUDIT, &start, &end, |key, value| {
+        let record = codec::decode_audit(value)?;
+        if keep(&record) {
+            // The key ends in the record's seq.
+            last_seq = key
+                .get(key.len().saturating_sub(8)..)
+                .and_then(keys::decode_seq_key);
+            records.push(record);
         }
-        failure.is_none() && records.len() < limit
+        Ok(records.len() < limit)
     })?;
-    match failure {
-        Some(source) => Err(StoreError::Corrupt {
-            cf: CF_AUDIT,
-            source,
-        }),
-        None => Ok((records, last_seq)),
-    }
+    Ok((records, last_seq))
 }
