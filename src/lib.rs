@@ -21,7 +21,8 @@
 //! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
 //! - [`projection::runner`]: the projector thread that checkpoints with its rows.
 //! - [`engine`]: starts and stops the store, writer and projector together.
-//! - [`api`]: the axum router; [`server`]: serving with graceful shutdown.
+//! - [`api`]: the axum router; [`server`]: serving with graceful shutdown; [`stop`]: the one
+//!   stop signal its background tasks obey.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
 //! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in;
 //!   dry runs on a read-only store; `tally migrate`.
@@ -65,6 +66,7 @@ pub mod quota;
 pub mod replay;
 pub mod report;
 pub mod server;
+pub mod stop;
 pub mod time;
 pub mod units;
 pub mod webhook;

@@ -22,6 +22,7 @@ use crate::config::ServerLimits;
 use crate::engine::{Engine, EngineError};
 use crate::ingest::kafka::KafkaConsumer;
 use crate::log::store::MAX_OPEN_TABLE_FILES;
+use crate::stop::StopSignal;
 use crate::webhook::WebhookDeliverer;
 
 /// File descriptors kept for everything but client connections and table files: WAL and
@@ -139,6 +140,8 @@ async fn reopen_when_possible(
 /// The engine's background work beside the API: the Kafka consumer, the alert webhook and the
 /// billing clock.
 struct Background {
+    /// The one signal all of them obey.
+    stop: StopSignal,
     consumer: Option<KafkaConsumer>,
     webhook: Option<WebhookDeliverer>,
     billing_clock: tokio::task::JoinHandle<()>,
@@ -146,12 +149,14 @@ struct Background {
 
 impl Background {
     fn start(engine: &Arc<Engine>) -> std::io::Result<Background> {
+        let stop = StopSignal::default();
         let consumer = match engine.config.kafka.clone() {
             Some(settings) => {
                 let topic = settings.topic.clone();
-                let consumer = KafkaConsumer::start(engine.clone(), settings).map_err(|e| {
-                    std::io::Error::other(format!("cannot start the Kafka consumer: {e}"))
-                })?;
+                let consumer = KafkaConsumer::start(engine.clone(), settings, stop.clone())
+                    .map_err(|e| {
+                        std::io::Error::other(format!("cannot start the Kafka consumer: {e}"))
+                    })?;
                 tracing::info!(%topic, "consuming from kafka");
                 Some(consumer)
             }
@@ -160,26 +165,33 @@ impl Background {
         let webhook = match engine.config.webhook.clone() {
             Some(settings) => {
                 tracing::info!(url = %settings.url, "delivering alerts to the webhook");
-                Some(WebhookDeliverer::start(engine.clone(), settings)?)
+                Some(WebhookDeliverer::start(
+                    engine.clone(),
+                    settings,
+                    stop.clone(),
+                )?)
             }
             None => None,
         };
-        let billing_clock = tokio::spawn(billing_clock(engine.clone()));
+        let billing_clock = tokio::spawn(billing_clock(engine.clone(), stop.clone()));
         Ok(Background {
+            stop,
             consumer,
             webhook,
             billing_clock,
         })
     }
 
-    /// Stops each, the consumer after its batch (so the writer sees it before it closes).
+    /// Signals all of them at once and waits for each: the consumer after its batch (so the
+    /// writer sees it before it closes), the billing clock after its round, the webhook after
+    /// the delivery in hand.
     async fn stop(self) {
+        self.stop.stop();
         if let Some(consumer) = self.consumer {
             tokio::task::spawn_blocking(move || consumer.stop())
                 .await
                 .ok();
         }
-        self.billing_clock.abort();
         let _ = self.billing_clock.await;
         if let Some(webhook) = self.webhook {
             tokio::task::spawn_blocking(move || webhook.stop())
@@ -319,10 +331,13 @@ fn raise_descriptor_limit() -> u64 {
 }
 
 /// Closes due billing periods every second (their invoices are issued by the projector).
-async fn billing_clock(engine: Arc<Engine>) {
+async fn billing_clock(engine: Arc<Engine>, stop: StopSignal) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.stopped() => return,
+        }
         if let Err(error) = engine.close_due_periods().await {
             tracing::warn!(%error, "cannot close due billing periods; retrying");
         }

@@ -7,7 +7,6 @@
 //! deduplicate by the `X-Tally-Alert-Id` header.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use crate::engine::Engine;
 use crate::log::codec;
 use crate::log::store::{CF_META, Store, StoreError};
 use crate::projection::quota::alerts_from;
+use crate::stop::StopSignal;
 
 /// Where delivery stands, in the `meta` CF (not a projection: a rebuild keeps it).
 const CURSOR_KEY: &[u8] = b"webhook_cursor";
@@ -41,13 +41,17 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 /// The running delivery thread.
 pub struct WebhookDeliverer {
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
     thread: Option<JoinHandle<()>>,
 }
 
 impl WebhookDeliverer {
-    pub fn start(engine: Arc<Engine>, settings: WebhookSettings) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Starts delivering; it stops when `stop` is signalled (see [`WebhookDeliverer::stop`]).
+    pub fn start(
+        engine: Arc<Engine>,
+        settings: WebhookSettings,
+        stop: StopSignal,
+    ) -> std::io::Result<Self> {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tally-webhook".into())
@@ -70,7 +74,7 @@ impl WebhookDeliverer {
 
     /// Stops after the delivery in hand (its cursor is written if it succeeded).
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -130,26 +134,26 @@ pub fn migrated_cursor_row(
 }
 
 /// Sleeps up to `duration`, waking early when asked to stop; false when stopping.
-fn pause(duration: Duration, stop: &AtomicBool) -> bool {
+fn pause(duration: Duration, stop: &StopSignal) -> bool {
     let until = Instant::now() + duration;
     while Instant::now() < until {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_stopped() {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
     }
-    !stop.load(Ordering::SeqCst)
+    !stop.is_stopped()
 }
 
 fn run(
     engine: &Engine,
     settings: &WebhookSettings,
     client: &reqwest::blocking::Client,
-    stop: &AtomicBool,
+    stop: &StopSignal,
 ) {
     let store = &engine.store;
     let mut retry = FIRST_RETRY;
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_stopped() {
         let batch = read_cursor(store).and_then(|cursor| alerts_from(store, cursor, 100));
         let alerts = match batch {
             Ok(alerts) if alerts.is_empty() => {
@@ -203,7 +207,7 @@ fn run(
                     }
                 }
             }
-            if stop.load(Ordering::SeqCst) {
+            if stop.is_stopped() {
                 return;
             }
         }

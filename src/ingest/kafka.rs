@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use crate::ingest::watermarks::{FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome, SourceOffset};
 use crate::log::store::Store;
+use crate::stop::StopSignal;
 
 pub use crate::config::KafkaSettings;
 
@@ -93,14 +93,16 @@ fn assign_all(
 
 /// A running consumer thread; stop it with [`KafkaConsumer::stop`].
 pub struct KafkaConsumer {
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
     thread: Option<JoinHandle<()>>,
 }
 
 impl KafkaConsumer {
+    /// Starts consuming; it stops when `stop` is signalled (see [`KafkaConsumer::stop`]).
     pub fn start(
         engine: Arc<Engine>,
         settings: KafkaSettings,
+        stop: StopSignal,
     ) -> Result<KafkaConsumer, KafkaError> {
         let health = engine.kafka_health.clone();
         let context = TallyContext {
@@ -117,7 +119,6 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(context)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tally-kafka".into())
@@ -134,7 +135,7 @@ impl KafkaConsumer {
     /// Finishes the batch in hand and stops; nothing polled is lost (what was not appended is
     /// read again from the stored offsets next time).
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -153,7 +154,7 @@ fn run(
     engine: &Engine,
     consumer: &BaseConsumer<TallyContext>,
     settings: &KafkaSettings,
-    stop: &AtomicBool,
+    stop: &StopSignal,
 ) {
     let mut last_lag_check = Instant::now();
     let mut assigned: Vec<i32> = Vec::new();
@@ -161,7 +162,7 @@ fn run(
     let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_assignment_check: Option<Instant> = None;
     let mut stalls = StallDetector::new(settings.stall_after);
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_stopped() {
         // Checked first, so a partition that can be read but not recorded is seen too.
         if last_lag_check.elapsed() > LAG_CHECK_INTERVAL {
             record_lag(consumer, engine, settings, &mut stalls);
@@ -238,13 +239,13 @@ pub(crate) fn partitions_of<C: ConsumerContext>(
 fn poll_batch(
     consumer: &BaseConsumer<TallyContext>,
     settings: &KafkaSettings,
-    stop: &AtomicBool,
+    stop: &StopSignal,
     health: &Health,
     stalls: &mut StallDetector,
 ) -> Vec<Polled> {
     let mut batch = Vec::new();
     let mut deadline: Option<Instant> = None;
-    while batch.len() < settings.batch_max && !stop.load(Ordering::SeqCst) {
+    while batch.len() < settings.batch_max && !stop.is_stopped() {
         let wait = match deadline {
             Some(at) => match at.checked_duration_since(Instant::now()) {
                 Some(left) => left,
