@@ -16,7 +16,9 @@ const CHUNK: usize = 10_000;
 pub enum MigrateError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{cf} row {key}: {source}; the data directory was left as it was at that row")]
+    #[error(
+        "{cf} row {key}: {source}; the rows before it are already rewritten (a v2 row is kept as it is), so `tally migrate` can be run again once that row is repaired or removed"
+    )]
     Undecodable {
         cf: &'static str,
         key: String,
