@@ -437,8 +437,15 @@ fn main() {
             ));
         }
         server.wait_caught_up();
-        // An hourly query token of one namespace, for hourly_usage_details.
-        let (_, details) = server.post("/api/web/namespaces/ns-1/usage_details", &json!({}));
+        // An hourly query token of one namespace, for hourly_usage_details. The window covers
+        // the 48 hours the events span: the default (the open billing period) may begin after
+        // some of them, early in a month.
+        let now = chrono::Utc::now().timestamp_micros();
+        let window = json!({
+            "from": tally::time::format_rfc3339(now - 49 * 3_600_000_000),
+            "to": tally::time::format_rfc3339(now + 3_600_000_000),
+        });
+        let (_, details) = server.post("/api/web/namespaces/ns-1/usage_details", &window);
         let hourly_query = details["usage_items"][0]["hourly_breakdown_query"]
             .as_str()
             .unwrap_or_default()
