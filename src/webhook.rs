@@ -81,16 +81,21 @@ impl WebhookDeliverer {
     }
 }
 
-fn read_cursor(store: &Store) -> Result<u64, StoreError> {
-    match store.get(CF_META, CURSOR_KEY)? {
-        Some(bytes) => {
+/// The stored delivery position, `None` when no webhook ever delivered.
+fn stored_cursor(store: &Store) -> Result<Option<u64>, StoreError> {
+    store
+        .get(CF_META, CURSOR_KEY)?
+        .map(|bytes| {
             codec::decode_u64(&bytes, "webhook cursor").map_err(|source| StoreError::Corrupt {
                 cf: CF_META,
                 source,
             })
-        }
-        None => Ok(0),
-    }
+        })
+        .transpose()
+}
+
+fn read_cursor(store: &Store) -> Result<u64, StoreError> {
+    Ok(stored_cursor(store)?.unwrap_or(0))
 }
 
 fn write_cursor(store: &Store, next: u64) -> Result<(), StoreError> {
@@ -109,10 +114,9 @@ pub fn migrated_cursor_row(
     store: &Store,
     alert_entries: &[(u64, u64)],
 ) -> Result<Option<crate::log::store::PutRow>, StoreError> {
-    if store.get(CF_META, CURSOR_KEY)?.is_none() {
+    let Some(delivered_before) = stored_cursor(store)? else {
         return Ok(None);
-    }
-    let delivered_before = read_cursor(store)?;
+    };
     let first_undelivered = alert_entries
         .iter()
         .filter(|(seq, _)| *seq >= delivered_before)
