@@ -174,23 +174,16 @@ pub async fn list_subscriptions(
     namespace_scope(&caller, &namespace)?;
     let billing = tenant_state(&state, &caller.tenant).await?;
     let catalog = &state.engine.config.catalog;
-    // Stretches of consecutive periods on one plan: (first, latest, all of them).
-    let mut runs: Vec<(&billing::Period, &billing::Period, Vec<&billing::Period>)> = Vec::new();
-    for period in &billing.periods {
-        match runs.last_mut() {
-            Some((first, latest, run)) if first.plan == period.plan => {
-                *latest = period;
-                run.push(period);
-            }
-            _ => runs.push((period, period, vec![period])),
-        }
-    }
+    // One subscription per stretch of consecutive periods on one plan.
+    let runs: Vec<&[billing::Period]> = billing.periods.chunk_by(|a, b| a.plan == b.plan).collect();
     let last = runs.len().saturating_sub(1);
     let subscriptions: Vec<Value> = runs
         .iter()
         .enumerate()
         .filter(|(index, _)| query.current != Some(true) || *index == last)
-        .map(|(index, (first, latest, run))| {
+        .filter_map(|(index, run)| {
+            // A stretch is never empty.
+            let (first, latest) = (run.first()?, run.last()?);
             let plan = catalog.plan(&first.plan);
             let previous: Vec<Value> = run
                 .iter()
@@ -228,7 +221,7 @@ pub async fn list_subscriptions(
                     json!(time::format_rfc3339(latest.end)),
                 );
             }
-            subscription
+            Some(subscription)
         })
         .collect();
     Ok(Json(json!({"subscriptions": subscriptions})))
