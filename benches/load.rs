@@ -150,14 +150,29 @@ fn kafka_stage(events: u64, results: &mut BTreeMap<String, f64>, rss: &mut f64) 
     );
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(7_200);
+    // While the projector folds the backlog, a quota command every 100 ms: its latency is
+    // what a tenant sees with thousands of other tenants' events still to fold.
+    let mut commands = Histogram::<u64>::new(3).expect("histogram");
+    let mut command_entries = 0;
+    let mut polls = 0u64;
     loop {
         let ready = server.readiness();
         let logged = ready["log_entries"].as_u64().unwrap_or(0);
+        let projected = ready["projected_entries"].as_u64().unwrap_or(0);
         if logged > 0 {
             first.get_or_insert_with(Instant::now);
         }
-        if logged == events && ready["projected_entries"] == events {
+        if logged >= events + command_entries && projected == logged {
             break;
+        }
+        polls += 1;
+        if logged > 0 && projected < events && polls.is_multiple_of(5) {
+            let sent = Instant::now();
+            let status = quota_command(&server, commands.len());
+            commands.record(sent.elapsed().as_micros() as u64).ok();
+            assert_eq!(status, 200, "quota command during the backlog");
+            // The quota fact and its audit record.
+            command_entries += 2;
         }
         assert!(Instant::now() < deadline, "kafka ingest stuck at {ready}");
         std::thread::sleep(Duration::from_millis(20));
@@ -167,7 +182,37 @@ fn kafka_stage(events: u64, results: &mut BTreeMap<String, f64>, rss: &mut f64) 
     server.stop();
     results.insert(format!("kafka_ingest_eps_{events}"), ingest_rate);
     results.insert(format!("kafka_drain_eps_{events}"), drain_rate);
+    results.insert(
+        format!("command_during_backlog_p50_ms_{events}"),
+        ms(&commands, 0.5),
+    );
+    results.insert(
+        format!("command_during_backlog_p99_ms_{events}"),
+        ms(&commands, 0.99),
+    );
+    results.insert(
+        format!("commands_during_backlog_{events}"),
+        commands.len() as f64,
+    );
     (ingest_rate, drain_rate)
+}
+
+/// The `n`th quota command of the load harness: the first creates its object, the rest
+/// replace it with another maximum. Returns the HTTP status.
+fn quota_command(server: &Server, n: u64) -> u16 {
+    let body = json!({"metadata": {"name": "bench-quota", "namespace": "system"},
+        "spec": {"object_limits": {"http_loadbalancer": {"maximum": 1_000 + n}}}});
+    if n == 0 {
+        server.post("/api/web/namespaces/system/quotas", &body).0
+    } else {
+        server
+            .call(
+                "PUT",
+                "/api/web/namespaces/system/quotas/bench-quota",
+                Some(&body),
+            )
+            .0
+    }
 }
 
 fn ndjson_batch(start: u64, count: u64, now: i64) -> String {
@@ -400,6 +445,16 @@ fn main() {
                 "raw drain {drain:.0} msg/s: {:.0} %",
                 100.0 * ingest / drain.max(1e-9)
             ),
+        ));
+        rows.push((
+            format!("Quota command while those {events} events are folded"),
+            format!(
+                "{:.0} commands; p50 {:.1} / p99 {:.1} ms",
+                results[&format!("commands_during_backlog_{events}")],
+                results[&format!("command_during_backlog_p50_ms_{events}")],
+                results[&format!("command_during_backlog_p99_ms_{events}")],
+            ),
+            "no wait for the backlog".into(),
         ));
     }
     if let Some(&events) = plan.kafka.first() {

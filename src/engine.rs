@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::auth::{OperatorTokenError, Tokens};
 use crate::billing::BillingChange;
+use crate::commands::WriteSide;
 use crate::config::Config;
 use crate::event::DecodeContext;
 use crate::health::{Health, PartitionStalls};
@@ -34,8 +35,10 @@ pub enum EngineError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
-    #[error("{0}")]
-    Background(String),
+    #[error("a background task failed: {0}")]
+    Background(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
     #[error(
         "the catalog changed the definition of meters {0}: the projections were folded under the old one; run `tally replay rebuild --data-dir …` with the new catalog first"
     )]
@@ -102,9 +105,11 @@ pub struct Engine {
     /// The operator token when this start generated it (shown once, then forgotten).
     pub generated_admin_token: Mutex<Option<String>>,
     /// Per tenant, the log position just past the last fact (a command's entries, a period
-    /// close) this engine appended for it: a command of that tenant is decided once the
-    /// projections reach it, whatever other tenants appended since.
+    /// close) this engine appended for it: a read of that tenant answers once the projections
+    /// reach it, whatever other tenants appended since.
     tenant_positions: Mutex<std::collections::HashMap<String, u64>>,
+    /// What each tenant's quota and billing commands are decided against, per tenant.
+    pub commands: WriteSide,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -175,6 +180,7 @@ impl Engine {
             clock,
             generated_admin_token: Mutex::new(generated),
             tenant_positions: Mutex::default(),
+            commands: WriteSide::default(),
             threads: Mutex::new(vec![writer_thread, projector_thread]),
         })
     }
@@ -230,9 +236,9 @@ impl Engine {
         }
     }
 
-    /// The log position the projections must reach before a command of `tenant` is decided:
-    /// past its last fact this engine appended, or, for a tenant with none since the start,
-    /// everything the log held at the start.
+    /// The log position the projections must reach before a read of `tenant` shows its every
+    /// fact: past its last fact this engine appended, or, for a tenant with none since the
+    /// start, everything the log held at the start.
     pub fn tenant_position(&self, tenant: &str) -> u64 {
         self.tenant_positions
             .lock()
@@ -257,8 +263,7 @@ impl Engine {
         let store = self.store.clone();
         let tenants =
             tokio::task::spawn_blocking(move || crate::projection::billing::all_tenants(&store))
-                .await
-                .map_err(|e| EngineError::Background(e.to_string()))??;
+                .await??;
         let now = self.now();
         let mut candidates = Vec::new();
         let mut closing = Vec::new();
@@ -281,12 +286,17 @@ impl Engine {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let outcomes = self
-            .appender
-            .append(candidates)
-            .await
-            .map_err(|e| EngineError::Background(e.to_string()))?;
+        let outcomes = self.appender.append(candidates).await?;
         self.note_positions(closing.iter().map(String::as_str).zip(&outcomes));
+        // A closed period issues an invoice the write side does not compute: the tenant's
+        // next billing command reads the projection once it holds the close.
+        for (tenant, outcome) in closing.iter().zip(&outcomes) {
+            if let Outcome::Recorded { seq } = outcome {
+                self.commands
+                    .billing
+                    .invalidate(tenant, seq.saturating_add(1));
+            }
+        }
         if let Some(next) = recorded_next(&outcomes) {
             self.wait_projected(next, PROJECTION_WAIT).await;
         }
@@ -355,7 +365,7 @@ impl Engine {
 }
 
 /// The log position just past the last entry `outcomes` recorded, if any.
-fn recorded_next(outcomes: &[Outcome]) -> Option<u64> {
+pub fn recorded_next(outcomes: &[Outcome]) -> Option<u64> {
     outcomes
         .iter()
         .filter_map(|outcome| match outcome {

@@ -9,8 +9,10 @@
 //! - [`event`]: the usage event, its wire forms (Tally JSON, CloudEvents) and validation.
 //! - [`catalog`]: meters, plans, addons and prices.
 //! - [`projection`]: the folds from log entries into hourly, monthly and current rows.
-//! - [`quota`]: quota objects, effective limits, levels and threshold alerts.
-//! - [`billing`]: subscriptions, periods, plan transitions, payment methods, invoices, PDFs.
+//! - [`quota`]: quota objects, effective limits, levels and threshold alerts;
+//!   [`quota::decide`]: the rules of quota commands.
+//! - [`billing`]: subscriptions, periods, plan transitions, payment methods, invoices, PDFs;
+//!   [`billing::decide`]: the rules of billing commands, with typed rejections.
 //! - [`report`]: rows → F5 response shapes (usage items, cost lines, summaries).
 //!
 //! Shell:
@@ -21,6 +23,8 @@
 //! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
 //! - [`projection::runner`]: the projector thread that checkpoints with its rows.
 //! - [`engine`]: starts and stops the store, writer and projector together.
+//! - [`commands`]: the write side: what each tenant's commands are decided against (its
+//!   projection, or the state its unfolded facts left), one turn per tenant and kind.
 //! - [`api`]: the axum router; [`server`]: serving with graceful shutdown; [`stop`]: the one
 //!   stop signal its background tasks obey.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
@@ -53,6 +57,7 @@ pub mod auth;
 pub mod backup;
 pub mod billing;
 pub mod catalog;
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod event;

@@ -972,8 +972,10 @@ async fn usage_details_and_current_usage_default_to_the_same_open_period_after_a
 
 /// A command is decided against its own tenant's facts, not against a caught-up projector:
 /// with 200,000 events of another tenant in the log and the projector held still before
-/// them, a quota object and a plan transition of two other tenants are answered at once, and
-/// each tenant reads its own change once the projector gets there.
+/// them, two other tenants' quota and billing commands are answered at once, each decided
+/// against what that tenant's earlier unfolded commands left (a replace finds the object just
+/// created, a second create of it is a conflict, a verdict finds the transition just
+/// requested), and each tenant reads its own changes once the projector gets there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Holding the projector's gate across the requests is the point: it keeps the backlog unfolded.
 #[allow(clippy::await_holding_lock)]
@@ -1022,27 +1024,80 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
     assert!(h.engine.head.get() >= projected_before + backlog);
 
     // Two tenants' commands, decided and durable while all of it waits to be folded.
-    let (status, created) = h
-        .request(
-            "POST",
-            "/api/web/namespaces/system/quotas",
-            Some(TOKEN),
-            Some(json!({"metadata": {"name": "tight", "namespace": "system"},
-                   "spec": {"object_limits": {"http_loadbalancer": {"maximum": 3}}}})),
-            false,
-        )
-        .await;
+    let quota_command = |method: &'static str, path: &'static str, body: Value| {
+        let h = &h;
+        async move {
+            h.request(method, path, Some(TOKEN), Some(body), false)
+                .await
+        }
+    };
+    let acme_transition = |body: Value| {
+        let (h, token) = (&h, acme_token.clone());
+        async move {
+            h.request(
+                "POST",
+                "/api/web/namespaces/system/billing/plan_transition",
+                Some(&token),
+                Some(body),
+                false,
+            )
+            .await
+        }
+    };
+    let tight = |maximum: i64| {
+        json!({"metadata": {"name": "tight", "namespace": "system"},
+               "spec": {"object_limits": {"http_loadbalancer": {"maximum": maximum}}}})
+    };
+    let (status, created) =
+        quota_command("POST", "/api/web/namespaces/system/quotas", tight(3)).await;
     assert_eq!(status, StatusCode::OK, "{created}");
-    let (status, transition) = h
+    let (status, transition) = acme_transition(to_team_plan()).await;
+    assert_eq!(status, StatusCode::OK, "{transition}");
+
+    // Second commands of the same tenants, decided against their first ones, still unfolded.
+    let (status, replaced) =
+        quota_command("PUT", "/api/web/namespaces/system/quotas/tight", tight(4)).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    let (status, again) =
+        quota_command("POST", "/api/web/namespaces/system/quotas", tight(5)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    let spare = json!({"metadata": {"name": "spare", "namespace": "system"}, "spec": {}});
+    let (status, _) = quota_command("POST", "/api/web/namespaces/system/quotas", spare).await;
+    assert_eq!(status, StatusCode::OK);
+    let delete_spare = || {
+        quota_command(
+            "DELETE",
+            "/api/web/namespaces/system/quotas/spare",
+            json!({}),
+        )
+    };
+    assert_eq!(delete_spare().await.0, StatusCode::OK);
+    let (status, gone) = delete_spare().await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
+
+    // acme is on team-plan already, as far as its commands can tell.
+    let (status, twice) = acme_transition(to_team_plan()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{twice}");
+    assert_eq!(
+        twice["message"], "new_plan: the tenant is on `team-plan` already",
+        "{twice}"
+    );
+    // A move that waits for approval, and the operator's verdict on it, found before the fold.
+    let (status, waiting) = acme_transition(json!({"new_plan": "individual-plan"})).await;
+    assert_eq!(status, StatusCode::OK, "{waiting}");
+    assert_eq!(waiting["requires_manual_approval"], true, "{waiting}");
+    let waiting_id = waiting["id"].as_str().unwrap().to_owned();
+    let (status, rejected) = h
         .request(
             "POST",
-            "/api/web/namespaces/system/billing/plan_transition",
-            Some(&acme_token),
-            Some(to_team_plan()),
+            &format!("/api/tally/plan_transitions/{waiting_id}/reject"),
+            Some(TOKEN),
+            Some(json!({"reason": "not now"})),
             false,
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{transition}");
+    assert_eq!(status, StatusCode::OK, "{rejected}");
+    assert_eq!(rejected["state"], "STATE_FAILED", "{rejected}");
     assert_eq!(
         *h.engine.projected.borrow(),
         projected_before,
@@ -1058,9 +1113,20 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
     );
     let (_, quota) = h.get("/api/web/namespaces/system/quotas/tight").await;
     assert_eq!(
-        quota["spec"]["object_limits"]["http_loadbalancer"]["maximum"], 3,
+        quota["spec"]["object_limits"]["http_loadbalancer"]["maximum"], 4,
         "{quota}"
     );
+    let (status, _) = h.get("/api/web/namespaces/system/quotas/spare").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, state) = h
+        .call(
+            "GET",
+            &format!("/no_auth/namespaces/system/billing/plan_transition?id={waiting_id}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(state["state"], "STATE_FAILED", "{state}");
     let (_, plan) = h
         .call(
             "GET",

@@ -13,25 +13,27 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{
-    AppState, CommandKind, body_bytes, namespace_scope, parse_body, require_operator, require_role,
-    tenant_current,
-};
+use super::{AppState, body_bytes, namespace_scope, parse_body, require_operator, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
-use crate::billing::{
-    self, BillingChange, Coupon, DiscountKind, PaymentRole, TenantBilling, TransitionState,
-};
-use crate::catalog::{Catalog, Plan, TransitionRequiredField};
+use crate::billing::decide::{BillingCommand, TransitionRequest as Transition, Verdict};
+use crate::billing::{self, BillingChange, Coupon, DiscountKind, PaymentRole, TenantBilling};
+use crate::catalog::{Catalog, Plan};
 use crate::projection::billing as rows;
 use crate::time;
 
-/// The tenant's billing state; a tenant not seen yet is on the default plan from now.
+/// The tenant's billing state once the projections hold its every fact (reads); a tenant
+/// not seen yet is on the default plan from now.
 pub(crate) async fn tenant_state(
     state: &AppState,
     tenant: &str,
 ) -> Result<TenantBilling, ApiError> {
     super::readable(state, tenant).await;
+    projected_state(state, tenant).await
+}
+
+/// The tenant's billing state as the projection holds it now.
+async fn projected_state(state: &AppState, tenant: &str) -> Result<TenantBilling, ApiError> {
     let store = state.engine.store.clone();
     let owned = tenant.to_owned();
     let stored = tokio::task::spawn_blocking(move || rows::load_tenant(&store, &owned)).await??;
@@ -51,14 +53,40 @@ fn authorize_change(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
     require_role(caller, Role::Admin)
 }
 
-/// Appends billing changes of `tenant` with an audit record of each, in one batch.
-async fn append(
+/// A billing command that was carried out: the facts it recorded and the state they leave.
+struct Done {
+    changes: Vec<BillingChange>,
+    state: TenantBilling,
+}
+
+/// Carries out `command` for `tenant` in its turn: decided against the tenant's own facts
+/// ([`crate::commands`]), appended with an audit record of each fact in one durable batch,
+/// and answered without waiting for the projector.
+async fn run(
     state: &AppState,
     caller: &Caller,
     tenant: &str,
-    changes: Vec<BillingChange>,
-) -> Result<(), ApiError> {
-    let at = state.engine.now();
+    command: BillingCommand,
+) -> Result<Done, ApiError> {
+    let engine = &state.engine;
+    let mut turn = engine.commands.billing.begin(tenant).await;
+    // Invoices are the fold's output (priced from usage): paying one is decided against the
+    // projection, once it holds every fact of the tenant.
+    if matches!(command, BillingCommand::MarkPaid { .. })
+        && !engine.wait_tenant_current(tenant).await
+    {
+        return Err(super::projections_behind());
+    }
+    let current = super::command_basis(state, &mut turn, projected_state(state, tenant)).await?;
+    let catalog = &engine.config.catalog;
+    let changes = billing::decide::decide(&current, catalog, command)?;
+    if changes.is_empty() {
+        return Ok(Done {
+            changes,
+            state: current,
+        });
+    }
+    let at = engine.now();
     let audits = changes
         .iter()
         .map(|change| {
@@ -67,14 +95,27 @@ async fn append(
         })
         .collect();
     let entries = changes
-        .into_iter()
+        .iter()
         .map(|change| crate::log::LogEntry::Billing {
             tenant: tenant.to_owned(),
             at,
-            change,
+            change: change.clone(),
         })
         .collect();
-    super::append_audited(state, caller, entries, audits).await
+    let folded = *engine.projected.borrow();
+    let through = super::append_audited(state, caller, entries, audits).await?;
+    let mut next = current;
+    for change in &changes {
+        billing::apply(&mut next, change, at, catalog);
+        if let BillingChange::TransitionRequested { id, .. } = change {
+            engine.commands.note_transition(id, tenant, through, folded);
+        }
+    }
+    turn.record(next.clone(), through);
+    Ok(Done {
+        changes,
+        state: next,
+    })
 }
 
 fn addon_details(catalog: &Catalog, names: &[String]) -> Vec<Value> {
@@ -265,19 +306,7 @@ struct TransitionRequest {
     payload: Option<TransitionPayload>,
 }
 
-fn is_hostname(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 253
-        && text.contains('.')
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
-
+/// The string fields of an F5 address object (others are not contact details).
 fn contact_of(address: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
     address
         .iter()
@@ -298,99 +327,39 @@ pub async fn request_transition(
         &namespace,
         request.namespace.as_deref().filter(|n| *n != "system"),
     )?;
-    let catalog = state.engine.config.catalog.clone();
-    let Some(plan) = catalog.plan(&request.new_plan) else {
-        return Err(ApiError::BadRequest(format!(
-            "new_plan: `{}` is not a plan of the catalog",
-            request.new_plan.chars().take(64).collect::<String>()
-        )));
-    };
     let payload = request.payload.unwrap_or_default();
-    let _guard = tenant_current(&state, CommandKind::Billing, &caller.tenant).await?;
-    let billing = tenant_state(&state, &caller.tenant).await?;
-    if billing.plan == plan.name {
-        return Err(ApiError::BadRequest(format!(
-            "new_plan: the tenant is on `{}` already",
-            plan.name
-        )));
-    }
-    if let Some(pending) = billing.pending_transition() {
-        return Err(ApiError::Conflict(format!(
-            "plan transition {} is waiting for approval; it must be decided first",
-            pending.id
-        )));
-    }
-    let has_primary = billing
-        .payment_methods
-        .values()
-        .any(|m| m.role == PaymentRole::Primary);
-    for field in &plan.transition_flow.required_fields {
-        match field {
-            TransitionRequiredField::TRANSITION_REQUIRED_FIELD_PAYMENT_TOKEN
-                if payload.payment_provider_token.is_empty() && !has_primary =>
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "payload.payment_provider_token: plan `{}` needs a payment method",
-                    plan.name
-                )));
-            }
-            TransitionRequiredField::TRANSITION_REQUIRED_FIELD_DOMAIN
-                if !is_hostname(&payload.domain) =>
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "payload.domain: plan `{}` needs the tenant's domain (a host name)",
-                    plan.name
-                )));
-            }
-            TransitionRequiredField::TRANSITION_REQUIRED_FIELD_CONTACTS
-                if payload
-                    .billing_address
-                    .as_ref()
-                    .is_none_or(BTreeMap::is_empty) =>
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "payload.billing_address: plan `{}` needs billing contacts",
-                    plan.name
-                )));
-            }
-            _ => {}
-        }
-    }
-    for addon in &payload.subscribe_addon_services {
-        if !plan.allowed_addon_services.contains(addon)
-            && !plan.included_addon_services.contains(addon)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "payload.subscribe_addon_services: `{addon}` is not allowed on plan `{}`",
-                plan.name
-            )));
-        }
-    }
-    let id = crate::ids::random_uuid();
-    let mut changes = Vec::new();
-    if !payload.payment_provider_token.is_empty() {
-        let contact = payload
-            .payment_address
+    let contact = payload
+        .payment_address
+        .as_ref()
+        .or(payload.billing_address.as_ref())
+        .map(contact_of)
+        .unwrap_or_default();
+    let transition = Transition {
+        new_plan: request.new_plan,
+        payment_provider_token: payload.payment_provider_token,
+        domain: payload.domain,
+        has_billing_address: payload
+            .billing_address
             .as_ref()
-            .or(payload.billing_address.as_ref())
-            .map(contact_of)
-            .unwrap_or_default();
-        changes.push(BillingChange::PaymentMethodAdded {
-            name: format!("pm-{}", &id[..8]),
-            role: PaymentRole::Primary,
-            token: payload.payment_provider_token.clone(),
-            contact,
-        });
-    }
-    let requires_approval = plan.transition_flow.requires_manual_approval;
-    changes.push(BillingChange::TransitionRequested {
+            .is_some_and(|address| !address.is_empty()),
+        contact,
+        subscribe_addon_services: payload.subscribe_addon_services,
+    };
+    let id = crate::ids::random_uuid();
+    let command = BillingCommand::RequestTransition {
         id: id.clone(),
-        to_plan: plan.name.clone(),
-        requires_approval,
-        addons: payload.subscribe_addon_services.clone(),
-        domain: payload.domain.clone(),
+        request: transition,
+    };
+    let done = run(&state, &caller, &caller.tenant, command).await?;
+    let requires_approval = done.changes.iter().any(|change| {
+        matches!(
+            change,
+            BillingChange::TransitionRequested {
+                requires_approval: true,
+                ..
+            }
+        )
     });
-    append(&state, &caller, &caller.tenant, changes).await?;
     Ok(Json(
         json!({"id": id, "requires_manual_approval": requires_approval}),
     ))
@@ -421,10 +390,13 @@ pub async fn transition_state(
     Ok(Json(json!({"state": transition.state.f5_name()})))
 }
 
-/// The tenant a plan transition id belongs to. The id names its tenant once the request is
-/// projected; an id not found yet may be of a request still being folded, so it is looked
-/// for again once the log is.
+/// The tenant a plan transition id belongs to: one requested and not folded yet is known to
+/// the write side; otherwise the projection names it. An id found in neither may be of a
+/// request another engine process appended, so it is looked for again once the log is folded.
 async fn transition_tenant(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
+    if let Some(tenant) = state.engine.commands.unfolded_transition(id) {
+        return Ok(Some(tenant));
+    }
     let lookup = || {
         let store = state.engine.store.clone();
         let id = id.to_owned();
@@ -459,39 +431,20 @@ async fn decide(
     let request: DecisionRequest = parse_body(&body_bytes(body)?)?;
     let tenant = transition_tenant(state, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?;
-    let _guard = tenant_current(state, CommandKind::Billing, &tenant).await?;
-    let billing = tenant_state(state, &tenant).await?;
-    let transition = billing
-        .transitions
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound("no plan transition has this id".into()))?;
-    if transition.state != TransitionState::WaitingForApproval {
-        return Err(ApiError::Conflict(format!(
-            "plan transition {id} is {}, not waiting for approval",
-            transition.state.f5_name()
-        )));
-    }
-    let change = if approve {
-        BillingChange::TransitionApproved {
-            id: id.to_owned(),
-            by: caller.token_id.clone(),
-        }
+        .ok_or(billing::decide::BillingRejection::UnknownTransition)?;
+    let verdict = if approve {
+        Verdict::Approve
     } else {
-        let reason = if request.reason.is_empty() {
-            "rejected by the billing department".to_owned()
-        } else {
-            request.reason.chars().take(1024).collect()
-        };
-        BillingChange::TransitionRejected {
-            id: id.to_owned(),
-            by: caller.token_id.clone(),
-            reason,
-        }
+        Verdict::Reject(request.reason)
     };
-    append(state, caller, &tenant, vec![change]).await?;
-    let billing = tenant_state(state, &tenant).await?;
-    let state_name = billing
+    let command = BillingCommand::DecideTransition {
+        id: id.to_owned(),
+        by: caller.token_id.clone(),
+        verdict,
+    };
+    let done = run(state, caller, &tenant, command).await?;
+    let state_name = done
+        .state
         .transitions
         .get(id)
         .map_or("STATE_UNSPECIFIED", |t| t.state.f5_name());
@@ -554,52 +507,9 @@ async fn change_addon(
     subscribe: bool,
 ) -> Result<Json<Value>, ApiError> {
     authorize_change(caller, "system")?;
-    let catalog = state.engine.config.catalog.clone();
-    let addon = one_addon(&body_bytes(body)?, &catalog)?;
-    let _guard = tenant_current(state, CommandKind::Billing, &caller.tenant).await?;
-    let billing = tenant_state(state, &caller.tenant).await?;
-    let plan = catalog.plan(&billing.plan).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "the tenant's plan {} is not in the catalog",
-            billing.plan
-        ))
-    })?;
-    let subscribed = billing.addons.contains(&addon);
-    if subscribe {
-        if subscribed {
-            return Ok(Json(json!({})));
-        }
-        if !plan.allowed_addon_services.contains(&addon) {
-            return Err(ApiError::Forbidden(format!(
-                "addon `{addon}` is not allowed on plan `{}`",
-                plan.name
-            )));
-        }
-        append(
-            state,
-            caller,
-            &caller.tenant,
-            vec![BillingChange::AddonSubscribed { addon }],
-        )
-        .await?;
-    } else {
-        if !subscribed {
-            return Ok(Json(json!({})));
-        }
-        if plan.included_addon_services.contains(&addon) {
-            return Err(ApiError::Forbidden(format!(
-                "addon `{addon}` is included in plan `{}` and cannot be unsubscribed",
-                plan.name
-            )));
-        }
-        append(
-            state,
-            caller,
-            &caller.tenant,
-            vec![BillingChange::AddonUnsubscribed { addon }],
-        )
-        .await?;
-    }
+    let addon = one_addon(&body_bytes(body)?, &state.engine.config.catalog)?;
+    let command = BillingCommand::ChangeAddon { addon, subscribe };
+    run(state, caller, &caller.tenant, command).await?;
     Ok(Json(json!({})))
 }
 
@@ -663,14 +573,13 @@ pub async fn create_payment_method(
     }
     let role = parse_role(request.role.as_deref())?;
     let name = format!("pm-{}", &crate::ids::random_uuid()[..8]);
-    let _guard = tenant_current(&state, CommandKind::Billing, &caller.tenant).await?;
-    let change = BillingChange::PaymentMethodAdded {
+    let command = BillingCommand::AddPaymentMethod {
         name: name.clone(),
         role,
         token: request.token,
         contact: request.contact.as_ref().map(contact_of).unwrap_or_default(),
     };
-    append(&state, &caller, &caller.tenant, vec![change]).await?;
+    run(&state, &caller, &caller.tenant, command).await?;
     Ok(Json(json!({"name": name})))
 }
 
@@ -683,91 +592,50 @@ struct NamedRequest {
     namespace: Option<String>,
 }
 
-async fn payment_method_action(
+/// A change of the payment method `name`: the path names it, and a body may repeat it.
+async fn change_payment_method(
     state: &AppState,
     caller: &Caller,
     namespace: &str,
     name: &str,
     body: Result<Bytes, BytesRejection>,
-    make: impl FnOnce(&TenantBilling) -> Result<BillingChange, ApiError>,
+    command: BillingCommand,
 ) -> Result<Json<Value>, ApiError> {
     authorize_change(caller, namespace)?;
     let request: NamedRequest = parse_body(&body_bytes(body)?)?;
     super::check_body_matches_path("name", name, request.name.as_deref())?;
     super::check_body_namespace(namespace, request.namespace.as_deref())?;
-    let _guard = tenant_current(state, CommandKind::Billing, &caller.tenant).await?;
-    let billing = tenant_state(state, &caller.tenant).await?;
-    if !billing.payment_methods.contains_key(name) {
-        return Err(ApiError::NotFound(format!(
-            "payment method `{}` does not exist",
-            name.chars().take(64).collect::<String>()
-        )));
-    }
-    let change = make(&billing)?;
-    append(state, caller, &caller.tenant, vec![change]).await?;
+    run(state, caller, &caller.tenant, command).await?;
     Ok(Json(json!({})))
 }
 
-/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/primary`
-pub async fn make_primary(
+/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/{action}`: `primary`
+/// and `secondary` give the method that role; `swap-primary` makes the named secondary the
+/// primary and the primary secondary.
+pub async fn payment_method_action(
     State(state): State<AppState>,
     caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
+    Path((namespace, name, action)): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let target = name.clone();
-    payment_method_action(&state, &caller, &namespace, &name, body, move |_| {
-        Ok(BillingChange::PaymentMethodRole {
-            name: target,
-            role: PaymentRole::Primary,
-        })
-    })
-    .await
-}
-
-/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/secondary`
-pub async fn make_secondary(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let target = name.clone();
-    payment_method_action(&state, &caller, &namespace, &name, body, move |billing| {
-        if billing.payment_methods.get(&target).map(|m| m.role) == Some(PaymentRole::Primary) {
-            return Err(ApiError::Conflict(format!(
-                "payment method `{target}` is the primary; swap-primary exchanges the roles"
+    let command = match action.as_str() {
+        "primary" | "secondary" => BillingCommand::SetPaymentRole {
+            name: name.clone(),
+            role: if action == "primary" {
+                PaymentRole::Primary
+            } else {
+                PaymentRole::Secondary
+            },
+        },
+        "swap-primary" => BillingCommand::SwapPrimary { name: name.clone() },
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "`{}` is not a payment method action (primary, secondary, swap-primary)",
+                action.chars().take(64).collect::<String>()
             )));
         }
-        Ok(BillingChange::PaymentMethodRole {
-            name: target,
-            role: PaymentRole::Secondary,
-        })
-    })
-    .await
-}
-
-/// `POST /api/web/namespaces/{namespace}/billing/payment_method/{name}/swap-primary`: the
-/// named secondary becomes primary and the primary secondary.
-pub async fn swap_primary(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let target = name.clone();
-    payment_method_action(&state, &caller, &namespace, &name, body, move |billing| {
-        let role_of = |role| billing.payment_methods.values().any(|m| m.role == role);
-        if billing.payment_methods.get(&target).map(|m| m.role) != Some(PaymentRole::Secondary)
-            || !role_of(PaymentRole::Primary)
-        {
-            return Err(ApiError::Conflict(format!(
-                "swap-primary needs `{target}` to be the secondary and a primary to swap with"
-            )));
-        }
-        Ok(BillingChange::PaymentMethodsSwapped)
-    })
-    .await
+    };
+    change_payment_method(&state, &caller, &namespace, &name, body, command).await
 }
 
 /// `DELETE /api/web/namespaces/{namespace}/billing/payment_methods/{name}`
@@ -777,21 +645,8 @@ pub async fn delete_payment_method(
     Path((namespace, name)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let target = name.clone();
-    let catalog = state.engine.config.catalog.clone();
-    payment_method_action(&state, &caller, &namespace, &name, body, move |billing| {
-        let paid = catalog
-            .plan(&billing.plan)
-            .is_some_and(|p| !p.billing_disabled && p.flat_price > 0);
-        if paid && billing.payment_methods.get(&target).map(|m| m.role) == Some(PaymentRole::Primary)
-        {
-            return Err(ApiError::Conflict(format!(
-                "payment method `{target}` is the primary of a paid plan; make another one primary first"
-            )));
-        }
-        Ok(BillingChange::PaymentMethodDeleted { name: target })
-    })
-    .await
+    let command = BillingCommand::DeletePaymentMethod { name: name.clone() };
+    change_payment_method(&state, &caller, &namespace, &name, body, command).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -917,20 +772,11 @@ pub async fn mark_paid(
     }
     require_operator(&caller)?;
     let request: MarkPaid = parse_body(&body_bytes(body)?)?;
-    let _guard = tenant_current(&state, CommandKind::Billing, &request.tenant).await?;
-    let billing = tenant_state(&state, &request.tenant).await?;
-    let Some(invoice) = billing.invoices.iter().find(|i| i.name == name) else {
-        return Err(ApiError::NotFound(format!(
-            "no invoice `{name}` for this tenant"
-        )));
+    let command = BillingCommand::MarkPaid {
+        invoice: name.clone(),
+        by: caller.token_id.clone(),
     };
-    if invoice.paid_at.is_none() {
-        let change = BillingChange::InvoicePaid {
-            invoice: name.clone(),
-            by: caller.token_id.clone(),
-        };
-        append(&state, &caller, &request.tenant, vec![change]).await?;
-    }
+    run(&state, &caller, &request.tenant, command).await?;
     Ok(Json(json!({"name": name, "status": "STATUS_PAID"})))
 }
 
@@ -986,11 +832,11 @@ pub async fn grant_coupon(
         kind,
         amount: grant.discount_amount,
     };
-    append(
+    run(
         &state,
         &caller,
         &tenant,
-        vec![BillingChange::CouponGranted { coupon }],
+        BillingCommand::GrantCoupon { coupon },
     )
     .await?;
     Ok(Json(json!({})))

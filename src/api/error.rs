@@ -7,8 +7,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::billing::decide::BillingRejection;
 use crate::log::append::AppendError;
 use crate::log::store::StoreError;
+use crate::quota::decide::QuotaRejection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -141,5 +143,44 @@ impl From<AppendError> for ApiError {
 impl From<tokio::task::JoinError> for ApiError {
     fn from(error: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("blocking task failed: {error}"))
+    }
+}
+
+/// Each billing rejection answers the status its variant documents.
+impl From<BillingRejection> for ApiError {
+    fn from(rejection: BillingRejection) -> Self {
+        let message = rejection.to_string();
+        match rejection {
+            BillingRejection::UnknownPlan { .. }
+            | BillingRejection::AlreadyOnPlan { .. }
+            | BillingRejection::NeedsPaymentMethod { .. }
+            | BillingRejection::NeedsDomain { .. }
+            | BillingRejection::NeedsContacts { .. }
+            | BillingRejection::AddonNotOnNewPlan { .. } => ApiError::BadRequest(message),
+            BillingRejection::AddonNotAllowed { .. } | BillingRejection::AddonIncluded { .. } => {
+                ApiError::Forbidden(message)
+            }
+            BillingRejection::UnknownTransition
+            | BillingRejection::UnknownPaymentMethod { .. }
+            | BillingRejection::UnknownInvoice { .. } => ApiError::NotFound(message),
+            BillingRejection::TransitionWaiting { .. }
+            | BillingRejection::TransitionNotWaiting { .. }
+            | BillingRejection::PrimaryToSecondary { .. }
+            | BillingRejection::NothingToSwap { .. }
+            | BillingRejection::PrimaryOfPaidPlan { .. } => ApiError::Conflict(message),
+            BillingRejection::PlanNotInCatalog { .. } => ApiError::Internal(message),
+        }
+    }
+}
+
+/// Each quota rejection answers the status its variant documents.
+impl From<QuotaRejection> for ApiError {
+    fn from(rejection: QuotaRejection) -> Self {
+        let message = rejection.to_string();
+        match rejection {
+            QuotaRejection::AlreadyExists { .. } => ApiError::Conflict(message),
+            QuotaRejection::NotFound { .. } => ApiError::NotFound(message),
+            QuotaRejection::TooMany { .. } => ApiError::LimitReached(message),
+        }
     }
 }

@@ -49,9 +49,6 @@ pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub openapi: Arc<Bytes>,
-    /// Serialises each tenant's quota and billing changes: each is judged (exists? missing?)
-    /// against the state the tenant's earlier changes left. Other tenants never wait.
-    pub tenant_locks: Arc<TenantLocks>,
     /// One rebuild at a time.
     pub rebuild_lock: Arc<tokio::sync::Mutex<()>>,
     /// Requests per token (none when `--rate-limit 0`).
@@ -70,7 +67,6 @@ impl AppState {
         AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
-            tenant_locks: Arc::default(),
             rebuild_lock: Arc::default(),
             limiter: rate_limiter(engine_rate_limit),
             auth_failures,
@@ -181,16 +177,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(billing::delete_payment_method),
         )
         .route(
-            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/primary",
-            post(billing::make_primary),
-        )
-        .route(
-            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/secondary",
-            post(billing::make_secondary),
-        )
-        .route(
-            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/swap-primary",
-            post(billing::swap_primary),
+            // primary, secondary and swap-primary (F5 names three paths).
+            "/api/web/namespaces/{namespace}/billing/payment_method/{name}/{action}",
+            post(billing::payment_method_action),
         )
         .route(
             "/api/web/namespaces/{namespace}/usage/invoices/custom_list",
@@ -500,38 +489,6 @@ pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// What a tenant's command changes, each kind serialised on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommandKind {
-    Quota,
-    Billing,
-}
-
-/// The lock of one tenant's commands of one kind.
-type CommandLock = Arc<tokio::sync::Mutex<()>>;
-
-/// One lock per tenant and kind of command (created on first use, kept for the tenant).
-#[derive(Default)]
-pub struct TenantLocks {
-    locks: std::sync::Mutex<std::collections::HashMap<(CommandKind, String), CommandLock>>,
-}
-
-impl TenantLocks {
-    /// Waits for `tenant`'s `kind` lock; commands of other tenants go on meanwhile.
-    pub async fn lock(&self, kind: CommandKind, tenant: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = match self.locks.lock() {
-            Ok(mut locks) => locks.entry((kind, tenant.to_owned())).or_default().clone(),
-            // A poisoned map still serialises: one fresh lock per call would not.
-            Err(poisoned) => poisoned
-                .into_inner()
-                .entry((kind, tenant.to_owned()))
-                .or_default()
-                .clone(),
-        };
-        lock.lock_owned().await
-    }
-}
-
 /// Waits (up to [`PROJECTION_WAIT`]) until the projections hold `tenant`'s every fact, so a
 /// read shows the tenant's own changes; other tenants' backlog is not waited for. Answers
 /// from what is projected when the wait runs out.
@@ -539,46 +496,48 @@ pub async fn readable(state: &AppState, tenant: &str) {
     state.engine.wait_tenant_current(tenant).await;
 }
 
-/// Takes `tenant`'s lock for `kind` and waits until the projections hold every fact of the
-/// tenant, so that its command is judged against the state its earlier commands left. Other
-/// tenants' backlog (Kafka usage of thousands of tenants) is not waited for.
-pub async fn tenant_current(
+/// The 503 of a command whose tenant's facts the projections did not reach in time.
+pub fn projections_behind() -> ApiError {
+    ApiError::Unavailable(
+        "the projections are behind this tenant's last change; retry shortly".into(),
+    )
+}
+
+/// What a command is decided against in its `turn`: the state its tenant's unfolded facts
+/// left, or else the projection (`projected` reads it) once it holds the tenant's every fact
+/// of this kind. Other tenants' backlog is never waited for.
+pub async fn command_basis<S: Clone>(
     state: &AppState,
-    kind: CommandKind,
-    tenant: &str,
-) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
-    let guard = state.tenant_locks.lock(kind, tenant).await;
-    if state.engine.wait_tenant_current(tenant).await {
-        Ok(guard)
-    } else {
-        Err(ApiError::Unavailable(
-            "the projections are behind this tenant's last change; retry shortly".into(),
-        ))
+    turn: &mut crate::commands::Turn<S>,
+    projected: impl std::future::Future<Output = Result<S, ApiError>>,
+) -> Result<S, ApiError> {
+    let engine = &state.engine;
+    // Read apart from the match: a watch borrow held across the wait below would stall the
+    // projector that the wait is for.
+    let folded = *engine.projected.borrow();
+    match turn.basis(folded) {
+        crate::commands::Basis::Unfolded(current) => Ok(current),
+        crate::commands::Basis::Projection { settled_at } => {
+            let position = settled_at.max(engine.log_entries_at_start);
+            if !engine.wait_projected(position, PROJECTION_WAIT).await {
+                return Err(projections_behind());
+            }
+            projected.await
+        }
     }
 }
 
 /// Appends `entries` together with an audit record of each `(tenant, action, target)` the
-/// caller did, in one batch, and waits until the projections include them.
+/// caller did, in one durable batch. Returns the log position just past them.
 pub async fn append_audited(
     state: &AppState,
     caller: &Caller,
     entries: Vec<crate::log::LogEntry>,
     audits: Vec<(String, String, String)>,
-) -> Result<(), ApiError> {
-    append_audited_with_rows(state, caller, entries, audits, Vec::new()).await
-}
-
-/// As [`append_audited`], with `rows` (token changes) in the same batch.
-pub async fn append_audited_with_rows(
-    state: &AppState,
-    caller: &Caller,
-    entries: Vec<crate::log::LogEntry>,
-    audits: Vec<(String, String, String)>,
-    rows: Vec<crate::log::append::RowWrite>,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     let all = with_audit_records(state, caller, entries, audits);
-    state.engine.append_facts_with_rows(all, rows).await?;
-    Ok(())
+    let outcomes = state.engine.append_facts(all).await?;
+    Ok(crate::engine::recorded_next(&outcomes).unwrap_or_else(|| state.engine.head.get()))
 }
 
 /// `entries` followed by an audit record of each `(tenant, action, target)` the caller did.

@@ -13,9 +13,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{
-    AppState, CommandKind, body_bytes, namespace_scope, parse_body, require_role, tenant_current,
-};
+use super::{AppState, body_bytes, namespace_scope, parse_body, require_role};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role};
 use crate::catalog::{Catalog, QuotaKind, RateLimitType};
@@ -23,6 +21,7 @@ use crate::log::LogEntry;
 use crate::log::keys::Scope;
 use crate::log::store::Store;
 use crate::projection::{quota as rows, read};
+use crate::quota::decide::{QuotaCommand, TenantQuotas};
 use crate::quota::{
     self, LabelFilter, LimitKey, Limits, QuotaInput, QuotaObject, UNLIMITED, effective_limits,
 };
@@ -128,16 +127,39 @@ fn authorize_write(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
     require_role(caller, Role::Admin)
 }
 
-/// Appends one quota change with its audit record and waits for the projection.
-async fn append(
+/// Carries out a quota command of the caller's tenant in its turn: decided against the
+/// tenant's own objects ([`crate::commands`]), appended with its audit record in one durable
+/// batch, and answered without waiting for the projector.
+async fn run(
     state: &AppState,
     caller: &Caller,
-    entry: LogEntry,
+    command: QuotaCommand,
     action: &str,
-    target: String,
 ) -> Result<(), ApiError> {
-    let audit = (caller.tenant.clone(), action.to_owned(), target);
-    super::append_audited(state, caller, vec![entry], vec![audit]).await
+    let engine = &state.engine;
+    let tenant = caller.tenant.clone();
+    let mut turn = engine.commands.quota.begin(&tenant).await;
+    let owned = tenant.clone();
+    let projected = blocking(state, move |s| {
+        Ok(TenantQuotas::from_objects(rows::list_objects(
+            s, &owned, None,
+        )?))
+    });
+    let current = super::command_basis(state, &mut turn, projected).await?;
+    let fact = quota::decide::decide(&current, command)?;
+    let target = match &fact {
+        LogEntry::QuotaObjectPut { object, .. } => format!("{}/{}", object.namespace, object.name),
+        LogEntry::QuotaObjectDeleted {
+            namespace, name, ..
+        } => format!("{namespace}/{name}"),
+        _ => String::new(),
+    };
+    let mut next = current;
+    next.apply(&fact);
+    let audit = (tenant, action.to_owned(), target);
+    let through = super::append_audited(state, caller, vec![fact], vec![audit]).await?;
+    turn.record(next, through);
+    Ok(())
 }
 
 /// `POST /api/web/namespaces/{metadata.namespace}/quotas`
@@ -150,24 +172,6 @@ pub async fn create(
     authorize_write(&caller, &namespace)?;
     let input: QuotaInput = parse_body(&body_bytes(body)?)?;
     let valid = quota::validate(input, &namespace, None).map_err(invalid)?;
-    let _guard = tenant_current(&state, CommandKind::Quota, &caller.tenant).await?;
-    let (tenant, ns, name) = (caller.tenant.clone(), namespace.clone(), valid.name.clone());
-    if blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &name))
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::Conflict(format!(
-            "metadata.name: quota `{}` already exists in namespace `{namespace}`",
-            valid.name
-        )));
-    }
-    let cap = state.engine.config.max_quota_objects;
-    let tenant = caller.tenant.clone();
-    if blocking(&state, move |s| rows::count_objects(s, &tenant, cap)).await? >= cap {
-        return Err(ApiError::LimitReached(format!(
-            "metadata.name: the tenant has {cap} quota objects, the most it may have (--max-quota-objects); replace or delete one instead"
-        )));
-    }
     let now = state.engine.now();
     let object = QuotaObject {
         name: valid.name,
@@ -184,13 +188,12 @@ pub async fn create(
         creator_id: caller.token_id.clone(),
     };
     let answer = object_json(&object);
-    let target = format!("{}/{}", object.namespace, object.name);
-    append(
+    let cap = state.engine.config.max_quota_objects;
+    run(
         &state,
         &caller,
-        LogEntry::QuotaObjectPut { object, at: now },
+        QuotaCommand::Create { object, cap },
         "quota.create",
-        target,
     )
     .await?;
     Ok(Json(answer))
@@ -206,39 +209,21 @@ pub async fn replace(
     authorize_write(&caller, &namespace)?;
     let input: QuotaInput = parse_body(&body_bytes(body)?)?;
     let valid = quota::validate(input, &namespace, Some(&name)).map_err(invalid)?;
-    let _guard = tenant_current(&state, CommandKind::Quota, &caller.tenant).await?;
-    let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
-    let Some(existing) = blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n)).await?
-    else {
-        return Err(not_found(&namespace, &name));
+    let command = QuotaCommand::Replace {
+        namespace,
+        valid,
+        at: state.engine.now(),
     };
-    let now = state.engine.now();
-    let object = QuotaObject {
-        labels: valid.labels,
-        annotations: valid.annotations,
-        description: valid.description,
-        disable: valid.disable,
-        spec: valid.spec,
-        modification_timestamp: now,
-        ..existing
-    };
-    let target = format!("{}/{}", object.namespace, object.name);
-    append(
-        &state,
-        &caller,
-        LogEntry::QuotaObjectPut { object, at: now },
-        "quota.replace",
-        target,
-    )
-    .await?;
+    run(&state, &caller, command, "quota.replace").await?;
     Ok(Json(json!({})))
 }
 
 fn not_found(namespace: &str, name: &str) -> ApiError {
-    ApiError::NotFound(format!(
-        "quota `{}` does not exist in namespace `{namespace}`",
-        name.chars().take(64).collect::<String>()
-    ))
+    quota::decide::QuotaRejection::NotFound {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+    .into()
 }
 
 /// F5 `quotaDeleteRequest` (every field optional; the path decides).
@@ -265,22 +250,13 @@ pub async fn delete(
     let request: DeleteRequest = parse_body(&body_bytes(body)?)?;
     super::check_body_matches_path("name", &name, request.name.as_deref())?;
     super::check_body_namespace(&namespace, request.namespace.as_deref())?;
-    let _guard = tenant_current(&state, CommandKind::Quota, &caller.tenant).await?;
-    let (tenant, ns, n) = (caller.tenant.clone(), namespace.clone(), name.clone());
-    if blocking(&state, move |s| rows::get_object(s, &tenant, &ns, &n))
-        .await?
-        .is_none()
-    {
-        return Err(not_found(&namespace, &name));
-    }
-    let target = format!("{namespace}/{name}");
-    let entry = LogEntry::QuotaObjectDeleted {
+    let command = QuotaCommand::Delete {
         tenant: caller.tenant.clone(),
         namespace,
         name,
         at: state.engine.now(),
     };
-    append(&state, &caller, entry, "quota.delete", target).await?;
+    run(&state, &caller, command, "quota.delete").await?;
     Ok(Json(json!({})))
 }
 

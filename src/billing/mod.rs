@@ -4,6 +4,7 @@
 //! Usage reaches invoices through per-period usage rows (kept by the projection); closing a
 //! period turns them into priced lines with [`invoice_lines`]. Nothing here does I/O.
 
+pub mod decide;
 pub mod pdf;
 
 use std::collections::{BTreeMap, BTreeSet};

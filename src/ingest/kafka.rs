@@ -27,7 +27,7 @@ use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
 use crate::ingest::watermarks::{FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::log::DeadLetter;
-use crate::log::append::{Candidate, Outcome, SourceOffset};
+use crate::log::append::{AppendError, Candidate, Outcome, SourceOffset};
 use crate::log::store::Store;
 use crate::stop::StopSignal;
 
@@ -200,7 +200,7 @@ fn run(
             resume.insert(message.partition, message.offset + 1);
         }
         if !batch.is_empty() {
-            if let Err(()) = append_batch(engine, settings, &batch) {
+            if append_batch(engine, settings, &batch).is_err() {
                 // Nothing was written: assign again from what the store says, wait, and read
                 // the same messages again.
                 assigned.clear();
@@ -281,8 +281,13 @@ fn poll_batch(
     batch
 }
 
-/// Decodes a batch and appends it with its offsets; `Err` when the log could not be written.
-fn append_batch(engine: &Engine, settings: &KafkaSettings, batch: &[Polled]) -> Result<(), ()> {
+/// Decodes a batch and appends it with its offsets; `Err` when the log could not be written
+/// (logged here; the batch is read again from the stored offsets).
+fn append_batch(
+    engine: &Engine,
+    settings: &KafkaSettings,
+    batch: &[Polled],
+) -> Result<(), AppendError> {
     let now = engine.now();
     let mut candidates = Vec::with_capacity(batch.len());
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
@@ -328,7 +333,7 @@ fn append_batch(engine: &Engine, settings: &KafkaSettings, batch: &[Polled]) -> 
         }
         Err(error) => {
             tracing::error!(%error, "kafka batch not appended; will read it again");
-            Err(())
+            Err(error)
         }
     }
 }

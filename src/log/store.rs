@@ -101,8 +101,6 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
-    #[error("cannot append to the log: {0}")]
-    Append(String),
     #[error(
         "only {available} free under {dir}, below the reserve of {reserve} (--min-free-disk); appends pause until space is freed"
     )]

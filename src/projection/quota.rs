@@ -16,37 +16,55 @@ fn corrupt(cf: &'static str) -> impl Fn(codec::CodecError) -> StoreError {
     move |source| StoreError::Corrupt { cf, source }
 }
 
-/// Reads of the fold, straight from the store.
-pub struct StoreQuotaReads<'a>(pub &'a Store);
+/// Reads of the fold from the store, with the tenants' plans as the billing fold prefetched
+/// them (so no batch decodes a tenant's billing state twice).
+pub struct StoreQuotaReads<'a> {
+    store: &'a Store,
+    plans: BTreeMap<String, Option<String>>,
+}
+
+impl<'a> StoreQuotaReads<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Self::with_plans(store, BTreeMap::new())
+    }
+
+    /// Reads whose `plan` of a tenant in `plans` is answered from it.
+    pub fn with_plans(store: &'a Store, plans: BTreeMap<String, Option<String>>) -> Self {
+        StoreQuotaReads { store, plans }
+    }
+}
 
 impl QuotaReads for StoreQuotaReads<'_> {
     type Error = StoreError;
 
     fn objects(&self, tenant: &str) -> Result<Vec<QuotaObject>, StoreError> {
-        list_objects(self.0, tenant, None)
+        list_objects(self.store, tenant, None)
     }
 
     fn series(&self, key: &[u8]) -> Result<Option<SeriesLevel>, StoreError> {
-        self.0
+        self.store
             .get(CF_QUOTA, key)?
             .map(|bytes| SeriesLevel::decode(&bytes).map_err(corrupt(CF_QUOTA)))
             .transpose()
     }
 
     fn total(&self, key: &[u8]) -> Result<i128, StoreError> {
-        match self.0.get(CF_QUOTA, key)? {
+        match self.store.get(CF_QUOTA, key)? {
             Some(bytes) => codec::decode_i128(&bytes, "quota level").map_err(corrupt(CF_QUOTA)),
             None => Ok(0),
         }
     }
 
     fn plan(&self, tenant: &str) -> Result<Option<String>, StoreError> {
-        Ok(super::billing::load_tenant(self.0, tenant)?.map(|state| state.plan))
+        if let Some(plan) = self.plans.get(tenant) {
+            return Ok(plan.clone());
+        }
+        Ok(super::billing::load_tenant(self.store, tenant)?.map(|state| state.plan))
     }
 
     fn band(&self, key: &[u8]) -> Result<u8, StoreError> {
         Ok(self
-            .0
+            .store
             .get(CF_QUOTA, key)?
             .and_then(|bytes| codec::versioned_body(&bytes, "band").ok()?.first().copied())
             .unwrap_or(0))
@@ -171,12 +189,12 @@ pub fn level(
     key: &LimitKey,
 ) -> Result<i128, StoreError> {
     let scope = namespace.unwrap_or(TENANT_SCOPE);
-    StoreQuotaReads(store).total(&total_key(tenant, scope, key))
+    StoreQuotaReads::new(store).total(&total_key(tenant, scope, key))
 }
 
 /// The stored threshold band of `key` (0–3).
 pub fn stored_band(store: &Store, tenant: &str, key: &LimitKey) -> Result<u8, StoreError> {
-    StoreQuotaReads(store).band(&band_key(tenant, key))
+    StoreQuotaReads::new(store).band(&band_key(tenant, key))
 }
 
 /// One page of a tenant's alerts.

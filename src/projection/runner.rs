@@ -126,9 +126,14 @@ pub fn fold_batch_into(
         return Ok(from);
     };
     let mut deltas = UsageDeltas::default();
-    let reads = StoreQuotaReads(store);
-    let mut quota = QuotaFold::new(&reads, catalog);
+    // Every tenant's billing state is read once, before the fold, with one multi-get.
     let mut billing = BillingFold::new(store, catalog, context.invoice_due_after);
+    billing.prefetch(entries.iter().filter_map(|(_, entry)| match entry {
+        LogEntry::Audit(_) => None,
+        other => Some(other.tenant()),
+    }))?;
+    let reads = StoreQuotaReads::with_plans(store, billing.stored_plans());
+    let mut quota = QuotaFold::new(&reads, catalog);
     for (seq, entry) in &entries {
         deltas.fold(entry, catalog);
         // Billing first: a finished plan transition changes the limits quotas check against.

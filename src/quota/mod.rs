@@ -5,6 +5,7 @@
 //! Nothing here touches storage; [`fold`] applies log entries to loaded state and says what to
 //! write and which alerts to append.
 
+pub mod decide;
 pub mod fold;
 
 use std::collections::{BTreeMap, BTreeSet};
