@@ -21,7 +21,8 @@
 //!   [`log::keys`], [`log::codec`], [`log::store`], [`log::append`] (the single writer) and
 //!   [`log::migrate`] (format 1 → 2 in place).
 //! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
-//! - [`projection::runner`]: the projector thread that checkpoints with its rows.
+//! - [`projection::runner`]: the projector thread: each batch reads the state it touches
+//!   first (multi-gets), folds it, and writes its rows with the checkpoint.
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`commands`]: the write side: what each tenant's commands are decided against (its
 //!   projection, or the state its unfolded facts left), one turn per tenant and kind.

@@ -164,19 +164,29 @@ fn plan_json(plan: &Plan, billing: &TenantBilling, catalog: &Catalog) -> Value {
 
 const LOCALE: &str = "en-US";
 
+/// The catalog's plans (or only the tenant's own) as the caller's tenant sees them.
+async fn plans_seen_by(
+    state: &AppState,
+    caller: &Caller,
+    only_current: bool,
+) -> Result<Vec<Value>, ApiError> {
+    namespace_scope(caller, "system")?;
+    let billing = tenant_state(state, &caller.tenant).await?;
+    let catalog = &state.engine.config.catalog;
+    Ok(catalog
+        .plans()
+        .iter()
+        .filter(|plan| !only_current || plan.name == billing.plan)
+        .map(|plan| plan_json(plan, &billing, catalog))
+        .collect())
+}
+
 /// `GET /api/web/namespaces/system/usage_plans/current`
 pub async fn current_plan(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, "system")?;
-    let billing = tenant_state(&state, &caller.tenant).await?;
-    let catalog = &state.engine.config.catalog;
-    let plans: Vec<Value> = catalog
-        .plan(&billing.plan)
-        .map(|p| plan_json(p, &billing, catalog))
-        .into_iter()
-        .collect();
+    let plans = plans_seen_by(&state, &caller, true).await?;
     Ok(Json(json!({"locale": LOCALE, "plans": plans})))
 }
 
@@ -185,14 +195,7 @@ pub async fn list_plans(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, "system")?;
-    let billing = tenant_state(&state, &caller.tenant).await?;
-    let catalog = &state.engine.config.catalog;
-    let plans: Vec<Value> = catalog
-        .plans()
-        .iter()
-        .map(|p| plan_json(p, &billing, catalog))
-        .collect();
+    let plans = plans_seen_by(&state, &caller, false).await?;
     Ok(Json(
         json!({"usage_plans": [{"locale": LOCALE, "plans": plans}]}),
     ))

@@ -122,11 +122,29 @@ fn values_under(
     prefix: &[u8],
     pending: &BTreeMap<Vec<u8>, Aggregate>,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
+    let rows = rows_under(store, prefix)?;
+    Ok(values_of(rows, catalog, period_len, prefix, pending))
+}
+
+/// The stored usage rows under `prefix`.
+fn rows_under(store: &Store, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Aggregate>, StoreError> {
     let mut rows: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
     store.scan_prefix_decoding(CF_BILLING, prefix, |key, value| {
         rows.insert(key.to_vec(), Aggregate::decode(value)?);
         Ok(true)
     })?;
+    Ok(rows)
+}
+
+/// Per-meter values of `rows` (stored usage rows under `prefix`) merged with the `pending`
+/// deltas under it.
+fn values_of(
+    mut rows: BTreeMap<Vec<u8>, Aggregate>,
+    catalog: &Catalog,
+    period_len: usize,
+    prefix: &[u8],
+    pending: &BTreeMap<Vec<u8>, Aggregate>,
+) -> BTreeMap<String, i128> {
     for (key, delta) in pending.range(prefix.to_vec()..) {
         if !key.starts_with(prefix) {
             break;
@@ -150,7 +168,7 @@ fn values_under(
         };
         *values.entry(metric).or_insert(0) += aggregate.value(meter.aggregation);
     }
-    Ok(values)
+    values
 }
 
 /// A plan change the quota fold must hear of.
@@ -169,6 +187,14 @@ pub struct BillingFold<'a> {
     tenants: BTreeMap<String, TenantBilling>,
     /// Tenants whose stored state was read (found or not), so none is read twice.
     fetched: BTreeSet<String>,
+    /// The fetched tenants that had a stored state.
+    stored: BTreeSet<String>,
+    /// Stored usage rows of the periods an invoice of this batch may bill, by (tenant, period
+    /// uid), read before the fold ([`BillingFold::prefetch_periods`]).
+    period_rows: BTreeMap<(String, String), BTreeMap<Vec<u8>, Aggregate>>,
+    /// Period rows the fold needed and the prefetch had not read (read then; 0 when the
+    /// prefetch foresaw every invoice).
+    misses: u64,
     /// Tenants whose state differs from the stored one: only these are written back (most
     /// batches only read a tenant's periods to file its usage).
     changed: BTreeSet<String>,
@@ -184,6 +210,9 @@ impl<'a> BillingFold<'a> {
             due_after,
             tenants: BTreeMap::new(),
             fetched: BTreeSet::new(),
+            stored: BTreeSet::new(),
+            period_rows: BTreeMap::new(),
+            misses: 0,
             changed: BTreeSet::new(),
             deltas: BTreeMap::new(),
             transitions: BTreeMap::new(),
@@ -211,10 +240,110 @@ impl<'a> BillingFold<'a> {
             if let Some(bytes) = stored {
                 let state = codec::decode_billing(&bytes).map_err(corrupt)?;
                 self.tenants.insert(tenant.clone(), state);
+                self.stored.insert(tenant.clone());
             }
             self.fetched.insert(tenant);
         }
         Ok(())
+    }
+
+    /// Reads, before the fold, the stored usage rows of every period an invoice issued by
+    /// `entries` may bill: for each tenant whose period may close (a period close, a plan
+    /// transition), its open period, the one after it, its late periods, the period a close
+    /// names, and the invoiced periods this batch's usage falls in. Call after
+    /// [`BillingFold::prefetch`].
+    pub fn prefetch_periods(&mut self, entries: &[(u64, LogEntry)]) -> Result<(), StoreError> {
+        let closing: BTreeSet<&str> = entries
+            .iter()
+            .filter_map(|(_, entry)| match entry {
+                LogEntry::Billing {
+                    tenant,
+                    change:
+                        billing::BillingChange::PeriodClosed { .. }
+                        | billing::BillingChange::TransitionRequested { .. }
+                        | billing::BillingChange::TransitionApproved { .. },
+                    ..
+                } => Some(tenant.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+        for (_, entry) in entries {
+            match entry {
+                LogEntry::Billing {
+                    tenant,
+                    change: billing::BillingChange::PeriodClosed { period_uid },
+                    ..
+                } => {
+                    wanted.insert((tenant.clone(), period_uid.clone()));
+                }
+                LogEntry::UsageRecorded { event, .. }
+                    if closing.contains(event.tenant.as_str()) =>
+                {
+                    if let Some(state) = self.tenants.get(&event.tenant) {
+                        let (uid, invoiced) = state.period_for(event.timestamp, self.catalog);
+                        if invoiced {
+                            wanted.insert((event.tenant.clone(), uid));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for tenant in &closing {
+            // A tenant without a stored state has no stored usage rows either (both are
+            // written by the batch that first sees it): nothing to read.
+            let Some(state) = self.tenants.get(*tenant) else {
+                continue;
+            };
+            let open = state.open_period();
+            wanted.insert((state.tenant.clone(), open.uid.clone()));
+            wanted.insert((
+                state.tenant.clone(),
+                billing::period_uid(&state.tenant, open.end),
+            ));
+            for uid in &state.late_periods {
+                wanted.insert((state.tenant.clone(), uid.clone()));
+            }
+        }
+        for (tenant, uid) in wanted {
+            let rows = rows_under(self.store, &period_prefix(&tenant, &uid))?;
+            self.period_rows.insert((tenant, uid), rows);
+        }
+        Ok(())
+    }
+
+    /// Period rows the fold read that [`BillingFold::prefetch_periods`] had not.
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// Each meter's value over a period: its prefetched rows (none for a tenant first seen
+    /// in this batch) with the batch's deltas so far; read from the store only if the
+    /// prefetch did not foresee it.
+    fn period_values(
+        &mut self,
+        tenant: &str,
+        uid: &str,
+    ) -> Result<BTreeMap<String, i128>, StoreError> {
+        let prefix = period_prefix(tenant, uid);
+        let rows = match self.period_rows.get(&(tenant.to_owned(), uid.to_owned())) {
+            Some(rows) => rows.clone(),
+            None if self.fetched.contains(tenant) && !self.stored.contains(tenant) => {
+                BTreeMap::new()
+            }
+            None => {
+                self.misses = self.misses.saturating_add(1);
+                rows_under(self.store, &prefix)?
+            }
+        };
+        Ok(values_of(
+            rows,
+            self.catalog,
+            prefix.len(),
+            &prefix,
+            &self.deltas,
+        ))
     }
 
     /// Each prefetched tenant's plan as stored before this batch (`None`: never seen): what
@@ -297,7 +426,7 @@ impl<'a> BillingFold<'a> {
         period: &billing::Period,
         at: UnixMicros,
     ) -> Result<(), StoreError> {
-        let values = period_values(self.store, self.catalog, tenant, &period.uid, &self.deltas)?;
+        let values = self.period_values(tenant, &period.uid)?;
         let late: Vec<String> = self
             .tenants
             .get(tenant)
@@ -305,7 +434,7 @@ impl<'a> BillingFold<'a> {
             .unwrap_or_default();
         let mut late_values = BTreeMap::new();
         for uid in late.into_iter().filter(|uid| *uid != period.uid) {
-            let values = period_values(self.store, self.catalog, tenant, &uid, &self.deltas)?;
+            let values = self.period_values(tenant, &uid)?;
             late_values.insert(uid, values);
         }
         let catalog = self.catalog;
@@ -377,14 +506,123 @@ mod tests {
         }
     }
 
-    #[test]
-    fn period_usage_reads_one_namespace_or_all_of_the_invoiced_rows() {
+    /// A store in a temporary directory (kept alive by the returned guard).
+    fn test_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions {
             dedup_horizon: std::time::Duration::from_secs(86_400),
             min_free_disk: 0,
         };
         let store = Store::open(dir.path(), &options).unwrap();
+        (dir, store)
+    }
+
+    fn change(at: UnixMicros, change: billing::BillingChange) -> LogEntry {
+        LogEntry::Billing {
+            tenant: "t".into(),
+            at,
+            change,
+        }
+    }
+
+    fn transition(id: &str, to_plan: &str) -> billing::BillingChange {
+        billing::BillingChange::TransitionRequested {
+            id: id.into(),
+            to_plan: to_plan.into(),
+            requires_approval: false,
+            addons: Vec::new(),
+            domain: String::new(),
+        }
+    }
+
+    /// Folds `batches` one after another into a new store, prefetching each batch's period
+    /// rows or not; the tenant's final state and each batch's reads the prefetch missed.
+    fn fold_batches(prefetch: bool, batches: &[Vec<LogEntry>]) -> (TenantBilling, Vec<u64>) {
+        let (_dir, store) = test_store();
+        let catalog = Catalog::builtin().unwrap();
+        let mut seq = 0;
+        let mut misses = Vec::new();
+        for entries in batches {
+            let numbered: Vec<(u64, LogEntry)> = entries
+                .iter()
+                .map(|entry| {
+                    seq += 1;
+                    (seq, entry.clone())
+                })
+                .collect();
+            let mut fold = BillingFold::new(&store, &catalog, 0);
+            fold.prefetch(numbered.iter().map(|(_, entry)| entry.tenant()))
+                .unwrap();
+            if prefetch {
+                fold.prefetch_periods(&numbered).unwrap();
+            }
+            for (seq, entry) in &numbered {
+                fold.fold(*seq, entry).unwrap();
+            }
+            misses.push(fold.misses());
+            let mut batch = store.batch();
+            fold.write(&mut batch).unwrap();
+            store.commit(batch, false).unwrap();
+        }
+        (load_tenant(&store, "t").unwrap().unwrap(), misses)
+    }
+
+    #[test]
+    fn invoices_of_a_batch_bill_only_prefetched_rows_and_bill_the_same() {
+        let at = |text: &str| crate::time::parse_rfc3339(text).unwrap();
+        let upgrade = at("2026-03-12T00:00:00Z");
+        let batches = vec![
+            vec![
+                usage("a", "shop", at("2026-03-10T10:00:00Z"), 3_000_000),
+                change(upgrade, transition("x1", "individual-plan")),
+                usage("b", "shop", at("2026-03-13T10:00:00Z"), 4_000_000),
+            ],
+            vec![
+                // Late for the period the upgrade closed and invoiced.
+                usage("c", "blog", at("2026-03-11T10:00:00Z"), 5_000_000),
+                usage("d", "shop", at("2026-03-20T10:00:00Z"), 6_000_000),
+                change(
+                    at("2026-04-01T00:00:00Z"),
+                    billing::BillingChange::PeriodClosed {
+                        period_uid: billing::period_uid("t", upgrade),
+                    },
+                ),
+                usage("e", "shop", at("2026-04-02T10:00:00Z"), 7_000_000),
+            ],
+            vec![
+                // Late for the invoiced rest of March.
+                usage(
+                    "f",
+                    "shop",
+                    at("2026-03-25T10:00:00Z"),
+                    3_000_000_000_000_000,
+                ),
+                usage("g", "shop", at("2026-04-02T11:00:00Z"), 9_000_000),
+                change(at("2026-04-03T00:00:00Z"), transition("x2", "free-plan")),
+            ],
+        ];
+        let (prefetched, misses) = fold_batches(true, &batches);
+        assert_eq!(misses, [0, 0, 0], "every invoice billed prefetched rows");
+        let (read_as_needed, _) = fold_batches(false, &batches);
+        assert_eq!(prefetched, read_as_needed);
+        // Periods: free to the upgrade, the rest of March, April to the downgrade, free again.
+        // The free stretch bills nothing; April's invoice adjusts March for the late usage.
+        assert_eq!(prefetched.periods.len(), 4, "{:?}", prefetched.periods);
+        let kinds: Vec<Vec<billing::LineKind>> = prefetched
+            .invoices
+            .iter()
+            .map(|invoice| invoice.lines.iter().map(|line| line.kind).collect())
+            .collect();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert!(
+            kinds[1].contains(&billing::LineKind::Adjustment),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn period_usage_reads_one_namespace_or_all_of_the_invoiced_rows() {
+        let (_dir, store) = test_store();
         let catalog = Catalog::builtin().unwrap();
         let at = crate::time::parse_rfc3339("2026-03-10T10:15:00Z").unwrap();
         let mut fold = BillingFold::new(&store, &catalog, 0);

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::catalog::Catalog;
+use crate::log::LogEntry;
 use crate::log::codec;
 use crate::log::keys::{self, TENANT_SCOPE};
 use crate::log::store::{Batch, CF_ALERTS, CF_META, CF_QUOTA, Store, StoreError};
 use crate::quota::fold::{
-    QuotaReads, QuotaWrites, SeriesLevel, band_key, decode_tenant_alert_seq, object_key,
-    objects_prefix, tenant_alert_key, tenant_alerts_prefix, total_key,
+    QuotaReads, QuotaWrites, RowsToRead, SeriesLevel, Snapshot, band_key, decode_tenant_alert_seq,
+    object_key, objects_prefix, tenant_alert_key, tenant_alerts_prefix, tenants_to_read, total_key,
 };
 use crate::quota::{Alert, LimitKey, QuotaObject};
 
@@ -42,17 +44,11 @@ impl QuotaReads for StoreQuotaReads<'_> {
     }
 
     fn series(&self, key: &[u8]) -> Result<Option<SeriesLevel>, StoreError> {
-        self.store
-            .get(CF_QUOTA, key)?
-            .map(|bytes| SeriesLevel::decode(&bytes).map_err(corrupt(CF_QUOTA)))
-            .transpose()
+        decode_series(self.store.get(CF_QUOTA, key)?)
     }
 
     fn total(&self, key: &[u8]) -> Result<i128, StoreError> {
-        match self.store.get(CF_QUOTA, key)? {
-            Some(bytes) => codec::decode_i128(&bytes, "quota level").map_err(corrupt(CF_QUOTA)),
-            None => Ok(0),
-        }
+        decode_total(self.store.get(CF_QUOTA, key)?)
     }
 
     fn plan(&self, tenant: &str) -> Result<Option<String>, StoreError> {
@@ -63,12 +59,66 @@ impl QuotaReads for StoreQuotaReads<'_> {
     }
 
     fn band(&self, key: &[u8]) -> Result<u8, StoreError> {
-        Ok(self
-            .store
-            .get(CF_QUOTA, key)?
-            .and_then(|bytes| codec::versioned_body(&bytes, "band").ok()?.first().copied())
-            .unwrap_or(0))
+        Ok(decode_band(self.store.get(CF_QUOTA, key)?))
     }
+}
+
+fn decode_series(stored: Option<Vec<u8>>) -> Result<Option<SeriesLevel>, StoreError> {
+    stored
+        .map(|bytes| SeriesLevel::decode(&bytes).map_err(corrupt(CF_QUOTA)))
+        .transpose()
+}
+
+fn decode_total(stored: Option<Vec<u8>>) -> Result<i128, StoreError> {
+    match stored {
+        Some(bytes) => codec::decode_i128(&bytes, "quota level").map_err(corrupt(CF_QUOTA)),
+        None => Ok(0),
+    }
+}
+
+/// A band row: its level band, 0 (below every threshold) when absent.
+fn decode_band(stored: Option<Vec<u8>>) -> u8 {
+    stored
+        .and_then(|bytes| codec::versioned_body(&bytes, "band").ok()?.first().copied())
+        .unwrap_or(0)
+}
+
+/// Reads what a fold of `entries` needs of the quota projection before it runs: each tenant's
+/// objects (a prefix scan per tenant) and every level row it may read (one multi-get per row
+/// kind). The fold then reads from the snapshot alone; `reads` answers only what the key
+/// lists missed.
+pub fn prefetch<'a>(
+    reads: &'a StoreQuotaReads<'a>,
+    entries: &[(u64, LogEntry)],
+    catalog: &Catalog,
+) -> Result<Snapshot<'a, StoreQuotaReads<'a>>, StoreError> {
+    let store = reads.store;
+    let mut snapshot = Snapshot::new(reads);
+    snapshot.plans = reads.plans.clone();
+    for tenant in tenants_to_read(entries.iter().map(|(_, entry)| entry), catalog) {
+        let objects = list_objects(store, &tenant, None)?;
+        snapshot.objects.insert(tenant, objects);
+    }
+    let rows = RowsToRead::of(
+        entries.iter().map(|(_, entry)| entry),
+        catalog,
+        &snapshot.objects,
+    );
+    let read = |keys: std::collections::BTreeSet<Vec<u8>>| {
+        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        let values = store.multi_get(CF_QUOTA, &keys)?;
+        Ok::<_, StoreError>(keys.into_iter().zip(values))
+    };
+    for (key, stored) in read(rows.series)? {
+        snapshot.series.insert(key, decode_series(stored)?);
+    }
+    for (key, stored) in read(rows.totals)? {
+        snapshot.totals.insert(key, decode_total(stored)?);
+    }
+    for (key, stored) in read(rows.bands)? {
+        snapshot.bands.insert(key, decode_band(stored));
+    }
+    Ok(snapshot)
 }
 
 /// Adds the fold's rows to `batch`.
@@ -157,16 +207,6 @@ pub fn find_objects(
         Ok(!more)
     })?;
     Ok((objects, more))
-}
-
-/// How many quota objects a tenant has, counted up to `up_to` (enough to compare with a cap).
-pub fn count_objects(store: &Store, tenant: &str, up_to: usize) -> Result<usize, StoreError> {
-    let mut count = 0;
-    store.scan_prefix(CF_QUOTA, &objects_prefix(tenant), |_, _| {
-        count += 1;
-        count < up_to
-    })?;
-    Ok(count)
 }
 
 pub fn get_object(
@@ -431,8 +471,7 @@ mod tests {
         assert_eq!((names, more), (vec!["q1", "q3"], true));
         let (objects, more) = find_objects(&store, "t", Some("system"), 3, keep).unwrap();
         assert_eq!((objects.len(), more), (3, false));
-        assert_eq!(count_objects(&store, "t", 10).unwrap(), 4);
-        assert_eq!(count_objects(&store, "t", 2).unwrap(), 2);
-        assert_eq!(count_objects(&store, "u", 2).unwrap(), 0);
+        assert_eq!(list_objects(&store, "t", None).unwrap().len(), 4);
+        assert!(list_objects(&store, "u", None).unwrap().is_empty());
     }
 }

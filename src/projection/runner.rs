@@ -1,5 +1,10 @@
 //! The projector thread: tails the log, folds batches, writes rows and checkpoint atomically.
 //!
+//! A batch is prefetch → fold → output: the state its entries touch is read first (billing
+//! states with one multi-get, the periods an invoice may bill, quota objects and every level
+//! row with one multi-get per kind), the folds then work on that snapshot, and their rows go
+//! out in one write batch.
+//!
 //! A crash between batches loses nothing: rows and checkpoint move together, so the next start
 //! resumes at the checkpoint and folds the same entries into the same rows.
 
@@ -132,8 +137,11 @@ pub fn fold_batch_into(
         LogEntry::Audit(_) => None,
         other => Some(other.tenant()),
     }))?;
+    billing.prefetch_periods(&entries)?;
+    // Quota rows too: the fold reads its snapshot, not the store.
     let reads = StoreQuotaReads::with_plans(store, billing.stored_plans());
-    let mut quota = QuotaFold::new(&reads, catalog);
+    let snapshot = super::quota::prefetch(&reads, &entries, catalog)?;
+    let mut quota = QuotaFold::new(&snapshot, catalog);
     for (seq, entry) in &entries {
         deltas.fold(entry, catalog);
         // Billing first: a finished plan transition changes the limits quotas check against.
@@ -143,6 +151,10 @@ pub fn fold_batch_into(
         quota.fold(*seq, entry)?;
     }
     let quota_writes = quota.writes;
+    let misses = snapshot.misses() + billing.misses();
+    if misses > 0 {
+        tracing::debug!(misses, "the folds read rows their prefetch did not list");
+    }
     let stored_hourly = read_aggregates(store, CF_HOURLY, deltas.hourly.keys())?;
     let stored_monthly = read_aggregates(store, CF_MONTHLY, deltas.monthly.keys())?;
     let updates = merge_rows(&deltas, &stored_hourly, &stored_monthly);

@@ -1,6 +1,7 @@
 //! The quota projection's fold: quota objects, levels and threshold bands, applied entry by
-//! entry in log order. Reads go through [`QuotaReads`] (the store, in the runner; maps, in
-//! tests); the result is the rows to write and the alerts to append.
+//! entry in log order. Reads go through [`QuotaReads`]: in the runner a [`Snapshot`] of the
+//! rows [`tenants_to_read`] and [`RowsToRead`] list, read before the fold; maps, in tests. The
+//! result is the rows to write and the alert rows.
 //!
 //! Levels: a bound meter's series (namespace, object, deployment, container) holds its newest
 //! value (LATEST, by event time, then log order) or its largest (MAX); a namespace's level is the
@@ -127,6 +128,190 @@ pub fn decode_tenant_alert_seq(key: &[u8]) -> Option<u64> {
     Some(!u64::from_be_bytes(tail))
 }
 
+/// The tenants whose quota objects and plans a fold of `entries` reads: those with an event
+/// of a meter bound to an object or resource quota, a quota object change, or a billing
+/// change (which may move their plan).
+pub fn tenants_to_read<'e>(
+    entries: impl IntoIterator<Item = &'e LogEntry>,
+    catalog: &Catalog,
+) -> BTreeSet<String> {
+    entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            LogEntry::UsageRecorded { event, .. } => {
+                bound_key(catalog, &event.metric_label).map(|_| event.tenant.clone())
+            }
+            LogEntry::QuotaObjectPut { object, .. } => Some(object.tenant.clone()),
+            LogEntry::QuotaObjectDeleted { tenant, .. } | LogEntry::Billing { tenant, .. } => {
+                Some(tenant.clone())
+            }
+            LogEntry::QuotaAlert { .. } | LogEntry::Audit(_) => None,
+        })
+        .collect()
+}
+
+/// The level key a meter's events move: its quota binding, unless it has none or binds an
+/// API rate (read from the hourly rows, with no level).
+fn bound_key(catalog: &Catalog, metric_label: &str) -> Option<LimitKey> {
+    let binding = catalog.meter(metric_label)?.quota.as_ref()?;
+    (binding.kind != QuotaKind::Api).then(|| LimitKey {
+        kind: binding.kind,
+        name: binding.name.clone(),
+    })
+}
+
+/// The level rows a fold of `entries` may read, given the stored objects of the tenants
+/// [`tenants_to_read`] named: a superset of every series, total and band key the fold can ask
+/// for, so they are read with one multi-get each before it runs.
+#[derive(Debug, Default, PartialEq)]
+pub struct RowsToRead {
+    pub series: BTreeSet<Vec<u8>>,
+    pub totals: BTreeSet<Vec<u8>>,
+    pub bands: BTreeSet<Vec<u8>>,
+}
+
+impl RowsToRead {
+    pub fn of<'e>(
+        entries: impl IntoIterator<Item = &'e LogEntry>,
+        catalog: &Catalog,
+        stored_objects: &BTreeMap<String, Vec<QuotaObject>>,
+    ) -> RowsToRead {
+        let mut rows = RowsToRead::default();
+        // Tenants whose limits may change in the batch: every key that any plan or any of their
+        // objects (stored, or put now) limits may be rechecked.
+        let mut rechecked: BTreeMap<String, BTreeSet<LimitKey>> = BTreeMap::new();
+        let plan_keys: BTreeSet<LimitKey> = catalog
+            .plans()
+            .iter()
+            .flat_map(|plan| Limits::from_plan(&plan.default_quota).level_keys())
+            .collect();
+        let stored_keys = |tenant: &str| {
+            let mut keys = plan_keys.clone();
+            for object in stored_objects.get(tenant).into_iter().flatten() {
+                keys.extend(object.spec.level_keys());
+            }
+            keys
+        };
+        for entry in entries {
+            match entry {
+                LogEntry::UsageRecorded { event, .. } => {
+                    let Some(key) = bound_key(catalog, &event.metric_label) else {
+                        continue;
+                    };
+                    rows.series.insert(series_key(&event.tenant, &key, event));
+                    rows.totals
+                        .insert(total_key(&event.tenant, &event.namespace, &key));
+                    rows.totals
+                        .insert(total_key(&event.tenant, TENANT_SCOPE, &key));
+                    rows.bands.insert(band_key(&event.tenant, &key));
+                }
+                LogEntry::QuotaObjectPut { object, .. } => {
+                    rechecked
+                        .entry(object.tenant.clone())
+                        .or_insert_with(|| stored_keys(&object.tenant))
+                        .extend(object.spec.level_keys());
+                }
+                LogEntry::QuotaObjectDeleted { tenant, .. } | LogEntry::Billing { tenant, .. } => {
+                    rechecked
+                        .entry(tenant.clone())
+                        .or_insert_with(|| stored_keys(tenant));
+                }
+                LogEntry::QuotaAlert { .. } | LogEntry::Audit(_) => {}
+            }
+        }
+        for (tenant, keys) in &rechecked {
+            for key in keys {
+                rows.totals.insert(total_key(tenant, TENANT_SCOPE, key));
+                rows.bands.insert(band_key(tenant, key));
+            }
+        }
+        rows
+    }
+}
+
+/// What a batch's quota fold reads, read before it runs ([`tenants_to_read`],
+/// [`RowsToRead`]): the fold then reads nothing else. A key it holds no answer for goes to
+/// `fallback` and is counted, so a gap in the key lists costs a read, never a wrong level.
+pub struct Snapshot<'a, R: QuotaReads> {
+    pub objects: BTreeMap<String, Vec<QuotaObject>>,
+    pub plans: BTreeMap<String, Option<String>>,
+    pub series: BTreeMap<Vec<u8>, Option<SeriesLevel>>,
+    pub totals: BTreeMap<Vec<u8>, i128>,
+    pub bands: BTreeMap<Vec<u8>, u8>,
+    pub fallback: &'a R,
+    misses: std::cell::Cell<u64>,
+}
+
+impl<'a, R: QuotaReads> Snapshot<'a, R> {
+    pub fn new(fallback: &'a R) -> Self {
+        Snapshot {
+            objects: BTreeMap::new(),
+            plans: BTreeMap::new(),
+            series: BTreeMap::new(),
+            totals: BTreeMap::new(),
+            bands: BTreeMap::new(),
+            fallback,
+            misses: std::cell::Cell::new(0),
+        }
+    }
+
+    /// How many reads the snapshot could not answer (0 when the key lists were complete).
+    pub fn misses(&self) -> u64 {
+        self.misses.get()
+    }
+
+    fn miss(&self) {
+        self.misses.set(self.misses.get().saturating_add(1));
+    }
+}
+
+impl<R: QuotaReads> Snapshot<'_, R> {
+    /// The snapshot's answer for `key`, else (counted as a miss) what `read` gets.
+    fn answer<Q, K, V>(
+        &self,
+        map: &BTreeMap<K, V>,
+        key: &Q,
+        read: impl FnOnce() -> Result<V, R::Error>,
+    ) -> Result<V, R::Error>
+    where
+        Q: Ord + ?Sized,
+        K: std::borrow::Borrow<Q> + Ord,
+        V: Clone,
+    {
+        match map.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => {
+                self.miss();
+                read()
+            }
+        }
+    }
+}
+
+impl<R: QuotaReads> QuotaReads for Snapshot<'_, R> {
+    type Error = R::Error;
+
+    fn objects(&self, tenant: &str) -> Result<Vec<QuotaObject>, R::Error> {
+        self.answer(&self.objects, tenant, || self.fallback.objects(tenant))
+    }
+
+    fn series(&self, key: &[u8]) -> Result<Option<SeriesLevel>, R::Error> {
+        self.answer(&self.series, key, || self.fallback.series(key))
+    }
+
+    fn total(&self, key: &[u8]) -> Result<i128, R::Error> {
+        self.answer(&self.totals, key, || self.fallback.total(key))
+    }
+
+    fn band(&self, key: &[u8]) -> Result<u8, R::Error> {
+        self.answer(&self.bands, key, || self.fallback.band(key))
+    }
+
+    fn plan(&self, tenant: &str) -> Result<Option<String>, R::Error> {
+        self.answer(&self.plans, tenant, || self.fallback.plan(tenant))
+    }
+}
+
 /// What the fold reads of stored state.
 pub trait QuotaReads {
     type Error;
@@ -139,7 +324,7 @@ pub trait QuotaReads {
 }
 
 /// Rows to write to the `quota` CF (`None` deletes) and alerts.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct QuotaWrites {
     pub objects: BTreeMap<Vec<u8>, Option<QuotaObject>>,
     pub series: BTreeMap<Vec<u8>, SeriesLevel>,

@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use super::fold::{QuotaFold, QuotaReads, SeriesLevel};
+use super::fold::{QuotaFold, QuotaReads, RowsToRead, SeriesLevel, Snapshot};
 use super::*;
 use crate::catalog::{Catalog, LimitType};
 use crate::event::{EventSource, UsageEvent};
@@ -228,7 +228,11 @@ impl Maps {
         for (i, entry) in entries.iter().enumerate() {
             fold.fold(first_seq + i as u64, entry).unwrap();
         }
-        let writes = fold.writes;
+        self.apply(fold.writes)
+    }
+
+    /// Applies a fold's writes; returns its alerts.
+    fn apply(&self, writes: fold::QuotaWrites) -> Vec<Alert> {
         for (k, v) in writes.objects {
             match v {
                 Some(v) => self.objects.borrow_mut().insert(k, v),
@@ -337,4 +341,134 @@ fn gauges_set_levels_and_alerts_fire_once_per_crossing_whatever_the_batching() {
     );
     assert_eq!(cleared.len(), 3);
     assert!(cleared.iter().all(|a| a.direction == Direction::Cleared));
+}
+
+/// What a batch's fold would read, gathered from `maps` as the runner's prefetch gathers it
+/// from the store: the tenants' objects, then the level rows their entries name.
+fn snapshot<'a>(maps: &'a Maps, catalog: &Catalog, entries: &[LogEntry]) -> Snapshot<'a, Maps> {
+    let mut snapshot = Snapshot::new(maps);
+    for tenant in fold::tenants_to_read(entries, catalog) {
+        let objects = maps.objects(&tenant).unwrap();
+        snapshot.objects.insert(tenant.clone(), objects);
+        snapshot.plans.insert(tenant, None);
+    }
+    let rows = RowsToRead::of(entries, catalog, &snapshot.objects);
+    for key in rows.series {
+        let level = maps.series(&key).unwrap();
+        snapshot.series.insert(key, level);
+    }
+    for key in rows.totals {
+        let total = maps.total(&key).unwrap();
+        snapshot.totals.insert(key, total);
+    }
+    for key in rows.bands {
+        let band = maps.band(&key).unwrap();
+        snapshot.bands.insert(key, band);
+    }
+    snapshot
+}
+
+/// Folds `entries` as the runner does (a billing entry moves its tenant to `team-plan`).
+fn fold_batch<R: QuotaReads<Error = std::convert::Infallible>>(
+    reads: &R,
+    catalog: &Catalog,
+    first_seq: u64,
+    entries: &[LogEntry],
+) -> fold::QuotaWrites {
+    let mut fold = QuotaFold::new(reads, catalog);
+    for (i, entry) in entries.iter().enumerate() {
+        let seq = first_seq + i as u64;
+        fold.fold(seq, entry).unwrap();
+        if let LogEntry::Billing { tenant, at, .. } = entry {
+            fold.set_plan(tenant, "team-plan", seq, *at).unwrap();
+        }
+    }
+    fold.writes
+}
+
+fn quota_entry(i: usize, (kind, tenant, namespace, amount): (u8, u8, u8, i64)) -> LogEntry {
+    let tenant = format!("t{tenant}");
+    let namespace = format!("ns{namespace}");
+    let at = 1_000 + i as i64;
+    let mut object = object(&format!("q{}", amount % 3), amount % 5 == 0, &[]);
+    object.tenant = tenant.clone();
+    match kind {
+        0 | 1 => {
+            let metric = if kind == 0 {
+                "http_loadbalancers"
+            } else {
+                "appstack_vcpus"
+            };
+            LogEntry::UsageRecorded {
+                event: UsageEvent {
+                    tenant,
+                    id: format!("e{i}"),
+                    namespace,
+                    metric_label: metric.into(),
+                    quantity: Micros(amount * 1_000_000),
+                    timestamp: at,
+                    object_name: format!("o{}", amount % 2),
+                    deployment: String::new(),
+                    container: String::new(),
+                    labels: BTreeMap::new(),
+                },
+                source: EventSource::Http { received_at: at },
+                recorded_at: at,
+            }
+        }
+        2 => {
+            object
+                .spec
+                .object_limits
+                .insert("http_loadbalancer".into(), amount % 7);
+            object
+                .spec
+                .resource_limits
+                .insert("vcpu".into(), amount * 500_000);
+            if amount % 2 == 0 {
+                object.spec.object_limits.insert("namespace".into(), 2);
+            }
+            LogEntry::QuotaObjectPut { object, at }
+        }
+        3 => LogEntry::QuotaObjectDeleted {
+            tenant,
+            namespace: "system".into(),
+            name: object.name,
+            at,
+        },
+        _ => LogEntry::Billing {
+            tenant,
+            at,
+            change: crate::billing::BillingChange::AddonSubscribed {
+                addon: "f5xc_waap_advanced".into(),
+            },
+        },
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+    /// The prefetch lists every row a batch's fold reads: folded from the snapshot, each batch
+    /// writes exactly what a fold reading the store as it goes writes, with no read missed.
+    #[test]
+    fn a_fold_from_its_prefetched_snapshot_reads_nothing_else_and_writes_the_same(
+        specs in proptest::collection::vec((0u8..5, 0u8..2, 0u8..3, 0i64..12), 1..80),
+        cut in 0usize..80,
+    ) {
+        let catalog = Catalog::builtin().unwrap();
+        let entries: Vec<LogEntry> = specs.into_iter().enumerate().map(|(i, s)| quota_entry(i, s)).collect();
+        let cut = cut.min(entries.len());
+        let maps = Maps::default();
+        let mut first_seq = 0;
+        for batch in [&entries[..cut], &entries[cut..]] {
+            let plain = fold_batch(&maps, &catalog, first_seq, batch);
+            let prefetch = snapshot(&maps, &catalog, batch);
+            let prefetched = fold_batch(&prefetch, &catalog, first_seq, batch);
+            proptest::prop_assert_eq!(prefetch.misses(), 0);
+            proptest::prop_assert_eq!(&prefetched, &plain);
+            maps.apply(plain);
+            first_seq += batch.len() as u64;
+        }
+    }
 }
