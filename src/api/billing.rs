@@ -70,11 +70,7 @@ async fn run(
 ) -> Result<Done, ApiError> {
     let engine = &state.engine;
     let mut turn = engine.commands.billing.begin(tenant).await;
-    // Invoices are the fold's output (priced from usage): paying one is decided against the
-    // projection, once it holds every fact of the tenant.
-    if matches!(command, BillingCommand::MarkPaid { .. })
-        && !engine.wait_tenant_current(tenant).await
-    {
+    if command.needs_folded_state() && !engine.wait_tenant_current(tenant).await {
         return Err(super::projections_behind());
     }
     let current = super::command_basis(state, &mut turn, projected_state(state, tenant)).await?;
@@ -423,7 +419,8 @@ struct DecisionRequest {
     reason: String,
 }
 
-async fn decide(
+/// An operator's verdict on a plan transition waiting for approval.
+async fn give_verdict(
     state: &AppState,
     caller: &Caller,
     id: &str,
@@ -461,7 +458,7 @@ pub async fn approve(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&state, &caller, &id, body, true).await
+    give_verdict(&state, &caller, &id, body, true).await
 }
 
 /// `POST /api/tally/plan_transitions/{id}/reject` (operator) `{reason}`
@@ -471,7 +468,7 @@ pub async fn reject(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    decide(&state, &caller, &id, body, false).await
+    give_verdict(&state, &caller, &id, body, false).await
 }
 
 /// The one addon a subscribe/unsubscribe body names (F5 oneof `addon_choice`).

@@ -73,6 +73,15 @@ pub enum BillingCommand {
     },
 }
 
+impl BillingCommand {
+    /// Whether the command is decided by what only the fold computes: invoices, priced from
+    /// usage. Such a command is decided against the projection once it holds every fact of
+    /// the tenant, never against the write side's state.
+    pub fn needs_folded_state(&self) -> bool {
+        matches!(self, BillingCommand::MarkPaid { .. })
+    }
+}
+
 /// Why a billing command is refused; each variant says the HTTP status it answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BillingRejection {

@@ -18,21 +18,14 @@ fn corrupt(cf: &'static str) -> impl Fn(codec::CodecError) -> StoreError {
     move |source| StoreError::Corrupt { cf, source }
 }
 
-/// Reads of the fold from the store, with the tenants' plans as the billing fold prefetched
-/// them (so no batch decodes a tenant's billing state twice).
+/// Reads of the fold, straight from the store (what a prefetched [`Snapshot`] falls back to).
 pub struct StoreQuotaReads<'a> {
     store: &'a Store,
-    plans: BTreeMap<String, Option<String>>,
 }
 
 impl<'a> StoreQuotaReads<'a> {
     pub fn new(store: &'a Store) -> Self {
-        Self::with_plans(store, BTreeMap::new())
-    }
-
-    /// Reads whose `plan` of a tenant in `plans` is answered from it.
-    pub fn with_plans(store: &'a Store, plans: BTreeMap<String, Option<String>>) -> Self {
-        StoreQuotaReads { store, plans }
+        StoreQuotaReads { store }
     }
 }
 
@@ -52,9 +45,6 @@ impl QuotaReads for StoreQuotaReads<'_> {
     }
 
     fn plan(&self, tenant: &str) -> Result<Option<String>, StoreError> {
-        if let Some(plan) = self.plans.get(tenant) {
-            return Ok(plan.clone());
-        }
         Ok(super::billing::load_tenant(self.store, tenant)?.map(|state| state.plan))
     }
 
@@ -85,16 +75,18 @@ fn decode_band(stored: Option<Vec<u8>>) -> u8 {
 
 /// Reads what a fold of `entries` needs of the quota projection before it runs: each tenant's
 /// objects (a prefix scan per tenant) and every level row it may read (one multi-get per row
-/// kind). The fold then reads from the snapshot alone; `reads` answers only what the key
-/// lists missed.
+/// kind); `plans` are the tenants' plans as the billing fold read them, so no batch decodes a
+/// tenant's billing state twice. The fold then reads from the snapshot alone; `reads` answers
+/// only what the key lists missed.
 pub fn prefetch<'a>(
     reads: &'a StoreQuotaReads<'a>,
     entries: &[(u64, LogEntry)],
     catalog: &Catalog,
+    plans: BTreeMap<String, Option<String>>,
 ) -> Result<Snapshot<'a, StoreQuotaReads<'a>>, StoreError> {
     let store = reads.store;
     let mut snapshot = Snapshot::new(reads);
-    snapshot.plans = reads.plans.clone();
+    snapshot.plans = plans;
     for tenant in tenants_to_read(entries.iter().map(|(_, entry)| entry), catalog) {
         let objects = list_objects(store, &tenant, None)?;
         snapshot.objects.insert(tenant, objects);

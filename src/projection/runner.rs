@@ -139,8 +139,8 @@ pub fn fold_batch_into(
     }))?;
     billing.prefetch_periods(&entries)?;
     // Quota rows too: the fold reads its snapshot, not the store.
-    let reads = StoreQuotaReads::with_plans(store, billing.stored_plans());
-    let snapshot = super::quota::prefetch(&reads, &entries, catalog)?;
+    let reads = StoreQuotaReads::new(store);
+    let snapshot = super::quota::prefetch(&reads, &entries, catalog, billing.stored_plans())?;
     let mut quota = QuotaFold::new(&snapshot, catalog);
     for (seq, entry) in &entries {
         deltas.fold(entry, catalog);

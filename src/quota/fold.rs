@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::catalog::{Aggregation, Catalog, QuotaKind, QuotaSpec};
+use crate::catalog::{Aggregation, Catalog, Meter, QuotaKind, QuotaSpec};
 use crate::event::UsageEvent;
 use crate::log::LogEntry;
 use crate::log::codec::CodecError;
 use crate::log::keys::{TENANT_SCOPE, push_str};
+use crate::quota::decide::TenantQuotas;
 use crate::quota::{
     Alert, BandChange, LimitKey, Limits, QuotaObject, band, crossings, effective_limits, kind_name,
 };
@@ -139,7 +140,7 @@ pub fn tenants_to_read<'e>(
         .into_iter()
         .filter_map(|entry| match entry {
             LogEntry::UsageRecorded { event, .. } => {
-                bound_key(catalog, &event.metric_label).map(|_| event.tenant.clone())
+                bound_key_of(catalog, &event.metric_label).map(|_| event.tenant.clone())
             }
             LogEntry::QuotaObjectPut { object, .. } => Some(object.tenant.clone()),
             LogEntry::QuotaObjectDeleted { tenant, .. } | LogEntry::Billing { tenant, .. } => {
@@ -151,13 +152,18 @@ pub fn tenants_to_read<'e>(
 }
 
 /// The level key a meter's events move: its quota binding, unless it has none or binds an
-/// API rate (read from the hourly rows, with no level).
-fn bound_key(catalog: &Catalog, metric_label: &str) -> Option<LimitKey> {
-    let binding = catalog.meter(metric_label)?.quota.as_ref()?;
+/// API rate (read from the hourly projection: it has no level).
+fn bound_key(meter: &Meter) -> Option<LimitKey> {
+    let binding = meter.quota.as_ref()?;
     (binding.kind != QuotaKind::Api).then(|| LimitKey {
         kind: binding.kind,
         name: binding.name.clone(),
     })
+}
+
+/// The level key the events of `metric_label` move, if any ([`bound_key`]).
+fn bound_key_of(catalog: &Catalog, metric_label: &str) -> Option<LimitKey> {
+    catalog.meter(metric_label).and_then(bound_key)
 }
 
 /// The level rows a fold of `entries` may read, given the stored objects of the tenants
@@ -195,7 +201,7 @@ impl RowsToRead {
         for entry in entries {
             match entry {
                 LogEntry::UsageRecorded { event, .. } => {
-                    let Some(key) = bound_key(catalog, &event.metric_label) else {
+                    let Some(key) = bound_key_of(catalog, &event.metric_label) else {
                         continue;
                     };
                     rows.series.insert(series_key(&event.tenant, &key, event));
@@ -340,7 +346,8 @@ pub struct QuotaFold<'a, R: QuotaReads> {
     reads: &'a R,
     catalog: &'a Catalog,
     plans: BTreeMap<String, String>,
-    objects: BTreeMap<String, BTreeMap<(String, String), QuotaObject>>,
+    /// Each tenant's objects, changed by the same [`TenantQuotas::apply`] the write side uses.
+    objects: BTreeMap<String, TenantQuotas>,
     /// Effective limits per tenant, computed once and dropped when its plan or objects change
     /// (a bound meter's every event is checked against them).
     limits: BTreeMap<String, Limits>,
@@ -412,9 +419,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
             LogEntry::UsageRecorded { event, .. } => self.fold_usage(seq, event),
             LogEntry::QuotaObjectPut { object, at } => {
                 let before = self.limit_keys(&object.tenant)?;
-                let key = (object.namespace.clone(), object.name.clone());
-                self.tenant_objects(&object.tenant)?
-                    .insert(key, object.clone());
+                self.tenant_objects(&object.tenant)?.apply(entry);
                 self.limits.remove(&object.tenant);
                 self.writes.objects.insert(
                     object_key(&object.tenant, &object.namespace, &object.name),
@@ -429,8 +434,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 at,
             } => {
                 let before = self.limit_keys(tenant)?;
-                self.tenant_objects(tenant)?
-                    .remove(&(namespace.clone(), name.clone()));
+                self.tenant_objects(tenant)?.apply(entry);
                 self.limits.remove(tenant);
                 self.writes
                     .objects
@@ -445,17 +449,9 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         }
     }
 
-    fn tenant_objects(
-        &mut self,
-        tenant: &str,
-    ) -> Result<&mut BTreeMap<(String, String), QuotaObject>, R::Error> {
+    fn tenant_objects(&mut self, tenant: &str) -> Result<&mut TenantQuotas, R::Error> {
         if !self.objects.contains_key(tenant) {
-            let loaded = self
-                .reads
-                .objects(tenant)?
-                .into_iter()
-                .map(|o| ((o.namespace.clone(), o.name.clone()), o))
-                .collect();
+            let loaded = TenantQuotas::from_objects(self.reads.objects(tenant)?);
             self.objects.insert(tenant.to_owned(), loaded);
         }
         Ok(self.objects.entry(tenant.to_owned()).or_default())
@@ -465,7 +461,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         if !self.limits.contains_key(tenant) {
             let plan = self.plan_default(tenant)?;
             let objects = self.tenant_objects(tenant)?;
-            let limits = effective_limits(plan, objects.values());
+            let limits = effective_limits(plan, objects.objects.values());
             self.limits.insert(tenant.to_owned(), limits);
         }
         Ok(self.limits.entry(tenant.to_owned()).or_default())
@@ -479,16 +475,8 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         let Some(meter) = self.catalog.meter(&event.metric_label) else {
             return Ok(());
         };
-        let Some(binding) = &meter.quota else {
+        let Some(limit_key) = bound_key(meter) else {
             return Ok(());
-        };
-        if binding.kind == QuotaKind::Api {
-            // API rates are read from the hourly projection; they have no level.
-            return Ok(());
-        }
-        let limit_key = LimitKey {
-            kind: binding.kind,
-            name: binding.name.clone(),
         };
         let key = series_key(&event.tenant, &limit_key, event);
         let old = match self.writes.series.get(&key) {
