@@ -775,6 +775,15 @@ async fn billing_endpoints_refuse_what_is_wrong() {
         h.post(&format!("{base}/nope/primary"), json!({})).await.0,
         StatusCode::NOT_FOUND
     );
+    // The three role actions share one route: any other action is a 404 that names them,
+    // and changes nothing.
+    let (status, body) = h.post(&format!("{base}/{first}/tertiary"), json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body["message"],
+        "`tertiary` is not a payment method action (primary, secondary, swap-primary)"
+    );
+    assert_eq!(roles(&h)[&first], "Primary");
     // On a paid plan, the primary cannot be deleted; a normal one can.
     let (status, body) = h
         .post(transition, json!({"new_plan": "individual-plan"}))
