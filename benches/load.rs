@@ -373,7 +373,7 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
             })
             .collect();
         engine
-            .appender
+            .appender()
             .append_blocking(candidates, Vec::new())
             .expect("append");
     }
@@ -381,12 +381,12 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
         .enable_all()
         .build()
         .expect("runtime");
-    assert!(runtime.block_on(engine.wait_projected(engine.head.get(), Duration::from_secs(7_200))));
+    assert!(runtime.block_on(engine.wait_projected(engine.head(), Duration::from_secs(7_200))));
     let append_rate = events as f64 / started.elapsed().as_secs_f64();
 
     // Raw: the same entries, encoded once, put in write batches of 1,000 and fsync'd.
     let entries: Vec<Vec<u8>> = engine
-        .store
+        .store()
         .read_log(0, events as usize)
         .expect("log")
         .iter()

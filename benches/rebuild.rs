@@ -60,11 +60,11 @@ fn main() {
             })
             .collect();
         engine
-            .appender
+            .appender()
             .append_blocking(candidates, Vec::new())
             .expect("append");
     }
-    let head = engine.head.get();
+    let head = engine.head();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -80,36 +80,115 @@ pub fn catalog_changes(
 /// How long an answer waits for the projections to include what came before it.
 pub const PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A running engine. Cheap to share behind an `Arc`.
-pub struct Engine {
-    pub config: Config,
-    pub store: Store,
-    pub appender: Appender,
+/// How far the log and the projector are and which part is failing: what health answers,
+/// metrics and the serve loop read. Cheap to clone.
+#[derive(Clone)]
+pub struct Status {
     pub head: Arc<LogHead>,
     /// Entries the log held when this engine opened: until the projector has folded them
     /// all, answers may be older than the log and `/readyz` says so.
     pub log_entries_at_start: u64,
+    /// Every log entry below this is in the projections.
     pub projected: watch::Receiver<u64>,
-    pub projector_health: Arc<Health>,
+    pub projector: Arc<Health>,
     /// Set while the log cannot be written (appends answer 503).
-    pub writer_health: Arc<Health>,
+    pub writer: Arc<Health>,
     /// Set while the Kafka brokers cannot be reached (only with a consumer).
-    pub kafka_health: Arc<Health>,
+    pub kafka: Arc<Health>,
     /// Kafka partitions that stopped advancing (only with a consumer).
     pub kafka_stalls: Arc<PartitionStalls>,
-    pub tokens: Tokens,
+}
+
+/// What an event source (the Kafka consumer, a Kafka replay) is given of the engine: the
+/// log writer, the store for its offsets and dedup horizon, event validation, the clock,
+/// metrics and the consumer's health. Cheap to clone.
+#[derive(Clone)]
+pub struct IngestHandle {
+    pub store: Store,
+    pub appender: Appender,
+    pub metrics: Arc<Metrics>,
+    pub kafka_health: Arc<Health>,
+    pub kafka_stalls: Arc<PartitionStalls>,
+    catalog: Arc<crate::catalog::Catalog>,
+    late_window: std::time::Duration,
+    future_skew: std::time::Duration,
+    clock: Clock,
+}
+
+impl IngestHandle {
+    pub fn now(&self) -> UnixMicros {
+        (self.clock)()
+    }
+
+    /// How events arriving now for `tenant` are validated (HTTP and Kafka alike).
+    pub fn decode_context<'a>(
+        &'a self,
+        now: UnixMicros,
+        tenant: &'a str,
+        may_name_any_tenant: bool,
+    ) -> DecodeContext<'a> {
+        let windows = (self.late_window, self.future_skew);
+        decode_context(&self.catalog, windows, now, tenant, may_name_any_tenant)
+    }
+}
+
+/// The validation of events arriving at `now`: the catalog, and how late and how far ahead
+/// (`windows`: late window, future skew) an event's time may be.
+fn decode_context<'a>(
+    catalog: &'a crate::catalog::Catalog,
+    (late_window, future_skew): (std::time::Duration, std::time::Duration),
+    now: UnixMicros,
+    tenant: &'a str,
+    may_name_any_tenant: bool,
+) -> DecodeContext<'a> {
+    let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    DecodeContext {
+        catalog,
+        now,
+        late_window: micros(late_window),
+        future_skew: micros(future_skew),
+        tenant,
+        may_name_any_tenant,
+    }
+}
+
+/// What the alert webhook is given of the engine: the store it reads alerts and keeps its
+/// cursor in, the clock and metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct WebhookHandle {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    clock: Clock,
+}
+
+impl WebhookHandle {
+    pub fn now(&self) -> UnixMicros {
+        (self.clock)()
+    }
+}
+
+/// A running engine: the store, the log writer and the projector, started and stopped
+/// together. Cheap to share behind an `Arc`. Its parts are reached through narrow handles:
+/// [`Engine::status`], [`Engine::ingest_handle`], [`Engine::webhook_handle`], and accessors
+/// for the configuration, the store's reads, the writer, tokens, metrics and the write side.
+pub struct Engine {
+    config: Config,
+    store: Store,
+    appender: Appender,
+    status: Status,
+    tokens: Tokens,
     /// Held by the projector for each batch; a live rebuild holds it to swap projections.
-    pub projector_gate: Arc<Mutex<()>>,
-    pub metrics: Metrics,
-    pub clock: Clock,
+    projector_gate: Arc<Mutex<()>>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
     /// The operator token when this start generated it (shown once, then forgotten).
-    pub generated_admin_token: Mutex<Option<String>>,
+    generated_admin_token: Mutex<Option<String>>,
     /// Per tenant, the log position just past the last fact (a command's entries, a period
     /// close) this engine appended for it: a read of that tenant answers once the projections
     /// reach it, whatever other tenants appended since.
     tenant_positions: Mutex<std::collections::HashMap<String, u64>>,
     /// What each tenant's quota and billing commands are decided against, per tenant.
-    pub commands: WriteSide,
+    commands: WriteSide,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -167,22 +246,102 @@ impl Engine {
             config,
             store,
             appender,
-            head,
-            log_entries_at_start,
-            projected,
-            projector_health,
-            writer_health,
-            kafka_health: Arc::default(),
-            kafka_stalls: Arc::default(),
+            status: Status {
+                head,
+                log_entries_at_start,
+                projected,
+                projector: projector_health,
+                writer: writer_health,
+                kafka: Arc::default(),
+                kafka_stalls: Arc::default(),
+            },
             tokens,
             projector_gate,
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             clock,
             generated_admin_token: Mutex::new(generated),
             tenant_positions: Mutex::default(),
             commands: WriteSide::default(),
             threads: Mutex::new(vec![writer_thread, projector_thread]),
         })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store, for reads (writes go through the log writer or a projection batch).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The log's single writer.
+    pub fn appender(&self) -> &Appender {
+        &self.appender
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The log position just past its last entry.
+    pub fn head(&self) -> u64 {
+        self.status.head.get()
+    }
+
+    /// Every log entry below this is in the projections.
+    pub fn projected(&self) -> u64 {
+        *self.status.projected.borrow()
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What each tenant's quota and billing commands are decided against.
+    pub fn commands(&self) -> &WriteSide {
+        &self.commands
+    }
+
+    /// The gate the projector holds for each batch (a live rebuild holds it to swap).
+    pub fn projector_gate(&self) -> Arc<Mutex<()>> {
+        self.projector_gate.clone()
+    }
+
+    /// The operator token this start generated, once (then forgotten).
+    pub fn take_generated_admin_token(&self) -> Option<String> {
+        self.generated_admin_token
+            .lock()
+            .ok()
+            .and_then(|mut token| token.take())
+    }
+
+    /// What an event source is given: see [`IngestHandle`].
+    pub fn ingest_handle(&self) -> IngestHandle {
+        IngestHandle {
+            store: self.store.clone(),
+            appender: self.appender.clone(),
+            metrics: self.metrics.clone(),
+            kafka_health: self.status.kafka.clone(),
+            kafka_stalls: self.status.kafka_stalls.clone(),
+            catalog: self.config.catalog.clone(),
+            late_window: self.config.late_window,
+            future_skew: self.config.future_skew,
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// What the alert webhook is given: see [`WebhookHandle`].
+    pub fn webhook_handle(&self) -> WebhookHandle {
+        WebhookHandle {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+        }
     }
 
     /// Records the catalog's meter definitions as the ones the projections follow (after a
@@ -244,8 +403,8 @@ impl Engine {
             .lock()
             .ok()
             .and_then(|positions| positions.get(tenant).copied())
-            .unwrap_or(self.log_entries_at_start)
-            .max(self.log_entries_at_start)
+            .unwrap_or(self.status.log_entries_at_start)
+            .max(self.status.log_entries_at_start)
     }
 
     /// Waits, up to [`PROJECTION_WAIT`], until the projections hold every fact of `tenant`
@@ -262,7 +421,7 @@ impl Engine {
     pub async fn close_due_periods(&self) -> Result<usize, EngineError> {
         let store = self.store.clone();
         let tenants =
-            tokio::task::spawn_blocking(move || crate::projection::billing::all_tenants(&store))
+            tokio::task::spawn_blocking(move || crate::projection::billing::all_headers(&store))
                 .await??;
         let now = self.now();
         let mut candidates = Vec::new();
@@ -317,21 +476,20 @@ impl Engine {
         tenant: &'a str,
         may_name_any_tenant: bool,
     ) -> DecodeContext<'a> {
-        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        DecodeContext {
-            catalog: &self.config.catalog,
+        let windows = (self.config.late_window, self.config.future_skew);
+        decode_context(
+            &self.config.catalog,
+            windows,
             now,
-            late_window: micros(self.config.late_window),
-            future_skew: micros(self.config.future_skew),
             tenant,
             may_name_any_tenant,
-        }
+        )
     }
 
     /// Waits until every log entry below `next_seq` is in the projections, up to `timeout`.
     /// Returns whether it got there.
     pub async fn wait_projected(&self, next_seq: u64, timeout: std::time::Duration) -> bool {
-        let mut projected = self.projected.clone();
+        let mut projected = self.status.projected.clone();
         tokio::time::timeout(timeout, projected.wait_for(|&p| p >= next_seq))
             .await
             .is_ok_and(|r| r.is_ok())

@@ -18,15 +18,19 @@
 //! Shell:
 //! - [`log`]: the append-only log in RocksDB: [`log::format`] (log format v2, the bytes of
 //!   every entry, pure), [`log::legacy`] (format 1, read only by `tally migrate`),
-//!   [`log::keys`], [`log::codec`], [`log::store`], [`log::append`] (the single writer) and
-//!   [`log::migrate`] (format 1 → 2 in place).
+//!   [`log::keys`] (every key of every column family, typed), [`log::codec`], [`log::store`],
+//!   [`log::append`] (the single writer) and [`log::migrate`] (the log into v2 in place).
 //! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
 //! - [`projection::runner`]: the projector thread: each batch reads the state it touches
-//!   first (multi-gets), folds it, and writes its rows with the checkpoint.
+//!   first (multi-gets), folds it, and writes its rows with the checkpoint;
+//!   [`projection::billing`]: a tenant's billing header and history rows (closed periods,
+//!   invoices, decided transitions), of which a fold reads only what its batch needs;
+//!   [`projection::quota`], [`projection::read`]: the other projection reads and writes.
 //! - [`engine`]: starts and stops the store, writer and projector together.
 //! - [`commands`]: the write side: what each tenant's commands are decided against (its
 //!   projection, or the state its unfolded facts left), one turn per tenant and kind.
-//! - [`api`]: the axum router; [`server`]: serving with graceful shutdown; [`stop`]: the one
+//! - [`api`]: the axum router, whose handlers start from [`api::extract`] (caller, access to
+//!   the path's namespace, then the JSON body); [`server`]: serving with graceful shutdown; [`stop`]: the one
 //!   stop signal its background tasks obey.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
 //! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in;

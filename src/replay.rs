@@ -272,30 +272,21 @@ pub fn rebuild(
     dry_run: bool,
     progress: &dyn Fn(u64, u64),
 ) -> Result<RebuildReport, ReplayError> {
-    let live = &engine.store;
+    let live = &engine.store();
     let (_, raw_rate) = raw_scan_rate(live)?;
-    with_shadow(&engine.config, |shadow| {
+    with_shadow(engine.config(), |shadow| {
         let context = engine.fold_context();
         let started = Instant::now();
         let mut next = 0u64;
         // Most of the log without holding anything; then, under the gate, up to the live
         // checkpoint (the projector may be behind the head, never ahead of it).
-        fold_range(
-            live,
-            shadow,
-            &context,
-            &mut next,
-            engine.head.get(),
-            progress,
-        )?;
+        fold_range(live, shadow, &context, &mut next, engine.head(), progress)?;
         let seconds = started.elapsed().as_secs_f64().max(1e-9);
         // The rate of the timed fold; the catch-up under the gate is not in it.
         let rate = next as f64 / seconds;
+        let gate = engine.projector_gate();
         loop {
-            let held = engine
-                .projector_gate
-                .lock()
-                .map_err(|_| StoreError::Closed)?;
+            let held = gate.lock().map_err(|_| StoreError::Closed)?;
             let checkpoint = live.checkpoint(USAGE_PROJECTION)?.unwrap_or(0);
             if next > checkpoint {
                 drop(held);
@@ -518,7 +509,7 @@ pub enum MigrationError {
 }
 
 /// Upgrades a stopped data directory to this build's format: the log and dead letters are
-/// rewritten in log format v2, then every projection and the projector checkpoint are emptied
+/// rewritten in log format v2 (entries already in it are kept), then every projection and the projector checkpoint are emptied
 /// and the new version recorded in one batch, so the next engine to open it refolds the
 /// projections from the rewritten log. Safe to run again after an interruption; a directory
 /// already at this build's format is left alone.
@@ -554,7 +545,13 @@ pub fn migrate(
         .flat_map(|(_, cfs)| cfs.iter().copied())
         .chain(crate::log::store::RETIRED_COLUMN_FAMILIES.iter().copied())
         .collect();
-    let cursor = crate::webhook::migrated_cursor_row(&store, &log.alert_entries)?;
+    // Alerts are filed at deterministic positions since format 2: the refold files them
+    // where they were, so the webhook's cursor stays; before, it moves to those positions.
+    let cursor = if found < 2 {
+        crate::webhook::migrated_cursor_row(&store, &log.alert_entries)?
+    } else {
+        None
+    };
     migrate::finish(&store, &projection_cfs, cursor.as_slice())?;
     store.flush()?;
     report.entries_rewritten = log.rewritten;

@@ -50,7 +50,7 @@ pub async fn serve(
     loop {
         let background = Background::start(&engine)?;
         let app = api::router(AppState::new(engine.clone()));
-        let limits = engine.config.server.clone();
+        let limits = engine.config().server.clone();
         let ended = accept_until(
             &listener,
             app,
@@ -93,8 +93,8 @@ async fn latched_failure(engine: Arc<Engine>) -> String {
     loop {
         ticks.tick().await;
         let failing = [
-            ("log writer", &engine.writer_health),
-            ("projector", &engine.projector_health),
+            ("log writer", &engine.status().writer),
+            ("projector", &engine.status().projector),
         ]
         .into_iter()
         .find(|(_, health)| health.needs_reopen());
@@ -150,10 +150,10 @@ struct Background {
 impl Background {
     fn start(engine: &Arc<Engine>) -> std::io::Result<Background> {
         let stop = StopSignal::default();
-        let consumer = match engine.config.kafka.clone() {
+        let consumer = match engine.config().kafka.clone() {
             Some(settings) => {
                 let topic = settings.topic.clone();
-                let consumer = KafkaConsumer::start(engine.clone(), settings, stop.clone())
+                let consumer = KafkaConsumer::start(engine.ingest_handle(), settings, stop.clone())
                     .map_err(|e| {
                         std::io::Error::other(format!("cannot start the Kafka consumer: {e}"))
                     })?;
@@ -162,11 +162,11 @@ impl Background {
             }
             None => None,
         };
-        let webhook = match engine.config.webhook.clone() {
+        let webhook = match engine.config().webhook.clone() {
             Some(settings) => {
                 tracing::info!(url = %settings.url, "delivering alerts to the webhook");
                 Some(WebhookDeliverer::start(
-                    engine.clone(),
+                    engine.webhook_handle(),
                     settings,
                     stop.clone(),
                 )?)

@@ -6,14 +6,13 @@
 //! lost. A crash between a delivery and that write sends the alert again; receivers
 //! deduplicate by the `X-Tally-Alert-Id` header.
 
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::engine::Engine;
+use crate::engine::WebhookHandle;
 use crate::log::codec;
 use crate::log::store::{CF_META, Store, StoreError};
 use crate::projection::quota::alerts_from;
@@ -48,7 +47,7 @@ pub struct WebhookDeliverer {
 impl WebhookDeliverer {
     /// Starts delivering; it stops when `stop` is signalled (see [`WebhookDeliverer::stop`]).
     pub fn start(
-        engine: Arc<Engine>,
+        handle: WebhookHandle,
         settings: WebhookSettings,
         stop: StopSignal,
     ) -> std::io::Result<Self> {
@@ -62,7 +61,7 @@ impl WebhookDeliverer {
                     .timeout(REQUEST_TIMEOUT)
                     .build()
                 {
-                    Ok(client) => run(&engine, &settings, &client, &thread_stop),
+                    Ok(client) => run(&handle, &settings, &client, &thread_stop),
                     Err(error) => tracing::error!(%error, "cannot start the webhook client"),
                 }
             })?;
@@ -150,12 +149,12 @@ fn pause(duration: Duration, stop: &StopSignal) -> bool {
 }
 
 fn run(
-    engine: &Engine,
+    handle: &WebhookHandle,
     settings: &WebhookSettings,
     client: &reqwest::blocking::Client,
     stop: &StopSignal,
 ) {
-    let store = &engine.store;
+    let store = &handle.store;
     let mut retry = FIRST_RETRY;
     while !stop.is_stopped() {
         let batch = read_cursor(store).and_then(|cursor| alerts_from(store, cursor, 100));
@@ -175,7 +174,7 @@ fn run(
             let body = crate::report::alert_json(seq, &alert).to_string();
             // Retry this alert until it is delivered: order is kept and nothing is skipped.
             loop {
-                let timestamp = engine.now() / 1_000_000;
+                let timestamp = handle.now() / 1_000_000;
                 let outcome = client
                     .post(&settings.url)
                     .header("Content-Type", "application/json")
@@ -194,7 +193,7 @@ fn run(
                 };
                 match failure {
                     None => {
-                        engine.metrics.count_webhook("delivered");
+                        handle.metrics.count_webhook("delivered");
                         if let Err(error) = write_cursor(store, seq + 1) {
                             tracing::error!(%error, "cannot store the webhook position");
                         }
@@ -202,7 +201,7 @@ fn run(
                         break;
                     }
                     Some(reason) => {
-                        engine.metrics.count_webhook("failed");
+                        handle.metrics.count_webhook("failed");
                         tracing::warn!(alert = %alert.id, %reason, retry_in = ?retry, "alert delivery failed");
                         if !pause(retry, stop) {
                             return;

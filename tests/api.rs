@@ -314,7 +314,7 @@ async fn ingest_refuses_bad_bodies_and_answers_per_event() {
             .contains("different body")
     );
 
-    let letters = h.engine.store.dead_letters(0, 10).unwrap();
+    let letters = h.engine.store().dead_letters(0, 10).unwrap();
     assert_eq!(
         letters.len(),
         3,

@@ -111,7 +111,7 @@ impl Harness {
             // Commands answer once durable; the tests also read the projections directly
             // (`billing()`), so they wait for them here.
             self.engine
-                .wait_projected(self.engine.head.get(), Duration::from_secs(60))
+                .wait_projected(self.engine.head(), Duration::from_secs(60))
                 .await;
         }
         (
@@ -151,7 +151,7 @@ impl Harness {
     }
 
     fn billing(&self) -> TenantBilling {
-        tally::projection::billing::load_tenant(&self.engine.store, TENANT)
+        tally::projection::billing::load_tenant(self.engine.store(), TENANT)
             .unwrap()
             .expect("tenant billing state")
     }
@@ -588,7 +588,7 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
     drop(engine);
     let reopened = open_engine(dir.path(), clock.clone());
     assert_eq!(
-        tally::projection::billing::load_tenant(&reopened.store, TENANT)
+        tally::projection::billing::load_tenant(reopened.store(), TENANT)
             .unwrap()
             .unwrap(),
         before
@@ -597,10 +597,10 @@ async fn a_scripted_year_gives_invoices_recomputed_to_the_cent() {
     drop(reopened);
     common::drop_projections(&dir.path().join("data"));
     let refolded = open_engine(dir.path(), clock.clone());
-    let head = refolded.head.get();
+    let head = refolded.head();
     assert!(refolded.wait_projected(head, Duration::from_secs(60)).await);
     assert_eq!(
-        tally::projection::billing::load_tenant(&refolded.store, TENANT)
+        tally::projection::billing::load_tenant(refolded.store(), TENANT)
             .unwrap()
             .unwrap(),
         before
@@ -1006,7 +1006,7 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
     assert_eq!(status, StatusCode::OK);
 
     // The projector stops at its gate; 200,000 events of `busy` go into the log behind it.
-    let gate = h.engine.projector_gate.clone();
+    let gate = h.engine.projector_gate();
     let held = gate.lock().unwrap();
     let backlog = 200_000u64;
     for chunk in 0..(backlog / 5_000) {
@@ -1027,10 +1027,10 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
                 source: tally::event::EventSource::Http { received_at: now },
             })
             .collect();
-        h.engine.appender.append(candidates).await.unwrap();
+        h.engine.appender().append(candidates).await.unwrap();
     }
-    let projected_before = *h.engine.projected.borrow();
-    assert!(h.engine.head.get() >= projected_before + backlog);
+    let projected_before = h.engine.projected();
+    assert!(h.engine.head() >= projected_before + backlog);
 
     // Two tenants' commands, decided and durable while all of it waits to be folded.
     let quota_command = |method: &'static str, path: &'static str, body: Value| {
@@ -1108,7 +1108,7 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
     assert_eq!(status, StatusCode::OK, "{rejected}");
     assert_eq!(rejected["state"], "STATE_FAILED", "{rejected}");
     assert_eq!(
-        *h.engine.projected.borrow(),
+        h.engine.projected(),
         projected_before,
         "answered without the projector moving"
     );
@@ -1117,7 +1117,7 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
     drop(held);
     assert!(
         h.engine
-            .wait_projected(h.engine.head.get(), Duration::from_secs(300))
+            .wait_projected(h.engine.head(), Duration::from_secs(300))
             .await
     );
     let (_, quota) = h.get("/api/web/namespaces/system/quotas/tight").await;
@@ -1145,7 +1145,7 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
         )
         .await;
     assert_eq!(plan["plans"][0]["name"], "team-plan", "{plan}");
-    let store = &h.engine.store;
+    let store = &h.engine.store();
     let busy: i128 = tally::projection::read::hourly_rows(
         store,
         "busy",

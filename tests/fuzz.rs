@@ -113,7 +113,10 @@ proptest! {
         let _ = codec::decode_entry(&bytes);
         let _ = codec::decode_dead_letter(&bytes);
         let _ = codec::decode_dedup(&bytes);
-        let _ = codec::decode_billing(&bytes);
+        let _ = tally::projection::billing::decode_header(&bytes);
+        let _ = tally::projection::billing::decode_period_row(&bytes);
+        let _ = tally::projection::billing::decode_invoice(&bytes);
+        let _ = tally::projection::billing::decode_transition(&bytes);
         let _ = codec::decode_quota_object(&bytes);
         let _ = codec::decode_alert(&bytes);
         let _ = codec::decode_audit(&bytes);
@@ -134,7 +137,9 @@ proptest! {
         // Junk may happen to decode; it must never panic or allocate without bound.
         let _ = tally::log::legacy::decode_entry(&value);
         let _ = tally::log::legacy::decode_dead_letter(&value);
-        let _ = codec::decode_billing(&value);
+        let _ = tally::projection::billing::decode_header(&value);
+        let _ = tally::projection::billing::decode_period_row(&value);
+        let _ = tally::projection::billing::decode_invoice(&value);
         // A v2 envelope of every kind with a junk payload.
         for kind in tally::log::format::Kind::ALL {
             let mut value = vec![tally::log::format::FORMAT_V2];
@@ -169,7 +174,7 @@ fn a_corrupt_length_prefix_is_refused_not_allocated() {
     let huge = [0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20];
     value.extend_from_slice(&huge);
     assert!(tally::log::legacy::decode_entry(&value).is_err());
-    assert!(codec::decode_billing(&value).is_err());
+    assert!(tally::projection::billing::decode_header(&value).is_err());
     // The same in a v2 payload: a usage entry whose id claims 2^61 bytes.
     let mut value = vec![tally::log::format::FORMAT_V2, 0, 1, 0, 1, 0, 1, b't'];
     value.extend_from_slice(&[0; 8]);

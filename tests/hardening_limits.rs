@@ -82,7 +82,7 @@ impl Billing {
         // Commands answer once durable; the test also reads the projections directly
         // (`billing()`), so it waits for them here.
         self.engine
-            .wait_projected(self.engine.head.get(), std::time::Duration::from_secs(60))
+            .wait_projected(self.engine.head(), std::time::Duration::from_secs(60))
             .await;
         body
     }
@@ -143,7 +143,7 @@ impl Billing {
     }
 
     fn billing(&self) -> tally::billing::TenantBilling {
-        tally::projection::billing::load_tenant(&self.engine.store, "default")
+        tally::projection::billing::load_tenant(self.engine.store(), "default")
             .unwrap()
             .unwrap()
     }
@@ -474,11 +474,15 @@ fn drop_alert_index(data: &Path) -> usize {
     let mut batch = store.batch();
     let mut dropped = 0;
     store
-        .scan_prefix(CF_QUOTA, &[tally::quota::fold::ROW_ALERT], |key, _| {
-            batch.delete(CF_QUOTA, key);
-            dropped += 1;
-            true
-        })
+        .scan_prefix(
+            CF_QUOTA,
+            &tally::log::keys::quota::all_tenant_alerts(),
+            |key, _| {
+                batch.delete(CF_QUOTA, key);
+                dropped += 1;
+                true
+            },
+        )
         .unwrap();
     // A store from before the index has no mark that its alerts were indexed either.
     batch.delete(

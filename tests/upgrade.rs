@@ -1,7 +1,9 @@
 //! A data directory written by the release before log format v2 (commit 3d594c9) keeps
 //! working: `tally serve` refuses it with a message naming `tally migrate`, `tally migrate`
 //! rewrites its log and rebuilds its projections, and then every read endpoint answers exactly
-//! as that release answered on the same directory.
+//! as that release answered on the same directory. The same directory, marked as format 2
+//! (before the billing projection was split into header and history rows), is migrated again
+//! with its log and webhook cursor kept and answers the same.
 //!
 //! The fixture `tests/fixtures/prev_release/` is that release's own output: `data/` is the
 //! store it wrote and `answers.json` the answers it gave, both made by
@@ -21,6 +23,7 @@ use tally::api::{AppState, router};
 use tally::catalog::Catalog;
 use tally::config::Config;
 use tally::engine::Engine;
+use tally::log::store::FORMAT_VERSION;
 use tower::ServiceExt;
 
 fn fixture_dir() -> PathBuf {
@@ -53,6 +56,20 @@ fn tally(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Opening a store of an older format fails with a message naming the format found and
+/// the way out.
+fn assert_refused(data: &Path, clock_at: i64, found: u64) {
+    let refused = Engine::open(config(data), Arc::new(move || clock_at))
+        .err()
+        .unwrap_or_else(|| panic!("a format-{found} store is refused"))
+        .to_string();
+    assert!(
+        refused.contains(&format!("tally migrate --data-dir {}", data.display()))
+            && refused.contains(&format!("format version {found}")),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_release_store_is_refused_then_migrated_and_answers_as_before() {
     let fixture: Value =
@@ -65,15 +82,7 @@ async fn a_previous_release_store_is_refused_then_migrated_and_answers_as_before
 
     // Refused, by the library and by `tally serve`, with the way out.
     let clock_at = fixture["clock"].as_i64().unwrap();
-    let refused = Engine::open(config(&data), Arc::new(move || clock_at))
-        .err()
-        .expect("a format-1 store is refused")
-        .to_string();
-    assert!(
-        refused.contains(&format!("tally migrate --data-dir {data_arg}"))
-            && refused.contains("format version 1"),
-        "{refused}"
-    );
+    assert_refused(&data, clock_at, 1);
     let serve = tally(&["serve", "--data-dir", data_arg, "--listen", "127.0.0.1:0"]);
     let stderr = String::from_utf8_lossy(&serve.stderr);
     assert!(!serve.status.success());
@@ -87,7 +96,10 @@ async fn a_previous_release_store_is_refused_then_migrated_and_answers_as_before
         "{stdout}\n{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    assert!(stdout.contains("from format 1 to 2"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("from format 1 to {FORMAT_VERSION}")),
+        "{stdout}"
+    );
     assert!(stdout.contains("rebuilt every projection"), "{stdout}");
     // Every stored entry is now v2 and decodes.
     {
@@ -109,13 +121,81 @@ async fn a_previous_release_store_is_refused_then_migrated_and_answers_as_before
     let again = tally(&["migrate", "--data-dir", data_arg]);
     assert!(again.status.success());
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("already at format version 2"),
+        String::from_utf8_lossy(&again.stdout)
+            .contains(&format!("already at format version {FORMAT_VERSION}")),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
 
     // The same questions, the same answers.
     let engine = Arc::new(Engine::open(config(&data), Arc::new(move || clock_at)).unwrap());
+    asks_the_same_questions(&engine, &fixture).await;
+    engine.shutdown().await;
+    drop(engine);
+
+    // A format-2 directory (the release before the billing projection was split into header
+    // and history rows): its log is kept byte for byte, its projections are folded again in
+    // the new layout, and the webhook keeps its cursor.
+    let options = tally::log::store::StoreOptions {
+        dedup_horizon: std::time::Duration::from_secs(35 * 86_400),
+        min_free_disk: 0,
+    };
+    let log_rows = |data: &Path| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let store = tally::log::store::Store::open_read_only(data, &options).unwrap();
+        store
+            .rows(tally::log::store::CF_LOG)
+            .map(|row| row.unwrap())
+            .map(|(key, value)| (key.to_vec(), value.to_vec()))
+            .collect()
+    };
+    {
+        let store = tally::log::store::Store::open(&data, &options).unwrap();
+        let mut batch = store.batch();
+        let u64_value = tally::log::codec::encode_u64;
+        batch.put(tally::log::store::CF_META, b"format_version", u64_value(2));
+        batch.put(
+            tally::log::store::CF_META,
+            b"webhook_cursor",
+            u64_value(4_242),
+        );
+        // Format 2 kept a tenant's whole billing state in one `t` row.
+        batch.put(
+            tally::log::store::CF_BILLING,
+            b"tacme\0",
+            b"\x01format-2 state",
+        );
+        store.commit(batch, true).unwrap();
+    }
+    let log_before = log_rows(&data);
+    assert_refused(&data, clock_at, 2);
+    let migrate = tally(&["migrate", "--data-dir", data_arg]);
+    let stdout = String::from_utf8_lossy(&migrate.stdout);
+    assert!(migrate.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("from format 2 to {FORMAT_VERSION}")),
+        "{stdout}"
+    );
+    assert_eq!(log_rows(&data), log_before, "the log is kept byte for byte");
+    {
+        let store = tally::log::store::Store::open_read_only(&data, &options).unwrap();
+        let cursor = store
+            .get(tally::log::store::CF_META, b"webhook_cursor")
+            .unwrap();
+        let kept = tally::log::codec::encode_u64(4_242);
+        assert_eq!(cursor.as_deref(), Some(&kept[..]));
+        let stale = store
+            .get(tally::log::store::CF_BILLING, b"tacme\0")
+            .unwrap();
+        assert_eq!(stale, None, "format 2's billing rows are gone");
+    }
+    let engine = Arc::new(Engine::open(config(&data), Arc::new(move || clock_at)).unwrap());
+    asks_the_same_questions(&engine, &fixture).await;
+    engine.shutdown().await;
+}
+
+/// Asks the fixture's questions of `engine` and checks each answer is the previous
+/// release's (but for what format 2 changed on purpose).
+async fn asks_the_same_questions(engine: &Arc<Engine>, fixture: &Value) {
     let app = router(AppState::new(engine.clone()));
     let tokens = [
         ("operator", fixture["operator_token"].as_str().unwrap()),
@@ -192,7 +272,6 @@ async fn a_previous_release_store_is_refused_then_migrated_and_answers_as_before
             assert_eq!(bytes.to_vec(), want, "{method} {path}: the same bytes");
         }
     }
-    engine.shutdown().await;
 }
 
 /// The alert list without what format 2 renumbered.

@@ -3,20 +3,18 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, body_bytes, parse_body, require_operator};
+use super::AppState;
+use super::extract::{JsonBody, Operator, RequestBody};
 use crate::api::ApiError;
-use crate::auth::Caller;
 use crate::backup::{self, BackupPathError};
 use crate::replay;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RebuildRequest {
+pub struct RebuildRequest {
     #[serde(default)]
     projection: Option<String>,
     #[serde(default)]
@@ -27,12 +25,9 @@ struct RebuildRequest {
 /// being answered from the old projections until the swap.
 pub async fn rebuild(
     State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    Operator(caller): Operator,
+    JsonBody(request): JsonBody<RebuildRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&caller)?;
-    let body = body_bytes(body)?;
-    let request: RebuildRequest = parse_body(&body)?;
     let name = request.projection.unwrap_or_else(|| "all".into());
     let cfs = replay::projection_cfs(&name)
         .map_err(|e| ApiError::BadRequest(format!("projection: {e}")))?;
@@ -51,9 +46,12 @@ pub async fn rebuild(
     ))
 }
 
+impl RequestBody for RebuildRequest {}
+impl RequestBody for BackupRequest {}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BackupRequest {
+pub struct BackupRequest {
     to: String,
 }
 
@@ -61,13 +59,10 @@ struct BackupRequest {
 /// the server, under the backup root (`--backup-root`).
 pub async fn backup(
     State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    Operator(caller): Operator,
+    JsonBody(request): JsonBody<BackupRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(&caller)?;
-    let body = body_bytes(body)?;
-    let request: BackupRequest = parse_body(&body)?;
-    let config = &state.engine.config;
+    let config = &state.engine.config();
     let (root, data_dir) = (config.backup_root.clone(), config.data_dir.clone());
     let requested = std::path::PathBuf::from(&request.to);
     let to = tokio::task::spawn_blocking(move || {
@@ -79,7 +74,7 @@ pub async fn backup(
         BackupPathError::Root { .. } => ApiError::Internal(error.to_string()),
         _ => ApiError::BadRequest(format!("to: {error}")),
     })?;
-    let store = state.engine.store.clone();
+    let store = state.engine.store().clone();
     let target = to.clone();
     tokio::task::spawn_blocking(move || store.checkpoint_to(&target))
         .await?

@@ -6,16 +6,15 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use base64::Engine as _;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, body_bytes, namespace_scope, parse_body, require_operator, require_role};
+use super::AppState;
+use super::extract::{Change, InNamespace, JsonBody, Operator, RawBody, Read, RequestBody};
 use crate::api::ApiError;
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::billing::decide::{BillingCommand, TransitionRequest as Transition, Verdict};
 use crate::billing::{self, BillingChange, Coupon, DiscountKind, PaymentRole, TenantBilling};
 use crate::catalog::{Catalog, Plan};
@@ -34,23 +33,12 @@ pub(crate) async fn tenant_state(
 
 /// The tenant's billing state as the projection holds it now.
 async fn projected_state(state: &AppState, tenant: &str) -> Result<TenantBilling, ApiError> {
-    let store = state.engine.store.clone();
+    let store = state.engine.store().clone();
     let owned = tenant.to_owned();
     let stored = tokio::task::spawn_blocking(move || rows::load_tenant(&store, &owned)).await??;
     Ok(stored.unwrap_or_else(|| {
-        TenantBilling::new(tenant, &state.engine.config.catalog, state.engine.now())
+        TenantBilling::new(tenant, &state.engine.config().catalog, state.engine.now())
     }))
-}
-
-/// Billing is tenant-wide: changes need an admin token scoped to every namespace.
-fn authorize_change(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
-    namespace_scope(caller, namespace)?;
-    if !caller.may_read_namespace("*") {
-        return Err(ApiError::Forbidden(
-            "billing changes need a token scoped to every namespace".into(),
-        ));
-    }
-    require_role(caller, Role::Admin)
 }
 
 /// A billing command that was carried out: the facts it recorded and the state they leave.
@@ -69,12 +57,12 @@ async fn run(
     command: BillingCommand,
 ) -> Result<Done, ApiError> {
     let engine = &state.engine;
-    let mut turn = engine.commands.billing.begin(tenant).await;
+    let mut turn = engine.commands().billing.begin(tenant).await;
     if command.needs_folded_state() && !engine.wait_tenant_current(tenant).await {
         return Err(super::projections_behind());
     }
     let current = super::command_basis(state, &mut turn, projected_state(state, tenant)).await?;
-    let catalog = &engine.config.catalog;
+    let catalog = &engine.config().catalog;
     let changes = billing::decide::decide(&current, catalog, command)?;
     if changes.is_empty() {
         return Ok(Done {
@@ -98,13 +86,15 @@ async fn run(
             change: change.clone(),
         })
         .collect();
-    let folded = *engine.projected.borrow();
+    let folded = engine.projected();
     let through = super::append_audited(state, caller, entries, audits).await?;
     let mut next = current;
     for change in &changes {
         billing::apply(&mut next, change, at, catalog);
         if let BillingChange::TransitionRequested { id, .. } = change {
-            engine.commands.note_transition(id, tenant, through, folded);
+            engine
+                .commands()
+                .note_transition(id, tenant, through, folded);
         }
     }
     turn.record(next.clone(), through);
@@ -166,9 +156,8 @@ async fn plans_seen_by(
     caller: &Caller,
     only_current: bool,
 ) -> Result<Vec<Value>, ApiError> {
-    namespace_scope(caller, "system")?;
     let billing = tenant_state(state, &caller.tenant).await?;
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     Ok(catalog
         .plans()
         .iter()
@@ -180,7 +169,7 @@ async fn plans_seen_by(
 /// `GET /api/web/namespaces/system/usage_plans/current`
 pub async fn current_plan(
     State(state): State<AppState>,
-    caller: Caller,
+    InNamespace { caller, .. }: InNamespace<Read>,
 ) -> Result<Json<Value>, ApiError> {
     let plans = plans_seen_by(&state, &caller, true).await?;
     Ok(Json(json!({"locale": LOCALE, "plans": plans})))
@@ -189,7 +178,7 @@ pub async fn current_plan(
 /// `GET /api/web/namespaces/system/usage_plans/custom_list`
 pub async fn list_plans(
     State(state): State<AppState>,
-    caller: Caller,
+    InNamespace { caller, .. }: InNamespace<Read>,
 ) -> Result<Json<Value>, ApiError> {
     let plans = plans_seen_by(&state, &caller, false).await?;
     Ok(Json(
@@ -207,13 +196,11 @@ pub struct SubscriptionsQuery {
 /// per stretch of time on one plan, with its closed billing periods and their invoices.
 pub async fn list_subscriptions(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace { caller, .. }: InNamespace<Read>,
     Query(query): Query<SubscriptionsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, &namespace)?;
     let billing = tenant_state(&state, &caller.tenant).await?;
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     // One subscription per stretch of consecutive periods on one plan.
     let runs: Vec<&[billing::Period]> = billing.periods.chunk_by(|a, b| a.plan == b.plan).collect();
     let last = runs.len().saturating_sub(1);
@@ -296,13 +283,20 @@ struct TransitionPayload {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TransitionRequest {
+pub struct TransitionRequest {
     #[serde(default)]
     namespace: Option<String>,
     #[serde(default)]
     new_plan: String,
     #[serde(default)]
     payload: Option<TransitionPayload>,
+}
+
+impl RequestBody for TransitionRequest {
+    /// F5 clients name `system` in the body of a transition asked in any namespace.
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref().filter(|n| *n != "system")
+    }
 }
 
 /// The string fields of an F5 address object (others are not contact details).
@@ -316,16 +310,9 @@ fn contact_of(address: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
 /// `POST /api/web/namespaces/{namespace}/billing/plan_transition`
 pub async fn request_transition(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Change>,
+    JsonBody(request): JsonBody<TransitionRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_change(&caller, &namespace)?;
-    let request: TransitionRequest = parse_body(&body_bytes(body)?)?;
-    super::check_body_namespace(
-        &namespace,
-        request.namespace.as_deref().filter(|n| *n != "system"),
-    )?;
     let payload = request.payload.unwrap_or_default();
     let contact = payload
         .payment_address
@@ -393,18 +380,18 @@ pub async fn transition_state(
 /// the write side; otherwise the projection names it. An id found in neither may be of a
 /// request another engine process appended, so it is looked for again once the log is folded.
 async fn transition_tenant(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
-    if let Some(tenant) = state.engine.commands.unfolded_transition(id) {
+    if let Some(tenant) = state.engine.commands().unfolded_transition(id) {
         return Ok(Some(tenant));
     }
     let lookup = || {
-        let store = state.engine.store.clone();
+        let store = state.engine.store().clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || rows::transition_tenant(&store, &id))
     };
     if let Some(tenant) = lookup().await?? {
         return Ok(Some(tenant));
     }
-    let head = state.engine.head.get();
+    let head = state.engine.head();
     state
         .engine
         .wait_projected(head, super::PROJECTION_WAIT)
@@ -414,21 +401,21 @@ async fn transition_tenant(state: &AppState, id: &str) -> Result<Option<String>,
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DecisionRequest {
+pub struct DecisionRequest {
     #[serde(default)]
     reason: String,
 }
+
+impl RequestBody for DecisionRequest {}
 
 /// An operator's verdict on a plan transition waiting for approval.
 async fn give_verdict(
     state: &AppState,
     caller: &Caller,
     id: &str,
-    body: Result<Bytes, BytesRejection>,
+    request: DecisionRequest,
     approve: bool,
 ) -> Result<Json<Value>, ApiError> {
-    require_operator(caller)?;
-    let request: DecisionRequest = parse_body(&body_bytes(body)?)?;
     let tenant = transition_tenant(state, id)
         .await?
         .ok_or(billing::decide::BillingRejection::UnknownTransition)?;
@@ -454,26 +441,26 @@ async fn give_verdict(
 /// `POST /api/tally/plan_transitions/{id}/approve` (operator)
 pub async fn approve(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<DecisionRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    give_verdict(&state, &caller, &id, body, true).await
+    give_verdict(&state, &caller, &id, request, true).await
 }
 
 /// `POST /api/tally/plan_transitions/{id}/reject` (operator) `{reason}`
 pub async fn reject(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<DecisionRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    give_verdict(&state, &caller, &id, body, false).await
+    give_verdict(&state, &caller, &id, request, false).await
 }
 
 /// The one addon a subscribe/unsubscribe body names (F5 oneof `addon_choice`).
 fn one_addon(body: &[u8], catalog: &Catalog) -> Result<String, ApiError> {
-    let value: Map<String, Value> = parse_body(body)?;
+    let value: Map<String, Value> = super::parse_body(body)?;
     let mut names: Vec<&String> = value.keys().collect();
     if names.len() != 1 {
         return Err(ApiError::BadRequest(format!(
@@ -503,11 +490,10 @@ fn one_addon(body: &[u8], catalog: &Catalog) -> Result<String, ApiError> {
 async fn change_addon(
     state: &AppState,
     caller: &Caller,
-    body: Result<Bytes, BytesRejection>,
+    body: &[u8],
     subscribe: bool,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_change(caller, "system")?;
-    let addon = one_addon(&body_bytes(body)?, &state.engine.config.catalog)?;
+    let addon = one_addon(body, &state.engine.config().catalog)?;
     let command = BillingCommand::ChangeAddon { addon, subscribe };
     run(state, caller, &caller.tenant, command).await?;
     Ok(Json(json!({})))
@@ -516,24 +502,24 @@ async fn change_addon(
 /// `POST /api/web/namespaces/system/addon/subscribe`
 pub async fn subscribe_addon(
     State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Change>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    change_addon(&state, &caller, body, true).await
+    change_addon(&state, &caller, &body, true).await
 }
 
 /// `POST /api/web/namespaces/system/addon/unsubscribe`
 pub async fn unsubscribe_addon(
     State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Change>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    change_addon(&state, &caller, body, false).await
+    change_addon(&state, &caller, &body, false).await
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreatePaymentMethod {
+pub struct CreatePaymentMethod {
     #[serde(default)]
     contact: Option<BTreeMap<String, Value>>,
     #[serde(default)]
@@ -542,6 +528,12 @@ struct CreatePaymentMethod {
     role: Option<String>,
     #[serde(default)]
     token: String,
+}
+
+impl RequestBody for CreatePaymentMethod {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
 }
 
 fn parse_role(role: Option<&str>) -> Result<PaymentRole, ApiError> {
@@ -559,13 +551,9 @@ fn parse_role(role: Option<&str>) -> Result<PaymentRole, ApiError> {
 /// `POST /api/web/namespaces/{namespace}/billing/payment_methods`
 pub async fn create_payment_method(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Change>,
+    JsonBody(request): JsonBody<CreatePaymentMethod>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_change(&caller, &namespace)?;
-    let request: CreatePaymentMethod = parse_body(&body_bytes(body)?)?;
-    super::check_body_namespace(&namespace, request.namespace.as_deref())?;
     if request.token.trim().is_empty() || request.token.len() > 4096 {
         return Err(ApiError::BadRequest(
             "token: the payment provider's token is required (at most 4096 bytes)".into(),
@@ -585,26 +573,28 @@ pub async fn create_payment_method(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NamedRequest {
+pub struct NamedRequest {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
     namespace: Option<String>,
 }
 
+impl RequestBody for NamedRequest {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+}
+
 /// A change of the payment method `name`: the path names it, and a body may repeat it.
 async fn change_payment_method(
     state: &AppState,
     caller: &Caller,
-    namespace: &str,
     name: &str,
-    body: Result<Bytes, BytesRejection>,
+    request: NamedRequest,
     command: BillingCommand,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_change(caller, namespace)?;
-    let request: NamedRequest = parse_body(&body_bytes(body)?)?;
     super::check_body_matches_path("name", name, request.name.as_deref())?;
-    super::check_body_namespace(namespace, request.namespace.as_deref())?;
     run(state, caller, &caller.tenant, command).await?;
     Ok(Json(json!({})))
 }
@@ -614,9 +604,9 @@ async fn change_payment_method(
 /// primary and the primary secondary.
 pub async fn payment_method_action(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name, action)): Path<(String, String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Change>,
+    Path((_, name, action)): Path<(String, String, String)>,
+    JsonBody(request): JsonBody<NamedRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let command = match action.as_str() {
         "primary" | "secondary" => BillingCommand::SetPaymentRole {
@@ -635,18 +625,18 @@ pub async fn payment_method_action(
             )));
         }
     };
-    change_payment_method(&state, &caller, &namespace, &name, body, command).await
+    change_payment_method(&state, &caller, &name, request, command).await
 }
 
 /// `DELETE /api/web/namespaces/{namespace}/billing/payment_methods/{name}`
 pub async fn delete_payment_method(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Change>,
+    Path((_, name)): Path<(String, String)>,
+    JsonBody(request): JsonBody<NamedRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let command = BillingCommand::DeletePaymentMethod { name: name.clone() };
-    change_payment_method(&state, &caller, &namespace, &name, body, command).await
+    change_payment_method(&state, &caller, &name, request, command).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -657,14 +647,14 @@ pub struct InvoicesQuery {
 
 /// The open period's invoice so far, priced as it would be issued now.
 async fn pending_amount(state: &AppState, billing: &TenantBilling) -> Result<i64, ApiError> {
-    let catalog = state.engine.config.catalog.clone();
-    let store = state.engine.store.clone();
+    let catalog = state.engine.config().catalog.clone();
+    let store = state.engine.store().clone();
     let (tenant, period) = (billing.tenant.clone(), billing.open_period().clone());
     let values = tokio::task::spawn_blocking(move || {
         rows::period_values(&store, &catalog, &tenant, &period.uid, &BTreeMap::new())
     })
     .await??;
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     let Some(plan) = catalog.plan(&billing.open_period().plan) else {
         return Ok(0);
     };
@@ -688,15 +678,13 @@ async fn pending_amount(state: &AppState, billing: &TenantBilling) -> Result<i64
 /// open period first of all as `STATUS_PENDING`.
 pub async fn list_invoices(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace { caller, .. }: InNamespace<Read>,
     Query(query): Query<InvoicesQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, &namespace)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
     let billing = tenant_state(&state, &caller.tenant).await?;
     let now = state.engine.now();
-    let currency = state.engine.config.catalog.currency().to_owned();
+    let currency = state.engine.config().catalog.currency().to_owned();
     let open = billing.open_period();
     let mut invoices = vec![json!({
         "name": format!("pending-{}", &open.uid[..8]),
@@ -731,11 +719,9 @@ pub struct PdfQuery {
 /// `GET /api/web/namespaces/{namespace}/usage/invoice_pdf?name=`
 pub async fn invoice_pdf(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace { caller, .. }: InNamespace<Read>,
     Query(query): Query<PdfQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, &namespace)?;
     let billing = tenant_state(&state, &caller.tenant).await?;
     let invoice = billing
         .invoices
@@ -758,20 +744,21 @@ pub async fn invoice_pdf(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkPaid {
+    tenant: String,
+}
+
+impl RequestBody for MarkPaid {}
+
 /// `POST /api/tally/invoices/{name}/mark_paid` (operator) `{tenant}`
 pub async fn mark_paid(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<MarkPaid>,
 ) -> Result<Json<Value>, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct MarkPaid {
-        tenant: String,
-    }
-    require_operator(&caller)?;
-    let request: MarkPaid = parse_body(&body_bytes(body)?)?;
     let command = BillingCommand::MarkPaid {
         invoice: name.clone(),
         by: caller.token_id.clone(),
@@ -784,9 +771,9 @@ pub async fn mark_paid(
 /// `discount_type`, `discount_amount`), applied to the tenant's next invoice.
 pub async fn grant_coupon(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     Path(tenant): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -796,14 +783,14 @@ pub async fn grant_coupon(
         discount_type: String,
         discount_amount: i64,
     }
-    require_operator(&caller)?;
+    // The tenant is checked before the body is read.
     if !crate::event::is_tenant_name(&tenant) {
         return Err(ApiError::BadRequest(format!(
             "tenant: `{}` is not a tenant name",
             tenant.chars().take(64).collect::<String>()
         )));
     }
-    let grant: Grant = parse_body(&body_bytes(body)?)?;
+    let grant: Grant = super::parse_body(&body)?;
     let kind = match grant.discount_type.as_str() {
         "DISCOUNT_TYPE_FIXED_AMOUNT" => DiscountKind::FixedAmount,
         "DISCOUNT_TYPE_PERCENTAGE" => DiscountKind::Percentage,

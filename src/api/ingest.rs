@@ -113,7 +113,7 @@ pub async fn ingest_events(
             }
         });
     }
-    let outcomes = engine.appender.append(candidates).await?;
+    let outcomes = engine.appender().append(candidates).await?;
 
     let mut response = IngestResponse {
         accepted: 0,
@@ -147,7 +147,7 @@ pub async fn ingest_events(
             reason: rejection.reason,
         });
     }
-    let metrics = &engine.metrics;
+    let metrics = &engine.metrics();
     metrics.count_events("recorded", "http", response.accepted as u64);
     metrics.count_events("duplicate", "http", response.duplicates as u64);
     metrics.count_events("conflict", "http", conflicts);
@@ -159,7 +159,7 @@ pub async fn ingest_events(
 
     // Read-your-writes: answer once the projections include these events (they are durable
     // already; if folding lags past the wait, they still show up moments later).
-    let wait = engine.config.server.ingest_wait;
+    let wait = engine.config().server.ingest_wait;
     if next_seq > 0 && !engine.wait_projected(next_seq, wait).await {
         tracing::warn!(
             next_seq,

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod billing;
 pub mod error;
+pub mod extract;
 pub mod ingest;
 pub mod ops;
 pub mod quota;
@@ -61,9 +62,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> AppState {
-        let engine_rate_limit = engine.config.rate_limit;
+        let engine_rate_limit = engine.config().rate_limit;
         let auth_failures =
-            FailureLimit::new(engine.config.auth_failure_limit, AUTH_FAILURE_WINDOW).map(Arc::new);
+            FailureLimit::new(engine.config().auth_failure_limit, AUTH_FAILURE_WINDOW)
+                .map(Arc::new);
         AppState {
             engine,
             openapi: Arc::new(ops::openapi_document()),
@@ -242,7 +244,7 @@ async fn read_body_in_time(
     request: Request,
     next: Next,
 ) -> Response {
-    let timeout = state.engine.config.server.body_timeout;
+    let timeout = state.engine.config().server.body_timeout;
     let (parts, body) = request.into_parts();
     if declared_length(&parts).is_some_and(|length| length > MAX_INGEST_BODY) {
         // Refused unread: no route takes that much.
@@ -344,7 +346,7 @@ async fn track_request(State(state): State<AppState>, request: Request, next: Ne
         .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    let metrics = &state.engine.metrics;
+    let metrics = &state.engine.metrics();
     metrics
         .request_seconds
         .get_or_create(&RouteLabels {
@@ -397,7 +399,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         // No await between the check above and the count below: at most one request per
         // runtime thread can slip past a budget that is just being used up.
-        let Some(caller) = state.engine.tokens.verify(token, state.engine.now()) else {
+        let Some(caller) = state.engine.tokens().verify(token, state.engine.now()) else {
             if let Some((failures, client)) = failures {
                 failures.record_failure(client, now);
             }
@@ -514,11 +516,11 @@ pub async fn command_basis<S: Clone>(
     let engine = &state.engine;
     // Read apart from the match: a watch borrow held across the wait below would stall the
     // projector that the wait is for.
-    let folded = *engine.projected.borrow();
+    let folded = engine.projected();
     match turn.basis(folded) {
         crate::commands::Basis::Unfolded(current) => Ok(current),
         crate::commands::Basis::Projection { settled_at } => {
-            let position = settled_at.max(engine.log_entries_at_start);
+            let position = settled_at.max(engine.status().log_entries_at_start);
             if !engine.wait_projected(position, PROJECTION_WAIT).await {
                 return Err(projections_behind());
             }
@@ -537,7 +539,7 @@ pub async fn append_audited(
 ) -> Result<u64, ApiError> {
     let all = with_audit_records(state, caller, entries, audits);
     let outcomes = state.engine.append_facts(all).await?;
-    Ok(crate::engine::recorded_next(&outcomes).unwrap_or_else(|| state.engine.head.get()))
+    Ok(crate::engine::recorded_next(&outcomes).unwrap_or_else(|| state.engine.head()))
 }
 
 /// `entries` followed by an audit record of each `(tenant, action, target)` the caller did.

@@ -70,25 +70,25 @@ struct Readiness {
 /// clients and tests see how far the projections are behind the log.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
-    let writer_failing = engine.writer_health.is_failing();
-    let projector_failing = engine.projector_health.is_failing();
+    let writer_failing = engine.status().writer.is_failing();
+    let projector_failing = engine.status().projector.is_failing();
     let kafka_failing = engine
-        .config
+        .config()
         .kafka
         .as_ref()
-        .map(|_| engine.kafka_health.is_failing());
-    let stalled = engine.kafka_stalls.stalled();
-    let projected = *engine.projected.borrow();
+        .map(|_| engine.status().kafka.is_failing());
+    let stalled = engine.status().kafka_stalls.stalled();
+    let projected = engine.projected();
     // Not ready before the projections hold what the log held at start (answers would be
     // older than the log), nor while appends would be refused for lack of disk.
-    let catching_up = (projected < engine.log_entries_at_start).then(|| {
+    let catching_up = (projected < engine.status().log_entries_at_start).then(|| {
         format!(
             "projector: catching up after start: {projected} of {} entries folded",
-            engine.log_entries_at_start
+            engine.status().log_entries_at_start
         )
     });
     let disk = engine
-        .store
+        .store()
         .ensure_room()
         .err()
         .map(|error| format!("disk: {error}"));
@@ -99,9 +99,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         || catching_up.is_some()
         || disk.is_some();
     let mut reasons: Vec<String> = [
-        ("log writer", &engine.writer_health),
-        ("projector", &engine.projector_health),
-        ("kafka consumer", &engine.kafka_health),
+        ("log writer", &engine.status().writer),
+        ("projector", &engine.status().projector),
+        ("kafka consumer", &engine.status().kafka),
     ]
     .into_iter()
     .filter_map(|(component, health)| health.reason().map(|r| format!("{component}: {r}")))
@@ -114,7 +114,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     );
     let body = Readiness {
         status: if failing { "unavailable" } else { "ready" },
-        log_entries: engine.head.get(),
+        log_entries: engine.head(),
         projected_entries: projected,
         log_writer_failing: writer_failing,
         projector_failing,
@@ -132,10 +132,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
-    let text = engine.metrics.render(
-        engine.head.get(),
-        *engine.projected.borrow(),
-        engine.store.available_disk().ok(),
+    let text = engine.metrics().render(
+        engine.head(),
+        engine.projected(),
+        engine.store().available_disk().ok(),
     );
     (
         [(

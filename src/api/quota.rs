@@ -4,18 +4,17 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, body_bytes, namespace_scope, parse_body, require_role};
+use super::AppState;
+use super::extract::{InNamespace, JsonBody, Read, RequestBody, Write, scope_of};
 use crate::api::ApiError;
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::catalog::{Catalog, QuotaKind, RateLimitType};
 use crate::log::LogEntry;
 use crate::log::keys::Scope;
@@ -37,7 +36,7 @@ async fn blocking<T: Send + 'static>(
     state: &AppState,
     read: impl FnOnce(&Store) -> Result<T, crate::log::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = state.engine.store.clone();
+    let store = state.engine.store().clone();
     Ok(tokio::task::spawn_blocking(move || read(&store)).await??)
 }
 
@@ -121,12 +120,6 @@ fn object_json(object: &QuotaObject) -> Value {
     })
 }
 
-/// Checks the caller may administer quotas of `namespace`.
-fn authorize_write(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
-    namespace_scope(caller, namespace)?;
-    require_role(caller, Role::Admin)
-}
-
 /// Carries out a quota command of the caller's tenant in its turn: decided against the
 /// tenant's own objects ([`crate::commands`]), appended with its audit record in one durable
 /// batch, and answered without waiting for the projector.
@@ -138,7 +131,7 @@ async fn run(
 ) -> Result<(), ApiError> {
     let engine = &state.engine;
     let tenant = caller.tenant.clone();
-    let mut turn = engine.commands.quota.begin(&tenant).await;
+    let mut turn = engine.commands().quota.begin(&tenant).await;
     let owned = tenant.clone();
     let projected = blocking(state, move |s| {
         Ok(TenantQuotas::from_objects(rows::list_objects(
@@ -165,12 +158,11 @@ async fn run(
 /// `POST /api/web/namespaces/{metadata.namespace}/quotas`
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Write>,
+    JsonBody(input): JsonBody<QuotaInput>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_write(&caller, &namespace)?;
-    let input: QuotaInput = parse_body(&body_bytes(body)?)?;
     let valid = quota::validate(input, &namespace, None).map_err(invalid)?;
     let now = state.engine.now();
     let object = QuotaObject {
@@ -188,7 +180,7 @@ pub async fn create(
         creator_id: caller.token_id.clone(),
     };
     let answer = object_json(&object);
-    let cap = state.engine.config.max_quota_objects;
+    let cap = state.engine.config().max_quota_objects;
     run(
         &state,
         &caller,
@@ -202,12 +194,12 @@ pub async fn create(
 /// `PUT /api/web/namespaces/{metadata.namespace}/quotas/{metadata.name}`
 pub async fn replace(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Write>,
+    Path((_, name)): Path<(String, String)>,
+    JsonBody(input): JsonBody<QuotaInput>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_write(&caller, &namespace)?;
-    let input: QuotaInput = parse_body(&body_bytes(body)?)?;
     let valid = quota::validate(input, &namespace, Some(&name)).map_err(invalid)?;
     let command = QuotaCommand::Replace {
         namespace,
@@ -229,7 +221,7 @@ fn not_found(namespace: &str, name: &str) -> ApiError {
 /// F5 `quotaDeleteRequest` (every field optional; the path decides).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeleteRequest {
+pub struct DeleteRequest {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -239,17 +231,24 @@ struct DeleteRequest {
     fail_if_referred: bool,
 }
 
+impl RequestBody for DeleteRequest {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+}
+
+impl RequestBody for QuotaInput {}
+
 /// `DELETE /api/web/namespaces/{namespace}/quotas/{name}`
 pub async fn delete(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Write>,
+    Path((_, name)): Path<(String, String)>,
+    JsonBody(request): JsonBody<DeleteRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_write(&caller, &namespace)?;
-    let request: DeleteRequest = parse_body(&body_bytes(body)?)?;
     super::check_body_matches_path("name", &name, request.name.as_deref())?;
-    super::check_body_namespace(&namespace, request.namespace.as_deref())?;
     let command = QuotaCommand::Delete {
         tenant: caller.tenant.clone(),
         namespace,
@@ -275,11 +274,12 @@ fn query_params(query: Option<&str>) -> BTreeMap<String, Vec<String>> {
 /// `GET /api/web/namespaces/{namespace}/quotas/{name}`
 pub async fn get_one(
     State(state): State<AppState>,
-    caller: Caller,
-    Path((namespace, name)): Path<(String, String)>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
+    Path((_, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, &namespace)?;
     super::readable(&state, &caller.tenant).await;
     let params = query_params(query.as_deref());
     let format = params
@@ -320,11 +320,11 @@ pub async fn get_one(
 /// have no pages; a cut answer says so in `X-Tally-Truncated`).
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
     RawQuery(query): RawQuery,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
-    namespace_scope(&caller, &namespace)?;
     super::readable(&state, &caller.tenant).await;
     let params = query_params(query.as_deref());
     let filter = match params.get("label_filter").and_then(|v| v.last()) {
@@ -333,7 +333,7 @@ pub async fn list(
     };
     // F5: asking for any report field returns the full objects with the summary.
     let full = params.contains_key("report_fields") || params.contains_key("report_status_fields");
-    let cap = state.engine.config.max_list_items;
+    let cap = state.engine.config().max_list_items;
     let (tenant, ns) = (caller.tenant.clone(), namespace.clone());
     let (objects, truncated) = blocking(&state, move |s| {
         rows::find_objects(s, &tenant, Some(&ns), cap, |o| filter.matches(&o.labels))
@@ -388,17 +388,17 @@ async fn quota_view(
     let api_rates = api_rates
         && state
             .engine
-            .config
+            .config()
             .catalog
             .meters()
             .iter()
             .any(|m| m.quota.as_ref().is_some_and(|b| b.kind == QuotaKind::Api));
-    let catalog = state.engine.config.catalog.clone();
+    let catalog = state.engine.config().catalog.clone();
     let now = state.engine.now();
     let (tenant, scope) = (tenant.to_owned(), scope.as_key_part().to_owned());
     blocking(state, move |store| {
         let objects = rows::list_objects(store, &tenant, None)?;
-        let plan = crate::projection::billing::load_tenant(store, &tenant)?
+        let plan = crate::projection::billing::load_header(store, &tenant)?
             .and_then(|state| catalog.plan(&state.plan).cloned())
             .unwrap_or_else(|| catalog.default_plan().clone());
         let limits = effective_limits(&plan.default_quota, &objects);
@@ -481,12 +481,13 @@ impl QuotaMaps {
 /// maps hold `QuotaLimitsItemType` (`quota_usage`: `QuotaLimits`; `api_limits`: `RateLimitType`).
 pub async fn limits(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = namespace_scope(&caller, &namespace)?;
+    let scope = scope_of(&namespace);
     let view = quota_view(&state, &caller.tenant, scope, false).await?;
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     let mut maps = QuotaMaps::default();
     for (name, &maximum) in &view.limits.object_limits {
         let item = json!({"limit": {"maximum": limit_number(QuotaKind::Object, maximum)}});
@@ -521,12 +522,13 @@ pub async fn limits(
 /// limit's unit in the current hour.
 pub async fn usage(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = namespace_scope(&caller, &namespace)?;
+    let scope = scope_of(&namespace);
     let view = quota_view(&state, &caller.tenant, scope, true).await?;
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     let level = |kind: QuotaKind, name: &str| {
         view.levels
             .get(&(quota::kind_name(kind).to_owned(), name.to_owned()))
@@ -594,7 +596,7 @@ fn kind_of(name: &str) -> Option<QuotaKind> {
 /// `POST /api/tally/namespaces/{namespace}/quota/check` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckRequest {
+pub struct CheckRequest {
     /// An object kind or resource name, optionally prefixed `object:` / `resource:`.
     key: String,
     /// How much more is wanted (a number or a decimal string), kept as written: a JSON number
@@ -602,16 +604,15 @@ struct CheckRequest {
     amount: Box<serde_json::value::RawValue>,
 }
 
+impl RequestBody for CheckRequest {}
+
 /// `POST /api/tally/namespaces/{namespace}/quota/check`: would `amount` more fit now?
 pub async fn check(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace { caller, .. }: InNamespace<Read>,
+    JsonBody(request): JsonBody<CheckRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, &namespace)?;
     super::readable(&state, &caller.tenant).await;
-    let request: CheckRequest = parse_body(&body_bytes(body)?)?;
     let raw = request.amount.get();
     let amount_text = if raw.starts_with('"') {
         serde_json::from_str::<String>(raw).unwrap_or_default()
@@ -717,11 +718,9 @@ fn parse_alert_page_token(token: &str) -> Result<u64, ApiError> {
 /// namespace lists the same alerts). `next_page_token` is empty on the last page.
 pub async fn alerts(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
+    InNamespace { caller, .. }: InNamespace<Read>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    namespace_scope(&caller, &namespace)?;
     super::readable(&state, &caller.tenant).await;
     let params = query_params(query.as_deref());
     let size = page_size(&params, ALERT_PAGE_DEFAULT, ALERT_PAGE_MAX)?;

@@ -5,13 +5,13 @@
 //! may not manage is "not found". Each change and its audit record are one write batch.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, body_bytes, parse_body, require_role};
+use super::AppState;
+use super::extract::{Admin, JsonBody, RequestBody};
 use crate::api::ApiError;
 use crate::auth::{Caller, Role, TokenRecord, Tokens};
 use crate::event::{is_dns1035_label, is_tenant_name};
@@ -19,13 +19,15 @@ use crate::time;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateToken {
+pub struct CreateToken {
     tenant: Option<String>,
     role: Role,
     namespaces: Vec<String>,
     #[serde(default)]
     expires_at: Option<String>,
 }
+
+impl RequestBody for CreateToken {}
 
 fn token_json(record: &TokenRecord) -> Value {
     json!({
@@ -43,12 +45,9 @@ fn token_json(record: &TokenRecord) -> Value {
 /// is shown once.
 pub async fn create(
     State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    Admin(caller): Admin,
+    JsonBody(request): JsonBody<CreateToken>,
 ) -> Result<Json<Value>, ApiError> {
-    require_role(&caller, Role::Admin)?;
-    let body = body_bytes(body)?;
-    let request: CreateToken = parse_body(&body)?;
     let tenant = request.tenant.unwrap_or_else(|| caller.tenant.clone());
     if !is_tenant_name(&tenant) {
         return Err(ApiError::BadRequest(format!(
@@ -98,8 +97,8 @@ pub async fn create(
         }
     };
     let guard = state.token_lock.clone().lock_owned().await;
-    let cap = state.engine.config.max_tokens_per_tenant;
-    if state.engine.tokens.count(&tenant) >= cap {
+    let cap = state.engine.config().max_tokens_per_tenant;
+    if state.engine.tokens().count(&tenant) >= cap {
         return Err(ApiError::Conflict(format!(
             "tenant `{tenant}` holds {cap} tokens, the most --max-tokens-per-tenant allows; revoke one first"
         )));
@@ -167,10 +166,9 @@ fn page(
 /// hash) of the tokens the caller may manage, oldest first, a page at a time.
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_role(&caller, Role::Admin)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
     let page_size = super::page_size(query.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?;
     let after = match query.page_token.as_deref().filter(|t| !t.is_empty()) {
@@ -182,7 +180,7 @@ pub async fn list(
     let tenant = (!caller.operator).then_some(caller.tenant.as_str());
     let visible: Vec<TokenRecord> = state
         .engine
-        .tokens
+        .tokens()
         .list(tenant)
         .into_iter()
         .filter(|r| caller.may_manage(r))
@@ -199,13 +197,12 @@ pub async fn list(
 /// tenant's, or one wider than the caller's scope) is "not found".
 pub async fn revoke(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_role(&caller, Role::Admin)?;
     let not_found = || ApiError::NotFound("no token has this id".into());
     let guard = state.token_lock.clone().lock_owned().await;
-    let record = state.engine.tokens.get(&id).ok_or_else(not_found)?;
+    let record = state.engine.tokens().get(&id).ok_or_else(not_found)?;
     if !caller.may_manage(&record) {
         return Err(not_found());
     }
@@ -244,7 +241,7 @@ async fn apply_change(
         let _guard = guard;
         engine.append_facts_with_rows(entries, vec![row]).await?;
         // In force from the moment it is durable (the audit list waits for its record).
-        apply(&engine.tokens);
+        apply(engine.tokens());
         Ok::<(), ApiError>(())
     })
     .await?
@@ -269,10 +266,9 @@ pub struct AuditQuery {
 /// scoped to some namespaces reads only the records about them ([`crate::audit::visible_to`]).
 pub async fn audit(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    require_role(&caller, Role::Admin)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(format!("query: {e}")))?;
     let tenant = query.tenant.unwrap_or_else(|| caller.tenant.clone());
     if !caller.operator && tenant != caller.tenant {
@@ -295,7 +291,7 @@ pub async fn audit(
             ApiError::BadRequest("page_token: not a token this list returned".into())
         })?,
     };
-    let store = state.engine.store.clone();
+    let store = state.engine.store().clone();
     let reader = caller.clone();
     // Newest first, reading only as far as the page needs (a tenant's trail is unbounded).
     let (records, last_seq) = tokio::task::spawn_blocking(move || {

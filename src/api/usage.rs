@@ -2,16 +2,12 @@
 //! and usage_summary, answered from the projections.
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ApiError, AppState, body_bytes, check_body_namespace, list_headers, namespace_scope, parse_body,
-};
-use crate::auth::Caller;
+use super::extract::{InNamespace, JsonBody, Read, RequestBody, scope_of};
+use super::{ApiError, AppState, list_headers};
 use std::collections::BTreeMap;
 
 use crate::catalog::Catalog;
@@ -56,6 +52,26 @@ pub struct SummaryRequest {
     start_time: Option<String>,
     end_time: Option<String>,
 }
+
+impl RequestBody for RangeRequest {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+}
+
+impl RequestBody for HourlyRequest {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+}
+
+impl RequestBody for MonthlyRequest {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+}
+
+impl RequestBody for SummaryRequest {}
 
 #[derive(Serialize)]
 pub struct UsageDetailsResponse {
@@ -151,8 +167,8 @@ async fn fold_hours<F: Send + 'static>(
     add: fn(&mut F, &Catalog, SeriesRow, Aggregate),
 ) -> Result<F, ApiError> {
     let (store, catalog, tenant, scope) = (
-        state.engine.store.clone(),
-        state.engine.config.catalog.clone(),
+        state.engine.store().clone(),
+        state.engine.config().catalog.clone(),
         tenant.to_owned(),
         scope.as_key_part().to_owned(),
     );
@@ -178,8 +194,8 @@ async fn billing_period_totals(
     scope: Scope<'_>,
 ) -> Result<BTreeMap<String, i128>, ApiError> {
     let (store, catalog) = (
-        state.engine.store.clone(),
-        state.engine.config.catalog.clone(),
+        state.engine.store().clone(),
+        state.engine.config().catalog.clone(),
     );
     let (tenant, period_uid) = (tenant.to_owned(), period_uid.to_owned());
     let namespace = match scope {
@@ -201,13 +217,12 @@ async fn billing_period_totals(
 /// `POST /api/web/namespaces/{namespace}/usage_details`
 pub async fn usage_details(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
+    JsonBody(request): JsonBody<RangeRequest>,
 ) -> Result<(HeaderMap, Json<UsageDetailsResponse>), ApiError> {
-    let scope = namespace_scope(&caller, &namespace)?;
-    let request: RangeRequest = parse_body(&body_bytes(body)?)?;
-    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let scope = scope_of(&namespace);
     // The same default as `current_usage`: the tenant's open billing period.
     let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
     let open = billing.open_period();
@@ -217,10 +232,10 @@ pub async fn usage_details(
         (open.start, open.end),
     )?;
     let range = HourRange::covering(from, to);
-    let cap = state.engine.config.max_list_items;
+    let cap = state.engine.config().max_list_items;
     let items = UsageItems::new(cap);
     let items = fold_hours(&state, &caller.tenant, scope, range, items, UsageItems::add).await?;
-    let (usage_items, truncated) = items.finish(&state.engine.config.catalog, range);
+    let (usage_items, truncated) = items.finish(&state.engine.config().catalog, range);
     Ok((
         list_headers(truncated, "usage_details", &caller.tenant, cap),
         Json(UsageDetailsResponse { usage_items }),
@@ -230,13 +245,11 @@ pub async fn usage_details(
 /// `POST /api/web/namespaces/{namespace}/hourly_usage_details`
 pub async fn hourly_usage_details(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
+    JsonBody(request): JsonBody<HourlyRequest>,
 ) -> Result<(HeaderMap, Json<HourlyUsageDetailsResponse>), ApiError> {
-    namespace_scope(&caller, &namespace)?;
-    let request: HourlyRequest = parse_body(&body_bytes(body)?)?;
-    check_body_namespace(&namespace, request.namespace.as_deref())?;
     let text = request.query.filter(|q| !q.is_empty()).ok_or_else(|| {
         ApiError::BadRequest("query: is required; pass an item's hourly_breakdown_query".into())
     })?;
@@ -261,7 +274,7 @@ pub async fn hourly_usage_details(
         from_hour: query.from_hour,
         to_hour: query.to_hour,
     };
-    let cap = state.engine.config.max_list_items;
+    let cap = state.engine.config().max_list_items;
     let item_namespace = query.namespace.clone();
     let items = HourlyItems::new(query, cap);
     let items = fold_hours(
@@ -273,7 +286,7 @@ pub async fn hourly_usage_details(
         HourlyItems::add,
     )
     .await?;
-    let (hourly_usage_items, truncated) = items.finish(&state.engine.config.catalog);
+    let (hourly_usage_items, truncated) = items.finish(&state.engine.config().catalog);
     Ok((
         list_headers(truncated, "hourly_usage_details", &caller.tenant, cap),
         Json(HourlyUsageDetailsResponse { hourly_usage_items }),
@@ -283,13 +296,12 @@ pub async fn hourly_usage_details(
 /// `POST /api/web/namespaces/{namespace}/current_usage`
 pub async fn current_usage(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
+    JsonBody(request): JsonBody<RangeRequest>,
 ) -> Result<Json<CurrentUsageResponse>, ApiError> {
-    let scope = namespace_scope(&caller, &namespace)?;
-    let request: RangeRequest = parse_body(&body_bytes(body)?)?;
-    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let scope = scope_of(&namespace);
     let engine = &state.engine;
     let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
     let open = billing.open_period();
@@ -298,7 +310,7 @@ pub async fn current_usage(
         request.to.as_deref(),
         (open.start, open.end),
     )?;
-    let catalog = &engine.config.catalog;
+    let catalog = &engine.config().catalog;
     let mut plan = catalog
         .plan(&billing.plan)
         .unwrap_or_else(|| catalog.default_plan());
@@ -341,15 +353,14 @@ pub async fn current_usage(
 /// `POST /api/web/namespaces/{namespace}/monthly_usage`
 pub async fn monthly_usage(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(namespace): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    InNamespace {
+        caller, namespace, ..
+    }: InNamespace<Read>,
+    JsonBody(_): JsonBody<MonthlyRequest>,
 ) -> Result<Json<MonthlyUsageResponse>, ApiError> {
-    let scope = namespace_scope(&caller, &namespace)?;
-    let request: MonthlyRequest = parse_body(&body_bytes(body)?)?;
-    check_body_namespace(&namespace, request.namespace.as_deref())?;
+    let scope = scope_of(&namespace);
     let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     // One item per billing period with usage in scope, priced at that period's own plan, as
     // its invoice is (a plan change mid-month makes two items of that month).
     let mut periods = Vec::with_capacity(billing.periods.len());
@@ -376,11 +387,11 @@ pub async fn monthly_usage(
 /// `POST /api/data/namespaces/system/billing/usage_summary`
 pub async fn usage_summary(
     State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    request: InNamespace<Read>,
+    JsonBody(body): JsonBody<SummaryRequest>,
 ) -> Result<Json<UsageSummaryResponse>, ApiError> {
-    let scope = namespace_scope(&caller, "system")?;
-    let request: SummaryRequest = parse_body(&body_bytes(body)?)?;
+    let (caller, scope) = (&request.caller, request.scope());
+    let request = body;
     let parse = |field: &str, value: Option<&str>| -> Result<Option<UnixMicros>, ApiError> {
         value
             .filter(|s| !s.is_empty())
@@ -407,7 +418,7 @@ pub async fn usage_summary(
     check_range((start, end), ("start_time", "end_time"))?;
     let range = HourRange::covering(start, end);
     let totals = MetricTotals::default();
-    let catalog = &state.engine.config.catalog;
+    let catalog = &state.engine.config().catalog;
     let totals = fold_hours(
         &state,
         &caller.tenant,

@@ -181,25 +181,38 @@ pub struct Invoice {
     pub currency: String,
 }
 
-/// Everything billing knows of one tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What billing knows of one tenant: its header (plan, open period, addons, payment
+/// methods, coupons, transitions waiting for a verdict, counters) and the part of its history
+/// (closed periods, invoices, decided transitions) this value holds.
+///
+/// The projection stores the header as one small row and each closed period, invoice and
+/// decided transition as a row of its own ([`crate::projection::billing`]): a fold loads the
+/// header and only the history rows its batch needs, while reads load all of it. Every rule
+/// here holds on such a partial state: the open period is always the last of `periods`,
+/// invoices are numbered by `invoices_issued`, and the first period is found by
+/// `subscription_start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantBilling {
     pub tenant: String,
     pub plan: String,
     pub subscription_start: UnixMicros,
-    /// Oldest first; the last one is open.
+    /// Oldest first; the last one is open. The closed ones are those loaded (all of them in a
+    /// read, those a batch needs in a fold).
     pub periods: Vec<Period>,
     pub addons: BTreeSet<String>,
     pub transitions: BTreeMap<String, Transition>,
     pub payment_methods: BTreeMap<String, PaymentMethod>,
     /// Granted and not yet used: applied to the next invoice.
     pub coupons: Vec<Coupon>,
+    /// The loaded invoices, oldest first.
     pub invoices: Vec<Invoice>,
-    /// Usage amounts billed so far per closed period and meter (cents), to bill late usage
-    /// as adjustments.
-    pub billed: BTreeMap<String, BTreeMap<String, (i128, i64)>>,
-    /// Closed periods that received usage after their invoice.
-    pub late_periods: BTreeSet<String>,
+    /// How many invoices the tenant was ever issued (the next one's number is one more).
+    pub invoices_issued: u32,
+    /// Usage billed so far per loaded closed period and meter (units, cents), to bill late
+    /// usage as adjustments.
+    pub billed: BTreeMap<String, PeriodBilled>,
+    /// Closed periods that received usage after their invoice: uid → start.
+    pub late_periods: BTreeMap<String, UnixMicros>,
 }
 
 /// A period's id: deterministic from tenant and start, in UUID form (the spec's `uid`).
@@ -255,8 +268,9 @@ impl TenantBilling {
             payment_methods: BTreeMap::new(),
             coupons: Vec::new(),
             invoices: Vec::new(),
+            invoices_issued: 0,
             billed: BTreeMap::new(),
-            late_periods: BTreeSet::new(),
+            late_periods: BTreeMap::new(),
         }
     }
 
@@ -283,22 +297,86 @@ impl TenantBilling {
 
     /// The period a usage event at `at` belongs to: the one containing it, the first for
     /// anything older, and for anything past the open period the one that will follow it.
-    pub fn period_for(&self, at: UnixMicros, catalog: &Catalog) -> (String, bool) {
+    /// That closed period must be loaded ([`TenantBilling::unloaded_period_at`]).
+    pub fn period_for(&self, at: UnixMicros, catalog: &Catalog) -> PeriodOf {
         if let Some(period) = self
             .periods
             .iter()
             .find(|p| p.start <= at && at < p.end)
-            .or_else(|| self.periods.first().filter(|p| at < p.start))
+            .or_else(|| {
+                self.periods
+                    .iter()
+                    .find(|p| p.start == self.subscription_start)
+                    .filter(|p| at < p.start)
+            })
         {
-            return (period.uid.clone(), period.invoice.is_some());
+            return PeriodOf {
+                uid: period.uid.clone(),
+                start: period.start,
+                invoiced: period.invoice.is_some(),
+            };
         }
         let open = self.open_period();
         let unit = catalog
             .plan(&self.plan)
             .map_or(PeriodUnit::PERIOD_MONTH, |p| p.renewal_period_unit);
         let start = renewal_window(unit, at).0.max(open.end);
-        (period_uid(&self.tenant, start), false)
+        PeriodOf {
+            uid: period_uid(&self.tenant, start),
+            start,
+            invoiced: false,
+        }
     }
+
+    /// Where the closed period holding usage at `at` starts at the latest, when this state
+    /// has not loaded it: the history row to look up before [`TenantBilling::period_for`].
+    pub fn unloaded_period_at(&self, at: UnixMicros) -> Option<UnixMicros> {
+        let at = at.max(self.subscription_start);
+        let loaded = self.periods.iter().any(|p| p.start <= at && at < p.end);
+        (at < self.open_period().start && !loaded).then_some(at)
+    }
+
+    /// Adds a closed period read from the history, with what its invoices billed (kept in
+    /// start order, the open period last; one already held is left as it is).
+    pub fn load_closed_period(&mut self, period: Period, billed: PeriodBilled) {
+        if period.start >= self.open_period().start
+            || self.periods.iter().any(|p| p.start == period.start)
+        {
+            return;
+        }
+        let at = self.periods.partition_point(|p| p.start < period.start);
+        self.billed.insert(period.uid.clone(), billed);
+        self.periods.insert(at, period);
+    }
+
+    /// Adds an invoice read from the history (kept in issue order; one held is left alone).
+    pub fn load_invoice(&mut self, invoice: Invoice) {
+        if self.invoices.iter().any(|i| i.name == invoice.name) {
+            return;
+        }
+        let number = invoice_number(&invoice.name);
+        let at = self
+            .invoices
+            .partition_point(|i| invoice_number(&i.name) < number);
+        self.invoices.insert(at, invoice);
+    }
+}
+
+/// What a period's invoices billed, per meter: (units, cents).
+pub type PeriodBilled = BTreeMap<String, (i128, i64)>;
+
+/// The period usage at some time is billed in (see [`TenantBilling::period_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodOf {
+    pub uid: String,
+    pub start: UnixMicros,
+    /// Its invoice was issued already: the usage is late, billed as an adjustment.
+    pub invoiced: bool,
+}
+
+/// The number an invoice's name ends with (`inv-202603-0007` → 7): the order of issue.
+pub fn invoice_number(name: &str) -> Option<u32> {
+    name.rsplit_once('-')?.1.parse().ok()
 }
 
 /// What folding one change produced besides the new state.
@@ -603,7 +681,7 @@ pub fn issue_invoice(
         });
     }
     let usage = usage_lines(plan, &input.values, catalog);
-    let billed_now: BTreeMap<String, (i128, i64)> = usage
+    let billed_now: PeriodBilled = usage
         .iter()
         .map(|l| (l.metric_label.clone(), (l.quantity, l.amount)))
         .collect();
@@ -666,7 +744,8 @@ pub fn issue_invoice(
             amount: -discount,
         });
     }
-    let number = state.invoices.len() + 1;
+    state.invoices_issued = state.invoices_issued.saturating_add(1);
+    let number = state.invoices_issued;
     let invoice = Invoice {
         name: format!(
             "inv-{}-{number:04}",

@@ -216,7 +216,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let reopen_config = config.clone();
         let engine = Arc::new(Engine::open(config, time::system_clock())?);
         let token_file = data_dir.join(ADMIN_TOKEN_FILE);
-        let generated = engine.generated_admin_token.lock().ok().and_then(|mut t| t.take());
+        let generated = engine.take_generated_admin_token();
         // Stdout is the user's: where to reach the engine and how to authenticate.
         println!("tally: listening on http://{address} (data in {})", data_dir.display());
         match generated {

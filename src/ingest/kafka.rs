@@ -22,7 +22,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::auth::DEFAULT_TENANT;
-use crate::engine::Engine;
+use crate::engine::IngestHandle;
 use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
 use crate::ingest::watermarks::{FetchedWatermarks, STATISTICS_INTERVAL_MS};
@@ -100,11 +100,11 @@ pub struct KafkaConsumer {
 impl KafkaConsumer {
     /// Starts consuming; it stops when `stop` is signalled (see [`KafkaConsumer::stop`]).
     pub fn start(
-        engine: Arc<Engine>,
+        sink: IngestHandle,
         settings: KafkaSettings,
         stop: StopSignal,
     ) -> Result<KafkaConsumer, KafkaError> {
-        let health = engine.kafka_health.clone();
+        let health = sink.kafka_health.clone();
         let context = TallyContext {
             health,
             watermarks: FetchedWatermarks::default(),
@@ -122,7 +122,7 @@ impl KafkaConsumer {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("tally-kafka".into())
-            .spawn(move || run(&engine, &consumer, &settings, &thread_stop))
+            .spawn(move || run(&sink, &consumer, &settings, &thread_stop))
             .map_err(|e| {
                 KafkaError::ClientCreation(format!("cannot start the consumer thread: {e}"))
             })?;
@@ -151,7 +151,7 @@ pub(crate) struct Polled {
 }
 
 fn run(
-    engine: &Engine,
+    sink: &IngestHandle,
     consumer: &BaseConsumer<TallyContext>,
     settings: &KafkaSettings,
     stop: &StopSignal,
@@ -165,7 +165,7 @@ fn run(
     while !stop.is_stopped() {
         // Checked first, so a partition that can be read but not recorded is seen too.
         if last_lag_check.elapsed() > LAG_CHECK_INTERVAL {
-            record_lag(consumer, engine, settings, &mut stalls);
+            record_lag(consumer, sink, settings, &mut stalls);
             last_lag_check = Instant::now();
         }
         // (Re)assign when partitions appear: between batches, so the stored offsets are exactly
@@ -177,7 +177,7 @@ fn run(
                     tracing::warn!(topic = %settings.topic, "topic has no partitions (does it exist?); retrying");
                 }
                 Ok(partitions) if partitions != assigned => {
-                    match assign_all(consumer, &engine.store, &settings.topic, &partitions) {
+                    match assign_all(consumer, &sink.store, &settings.topic, &partitions) {
                         Ok(stored) => {
                             assigned = stored.keys().copied().collect();
                             resume = stored;
@@ -194,13 +194,13 @@ fn run(
             last_assignment_check = None;
             continue;
         }
-        let mut batch = poll_batch(consumer, settings, stop, &engine.kafka_health, &mut stalls);
+        let mut batch = poll_batch(consumer, settings, stop, &sink.kafka_health, &mut stalls);
         batch.retain(|m| m.offset >= resume.get(&m.partition).copied().unwrap_or(0));
         for message in &batch {
             resume.insert(message.partition, message.offset + 1);
         }
         if !batch.is_empty() {
-            if append_batch(engine, settings, &batch).is_err() {
+            if append_batch(sink, settings, &batch).is_err() {
                 // Nothing was written: assign again from what the store says, wait, and read
                 // the same messages again.
                 assigned.clear();
@@ -284,11 +284,11 @@ fn poll_batch(
 /// Decodes a batch and appends it with its offsets; `Err` when the log could not be written
 /// (logged here; the batch is read again from the stored offsets).
 fn append_batch(
-    engine: &Engine,
+    sink: &IngestHandle,
     settings: &KafkaSettings,
     batch: &[Polled],
 ) -> Result<(), AppendError> {
-    let now = engine.now();
+    let now = sink.now();
     let mut candidates = Vec::with_capacity(batch.len());
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     for message in batch {
@@ -298,7 +298,7 @@ fn append_batch(
             offset: message.offset,
         };
         next_offsets.insert(message.partition, message.offset + 1);
-        candidates.push(decode_message(engine, now, source, message));
+        candidates.push(decode_message(sink, now, source, message));
     }
     let offsets = next_offsets
         .into_iter()
@@ -308,8 +308,8 @@ fn append_batch(
             next_offset,
         })
         .collect();
-    let metrics = &engine.metrics;
-    match engine.appender.append_blocking(candidates, offsets) {
+    let metrics = &sink.metrics;
+    match sink.appender.append_blocking(candidates, offsets) {
         Ok(outcomes) => {
             let mut counts = [0u64; 4];
             for outcome in &outcomes {
@@ -341,7 +341,7 @@ fn append_batch(
 /// The message key is the tenant; a message without a key is the event's own tenant or the
 /// default one. An event naming another tenant than its key is refused.
 pub(crate) fn decode_message(
-    engine: &Engine,
+    sink: &IngestHandle,
     now: i64,
     source: EventSource,
     message: &Polled,
@@ -365,7 +365,7 @@ pub(crate) fn decode_message(
         }
     };
     let tenant = key_tenant.as_deref().unwrap_or(DEFAULT_TENANT);
-    let context = engine.decode_context(now, tenant, key_tenant.is_none());
+    let context = sink.decode_context(now, tenant, key_tenant.is_none());
     match event::decode(&message.payload, &context) {
         Ok(event) => Candidate::Event { event, source },
         Err(rejection) => Candidate::Rejected(DeadLetter::new(
@@ -397,7 +397,7 @@ fn commit_hint(consumer: &BaseConsumer<TallyContext>, settings: &KafkaSettings, 
 /// behind (or while their high watermark cannot be read) for longer than the stall time.
 fn record_lag(
     consumer: &BaseConsumer<TallyContext>,
-    engine: &Engine,
+    sink: &IngestHandle,
     settings: &KafkaSettings,
     stalls: &mut StallDetector,
 ) {
@@ -405,7 +405,7 @@ fn record_lag(
         return;
     };
     let now = Instant::now();
-    let stored = engine
+    let stored = sink
         .store
         .source_offsets(&settings.topic)
         .unwrap_or_default();
@@ -413,7 +413,7 @@ fn record_lag(
         let partition = element.partition();
         match consumer.fetch_watermarks(&settings.topic, partition, Duration::from_secs(1)) {
             Ok((low, listed_high)) => {
-                engine.kafka_health.recover();
+                sink.kafka_health.recover();
                 // ListOffsets can answer too low (see `watermarks`); fetch responses do not.
                 let fetched_high = consumer
                     .context()
@@ -423,37 +423,37 @@ fn record_lag(
                 let high = listed_high.max(fetched_high);
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 let lag = high.saturating_sub(position).max(0);
-                engine.metrics.set_kafka_lag(partition, lag);
+                sink.metrics.set_kafka_lag(partition, lag);
                 let verdict = stalls.observe(partition, position, Ok(lag), now);
-                report_stall(engine, partition, verdict);
+                report_stall(sink, partition, verdict);
             }
             Err(error) => {
                 tracing::warn!(%error, partition, "cannot fetch watermarks");
-                engine.kafka_health.fail(&error);
+                sink.kafka_health.fail(&error);
                 let position = stored.get(&partition).copied().unwrap_or(0);
                 let verdict = stalls.observe(partition, position, Err(error.to_string()), now);
-                report_stall(engine, partition, verdict);
+                report_stall(sink, partition, verdict);
             }
         }
     }
 }
 
-fn report_stall(engine: &Engine, partition: i32, verdict: Option<String>) {
-    let was_stalled = engine.kafka_stalls.stalled().contains_key(&partition);
+fn report_stall(sink: &IngestHandle, partition: i32, verdict: Option<String>) {
+    let was_stalled = sink.kafka_stalls.stalled().contains_key(&partition);
     match verdict {
         Some(reason) => {
             if !was_stalled {
                 tracing::error!(partition, %reason, "kafka partition stalled");
             }
-            engine.metrics.set_kafka_stalled(partition, true);
-            engine.kafka_stalls.set(partition, reason);
+            sink.metrics.set_kafka_stalled(partition, true);
+            sink.kafka_stalls.set(partition, reason);
         }
         None => {
             if was_stalled {
                 tracing::info!(partition, "kafka partition advances again");
             }
-            engine.metrics.set_kafka_stalled(partition, false);
-            engine.kafka_stalls.clear(partition);
+            sink.metrics.set_kafka_stalled(partition, false);
+            sink.kafka_stalls.clear(partition);
         }
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::kafka::{Polled, decode_message, partitions_of};
 use super::watermarks::bare_consumer;
-use crate::engine::Engine;
+use crate::engine::IngestHandle;
 use crate::event::{self, EventSource};
 use crate::log::append::{AppendError, Candidate, Outcome};
 use crate::log::store::StoreError;
@@ -69,7 +69,7 @@ const IDLE: Duration = Duration::from_secs(10);
 /// Reads `topic` from `start` up to the end each partition has when reached, and appends the
 /// events that are not in the log yet. Malformed messages are counted, not stored again.
 pub fn replay_kafka(
-    engine: &Engine,
+    sink: &IngestHandle,
     brokers: &str,
     topic: &str,
     start: &ReplayStart,
@@ -116,7 +116,7 @@ pub fn replay_kafka(
             if batch.is_empty() {
                 return Ok(());
             }
-            let outcomes = engine
+            let outcomes = sink
                 .appender
                 .append_blocking(std::mem::take(batch), Vec::new())?;
             counts.add(&outcomes);
@@ -139,9 +139,9 @@ pub fn replay_kafka(
                     partition: polled.partition,
                     offset: polled.offset,
                 };
-                match decode_message(engine, engine.now(), source, &polled) {
+                match decode_message(sink, sink.now(), source, &polled) {
                     Candidate::Rejected(_) => counts.rejected += 1,
-                    candidate if forgotten(engine, &candidate) => counts.rejected += 1,
+                    candidate if forgotten(sink, &candidate) => counts.rejected += 1,
                     candidate => batch.push(candidate),
                 }
                 if batch.len() >= 1_000 {
@@ -168,27 +168,27 @@ pub fn replay_kafka(
 
 /// Whether the log writer would refuse `candidate` as older than the stored forgetting
 /// horizon; replays count it as refused here instead of having it stored as a dead letter.
-fn forgotten(engine: &Engine, candidate: &Candidate) -> bool {
+fn forgotten(sink: &IngestHandle, candidate: &Candidate) -> bool {
     matches!(candidate, Candidate::Event { event, .. }
-        if event.timestamp < engine.store.ids_forgotten_before())
+        if event.timestamp < sink.store.ids_forgotten_before())
 }
 
 /// Re-validates dead letters (those whose reason contains `reason`, when given) against the
 /// current catalog and appends the events that now pass.
 pub fn repair_dead_letters(
-    engine: &Engine,
+    sink: &IngestHandle,
     reason: Option<&str>,
 ) -> Result<ReplayCounts, ReplayIngestError> {
     let mut counts = ReplayCounts::default();
     // Only the letters there are now: a conflict found here becomes a new dead letter, which
     // this run must not read again.
-    let end = engine
+    let end = sink
         .store
         .last_seq(crate::log::store::CF_DEAD_LETTER)?
         .map_or(0, |last| last + 1);
     let mut from = 0;
     while from < end {
-        let letters: Vec<_> = engine
+        let letters: Vec<_> = sink
             .store
             .dead_letters(from, 1_000)?
             .into_iter()
@@ -198,7 +198,7 @@ pub fn repair_dead_letters(
             break;
         };
         from = last + 1;
-        let now = engine.now();
+        let now = sink.now();
         let mut candidates = Vec::new();
         for (_, letter) in letters {
             if reason.is_some_and(|r| {
@@ -211,9 +211,9 @@ pub fn repair_dead_letters(
                 counts.rejected += 1;
                 continue;
             }
-            let context = engine.decode_context(now, &letter.tenant, false);
+            let context = sink.decode_context(now, &letter.tenant, false);
             match event::decode(&letter.raw, &context) {
-                Ok(event) if event.timestamp < engine.store.ids_forgotten_before() => {
+                Ok(event) if event.timestamp < sink.store.ids_forgotten_before() => {
                     counts.rejected += 1
                 }
                 Ok(event) => candidates.push(Candidate::Event {
@@ -224,7 +224,7 @@ pub fn repair_dead_letters(
             }
         }
         if !candidates.is_empty() {
-            let outcomes = engine.appender.append_blocking(candidates, Vec::new())?;
+            let outcomes = sink.appender.append_blocking(candidates, Vec::new())?;
             counts.add(&outcomes);
         }
     }

@@ -83,22 +83,6 @@ pub fn decode_quota_object(bytes: &[u8]) -> Result<crate::quota::QuotaObject, Co
     decode_versioned(bytes, "quota object")
 }
 
-pub fn encode_billing(state: &crate::billing::TenantBilling) -> Vec<u8> {
-    encode_versioned(state)
-}
-
-pub fn decode_billing(bytes: &[u8]) -> Result<crate::billing::TenantBilling, CodecError> {
-    let state: crate::billing::TenantBilling = decode_versioned(bytes, "tenant billing")?;
-    // A tenant always has an open period; a value without one is damaged.
-    if state.periods.is_empty() {
-        return Err(CodecError {
-            what: "tenant billing",
-            reason: "no billing period".into(),
-        });
-    }
-    Ok(state)
-}
-
 pub fn encode_audit(record: &crate::audit::AuditRecord) -> Vec<u8> {
     encode_versioned(record)
 }
@@ -192,7 +176,8 @@ pub fn decode_i128(bytes: &[u8], what: &'static str) -> Result<i128, CodecError>
     fixed_body(bytes, what).map(i128::from_be_bytes)
 }
 
-/// Encodes any serde value the same way log entries are (for records such as tokens).
+/// A stored record (tokens, the billing projection's storage structs in
+/// [`crate::projection::billing`]): the version byte, then bincode.
 pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
     encode_versioned(value)
 }

@@ -14,7 +14,10 @@
 //! |               | `b` tenant `\0` kind `\0` key `\0`                                                        | threshold band `u8` (0–3)            |
 //! |               | `a` tenant `\0` !seq `u64` BE (seq inverted: newest first)                                | [`Alert`](crate::quota::Alert), bincode (the tenant's copy) |
 //! | `alerts`      | seq `u64` BE of the alert's log entry                                                 | [`Alert`](crate::quota::Alert), bincode |
-//! | `billing`     | `t` tenant `\0`                                                                       | tenant billing state, bincode        |
+//! | `billing`     | `h` tenant `\0`                                                                       | billing header: plan, open period, addons, payment methods, coupons, waiting transitions, counters; bincode |
+//! |               | `p` tenant `\0` start `i64` (sign-flipped BE)                                          | closed period and what its invoices billed, bincode |
+//! |               | `i` tenant `\0` invoice number `u32` BE                                                 | invoice, bincode                     |
+//! |               | `r` tenant `\0` transition id                                                           | decided plan transition, bincode     |
 //! |               | `u` tenant `\0` period uid `\0` namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate of the period |
 //! |               | `x` plan transition id                                                                 | tenant                               |
 //! | `audit`       | tenant `\0` seq `u64` BE                                                              | [`AuditRecord`](crate::audit::AuditRecord), bincode |
@@ -110,6 +113,17 @@ pub struct SeriesRef<'a> {
 }
 
 impl<'a> SeriesRef<'a> {
+    /// The series an event adds to.
+    pub fn of(event: &'a crate::event::UsageEvent) -> SeriesRef<'a> {
+        SeriesRef {
+            namespace: &event.namespace,
+            metric_label: &event.metric_label,
+            object_name: &event.object_name,
+            deployment: &event.deployment,
+            container: &event.container,
+        }
+    }
+
     fn parts(&self) -> [&'a str; 5] {
         [
             self.namespace,
@@ -174,6 +188,197 @@ pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     key
 }
 
+/// Keys of the `quota` column family (see the table above).
+pub mod quota {
+    use super::{Scope, push_str, tagged};
+    use crate::event::UsageEvent;
+    use crate::quota::{LimitKey, kind_name};
+
+    const OBJECT: u8 = b'o';
+    const SERIES: u8 = b's';
+    const TOTAL: u8 = b't';
+    const BAND: u8 = b'b';
+    /// A tenant's alerts, newest first (the `alerts` CF holds every tenant's in log order).
+    const ALERT: u8 = b'a';
+
+    fn push_limit(key: &mut Vec<u8>, limit: &LimitKey) {
+        push_str(key, kind_name(limit.kind));
+        push_str(key, &limit.name);
+    }
+
+    /// `o tenant\0` — every quota object of a tenant.
+    pub fn objects_prefix(tenant: &str) -> Vec<u8> {
+        tagged(OBJECT, tenant)
+    }
+
+    /// `o tenant\0 namespace\0` — a tenant's quota objects in one namespace.
+    pub fn namespace_objects_prefix(tenant: &str, namespace: &str) -> Vec<u8> {
+        let mut key = objects_prefix(tenant);
+        push_str(&mut key, namespace);
+        key
+    }
+
+    /// `o tenant\0 namespace\0 name\0`
+    pub fn object_key(tenant: &str, namespace: &str, name: &str) -> Vec<u8> {
+        let mut key = namespace_objects_prefix(tenant, namespace);
+        push_str(&mut key, name);
+        key
+    }
+
+    /// `s tenant\0 kind\0 name\0 namespace\0 object\0 deployment\0 container\0`
+    pub fn series_key(tenant: &str, limit: &LimitKey, event: &UsageEvent) -> Vec<u8> {
+        let mut key = tagged(SERIES, tenant);
+        push_limit(&mut key, limit);
+        for part in [
+            &event.namespace,
+            &event.object_name,
+            &event.deployment,
+            &event.container,
+        ] {
+            push_str(&mut key, part);
+        }
+        key
+    }
+
+    /// `t tenant\0 scope\0` — every level of a namespace, or of the tenant (`*`).
+    pub fn totals_prefix(tenant: &str, scope: Scope<'_>) -> Vec<u8> {
+        let mut key = tagged(TOTAL, tenant);
+        push_str(&mut key, scope.as_key_part());
+        key
+    }
+
+    /// `t tenant\0 scope\0 kind\0 name\0` — one level of a namespace or of the tenant.
+    pub fn total_key(tenant: &str, scope: Scope<'_>, limit: &LimitKey) -> Vec<u8> {
+        let mut key = totals_prefix(tenant, scope);
+        push_limit(&mut key, limit);
+        key
+    }
+
+    /// `b tenant\0 kind\0 name\0`
+    pub fn band_key(tenant: &str, limit: &LimitKey) -> Vec<u8> {
+        let mut key = tagged(BAND, tenant);
+        push_limit(&mut key, limit);
+        key
+    }
+
+    /// `a` — every tenant's alert copies.
+    pub fn all_tenant_alerts() -> [u8; 1] {
+        [ALERT]
+    }
+
+    /// `a tenant\0` — every alert of a tenant.
+    pub fn tenant_alerts_prefix(tenant: &str) -> Vec<u8> {
+        tagged(ALERT, tenant)
+    }
+
+    /// `a tenant\0 !seq` — the seq inverted, so the newest alert comes first in key order.
+    pub fn tenant_alert_key(tenant: &str, seq: u64) -> Vec<u8> {
+        let mut key = tenant_alerts_prefix(tenant);
+        key.extend_from_slice(&(!seq).to_be_bytes());
+        key
+    }
+
+    /// The seq of a [`tenant_alert_key`].
+    pub fn decode_tenant_alert_seq(key: &[u8]) -> Option<u64> {
+        let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+        Some(!u64::from_be_bytes(tail))
+    }
+}
+
+/// Keys of the `billing` column family (see the table above).
+pub mod billing {
+    use super::{SeriesRef, push_str, tagged};
+    use crate::time::UnixMicros;
+
+    const HEADER: u8 = b'h';
+    const PERIOD: u8 = b'p';
+    const INVOICE: u8 = b'i';
+    const TRANSITION: u8 = b'r';
+    const USAGE: u8 = b'u';
+    const TRANSITION_OWNER: u8 = b'x';
+
+    /// `h` — every tenant's header.
+    pub fn headers() -> [u8; 1] {
+        [HEADER]
+    }
+
+    pub fn header(tenant: &str) -> Vec<u8> {
+        tagged(HEADER, tenant)
+    }
+
+    /// Every closed period of `tenant`, oldest first.
+    pub fn periods(tenant: &str) -> Vec<u8> {
+        tagged(PERIOD, tenant)
+    }
+
+    /// The closed period of `tenant` starting at `start`; the sign bit flipped so that byte
+    /// order is time order before 1970 too.
+    pub fn period(tenant: &str, start: UnixMicros) -> Vec<u8> {
+        let mut key = periods(tenant);
+        key.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+        key
+    }
+
+    /// Every invoice of `tenant`, in issue order.
+    pub fn invoices(tenant: &str) -> Vec<u8> {
+        tagged(INVOICE, tenant)
+    }
+
+    pub fn invoice(tenant: &str, number: u32) -> Vec<u8> {
+        let mut key = invoices(tenant);
+        key.extend_from_slice(&number.to_be_bytes());
+        key
+    }
+
+    /// Every decided plan transition of `tenant`.
+    pub fn transitions(tenant: &str) -> Vec<u8> {
+        tagged(TRANSITION, tenant)
+    }
+
+    pub fn transition(tenant: &str, id: &str) -> Vec<u8> {
+        let mut key = transitions(tenant);
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    /// Every usage row of one billing period of `tenant`.
+    pub fn usage_of_period(tenant: &str, period_uid: &str) -> Vec<u8> {
+        let mut key = tagged(USAGE, tenant);
+        push_str(&mut key, period_uid);
+        key
+    }
+
+    /// The usage rows of one period and namespace.
+    pub fn usage_of_namespace(tenant: &str, period_uid: &str, namespace: &str) -> Vec<u8> {
+        let mut key = usage_of_period(tenant, period_uid);
+        push_str(&mut key, namespace);
+        key
+    }
+
+    pub fn usage(tenant: &str, period_uid: &str, series: &SeriesRef<'_>) -> Vec<u8> {
+        let mut key = usage_of_period(tenant, period_uid);
+        key.reserve(series.encoded_len());
+        for part in series.parts() {
+            push_str(&mut key, part);
+        }
+        key
+    }
+
+    /// The metric of a usage row under a period prefix `period_len` bytes long.
+    pub fn usage_metric(key: &[u8], period_len: usize) -> Option<&str> {
+        let rest = key.get(period_len..)?;
+        let metric = rest.split(|&b| b == 0).nth(1)?;
+        std::str::from_utf8(metric).ok()
+    }
+
+    /// The tenant a plan transition belongs to (the operator's verdict names only its id).
+    pub fn transition_owner(id: &str) -> Vec<u8> {
+        let mut key = vec![TRANSITION_OWNER];
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+}
+
 /// The smallest key greater than every key that starts with `prefix` (an exclusive upper bound
 /// for a prefix scan); `None` when no such key exists (all `0xff`).
 pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -185,6 +390,14 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// `tag tenant\0`: the start of every per-tenant key of the quota and billing families.
+fn tagged(tag: u8, tenant: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + 32);
+    key.push(tag);
+    push_str(&mut key, tenant);
+    key
 }
 
 pub fn push_str(key: &mut Vec<u8>, part: &str) {
@@ -239,6 +452,25 @@ mod tests {
             let pa = scope_prefix(&a, Scope::Tenant);
             let kb = series_key(&b, Scope::Tenant, 7, &SeriesRef { namespace: "x", metric_label: "m", object_name: "", deployment: "", container: "" });
             prop_assert!(!kb.starts_with(&pa));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn billing_period_order_is_time_order(tenant in "[a-z]{1,8}", a: i64, b: i64) {
+            let (ka, kb) = (billing::period(&tenant, a), billing::period(&tenant, b));
+            prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
+            prop_assert!(ka.starts_with(&billing::periods(&tenant)));
+        }
+
+        #[test]
+        fn billing_usage_keys_name_their_metric(tenant in "[a-z]{1,8}", uid in "[a-f0-9-]{1,36}",
+                                               ns in "[a-z][a-z0-9-]{0,10}", metric in "[a-z_]{1,12}") {
+            let series = SeriesRef { namespace: &ns, metric_label: &metric, object_name: "o", deployment: "", container: "" };
+            let period = billing::usage_of_period(&tenant, &uid);
+            let key = billing::usage(&tenant, &uid, &series);
+            prop_assert!(key.starts_with(&billing::usage_of_namespace(&tenant, &uid, &ns)));
+            prop_assert_eq!(billing::usage_metric(&key, period.len()), Some(metric.as_str()));
         }
     }
 

@@ -64,10 +64,13 @@ pub const RETIRED_COLUMN_FAMILIES: &[&str] = &[CF_CURRENT];
 /// client connections once exhausted the process's limit and broke the WAL).
 pub const MAX_OPEN_TABLE_FILES: i32 = 1_024;
 
-/// Layout version of this build's keys and values; a store of another version is refused.
-/// 2: log entries and dead letters in log format v2 ([`super::format`]). A store of version 1
-/// is upgraded by `tally migrate`.
-pub const FORMAT_VERSION: u32 = 2;
+/// Layout version of this build's keys and values; a store of another version is refused,
+/// and one of an older version is upgraded by `tally migrate`.
+/// - 2: log entries and dead letters in log format v2 ([`super::format`]), alerts at
+///   deterministic positions;
+/// - 3: a tenant's billing state is a header row plus a row per closed period, invoice and
+///   decided transition (the log is as in 2: the upgrade refolds the projections).
+pub const FORMAT_VERSION: u32 = 3;
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// The event time before which dedup records may already be pruned (see
 /// [`Store::ids_forgotten_before`]).

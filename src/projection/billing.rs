@@ -1,75 +1,184 @@
-//! The billing projection in RocksDB: per-tenant billing state, per-period usage rows, and the
-//! fold that keeps them (usage attributed to its billing period; a closing period issues its
-//! invoice, with adjustments for late usage of invoiced periods).
+//! The billing projection in RocksDB: each tenant's billing header, its history rows (closed
+//! periods, invoices, decided transitions), per-period usage rows, and the fold that keeps
+//! them (usage attributed to its billing period; a closing period issues its invoice, with
+//! adjustments for late usage of invoiced periods).
+//!
+//! A fold reads a tenant's header and only the history rows its batch needs, all before the
+//! fold: no batch decodes a tenant's whole history. Reads load every row.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use super::Aggregate;
-use crate::billing::{self, IssueInput, TenantBilling};
+use crate::billing::{
+    self, Coupon, Invoice, IssueInput, PaymentMethod, Period, PeriodBilled, TenantBilling,
+    Transition, TransitionState,
+};
 use crate::catalog::Catalog;
-use crate::event::UsageEvent;
 use crate::log::LogEntry;
-use crate::log::codec;
-use crate::log::keys::push_str;
+use crate::log::codec::{self, CodecError};
+use crate::log::keys::{self, SeriesRef};
 use crate::log::store::{Batch, CF_BILLING, Store, StoreError};
 use crate::time::UnixMicros;
 
-const ROW_TENANT: u8 = b't';
-const ROW_USAGE: u8 = b'u';
-const ROW_TRANSITION: u8 = b'x';
+/// The header row: what every fold of the tenant and every command reads (storage struct:
+/// its own shape, whatever the domain type becomes).
+#[derive(Serialize, Deserialize)]
+struct StoredHeader {
+    tenant: String,
+    plan: String,
+    subscription_start: UnixMicros,
+    open: Period,
+    addons: BTreeSet<String>,
+    payment_methods: BTreeMap<String, PaymentMethod>,
+    coupons: Vec<Coupon>,
+    /// Transitions waiting for their verdict; decided ones are history rows.
+    waiting: BTreeMap<String, Transition>,
+    late_periods: BTreeMap<String, UnixMicros>,
+    invoices_issued: u32,
+}
 
-fn corrupt(source: codec::CodecError) -> StoreError {
+/// A closed period's row: the period and what its invoices billed of each meter.
+#[derive(Serialize, Deserialize)]
+struct StoredPeriod {
+    period: Period,
+    billed: PeriodBilled,
+}
+
+fn corrupt(source: CodecError) -> StoreError {
     StoreError::Corrupt {
         cf: CF_BILLING,
         source,
     }
 }
 
-fn tenant_key(tenant: &str) -> Vec<u8> {
-    let mut key = vec![ROW_TENANT];
-    push_str(&mut key, tenant);
-    key
+/// Decodes a header row into a state holding no history.
+pub fn decode_header(bytes: &[u8]) -> Result<TenantBilling, CodecError> {
+    let header: StoredHeader = codec::decode_record(bytes, "billing header")?;
+    Ok(TenantBilling {
+        tenant: header.tenant,
+        plan: header.plan,
+        subscription_start: header.subscription_start,
+        periods: vec![header.open],
+        addons: header.addons,
+        transitions: header.waiting,
+        payment_methods: header.payment_methods,
+        coupons: header.coupons,
+        invoices: Vec::new(),
+        invoices_issued: header.invoices_issued,
+        billed: BTreeMap::new(),
+        late_periods: header.late_periods,
+    })
 }
 
-fn period_prefix(tenant: &str, period_uid: &str) -> Vec<u8> {
-    let mut key = vec![ROW_USAGE];
-    push_str(&mut key, tenant);
-    push_str(&mut key, period_uid);
-    key
+/// Decodes a closed period's row: the period and what its invoices billed.
+pub fn decode_period_row(bytes: &[u8]) -> Result<(Period, PeriodBilled), CodecError> {
+    let row: StoredPeriod = codec::decode_record(bytes, "billing period")?;
+    Ok((row.period, row.billed))
 }
 
-fn usage_key(tenant: &str, period_uid: &str, event: &UsageEvent) -> Vec<u8> {
-    let mut key = period_prefix(tenant, period_uid);
-    for part in [
-        &event.namespace,
-        &event.metric_label,
-        &event.object_name,
-        &event.deployment,
-        &event.container,
-    ] {
-        push_str(&mut key, part);
+pub fn decode_invoice(bytes: &[u8]) -> Result<Invoice, CodecError> {
+    codec::decode_record(bytes, "invoice")
+}
+
+pub fn decode_transition(bytes: &[u8]) -> Result<Transition, CodecError> {
+    codec::decode_record(bytes, "plan transition")
+}
+
+/// The rows `state` is stored as: its header and a row per closed period, invoice and
+/// decided transition it holds.
+fn rows_of(state: &TenantBilling) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let tenant = state.tenant.as_str();
+    let waiting = |t: &&Transition| t.state == TransitionState::WaitingForApproval;
+    let header = StoredHeader {
+        tenant: tenant.to_owned(),
+        plan: state.plan.clone(),
+        subscription_start: state.subscription_start,
+        open: state.open_period().clone(),
+        addons: state.addons.clone(),
+        payment_methods: state.payment_methods.clone(),
+        coupons: state.coupons.clone(),
+        waiting: state
+            .transitions
+            .values()
+            .filter(waiting)
+            .map(|t| (t.id.clone(), t.clone()))
+            .collect(),
+        late_periods: state.late_periods.clone(),
+        invoices_issued: state.invoices_issued,
+    };
+    let mut rows = vec![(keys::billing::header(tenant), codec::encode_record(&header))];
+    let closed = state
+        .periods
+        .split_last()
+        .map_or(&[][..], |(_, closed)| closed);
+    for period in closed {
+        let row = StoredPeriod {
+            period: period.clone(),
+            billed: state.billed.get(&period.uid).cloned().unwrap_or_default(),
+        };
+        rows.push((
+            keys::billing::period(tenant, period.start),
+            codec::encode_record(&row),
+        ));
     }
-    key
+    for invoice in &state.invoices {
+        // Names are made by `issue_invoice` and always end with their number.
+        let number = billing::invoice_number(&invoice.name).unwrap_or_default();
+        rows.push((
+            keys::billing::invoice(tenant, number),
+            codec::encode_record(invoice),
+        ));
+    }
+    for transition in state.transitions.values().filter(|t| !waiting(t)) {
+        rows.push((
+            keys::billing::transition(tenant, &transition.id),
+            codec::encode_record(transition),
+        ));
+    }
+    rows
 }
 
-fn transition_key(id: &str) -> Vec<u8> {
-    let mut key = vec![ROW_TRANSITION];
-    key.extend_from_slice(id.as_bytes());
-    key
-}
-
+/// The tenant's whole billing state: its header and every history row.
 pub fn load_tenant(store: &Store, tenant: &str) -> Result<Option<TenantBilling>, StoreError> {
+    let Some(mut state) = load_header(store, tenant)? else {
+        return Ok(None);
+    };
+    store.scan_prefix_decoding(CF_BILLING, &keys::billing::periods(tenant), |_, value| {
+        let (period, billed) = decode_period_row(value)?;
+        state.load_closed_period(period, billed);
+        Ok(true)
+    })?;
+    store.scan_prefix_decoding(CF_BILLING, &keys::billing::invoices(tenant), |_, value| {
+        state.invoices.push(decode_invoice(value)?);
+        Ok(true)
+    })?;
+    store.scan_prefix_decoding(
+        CF_BILLING,
+        &keys::billing::transitions(tenant),
+        |_, value| {
+            let transition = decode_transition(value)?;
+            state.transitions.insert(transition.id.clone(), transition);
+            Ok(true)
+        },
+    )?;
+    Ok(Some(state))
+}
+
+/// The tenant's billing header alone (plan, open period, payment methods…), no history.
+pub fn load_header(store: &Store, tenant: &str) -> Result<Option<TenantBilling>, StoreError> {
     store
-        .get(CF_BILLING, &tenant_key(tenant))?
-        .map(|bytes| codec::decode_billing(&bytes).map_err(corrupt))
+        .get(CF_BILLING, &keys::billing::header(tenant))?
+        .map(|bytes| decode_header(&bytes).map_err(corrupt))
         .transpose()
 }
 
-/// Every tenant's billing state (the billing clock's round).
-pub fn all_tenants(store: &Store) -> Result<Vec<TenantBilling>, StoreError> {
+/// Every tenant's billing header (the billing clock's round: open periods only).
+pub fn all_headers(store: &Store) -> Result<Vec<TenantBilling>, StoreError> {
     let mut tenants = Vec::new();
-    store.scan_prefix_decoding(CF_BILLING, &[ROW_TENANT], |_, value| {
-        tenants.push(codec::decode_billing(value)?);
+    store.scan_prefix_decoding(CF_BILLING, &keys::billing::headers(), |_, value| {
+        tenants.push(decode_header(value)?);
         Ok(true)
     })?;
     Ok(tenants)
@@ -78,7 +187,7 @@ pub fn all_tenants(store: &Store) -> Result<Vec<TenantBilling>, StoreError> {
 /// The tenant a plan transition belongs to.
 pub fn transition_tenant(store: &Store, id: &str) -> Result<Option<String>, StoreError> {
     Ok(store
-        .get(CF_BILLING, &transition_key(id))?
+        .get(CF_BILLING, &keys::billing::transition_owner(id))?
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
@@ -91,7 +200,7 @@ pub fn period_values(
     period_uid: &str,
     pending: &BTreeMap<Vec<u8>, Aggregate>,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
-    let prefix = period_prefix(tenant, period_uid);
+    let prefix = keys::billing::usage_of_period(tenant, period_uid);
     values_under(store, catalog, prefix.len(), &prefix, pending)
 }
 
@@ -105,12 +214,12 @@ pub fn period_usage(
     period_uid: &str,
     namespace: Option<&str>,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
-    let period = period_prefix(tenant, period_uid);
-    let mut prefix = period.clone();
-    if let Some(namespace) = namespace {
-        push_str(&mut prefix, namespace);
-    }
-    values_under(store, catalog, period.len(), &prefix, &BTreeMap::new())
+    let period_len = keys::billing::usage_of_period(tenant, period_uid).len();
+    let prefix = match namespace {
+        Some(namespace) => keys::billing::usage_of_namespace(tenant, period_uid, namespace),
+        None => keys::billing::usage_of_period(tenant, period_uid),
+    };
+    values_under(store, catalog, period_len, &prefix, &BTreeMap::new())
 }
 
 /// Per-meter values of the usage rows under `prefix` (which starts with a period prefix of
@@ -153,20 +262,13 @@ fn values_of(
     }
     let mut values = BTreeMap::new();
     for (key, aggregate) in rows {
-        // namespace \0 metric \0 …: the metric is the second part after the period prefix.
-        let Some(metric) = key
-            .get(period_len..)
-            .unwrap_or_default()
-            .split(|&b| b == 0)
-            .nth(1)
-            .map(|m| String::from_utf8_lossy(m).into_owned())
-        else {
+        let Some(metric) = keys::billing::usage_metric(&key, period_len) else {
             continue;
         };
-        let Some(meter) = catalog.meter(&metric) else {
+        let Some(meter) = catalog.meter(metric) else {
             continue;
         };
-        *values.entry(metric).or_insert(0) += aggregate.value(meter.aggregation);
+        *values.entry(metric.to_owned()).or_insert(0) += aggregate.value(meter.aggregation);
     }
     values
 }
@@ -184,16 +286,20 @@ pub struct BillingFold<'a> {
     store: &'a Store,
     catalog: &'a Catalog,
     due_after: i64,
+    /// Each tenant's header and the history rows read for this batch, folded.
     tenants: BTreeMap<String, TenantBilling>,
-    /// Tenants whose stored state was read (found or not), so none is read twice.
+    /// Tenants whose stored header was read (found or not), so none is read twice.
     fetched: BTreeSet<String>,
-    /// The fetched tenants that had a stored state.
+    /// The fetched tenants that had a stored header.
     stored: BTreeSet<String>,
+    /// The history rows read, as stored: a tenant's rows are written back only where they
+    /// changed.
+    read_rows: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Stored usage rows of the periods an invoice of this batch may bill, by (tenant, period
-    /// uid), read before the fold ([`BillingFold::prefetch_periods`]).
+    /// uid), read before the fold ([`BillingFold::prefetch_history`]).
     period_rows: BTreeMap<(String, String), BTreeMap<Vec<u8>, Aggregate>>,
-    /// Period rows the fold needed and the prefetch had not read (read then; 0 when the
-    /// prefetch foresaw every invoice).
+    /// Rows the fold needed and the prefetch had not read (read then; 0 when the prefetch
+    /// foresaw every one).
     misses: u64,
     /// Tenants whose state differs from the stored one: only these are written back (most
     /// batches only read a tenant's periods to file its usage).
@@ -211,6 +317,7 @@ impl<'a> BillingFold<'a> {
             tenants: BTreeMap::new(),
             fetched: BTreeSet::new(),
             stored: BTreeSet::new(),
+            read_rows: BTreeMap::new(),
             period_rows: BTreeMap::new(),
             misses: 0,
             changed: BTreeSet::new(),
@@ -219,8 +326,8 @@ impl<'a> BillingFold<'a> {
         }
     }
 
-    /// Reads the stored state of every tenant in `tenants` with one multi-get, before the
-    /// fold: a batch reads each tenant's state once, whatever its number of entries.
+    /// Reads the stored header of every tenant in `tenants` with one multi-get, before the
+    /// fold: a batch reads each tenant's header once, whatever its number of entries.
     pub fn prefetch<'t>(
         &mut self,
         tenants: impl IntoIterator<Item = &'t str>,
@@ -232,13 +339,13 @@ impl<'a> BillingFold<'a> {
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
-        let keys: Vec<Vec<u8>> = wanted.iter().map(|tenant| tenant_key(tenant)).collect();
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|t| keys::billing::header(t)).collect();
         for (tenant, stored) in wanted
             .into_iter()
             .zip(self.store.multi_get(CF_BILLING, &keys)?)
         {
             if let Some(bytes) = stored {
-                let state = codec::decode_billing(&bytes).map_err(corrupt)?;
+                let state = decode_header(&bytes).map_err(corrupt)?;
                 self.tenants.insert(tenant.clone(), state);
                 self.stored.insert(tenant.clone());
             }
@@ -247,12 +354,15 @@ impl<'a> BillingFold<'a> {
         Ok(())
     }
 
-    /// Reads, before the fold, the stored usage rows of every period an invoice issued by
-    /// `entries` may bill: for each tenant whose period may close (a period close, a plan
-    /// transition), its open period, the one after it, its late periods, the period a close
-    /// names, and the invoiced periods this batch's usage falls in. Call after
-    /// [`BillingFold::prefetch`].
-    pub fn prefetch_periods(&mut self, entries: &[(u64, LogEntry)]) -> Result<(), StoreError> {
+    /// Reads, before the fold, the history and usage rows `entries` need, after
+    /// [`BillingFold::prefetch`]:
+    /// - the closed period holding each late usage event (one lookup per period, not per
+    ///   event), the late periods an invoice adjusts, and each invoice marked paid;
+    /// - the stored usage rows of every period an invoice issued by `entries` may bill: for
+    ///   each tenant whose period may close (a period close, a plan transition), its open
+    ///   period, the one after it, its late periods, the period a close names, and the
+    ///   invoiced periods this batch's usage falls in.
+    pub fn prefetch_history(&mut self, entries: &[(u64, LogEntry)]) -> Result<(), StoreError> {
         let closing: BTreeSet<&str> = entries
             .iter()
             .filter_map(|(_, entry)| match entry {
@@ -267,6 +377,41 @@ impl<'a> BillingFold<'a> {
                 _ => None,
             })
             .collect();
+        let mut history_keys: BTreeSet<(String, Vec<u8>)> = BTreeSet::new();
+        for (_, entry) in entries {
+            match entry {
+                LogEntry::UsageRecorded { event, .. } => {
+                    let unloaded = self
+                        .tenants
+                        .get(&event.tenant)
+                        .and_then(|state| state.unloaded_period_at(event.timestamp));
+                    if let Some(start) = unloaded {
+                        self.read_period_at(&event.tenant, start)?;
+                    }
+                }
+                LogEntry::Billing {
+                    tenant,
+                    change: billing::BillingChange::InvoicePaid { invoice, .. },
+                    ..
+                } if self.stored.contains(tenant) => {
+                    if let Some(number) = billing::invoice_number(invoice) {
+                        history_keys
+                            .insert((tenant.clone(), keys::billing::invoice(tenant, number)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for tenant in &closing {
+            if let Some(state) = self.tenants.get(*tenant) {
+                for start in state.late_periods.values() {
+                    history_keys
+                        .insert((tenant.to_string(), keys::billing::period(tenant, *start)));
+                }
+            }
+        }
+        self.read_history_rows(history_keys.into_iter().collect())?;
+
         let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
         for (_, entry) in entries {
             match entry {
@@ -281,9 +426,9 @@ impl<'a> BillingFold<'a> {
                     if closing.contains(event.tenant.as_str()) =>
                 {
                     if let Some(state) = self.tenants.get(&event.tenant) {
-                        let (uid, invoiced) = state.period_for(event.timestamp, self.catalog);
-                        if invoiced {
-                            wanted.insert((event.tenant.clone(), uid));
+                        let period = state.period_for(event.timestamp, self.catalog);
+                        if period.invoiced {
+                            wanted.insert((event.tenant.clone(), period.uid));
                         }
                     }
                 }
@@ -302,20 +447,103 @@ impl<'a> BillingFold<'a> {
                 state.tenant.clone(),
                 billing::period_uid(&state.tenant, open.end),
             ));
-            for uid in &state.late_periods {
+            for uid in state.late_periods.keys() {
                 wanted.insert((state.tenant.clone(), uid.clone()));
             }
         }
         for (tenant, uid) in wanted {
-            let rows = rows_under(self.store, &period_prefix(&tenant, &uid))?;
+            let rows = rows_under(self.store, &keys::billing::usage_of_period(&tenant, &uid))?;
             self.period_rows.insert((tenant, uid), rows);
         }
         Ok(())
     }
 
-    /// Period rows the fold read that [`BillingFold::prefetch_periods`] had not.
+    /// Rows the fold read that [`BillingFold::prefetch_history`] had not.
     pub fn misses(&self) -> u64 {
         self.misses
+    }
+
+    /// Reads the last closed period of `tenant` starting at or before `at` into its state.
+    fn read_period_at(&mut self, tenant: &str, at: UnixMicros) -> Result<(), StoreError> {
+        let prefix = keys::billing::periods(tenant);
+        let end = keys::billing::period(tenant, at.saturating_add(1));
+        let mut found = None;
+        self.store
+            .scan_reverse_decoding(CF_BILLING, &prefix, &end, |key, value| {
+                found = Some((key.to_vec(), value.to_vec()));
+                Ok(false)
+            })?;
+        match found {
+            Some((key, value)) => self.load_row(tenant, key, value),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads history rows (closed periods, invoices) into their tenants' states, with one
+    /// multi-get: (tenant, key) pairs.
+    fn read_history_rows(&mut self, wanted: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+        let wanted: Vec<(String, Vec<u8>)> = wanted
+            .into_iter()
+            .filter(|(_, key)| !self.read_rows.contains_key(key))
+            .collect();
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|(_, key)| key.clone()).collect();
+        let found = self.store.multi_get(CF_BILLING, &keys)?;
+        for ((tenant, key), value) in wanted.into_iter().zip(found) {
+            if let Some(value) = value {
+                self.load_row(&tenant, key, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one stored history row of `tenant` to its state and remembers it as read.
+    fn load_row(&mut self, tenant: &str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        let Some(state) = self.tenants.get_mut(tenant) else {
+            return Ok(());
+        };
+        if key.starts_with(&keys::billing::periods(tenant)) {
+            let (period, billed) = decode_period_row(&value).map_err(corrupt)?;
+            state.load_closed_period(period, billed);
+        } else {
+            state.load_invoice(decode_invoice(&value).map_err(corrupt)?);
+        }
+        self.read_rows.insert(key, value);
+        Ok(())
+    }
+
+    /// Makes sure the closed period holding usage at `at` is loaded (read now, counted as a
+    /// miss, if the prefetch did not foresee it).
+    fn ensure_period_at(&mut self, tenant: &str, at: UnixMicros) -> Result<(), StoreError> {
+        if !self.stored.contains(tenant) {
+            return Ok(());
+        }
+        let unloaded = self
+            .tenants
+            .get(tenant)
+            .and_then(|state| state.unloaded_period_at(at));
+        if let Some(start) = unloaded {
+            self.misses = self.misses.saturating_add(1);
+            self.read_period_at(tenant, start)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the history rows `keys` of a stored tenant are loaded (read now, counted
+    /// as misses, if the prefetch did not foresee them).
+    fn ensure_rows(&mut self, tenant: &str, keys: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        if !self.stored.contains(tenant) {
+            return Ok(());
+        }
+        let unread: Vec<(String, Vec<u8>)> = keys
+            .into_iter()
+            .filter(|key| !self.read_rows.contains_key(key))
+            .map(|key| (tenant.to_owned(), key))
+            .collect();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        self.misses = self.misses.saturating_add(unread.len() as u64);
+        self.read_history_rows(unread)
     }
 
     /// Each meter's value over a period: its prefetched rows (none for a tenant first seen
@@ -326,10 +554,10 @@ impl<'a> BillingFold<'a> {
         tenant: &str,
         uid: &str,
     ) -> Result<BTreeMap<String, i128>, StoreError> {
-        let prefix = period_prefix(tenant, uid);
+        let prefix = keys::billing::usage_of_period(tenant, uid);
         let rows = match self.period_rows.get(&(tenant.to_owned(), uid.to_owned())) {
             Some(rows) => rows.clone(),
-            None if self.fetched.contains(tenant) && !self.stored.contains(tenant) => {
+            None if !self.stored.contains(tenant) && self.fetched.contains(tenant) => {
                 BTreeMap::new()
             }
             None => {
@@ -359,20 +587,15 @@ impl<'a> BillingFold<'a> {
     }
 
     fn tenant(&mut self, tenant: &str, at: UnixMicros) -> Result<&mut TenantBilling, StoreError> {
+        if !self.fetched.contains(tenant) {
+            self.prefetch([tenant])?;
+        }
         if !self.tenants.contains_key(tenant) {
-            let stored = if self.fetched.contains(tenant) {
-                None
-            } else {
-                load_tenant(self.store, tenant)?
-            };
-            let state = match stored {
-                Some(state) => state,
-                None => {
-                    self.changed.insert(tenant.to_owned());
-                    TenantBilling::new(tenant, self.catalog, at)
-                }
-            };
-            self.tenants.insert(tenant.to_owned(), state);
+            self.changed.insert(tenant.to_owned());
+            self.tenants.insert(
+                tenant.to_owned(),
+                TenantBilling::new(tenant, self.catalog, at),
+            );
         }
         self.tenants.get_mut(tenant).ok_or(StoreError::Closed)
     }
@@ -381,13 +604,20 @@ impl<'a> BillingFold<'a> {
     pub fn fold(&mut self, seq: u64, entry: &LogEntry) -> Result<Option<PlanChange>, StoreError> {
         match entry {
             LogEntry::UsageRecorded { event, .. } => {
+                self.tenant(&event.tenant, event.timestamp)?;
+                self.ensure_period_at(&event.tenant, event.timestamp)?;
                 let catalog = self.catalog;
                 let state = self.tenant(&event.tenant, event.timestamp)?;
-                let (period_uid, invoiced) = state.period_for(event.timestamp, catalog);
-                if invoiced && state.late_periods.insert(period_uid.clone()) {
+                let period = state.period_for(event.timestamp, catalog);
+                if period.invoiced
+                    && state
+                        .late_periods
+                        .insert(period.uid.clone(), period.start)
+                        .is_none()
+                {
                     self.changed.insert(event.tenant.clone());
                 }
-                let key = usage_key(&event.tenant, &period_uid, event);
+                let key = keys::billing::usage(&event.tenant, &period.uid, &SeriesRef::of(event));
                 self.deltas
                     .entry(key)
                     .or_default()
@@ -395,8 +625,17 @@ impl<'a> BillingFold<'a> {
                 Ok(None)
             }
             LogEntry::Billing { tenant, at, change } => {
-                if let billing::BillingChange::TransitionRequested { id, .. } = change {
-                    self.transitions.insert(id.clone(), tenant.clone());
+                match change {
+                    billing::BillingChange::TransitionRequested { id, .. } => {
+                        self.transitions.insert(id.clone(), tenant.clone());
+                    }
+                    billing::BillingChange::InvoicePaid { invoice, .. } => {
+                        let row = billing::invoice_number(invoice)
+                            .map(|number| keys::billing::invoice(tenant, number));
+                        self.tenant(tenant, *at)?;
+                        self.ensure_rows(tenant, row.into_iter().collect())?;
+                    }
+                    _ => {}
                 }
                 let catalog = self.catalog;
                 let state = self.tenant(tenant, *at)?;
@@ -427,13 +666,25 @@ impl<'a> BillingFold<'a> {
         at: UnixMicros,
     ) -> Result<(), StoreError> {
         let values = self.period_values(tenant, &period.uid)?;
-        let late: Vec<String> = self
+        let late: Vec<(String, UnixMicros)> = self
             .tenants
             .get(tenant)
-            .map(|s| s.late_periods.iter().cloned().collect())
+            .map(|s| s.late_periods.clone().into_iter().collect())
             .unwrap_or_default();
+        // Late periods the state holds (read before, or closed in this batch) need no read.
+        let held: BTreeSet<UnixMicros> = self
+            .tenants
+            .get(tenant)
+            .map(|s| s.periods.iter().map(|p| p.start).collect())
+            .unwrap_or_default();
+        let late_rows = late
+            .iter()
+            .filter(|(_, start)| !held.contains(start))
+            .map(|(_, start)| keys::billing::period(tenant, *start))
+            .collect();
+        self.ensure_rows(tenant, late_rows)?;
         let mut late_values = BTreeMap::new();
-        for uid in late.into_iter().filter(|uid| *uid != period.uid) {
+        for (uid, _) in late.into_iter().filter(|(uid, _)| *uid != period.uid) {
             let values = self.period_values(tenant, &uid)?;
             late_values.insert(uid, values);
         }
@@ -454,7 +705,8 @@ impl<'a> BillingFold<'a> {
         Ok(())
     }
 
-    /// Adds the fold's rows to `batch`.
+    /// Adds the fold's rows to `batch`: usage deltas merged into the stored rows, and of each
+    /// changed tenant its header and the history rows that differ from those read.
     pub fn write(self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         let keys: Vec<Vec<u8>> = self.deltas.keys().cloned().collect();
         let stored = self.store.multi_get(CF_BILLING, &keys)?;
@@ -466,24 +718,37 @@ impl<'a> BillingFold<'a> {
             row.merge(delta);
             batch.put(CF_BILLING, key, row.encode());
         }
-        for (tenant, state) in self
-            .tenants
-            .iter()
-            .filter(|(tenant, _)| self.changed.contains(*tenant))
-        {
-            batch.put(CF_BILLING, tenant_key(tenant), codec::encode_billing(state));
+        for (tenant, state) in &self.tenants {
+            if !self.changed.contains(tenant) {
+                continue;
+            }
+            for (key, value) in rows_of(state) {
+                if self.read_rows.get(&key) != Some(&value) {
+                    batch.put(CF_BILLING, key, value);
+                }
+            }
         }
         for (id, tenant) in &self.transitions {
-            batch.put(CF_BILLING, transition_key(id), tenant.as_bytes());
+            batch.put(
+                CF_BILLING,
+                keys::billing::transition_owner(id),
+                tenant.as_bytes(),
+            );
         }
         Ok(())
+    }
+
+    /// The state the fold holds of `tenant` (its header and the history rows it read).
+    #[cfg(test)]
+    fn held(&self, tenant: &str) -> Option<&TenantBilling> {
+        self.tenants.get(tenant)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventSource;
+    use crate::event::{EventSource, UsageEvent};
     use crate::log::store::StoreOptions;
     use crate::units::Micros;
 
@@ -535,41 +800,190 @@ mod tests {
         }
     }
 
-    /// Folds `batches` one after another into a new store, prefetching each batch's period
-    /// rows or not; the tenant's final state and each batch's reads the prefetch missed.
+    /// Folds `entries` into `store` as one batch (numbered after `seq`), prefetching its
+    /// history or not; the state the fold held of tenant `t` and the rows it read unforeseen.
+    fn fold_batch(
+        store: &Store,
+        catalog: &Catalog,
+        seq: &mut u64,
+        entries: &[LogEntry],
+        prefetch: bool,
+    ) -> (Option<TenantBilling>, u64) {
+        let numbered: Vec<(u64, LogEntry)> = entries
+            .iter()
+            .map(|entry| {
+                *seq += 1;
+                (*seq, entry.clone())
+            })
+            .collect();
+        let mut fold = BillingFold::new(store, catalog, 0);
+        fold.prefetch(numbered.iter().map(|(_, entry)| entry.tenant()))
+            .unwrap();
+        if prefetch {
+            fold.prefetch_history(&numbered).unwrap();
+        }
+        for (seq, entry) in &numbered {
+            fold.fold(*seq, entry).unwrap();
+        }
+        let (held, misses) = (fold.held("t").cloned(), fold.misses());
+        let mut batch = store.batch();
+        fold.write(&mut batch).unwrap();
+        store.commit(batch, false).unwrap();
+        (held, misses)
+    }
+
+    /// Folds `batches` one after another into a new store, prefetching each batch's history
+    /// or not; the tenant's final state and each batch's reads the prefetch missed.
     fn fold_batches(prefetch: bool, batches: &[Vec<LogEntry>]) -> (TenantBilling, Vec<u64>) {
         let (_dir, store) = test_store();
         let catalog = Catalog::builtin().unwrap();
         let mut seq = 0;
-        let mut misses = Vec::new();
-        for entries in batches {
-            let numbered: Vec<(u64, LogEntry)> = entries
-                .iter()
-                .map(|entry| {
-                    seq += 1;
-                    (seq, entry.clone())
-                })
-                .collect();
-            let mut fold = BillingFold::new(&store, &catalog, 0);
-            fold.prefetch(numbered.iter().map(|(_, entry)| entry.tenant()))
-                .unwrap();
-            if prefetch {
-                fold.prefetch_periods(&numbered).unwrap();
-            }
-            for (seq, entry) in &numbered {
-                fold.fold(*seq, entry).unwrap();
-            }
-            misses.push(fold.misses());
-            let mut batch = store.batch();
-            fold.write(&mut batch).unwrap();
-            store.commit(batch, false).unwrap();
-        }
+        let misses = batches
+            .iter()
+            .map(|entries| fold_batch(&store, &catalog, &mut seq, entries, prefetch).1)
+            .collect();
         (load_tenant(&store, "t").unwrap().unwrap(), misses)
+    }
+
+    fn at(text: &str) -> UnixMicros {
+        crate::time::parse_rfc3339(text).unwrap()
+    }
+
+    /// A year on the individual plan: usage each month, each period closed at its end.
+    fn a_year_of_invoices() -> Vec<Vec<LogEntry>> {
+        let upgrade = at("2026-01-02T00:00:00Z");
+        let mut batches = vec![vec![
+            usage("u0", "shop", at("2026-01-01T10:00:00Z"), 1_000_000),
+            change(upgrade, transition("x1", "individual-plan")),
+        ]];
+        let mut open_start = upgrade;
+        for month in 1..=12 {
+            let next = if month == 12 {
+                at("2027-01-01T00:00:00Z")
+            } else {
+                at(&format!("2026-{:02}-01T00:00:00Z", month + 1))
+            };
+            batches.push(vec![
+                usage(
+                    &format!("u{month}"),
+                    "shop",
+                    open_start + 3_600_000_000,
+                    2_000_000,
+                ),
+                change(
+                    next,
+                    billing::BillingChange::PeriodClosed {
+                        period_uid: billing::period_uid("t", open_start),
+                    },
+                ),
+            ]);
+            open_start = next;
+        }
+        batches
+    }
+
+    #[test]
+    fn a_batch_holds_the_header_and_only_the_history_rows_it_needs() {
+        let (_dir, store) = test_store();
+        let catalog = Catalog::builtin().unwrap();
+        let mut seq = 0;
+        let header_len = || {
+            store
+                .get(CF_BILLING, &keys::billing::header("t"))
+                .unwrap()
+                .unwrap()
+                .len()
+        };
+        let mut header_lens = Vec::new();
+        for entries in a_year_of_invoices() {
+            let (_, misses) = fold_batch(&store, &catalog, &mut seq, &entries, true);
+            assert_eq!(misses, 0);
+            header_lens.push(header_len());
+        }
+        let full = load_tenant(&store, "t").unwrap().unwrap();
+        assert_eq!((full.periods.len(), full.invoices.len()), (14, 12));
+        assert_eq!(full.invoices_issued, 12);
+        // The header stays the same size however long the history grows.
+        assert!(
+            header_lens[1..].iter().all(|&len| len == header_lens[1]),
+            "{header_lens:?}"
+        );
+
+        // Usage of the open period: the fold holds the header alone.
+        let (held, misses) = fold_batch(
+            &store,
+            &catalog,
+            &mut seq,
+            &[usage("now", "shop", at("2027-01-05T00:00:00Z"), 1)],
+            true,
+        );
+        let held = held.unwrap();
+        assert_eq!((held.periods.len(), held.invoices.len(), misses), (1, 0, 0));
+        assert_eq!(
+            held.transitions.len(),
+            0,
+            "decided transitions are history rows"
+        );
+
+        // Late usage of March, then January's close: the fold reads March's row alone, and
+        // January's invoice adjusts March.
+        let march = at("2026-03-01T00:00:00Z");
+        let (held, misses) = fold_batch(
+            &store,
+            &catalog,
+            &mut seq,
+            &[
+                // March's 2 requests billed 1 unit (below 1 bills as 1); with 5 million
+                // more they bill 5, so January's invoice adjusts March by 4.
+                usage(
+                    "late",
+                    "shop",
+                    at("2026-03-20T00:00:00Z"),
+                    5_000_000_000_000,
+                ),
+                change(
+                    at("2027-02-01T00:00:00Z"),
+                    billing::BillingChange::PeriodClosed {
+                        period_uid: billing::period_uid("t", at("2027-01-01T00:00:00Z")),
+                    },
+                ),
+            ],
+            true,
+        );
+        let held = held.unwrap();
+        let starts: Vec<UnixMicros> = held.periods.iter().map(|p| p.start).collect();
+        assert_eq!(
+            starts,
+            [
+                march,
+                at("2027-01-01T00:00:00Z"),
+                at("2027-02-01T00:00:00Z")
+            ]
+        );
+        assert_eq!((held.invoices.len(), misses), (1, 0));
+        let adjusted: Vec<i128> = held.invoices[0]
+            .lines
+            .iter()
+            .filter(|line| line.kind == billing::LineKind::Adjustment)
+            .map(|line| line.quantity)
+            .collect();
+        assert_eq!(adjusted, [4], "{:?}", held.invoices[0].lines);
+        assert_eq!(held.invoices[0].name, "inv-202701-0013");
+    }
+
+    #[test]
+    fn a_history_folded_batch_by_batch_is_the_history_folded_at_once() {
+        let batches = a_year_of_invoices();
+        let (by_batch, misses) = fold_batches(true, &batches);
+        assert!(misses.iter().all(|&m| m == 0), "{misses:?}");
+        let (at_once, _) = fold_batches(true, &[batches.concat()]);
+        assert_eq!(by_batch, at_once);
+        let (unforeseen, _) = fold_batches(false, &batches);
+        assert_eq!(by_batch, unforeseen);
     }
 
     #[test]
     fn invoices_of_a_batch_bill_only_prefetched_rows_and_bill_the_same() {
-        let at = |text: &str| crate::time::parse_rfc3339(text).unwrap();
         let upgrade = at("2026-03-12T00:00:00Z");
         let batches = vec![
             vec![
@@ -639,7 +1053,7 @@ mod tests {
         let mut batch = store.batch();
         fold.write(&mut batch).unwrap();
         store.commit(batch, false).unwrap();
-        let period = load_tenant(&store, "t")
+        let period = load_header(&store, "t")
             .unwrap()
             .unwrap()
             .open_period()

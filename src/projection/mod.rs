@@ -142,13 +142,7 @@ impl UsageDeltas {
             return;
         }
         let delta = Aggregate::of(event);
-        let series = SeriesRef {
-            namespace: &event.namespace,
-            metric_label: &event.metric_label,
-            object_name: &event.object_name,
-            deployment: &event.deployment,
-            container: &event.container,
-        };
+        let series = SeriesRef::of(event);
         let hour = time::hour_index(event.timestamp);
         let month = time::month_index(event.timestamp);
         for scope in [Scope::Namespace(&event.namespace), Scope::Tenant] {

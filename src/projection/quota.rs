@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use crate::catalog::Catalog;
 use crate::log::LogEntry;
 use crate::log::codec;
-use crate::log::keys::{self, TENANT_SCOPE};
+use crate::log::keys::quota::{
+    band_key, decode_tenant_alert_seq, namespace_objects_prefix, object_key, objects_prefix,
+    tenant_alert_key, tenant_alerts_prefix, total_key, totals_prefix,
+};
+use crate::log::keys::{self, Scope};
 use crate::log::store::{Batch, CF_ALERTS, CF_META, CF_QUOTA, Store, StoreError};
 use crate::quota::fold::{
-    QuotaReads, QuotaWrites, RowsToRead, SeriesLevel, Snapshot, band_key, decode_tenant_alert_seq,
-    object_key, objects_prefix, tenant_alert_key, tenant_alerts_prefix, tenants_to_read, total_key,
+    QuotaReads, QuotaWrites, RowsToRead, SeriesLevel, Snapshot, tenants_to_read,
 };
 use crate::quota::{Alert, LimitKey, QuotaObject};
 
@@ -45,7 +48,7 @@ impl QuotaReads for StoreQuotaReads<'_> {
     }
 
     fn plan(&self, tenant: &str) -> Result<Option<String>, StoreError> {
-        Ok(super::billing::load_tenant(self.store, tenant)?.map(|state| state.plan))
+        Ok(super::billing::load_header(self.store, tenant)?.map(|state| state.plan))
     }
 
     fn band(&self, key: &[u8]) -> Result<u8, StoreError> {
@@ -181,10 +184,10 @@ pub fn find_objects(
     limit: usize,
     keep: impl Fn(&QuotaObject) -> bool,
 ) -> Result<(Vec<QuotaObject>, bool), StoreError> {
-    let mut prefix = objects_prefix(tenant);
-    if let Some(namespace) = namespace {
-        keys::push_str(&mut prefix, namespace);
-    }
+    let prefix = match namespace {
+        Some(namespace) => namespace_objects_prefix(tenant, namespace),
+        None => objects_prefix(tenant),
+    };
     let mut objects = Vec::new();
     let mut more = false;
     store.scan_prefix_decoding(CF_QUOTA, &prefix, |_, value| {
@@ -220,7 +223,7 @@ pub fn level(
     namespace: Option<&str>,
     key: &LimitKey,
 ) -> Result<i128, StoreError> {
-    let scope = namespace.unwrap_or(TENANT_SCOPE);
+    let scope = namespace.map_or(Scope::Tenant, Scope::Namespace);
     StoreQuotaReads::new(store).total(&total_key(tenant, scope, key))
 }
 
@@ -287,9 +290,7 @@ pub fn levels(
     tenant: &str,
     namespace: Option<&str>,
 ) -> Result<BTreeMap<(String, String), i128>, StoreError> {
-    let mut prefix = vec![crate::quota::fold::ROW_TOTAL];
-    keys::push_str(&mut prefix, tenant);
-    keys::push_str(&mut prefix, namespace.unwrap_or(TENANT_SCOPE));
+    let prefix = totals_prefix(tenant, namespace.map_or(Scope::Tenant, Scope::Namespace));
     let mut levels = BTreeMap::new();
     store.scan_prefix_decoding(CF_QUOTA, &prefix, |key, value| {
         let level = codec::decode_i128(value, "quota level")?;

@@ -137,7 +137,7 @@ pub fn fold_batch_into(
         LogEntry::Audit(_) => None,
         other => Some(other.tenant()),
     }))?;
-    billing.prefetch_periods(&entries)?;
+    billing.prefetch_history(&entries)?;
     // Quota rows too: the fold reads its snapshot, not the store.
     let reads = StoreQuotaReads::new(store);
     let snapshot = super::quota::prefetch(&reads, &entries, catalog, billing.stored_plans())?;

@@ -14,20 +14,13 @@ use crate::catalog::{Aggregation, Catalog, Meter, QuotaKind, QuotaSpec};
 use crate::event::UsageEvent;
 use crate::log::LogEntry;
 use crate::log::codec::CodecError;
-use crate::log::keys::{TENANT_SCOPE, push_str};
+use crate::log::keys::Scope;
+use crate::log::keys::quota::{band_key, object_key, series_key, total_key};
 use crate::quota::decide::TenantQuotas;
 use crate::quota::{
-    Alert, BandChange, LimitKey, Limits, QuotaObject, band, crossings, effective_limits, kind_name,
+    Alert, BandChange, LimitKey, Limits, QuotaObject, band, crossings, effective_limits,
 };
 use crate::time::UnixMicros;
-
-/// Row kinds of the `quota` CF (first key byte).
-pub const ROW_OBJECT: u8 = b'o';
-pub const ROW_SERIES: u8 = b's';
-pub const ROW_TOTAL: u8 = b't';
-pub const ROW_BAND: u8 = b'b';
-/// A tenant's alerts, newest first (the `alerts` CF holds every tenant's in log order).
-pub const ROW_ALERT: u8 = b'a';
 
 /// One series' level: its value and the (event time, log seq) that set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,75 +51,6 @@ impl SeriesLevel {
             seq: u64::from_be_bytes(eight(16)),
         })
     }
-}
-
-/// `o tenant\0` — every quota object of a tenant.
-pub fn objects_prefix(tenant: &str) -> Vec<u8> {
-    let mut key = vec![ROW_OBJECT];
-    push_str(&mut key, tenant);
-    key
-}
-
-/// `o tenant\0 namespace\0 name\0`
-pub fn object_key(tenant: &str, namespace: &str, name: &str) -> Vec<u8> {
-    let mut key = objects_prefix(tenant);
-    push_str(&mut key, namespace);
-    push_str(&mut key, name);
-    key
-}
-
-fn limit_key_parts(key: &mut Vec<u8>, limit: &LimitKey) {
-    push_str(key, kind_name(limit.kind));
-    push_str(key, &limit.name);
-}
-
-/// `s tenant\0 kind\0 name\0 namespace\0 object\0 deployment\0 container\0`
-pub fn series_key(tenant: &str, limit: &LimitKey, event: &UsageEvent) -> Vec<u8> {
-    let mut key = vec![ROW_SERIES];
-    push_str(&mut key, tenant);
-    limit_key_parts(&mut key, limit);
-    push_str(&mut key, &event.namespace);
-    push_str(&mut key, &event.object_name);
-    push_str(&mut key, &event.deployment);
-    push_str(&mut key, &event.container);
-    key
-}
-
-/// `t tenant\0 scope\0 kind\0 name\0` — the level of a namespace, or of the tenant (`*`).
-pub fn total_key(tenant: &str, scope: &str, limit: &LimitKey) -> Vec<u8> {
-    let mut key = vec![ROW_TOTAL];
-    push_str(&mut key, tenant);
-    push_str(&mut key, scope);
-    limit_key_parts(&mut key, limit);
-    key
-}
-
-/// `b tenant\0 kind\0 name\0`
-pub fn band_key(tenant: &str, limit: &LimitKey) -> Vec<u8> {
-    let mut key = vec![ROW_BAND];
-    push_str(&mut key, tenant);
-    limit_key_parts(&mut key, limit);
-    key
-}
-
-/// `a tenant\0` — every alert of a tenant.
-pub fn tenant_alerts_prefix(tenant: &str) -> Vec<u8> {
-    let mut key = vec![ROW_ALERT];
-    push_str(&mut key, tenant);
-    key
-}
-
-/// `a tenant\0 !seq` — the seq inverted, so the newest alert comes first in key order.
-pub fn tenant_alert_key(tenant: &str, seq: u64) -> Vec<u8> {
-    let mut key = tenant_alerts_prefix(tenant);
-    key.extend_from_slice(&(!seq).to_be_bytes());
-    key
-}
-
-/// The seq of a [`tenant_alert_key`].
-pub fn decode_tenant_alert_seq(key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(!u64::from_be_bytes(tail))
 }
 
 /// The tenants whose quota objects and plans a fold of `entries` reads: those with an event
@@ -205,10 +129,13 @@ impl RowsToRead {
                         continue;
                     };
                     rows.series.insert(series_key(&event.tenant, &key, event));
+                    rows.totals.insert(total_key(
+                        &event.tenant,
+                        Scope::Namespace(&event.namespace),
+                        &key,
+                    ));
                     rows.totals
-                        .insert(total_key(&event.tenant, &event.namespace, &key));
-                    rows.totals
-                        .insert(total_key(&event.tenant, TENANT_SCOPE, &key));
+                        .insert(total_key(&event.tenant, Scope::Tenant, &key));
                     rows.bands.insert(band_key(&event.tenant, &key));
                 }
                 LogEntry::QuotaObjectPut { object, .. } => {
@@ -227,7 +154,7 @@ impl RowsToRead {
         }
         for (tenant, keys) in &rechecked {
             for key in keys {
-                rows.totals.insert(total_key(tenant, TENANT_SCOPE, key));
+                rows.totals.insert(total_key(tenant, Scope::Tenant, key));
                 rows.bands.insert(band_key(tenant, key));
             }
         }
@@ -510,7 +437,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         if delta == 0 && old.is_some() {
             return Ok(());
         }
-        for scope in [event.namespace.as_str(), TENANT_SCOPE] {
+        for scope in [Scope::Namespace(&event.namespace), Scope::Tenant] {
             let key = total_key(&event.tenant, scope, &limit_key);
             let total = self.total(&key)? + delta;
             self.writes.totals.insert(key, total);
@@ -549,7 +476,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         at: UnixMicros,
     ) -> Result<(), R::Error> {
         let limit = self.limits(tenant)?.level_limit(key);
-        let level = self.total(&total_key(tenant, TENANT_SCOPE, key))?;
+        let level = self.total(&total_key(tenant, Scope::Tenant, key))?;
         let new_band = band(level, limit);
         let band_row = band_key(tenant, key);
         let old_band = match self.writes.bands.get(&band_row) {

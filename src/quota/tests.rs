@@ -198,7 +198,7 @@ struct Maps {
 impl QuotaReads for Maps {
     type Error = std::convert::Infallible;
     fn objects(&self, tenant: &str) -> Result<Vec<QuotaObject>, Self::Error> {
-        let prefix = fold::objects_prefix(tenant);
+        let prefix = crate::log::keys::quota::objects_prefix(tenant);
         Ok(self
             .objects
             .borrow()
@@ -250,7 +250,12 @@ impl Maps {
     }
 
     fn tenant_level(&self, key: &LimitKey) -> i128 {
-        self.total(&fold::total_key("acme", "*", key)).unwrap()
+        self.total(&crate::log::keys::quota::total_key(
+            "acme",
+            crate::log::keys::Scope::Tenant,
+            key,
+        ))
+        .unwrap()
     }
 }
 

@@ -277,7 +277,12 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
                 (None, None) => bail!("--from-offset or --from-time says where to start"),
             };
             let counts = with_engine(&args.engine, false, |engine| {
-                Ok(replay_kafka(engine, brokers, topic, &start)?)
+                Ok(replay_kafka(
+                    &engine.ingest_handle(),
+                    brokers,
+                    topic,
+                    &start,
+                )?)
             })?;
             println!(
                 "tally: replayed {} messages of {topic}: {} new, {} duplicate, {} conflicting, {} rejected",
@@ -287,7 +292,10 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
         }
         ReplayCommand::DeadLetters(args) => {
             let counts = with_engine(&args.engine, false, |engine| {
-                Ok(repair_dead_letters(engine, args.reason.as_deref())?)
+                Ok(repair_dead_letters(
+                    &engine.ingest_handle(),
+                    args.reason.as_deref(),
+                )?)
             })?;
             println!(
                 "tally: re-validated {} dead letters: {} appended, {} already recorded, {} conflicting, {} still refused",
@@ -659,12 +667,12 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     // The projections were emptied with the version change: fold them again now, so the
     // first `tally serve` answers at once.
     let folded = with_engine(&args.engine, false, |engine| {
-        let head = engine.head.get();
+        let head = engine.head();
         let bar = progress_bar();
         bar.set_length(head);
         loop {
             let checkpoint = engine
-                .store
+                .store()
                 .checkpoint(tally::projection::USAGE_PROJECTION)?
                 .unwrap_or(0);
             bar.set_position(checkpoint);
@@ -672,7 +680,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
                 bar.finish_and_clear();
                 return Ok(checkpoint);
             }
-            if let Some(reason) = engine.projector_health.reason() {
+            if let Some(reason) = engine.status().projector.reason() {
                 bail!("the projector stopped at entry {checkpoint}: {reason}");
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
