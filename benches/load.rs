@@ -361,7 +361,9 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
         .collect();
     let started = Instant::now();
     for chunk in raw.chunks(1_000) {
-        let context = engine.decode_context(engine.now(), "default", false);
+        let context = engine
+            .ingest()
+            .decode_context(engine.now(), "default", false);
         let candidates = chunk
             .iter()
             .map(|bytes| match event::decode(bytes, &context) {

@@ -127,28 +127,15 @@ impl IngestHandle {
         tenant: &'a str,
         may_name_any_tenant: bool,
     ) -> DecodeContext<'a> {
-        let windows = (self.late_window, self.future_skew);
-        decode_context(&self.catalog, windows, now, tenant, may_name_any_tenant)
-    }
-}
-
-/// The validation of events arriving at `now`: the catalog, and how late and how far ahead
-/// (`windows`: late window, future skew) an event's time may be.
-fn decode_context<'a>(
-    catalog: &'a crate::catalog::Catalog,
-    (late_window, future_skew): (std::time::Duration, std::time::Duration),
-    now: UnixMicros,
-    tenant: &'a str,
-    may_name_any_tenant: bool,
-) -> DecodeContext<'a> {
-    let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-    DecodeContext {
-        catalog,
-        now,
-        late_window: micros(late_window),
-        future_skew: micros(future_skew),
-        tenant,
-        may_name_any_tenant,
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        DecodeContext {
+            catalog: &self.catalog,
+            now,
+            late_window: micros(self.late_window),
+            future_skew: micros(self.future_skew),
+            tenant,
+            may_name_any_tenant,
+        }
     }
 }
 
@@ -180,6 +167,7 @@ pub struct Engine {
     /// Held by the projector for each batch; a live rebuild holds it to swap projections.
     projector_gate: Arc<Mutex<()>>,
     metrics: Arc<Metrics>,
+    ingest: IngestHandle,
     clock: Clock,
     /// The operator token when this start generated it (shown once, then forgotten).
     generated_admin_token: Mutex<Option<String>>,
@@ -242,6 +230,19 @@ impl Engine {
             projector_health.clone(),
             projector_gate.clone(),
         )?;
+        let metrics = Arc::new(Metrics::new());
+        let (kafka, kafka_stalls) = (Arc::<Health>::default(), Arc::<PartitionStalls>::default());
+        let ingest = IngestHandle {
+            store: store.clone(),
+            appender: appender.clone(),
+            metrics: metrics.clone(),
+            kafka_health: kafka.clone(),
+            kafka_stalls: kafka_stalls.clone(),
+            catalog: config.catalog.clone(),
+            late_window: config.late_window,
+            future_skew: config.future_skew,
+            clock: clock.clone(),
+        };
         Ok(Engine {
             config,
             store,
@@ -252,12 +253,13 @@ impl Engine {
                 projected,
                 projector: projector_health,
                 writer: writer_health,
-                kafka: Arc::default(),
-                kafka_stalls: Arc::default(),
+                kafka,
+                kafka_stalls,
             },
             tokens,
             projector_gate,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            ingest,
             clock,
             generated_admin_token: Mutex::new(generated),
             tenant_positions: Mutex::default(),
@@ -320,19 +322,14 @@ impl Engine {
             .and_then(|mut token| token.take())
     }
 
-    /// What an event source is given: see [`IngestHandle`].
+    /// What an event source is given: see [`IngestHandle`]. HTTP ingest uses the same one
+    /// ([`Engine::ingest`]), so events are validated alike whichever way they come.
     pub fn ingest_handle(&self) -> IngestHandle {
-        IngestHandle {
-            store: self.store.clone(),
-            appender: self.appender.clone(),
-            metrics: self.metrics.clone(),
-            kafka_health: self.status.kafka.clone(),
-            kafka_stalls: self.status.kafka_stalls.clone(),
-            catalog: self.config.catalog.clone(),
-            late_window: self.config.late_window,
-            future_skew: self.config.future_skew,
-            clock: self.clock.clone(),
-        }
+        self.ingest.clone()
+    }
+
+    pub fn ingest(&self) -> &IngestHandle {
+        &self.ingest
     }
 
     /// What the alert webhook is given: see [`WebhookHandle`].
@@ -467,23 +464,6 @@ impl Engine {
 
     pub fn now(&self) -> UnixMicros {
         (self.clock)()
-    }
-
-    /// How events arriving now for `tenant` are validated (HTTP and Kafka alike).
-    pub fn decode_context<'a>(
-        &'a self,
-        now: UnixMicros,
-        tenant: &'a str,
-        may_name_any_tenant: bool,
-    ) -> DecodeContext<'a> {
-        let windows = (self.config.late_window, self.config.future_skew);
-        decode_context(
-            &self.config.catalog,
-            windows,
-            now,
-            tenant,
-            may_name_any_tenant,
-        )
     }
 
     /// Waits until every log entry below `next_seq` is in the projections, up to `timeout`.

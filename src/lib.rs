@@ -26,12 +26,14 @@
 //!   [`projection::billing`]: a tenant's billing header and history rows (closed periods,
 //!   invoices, decided transitions), of which a fold reads only what its batch needs;
 //!   [`projection::quota`], [`projection::read`]: the other projection reads and writes.
-//! - [`engine`]: starts and stops the store, writer and projector together.
+//! - [`engine`]: starts and stops the store, writer and projector together; its parts are
+//!   reached through narrow handles: [`engine::Status`] (how far, health),
+//!   [`engine::IngestHandle`] (event sources), [`engine::WebhookHandle`], and accessors.
 //! - [`commands`]: the write side: what each tenant's commands are decided against (its
 //!   projection, or the state its unfolded facts left), one turn per tenant and kind.
 //! - [`api`]: the axum router, whose handlers start from [`api::extract`] (caller, access to
-//!   the path's namespace, then the JSON body); [`server`]: serving with graceful shutdown; [`stop`]: the one
-//!   stop signal its background tasks obey.
+//!   the path's namespace, then the JSON body); [`server`]: serving with graceful shutdown;
+//!   [`stop`]: the one stop signal its background tasks obey, and the thread that obeys it.
 //! - [`webhook`]: delivers quota alerts to a URL, signed, retried, resumable.
 //! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in;
 //!   dry runs on a read-only store; `tally migrate`.

@@ -6,7 +6,6 @@
 //! lost. A crash between a delivery and that write sends the alert again; receivers
 //! deduplicate by the `X-Tally-Alert-Id` header.
 
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -16,7 +15,7 @@ use crate::engine::WebhookHandle;
 use crate::log::codec;
 use crate::log::store::{CF_META, Store, StoreError};
 use crate::projection::quota::alerts_from;
-use crate::stop::StopSignal;
+use crate::stop::{SignalledThread, StopSignal};
 
 /// Where delivery stands, in the `meta` CF (not a projection: a rebuild keeps it).
 const CURSOR_KEY: &[u8] = b"webhook_cursor";
@@ -40,8 +39,7 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 /// The running delivery thread.
 pub struct WebhookDeliverer {
-    stop: StopSignal,
-    thread: Option<JoinHandle<()>>,
+    thread: SignalledThread,
 }
 
 impl WebhookDeliverer {
@@ -51,32 +49,23 @@ impl WebhookDeliverer {
         settings: WebhookSettings,
         stop: StopSignal,
     ) -> std::io::Result<Self> {
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tally-webhook".into())
-            .spawn(move || {
-                // The blocking client owns a runtime: it is made and dropped on this thread,
-                // never inside the server's async context.
-                match reqwest::blocking::Client::builder()
-                    .timeout(REQUEST_TIMEOUT)
-                    .build()
-                {
-                    Ok(client) => run(&handle, &settings, &client, &thread_stop),
-                    Err(error) => tracing::error!(%error, "cannot start the webhook client"),
-                }
-            })?;
-        Ok(WebhookDeliverer {
-            stop,
-            thread: Some(thread),
-        })
+        let thread = SignalledThread::spawn("tally-webhook", stop, move |stop| {
+            // The blocking client owns a runtime: it is made and dropped on this thread,
+            // never inside the server's async context.
+            match reqwest::blocking::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+            {
+                Ok(client) => run(&handle, &settings, &client, &stop),
+                Err(error) => tracing::error!(%error, "cannot start the webhook client"),
+            }
+        })?;
+        Ok(WebhookDeliverer { thread })
     }
 
     /// Stops after the delivery in hand (its cursor is written if it succeeded).
-    pub fn stop(mut self) {
-        self.stop.stop();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 

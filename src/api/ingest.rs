@@ -87,7 +87,9 @@ pub async fn ingest_events(
 
     let engine = &state.engine;
     let now = engine.now();
-    let context = engine.decode_context(now, &caller.tenant, caller.operator);
+    let context = engine
+        .ingest()
+        .decode_context(now, &caller.tenant, caller.operator);
     let source = EventSource::Http { received_at: now };
     // A token's namespaces bound what it may write as well as what it may read.
     let in_scope = |namespace: &str| caller.may_read_namespace(namespace);

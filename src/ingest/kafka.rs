@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -29,7 +28,7 @@ use crate::ingest::watermarks::{FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::log::DeadLetter;
 use crate::log::append::{AppendError, Candidate, Outcome, SourceOffset};
 use crate::log::store::Store;
-use crate::stop::StopSignal;
+use crate::stop::{SignalledThread, StopSignal};
 
 pub use crate::config::KafkaSettings;
 
@@ -93,8 +92,7 @@ fn assign_all(
 
 /// A running consumer thread; stop it with [`KafkaConsumer::stop`].
 pub struct KafkaConsumer {
-    stop: StopSignal,
-    thread: Option<JoinHandle<()>>,
+    thread: SignalledThread,
 }
 
 impl KafkaConsumer {
@@ -119,26 +117,19 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(context)?;
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tally-kafka".into())
-            .spawn(move || run(&sink, &consumer, &settings, &thread_stop))
-            .map_err(|e| {
-                KafkaError::ClientCreation(format!("cannot start the consumer thread: {e}"))
-            })?;
-        Ok(KafkaConsumer {
-            stop,
-            thread: Some(thread),
+        let thread = SignalledThread::spawn("tally-kafka", stop, move |stop| {
+            run(&sink, &consumer, &settings, &stop)
         })
+        .map_err(|e| {
+            KafkaError::ClientCreation(format!("cannot start the consumer thread: {e}"))
+        })?;
+        Ok(KafkaConsumer { thread })
     }
 
     /// Finishes the batch in hand and stops; nothing polled is lost (what was not appended is
     /// read again from the stored offsets next time).
-    pub fn stop(mut self) {
-        self.stop.stop();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 
