@@ -272,7 +272,7 @@ pub fn rebuild(
     dry_run: bool,
     progress: &dyn Fn(u64, u64),
 ) -> Result<RebuildReport, ReplayError> {
-    let live = &engine.store();
+    let live = engine.store();
     let (_, raw_rate) = raw_scan_rate(live)?;
     with_shadow(engine.config(), |shadow| {
         let context = engine.fold_context();
@@ -509,10 +509,10 @@ pub enum MigrationError {
 }
 
 /// Upgrades a stopped data directory to this build's format: the log and dead letters are
-/// rewritten in log format v2 (entries already in it are kept), then every projection and the projector checkpoint are emptied
-/// and the new version recorded in one batch, so the next engine to open it refolds the
-/// projections from the rewritten log. Safe to run again after an interruption; a directory
-/// already at this build's format is left alone.
+/// rewritten in log format v2 (entries already in it are kept), then every projection and
+/// the projector checkpoint are emptied and the new version recorded in one batch, so the
+/// next engine to open it refolds the projections from the rewritten log. Safe to run again
+/// after an interruption; a directory already at this build's format is left alone.
 pub fn migrate(
     data_dir: &Path,
     options: &StoreOptions,
