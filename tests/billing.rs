@@ -1145,7 +1145,7 @@ async fn commands_answer_while_the_projector_folds_another_tenants_backlog() {
         )
         .await;
     assert_eq!(plan["plans"][0]["name"], "team-plan", "{plan}");
-    let store = &h.engine.store();
+    let store = h.engine.store();
     let busy: i128 = tally::projection::read::hourly_rows(
         store,
         "busy",

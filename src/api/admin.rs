@@ -62,7 +62,7 @@ pub async fn backup(
     Operator(caller): Operator,
     JsonBody(request): JsonBody<BackupRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let config = &state.engine.config();
+    let config = state.engine.config();
     let (root, data_dir) = (config.backup_root.clone(), config.data_dir.clone());
     let requested = std::path::PathBuf::from(&request.to);
     let to = tokio::task::spawn_blocking(move || {

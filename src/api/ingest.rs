@@ -149,7 +149,7 @@ pub async fn ingest_events(
             reason: rejection.reason,
         });
     }
-    let metrics = &engine.metrics();
+    let metrics = engine.metrics();
     metrics.count_events("recorded", "http", response.accepted as u64);
     metrics.count_events("duplicate", "http", response.duplicates as u64);
     metrics.count_events("conflict", "http", conflicts);

@@ -346,7 +346,7 @@ async fn track_request(State(state): State<AppState>, request: Request, next: Ne
         .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    let metrics = &state.engine.metrics();
+    let metrics = state.engine.metrics();
     metrics
         .request_seconds
         .get_or_create(&RouteLabels {
