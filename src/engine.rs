@@ -502,6 +502,35 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// An engine dropped without [`Engine::shutdown`] (tests, embedders) still stops its
+    /// writer and projector and waits for them, so that the store closes before the engine
+    /// is gone: a RocksDB closed by a thread that outlives the process's exit aborts it
+    /// ("pthread lock: Invalid argument"). It never waits where it could deadlock: not when
+    /// the writer's queue is full, and not for a projector whose gate is held (perhaps by the
+    /// thread dropping the engine).
+    fn drop(&mut self) {
+        let threads: Vec<JoinHandle<()>> = match self.threads.get_mut() {
+            Ok(threads) => std::mem::take(threads),
+            Err(_) => return,
+        };
+        if threads.is_empty() || !self.appender.try_close() {
+            return;
+        }
+        let gate_free = self.projector_gate.try_lock().is_ok();
+        let mut threads = threads.into_iter();
+        // The writer first: it closes the log, which lets the projector finish.
+        if let Some(writer) = threads.next() {
+            let _ = writer.join();
+        }
+        if gate_free {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
 /// The log position just past the last entry `outcomes` recorded, if any.
 pub fn recorded_next(outcomes: &[Outcome]) -> Option<u64> {
     outcomes

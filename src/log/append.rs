@@ -329,6 +329,15 @@ impl Appender {
     pub async fn close(&self) {
         let _ = self.tx.send(Message::Close).await;
     }
+
+    /// [`Appender::close`] without waiting for room in the queue: whether the writer was
+    /// asked to stop (or had stopped already). `false`: the queue was full.
+    pub fn try_close(&self) -> bool {
+        !matches!(
+            self.tx.try_send(Message::Close),
+            Err(mpsc::error::TrySendError::Full(_))
+        )
+    }
 }
 
 struct Writer {
