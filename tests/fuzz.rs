@@ -140,6 +140,7 @@ proptest! {
         let _ = tally::projection::billing::decode_header(&value);
         let _ = tally::projection::billing::decode_period_row(&value);
         let _ = tally::projection::billing::decode_invoice(&value);
+        let _ = tally::projection::billing::decode_transition(&value);
         // A v2 envelope of every kind with a junk payload.
         for kind in tally::log::format::Kind::ALL {
             let mut value = vec![tally::log::format::FORMAT_V2];

@@ -277,12 +277,7 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
                 (None, None) => bail!("--from-offset or --from-time says where to start"),
             };
             let counts = with_engine(&args.engine, false, |engine| {
-                Ok(replay_kafka(
-                    &engine.ingest_handle(),
-                    brokers,
-                    topic,
-                    &start,
-                )?)
+                Ok(replay_kafka(engine.ingest(), brokers, topic, &start)?)
             })?;
             println!(
                 "tally: replayed {} messages of {topic}: {} new, {} duplicate, {} conflicting, {} rejected",
@@ -293,7 +288,7 @@ pub fn replay(command: ReplayCommand) -> anyhow::Result<()> {
         ReplayCommand::DeadLetters(args) => {
             let counts = with_engine(&args.engine, false, |engine| {
                 Ok(repair_dead_letters(
-                    &engine.ingest_handle(),
+                    engine.ingest(),
                     args.reason.as_deref(),
                 )?)
             })?;
