@@ -142,30 +142,114 @@ fn store_options() -> StoreOptions {
     }
 }
 
-/// Kafka: produce `events`, drain them with a bare consumer, ingest them with the engine.
-fn kafka_stage(events: u64, results: &mut BTreeMap<String, f64>, rss: &mut f64) -> (f64, f64) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let broker = Broker::start_memory(dir.path());
-    broker.create_topic(TOPIC, 4);
-    let brokers = broker.address();
+/// The synthetic load of a Kafka run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Skewed tenants and namespaces with a long cold tail (100 tenants, 1,000 namespaces, 8
+    /// objects): most events open a row of their own.
+    HighCardinality,
+    /// Events spread evenly over a fixed set of series, 100 events per series in the run
+    /// (10,000 series across 1,000 namespaces from 1,000,000 events on; all within an hour).
+    Realistic,
+}
+
+impl Workload {
+    /// The suffix of its result keys (the high-cardinality keys have none, as before).
+    fn suffix(self) -> &'static str {
+        match self {
+            Workload::HighCardinality => "",
+            Workload::Realistic => "_realistic",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::HighCardinality => "high-cardinality",
+            Workload::Realistic => "realistic",
+        }
+    }
+
+    fn series(self, events: u64) -> Option<u64> {
+        match self {
+            Workload::HighCardinality => None,
+            Workload::Realistic => Some((events / 100).clamp(1, 10_000)),
+        }
+    }
+}
+
+/// A log size in result keys: `200k`, `1m`, `10m`, or the number.
+fn size_name(events: u64) -> String {
+    match events {
+        n if n >= 1_000_000 && n.is_multiple_of(1_000_000) => format!("{}m", n / 1_000_000),
+        n if n >= 1_000 && n.is_multiple_of(1_000) => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// `tally produce` of `events` synthetic events of `workload` to `topic`, with extra flags.
+fn produce(brokers: &str, topic: &str, events: u64, workload: Workload, extra: &[&str]) {
     let count = events.to_string();
-    tally(&[
+    let series = workload.series(events).map(|n| n.to_string());
+    let namespaces = match workload.series(events) {
+        Some(series) => (series / 10).max(1).to_string(),
+        None => "1000".to_owned(),
+    };
+    let mut args = vec![
         "produce",
         "--brokers",
-        &brokers,
+        brokers,
         "--topic",
-        TOPIC,
+        topic,
         "--synthetic",
         &count,
         "--tenants",
         "100",
         "--namespaces",
-        "1000",
+        &namespaces,
         "--seed",
         "1",
-    ]);
+    ];
+    if let Some(series) = &series {
+        args.extend(["--series", series.as_str()]);
+    }
+    args.extend(extra);
+    tally(&args);
+}
+
+/// Kafka: produce `events`, drain them with a bare consumer, ingest them with the engine. The
+/// topic is produced as a tuned producer would (`tally produce`'s defaults: lz4, 20 ms
+/// linger, large batches); for the high-cardinality load the same events also go to a topic
+/// without compression and a 5 ms linger, drained alone, to show what the topic kind costs.
+fn kafka_stage(
+    events: u64,
+    workload: Workload,
+    results: &mut BTreeMap<String, f64>,
+    rss: &mut f64,
+) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 4);
+    let brokers = broker.address();
+    let suffix = workload.suffix();
+    produce(&brokers, TOPIC, events, workload, &[]);
     let drained = tally(&["drain", "--brokers", &brokers, "--topic", TOPIC]);
     let drain_rate = number_before(&drained, "messages/s");
+    if workload == Workload::HighCardinality {
+        const PLAIN: &str = "usage-plain";
+        broker.create_topic(PLAIN, 4);
+        produce(
+            &brokers,
+            PLAIN,
+            events,
+            workload,
+            &["--compression", "none", "--linger-ms", "5"],
+        );
+        let drained = tally(&["drain", "--brokers", &brokers, "--topic", PLAIN]);
+        results.insert(
+            format!("kafka_drain_eps_plain_{events}"),
+            number_before(&drained, "messages/s"),
+        );
+    }
     let mut server = Server::start_args(
         &dir.path().join("data"),
         &[
@@ -212,24 +296,29 @@ fn kafka_stage(events: u64, results: &mut BTreeMap<String, f64>, rss: &mut f64) 
     // The engine's CPU from its first logged event to all projected, per event (the quota
     // commands of the same window are in it: a few dozen, against thousands of events).
     let cpu_us_per_event = (cpu_seconds(server.pid()) - cpu_at_first) * 1e6 / events.max(1) as f64;
-    *rss = rss.max(peak_rss_mb(server.pid()));
+    let run_rss = peak_rss_mb(server.pid());
+    *rss = rss.max(run_rss);
     server.stop();
-    results.insert(format!("kafka_ingest_eps_{events}"), ingest_rate);
     results.insert(
-        format!("engine_cpu_us_per_event_{events}"),
+        format!("peak_rss_mb_kafka{suffix}_{}", size_name(events)),
+        run_rss,
+    );
+    results.insert(format!("kafka_ingest_eps{suffix}_{events}"), ingest_rate);
+    results.insert(
+        format!("engine_cpu_us_per_event{suffix}_{events}"),
         cpu_us_per_event,
     );
-    results.insert(format!("kafka_drain_eps_{events}"), drain_rate);
+    results.insert(format!("kafka_drain_eps{suffix}_{events}"), drain_rate);
     results.insert(
-        format!("command_during_backlog_p50_ms_{events}"),
+        format!("command_during_backlog_p50_ms{suffix}_{events}"),
         ms(&commands, 0.5),
     );
     results.insert(
-        format!("command_during_backlog_p99_ms_{events}"),
+        format!("command_during_backlog_p99_ms{suffix}_{events}"),
         ms(&commands, 0.99),
     );
     results.insert(
-        format!("commands_during_backlog_{events}"),
+        format!("commands_during_backlog{suffix}_{events}"),
         commands.len() as f64,
     );
     (ingest_rate, drain_rate)
@@ -477,47 +566,57 @@ fn main() {
     );
 
     for &events in &plan.kafka {
-        let (ingest, drain) = kafka_stage(events, &mut results, &mut rss);
-        rows.push((
-            format!("Kafka ingest, {events} events, 4 partitions"),
-            format!("{ingest:.0} events/s"),
-            format!(
-                "raw drain {drain:.0} msg/s: {:.0} %",
-                100.0 * ingest / drain.max(1e-9)
-            ),
-        ));
-        rows.push((
-            format!("Quota command while those {events} events are folded"),
-            format!(
-                "{:.0} commands; p50 {:.1} / p99 {:.1} ms",
-                results[&format!("commands_during_backlog_{events}")],
-                results[&format!("command_during_backlog_p50_ms_{events}")],
-                results[&format!("command_during_backlog_p99_ms_{events}")],
-            ),
-            "no wait for the backlog".into(),
-        ));
-        rows.push((
-            format!("Engine CPU per event of that Kafka ingest, {events} events"),
-            format!(
-                "{:.1} µs (user + system, first logged event to all projected)",
-                results[&format!("engine_cpu_us_per_event_{events}")]
-            ),
-            "target ≤ 8 µs".into(),
-        ));
+        for workload in [Workload::Realistic, Workload::HighCardinality] {
+            let suffix = workload.suffix();
+            let (ingest, drain) = kafka_stage(events, workload, &mut results, &mut rss);
+            let plain = results
+                .get(&format!("kafka_drain_eps_plain_{events}"))
+                .filter(|_| workload == Workload::HighCardinality)
+                .map(|plain| format!("; topic without compression, 5 ms linger: {plain:.0} msg/s"))
+                .unwrap_or_default();
+            rows.push((
+                format!(
+                    "Kafka ingest, {events} events, {}, 4 partitions",
+                    workload.name()
+                ),
+                format!("{ingest:.0} events/s"),
+                format!(
+                    "raw drain {drain:.0} msg/s (lz4 topic): {:.0} %; target ≥ 80 %{plain}",
+                    100.0 * ingest / drain.max(1e-9)
+                ),
+            ));
+            rows.push((
+                format!("Quota command while those {events} events are folded"),
+                format!(
+                    "{:.0} commands; p50 {:.1} / p99 {:.1} ms",
+                    results[&format!("commands_during_backlog{suffix}_{events}")],
+                    results[&format!("command_during_backlog_p50_ms{suffix}_{events}")],
+                    results[&format!("command_during_backlog_p99_ms{suffix}_{events}")],
+                ),
+                "no wait for the backlog".into(),
+            ));
+            rows.push((
+                format!("Engine CPU per event of that Kafka ingest, {events} events"),
+                format!(
+                    "{:.1} µs (user + system, first logged event to all projected)",
+                    results[&format!("engine_cpu_us_per_event{suffix}_{events}")]
+                ),
+                "target ≤ 8 µs".into(),
+            ));
+        }
     }
     if let Some(&events) = plan.kafka.first() {
-        results.insert(
-            "kafka_ingest_eps".into(),
-            results[&format!("kafka_ingest_eps_{events}")],
-        );
-        results.insert(
-            "kafka_drain_eps".into(),
-            results[&format!("kafka_drain_eps_{events}")],
-        );
-        results.insert(
-            "engine_cpu_us_per_event".into(),
-            results[&format!("engine_cpu_us_per_event_{events}")],
-        );
+        for key in [
+            "kafka_ingest_eps",
+            "kafka_drain_eps",
+            "engine_cpu_us_per_event",
+            "kafka_ingest_eps_realistic",
+            "kafka_drain_eps_realistic",
+            "engine_cpu_us_per_event_realistic",
+            "kafka_drain_eps_plain",
+        ] {
+            results.insert(key.into(), results[&format!("{key}_{events}")]);
+        }
     }
 
     // HTTP ingest, then queries against the same engine and log; then storage per event.
@@ -529,6 +628,7 @@ fn main() {
         if index == 0 {
             results.insert("http_ingest_eps".into(), rate);
             results.insert("http_batch_p99_ms".into(), ms(&latency, 0.99));
+            results.insert("http_ingest_p99_ms".into(), ms(&latency, 0.99));
             rows.push((
                 format!(
                     "HTTP ingest, {} events, 4 clients × 1,000-event batches",
@@ -614,13 +714,18 @@ fn main() {
             for clients in [1u64, 8, 64] {
                 let (per_second, latency) =
                     query_load(&server, clients, plan.query_seconds, request.as_ref());
-                if clients == 8 && index == 0 {
-                    let key = "query_p99_ms_8_clients";
+                if clients == 8 {
+                    // The worst endpoint, of the first log and of each log size.
                     let p99 = ms(&latency, 0.99);
-                    results.insert(
-                        key.into(),
-                        results.get(key).copied().unwrap_or(0.0).max(p99),
-                    );
+                    let per_log = format!("query_p99_ms_8_clients_{}", size_name(log_events));
+                    let mut keys = vec![per_log];
+                    if index == 0 {
+                        keys.push("query_p99_ms_8_clients".into());
+                    }
+                    for key in keys {
+                        let worst = results.get(&key).copied().unwrap_or(0.0).max(p99);
+                        results.insert(key, worst);
+                    }
                 }
                 results.insert(
                     format!(
@@ -645,7 +750,12 @@ fn main() {
                 ));
             }
         }
-        rss = rss.max(peak_rss_mb(server.pid()));
+        let run_rss = peak_rss_mb(server.pid());
+        rss = rss.max(run_rss);
+        results.insert(
+            format!("peak_rss_mb_http_{}", size_name(log_events)),
+            run_rss,
+        );
         let events_in_log = server.readiness()["log_entries"]
             .as_u64()
             .unwrap_or(1)
@@ -686,6 +796,22 @@ fn main() {
         ),
     ));
     results.insert("peak_rss_mb".into(), rss);
+    // Of every run that held 10,000,000 events (the full bench only).
+    let rss_10m = results
+        .iter()
+        .filter(|(key, _)| key.starts_with("peak_rss_mb_") && key.ends_with("_10m"))
+        .map(|(_, &mb)| mb)
+        .fold(None, |worst: Option<f64>, mb| {
+            Some(worst.map_or(mb, |w| w.max(mb)))
+        });
+    if let Some(mb) = rss_10m {
+        results.insert("peak_rss_mb_10m".into(), mb);
+        rows.push((
+            "Peak RSS of the engine, 10,000,000 events".into(),
+            format!("{mb:.0} MB"),
+            "target ≤ 512 MB".into(),
+        ));
+    }
     rows.push((
         "Peak RSS of the engine (any run)".into(),
         format!("{rss:.0} MB"),

@@ -358,7 +358,7 @@ fn with_shadow(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(shadow_error)?;
     }
-    let result = Store::open(
+    let result = Store::open_scratch(
         &dir,
         &StoreOptions {
             dedup_horizon: config.dedup_horizon,

@@ -91,6 +91,17 @@ struct ProduceArgs {
     /// Catalog whose meters synthetic load uses; the built-in one when absent.
     #[arg(long, env = "TALLY_CATALOG")]
     catalog: Option<std::path::PathBuf>,
+    /// Synthetic load spread evenly over this many series (namespace × meter × object), each
+    /// named once per namespace, instead of the skewed default: a realistic workload where
+    /// every series receives many events an hour.
+    #[arg(long, requires = "synthetic")]
+    series: Option<u32>,
+    /// Compression of produced batches.
+    #[arg(long, default_value = "lz4", value_parser = clap::builder::PossibleValuesParser::new(tally::ingest::produce::COMPRESSIONS))]
+    compression: String,
+    /// How long a batch waits to fill before it is sent (milliseconds).
+    #[arg(long, default_value_t = 20)]
+    linger_ms: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,7 +135,11 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     use tally::ingest::produce::{self, Synthetic, SyntheticSpec, TenantProducer};
 
     init_logging(LogFormat::Text);
-    let mut producer = TenantProducer::new(&args.brokers, &args.topic)?;
+    let settings = produce::ProducerSettings {
+        compression: args.compression.clone(),
+        linger_ms: args.linger_ms,
+    };
+    let mut producer = TenantProducer::with_settings(&args.brokers, &args.topic, &settings)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = args.synthetic.map_or_else(
             indicatif::ProgressBar::new_spinner,
@@ -161,6 +176,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 seed: args.seed,
                 spread: std::time::Duration::from_secs(3_600),
                 now: (time::system_clock())(),
+                series: args.series,
             };
             produce::produce_synthetic(&mut producer, Synthetic::new(spec), args.rate, progress)?;
         }

@@ -1,5 +1,6 @@
 //! The Kafka consumer: polls batches, decodes them, and appends events, dead letters and the
-//! partitions' next offsets in one write batch.
+//! partitions' next offsets in one write batch. It polls and decodes the next batch while the
+//! log writer makes the previous one durable.
 //!
 //! Offsets live in RocksDB. Every partition of the topic is assigned explicitly at its stored
 //! offset (no group rebalancing: immediate, and no dead member can hold a partition after a
@@ -9,11 +10,10 @@
 //! too, as a hint for lag tools only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -24,9 +24,9 @@ use crate::auth::DEFAULT_TENANT;
 use crate::engine::IngestHandle;
 use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
-use crate::ingest::watermarks::{FetchedWatermarks, STATISTICS_INTERVAL_MS};
+use crate::ingest::watermarks::{self, FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::log::DeadLetter;
-use crate::log::append::{AppendError, Candidate, Outcome, SourceOffset};
+use crate::log::append::{AppendError, Candidate, OnWritten, Outcome, PendingAppend, SourceOffset};
 use crate::log::store::Store;
 use crate::stop::{SignalledThread, StopSignal};
 
@@ -93,6 +93,7 @@ fn assign_all(
 /// A running consumer thread; stop it with [`KafkaConsumer::stop`].
 pub struct KafkaConsumer {
     thread: SignalledThread,
+    lag: SignalledThread,
 }
 
 impl KafkaConsumer {
@@ -107,7 +108,7 @@ impl KafkaConsumer {
             health,
             watermarks: FetchedWatermarks::default(),
         };
-        let consumer: BaseConsumer<TallyContext> = ClientConfig::new()
+        let consumer: BaseConsumer<TallyContext> = watermarks::fetch_tuned()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
@@ -117,19 +118,42 @@ impl KafkaConsumer {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
             .create_with_context(context)?;
+        let consumer = Arc::new(consumer);
+        let stalls = Arc::new(Mutex::new(StallDetector::new(settings.stall_after)));
+        // Lag is measured on a thread of its own: a watermark request can wait behind the
+        // broker's long-polled fetches for up to a second, which the poll loop must not.
+        let lag = {
+            let (sink, consumer, settings, stalls) = (
+                sink.clone(),
+                consumer.clone(),
+                settings.clone(),
+                stalls.clone(),
+            );
+            SignalledThread::spawn("tally-kafka-lag", stop.clone(), move |stop| {
+                while !stop.is_stopped() {
+                    record_lag(&consumer, &sink, &settings, &stalls);
+                    let next = Instant::now() + LAG_CHECK_INTERVAL;
+                    while !stop.is_stopped() && Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        }
+        .map_err(|e| KafkaError::ClientCreation(format!("cannot start the lag thread: {e}")))?;
         let thread = SignalledThread::spawn("tally-kafka", stop, move |stop| {
-            run(&sink, &consumer, &settings, &stop)
+            run(&sink, &consumer, &settings, &stop, &stalls)
         })
         .map_err(|e| {
             KafkaError::ClientCreation(format!("cannot start the consumer thread: {e}"))
         })?;
-        Ok(KafkaConsumer { thread })
+        Ok(KafkaConsumer { thread, lag })
     }
 
     /// Finishes the batch in hand and stops; nothing polled is lost (what was not appended is
     /// read again from the stored offsets next time).
     pub fn stop(self) {
         self.thread.stop();
+        self.lag.stop();
     }
 }
 
@@ -146,19 +170,14 @@ fn run(
     consumer: &BaseConsumer<TallyContext>,
     settings: &KafkaSettings,
     stop: &StopSignal,
+    stalls: &Mutex<StallDetector>,
 ) {
-    let mut last_lag_check = Instant::now();
     let mut assigned: Vec<i32> = Vec::new();
     // Per partition, the first offset not yet recorded; messages below it are skipped.
     let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_assignment_check: Option<Instant> = None;
-    let mut stalls = StallDetector::new(settings.stall_after);
+    let mut in_flight: Option<InFlight> = None;
     while !stop.is_stopped() {
-        // Checked first, so a partition that can be read but not recorded is seen too.
-        if last_lag_check.elapsed() > LAG_CHECK_INTERVAL {
-            record_lag(consumer, sink, settings, &mut stalls);
-            last_lag_check = Instant::now();
-        }
         // (Re)assign when partitions appear: between batches, so the stored offsets are exactly
         // where reading stands.
         if last_assignment_check.is_none_or(|at| at.elapsed() > ASSIGNMENT_REFRESH) {
@@ -185,21 +204,72 @@ fn run(
             last_assignment_check = None;
             continue;
         }
-        let mut batch = poll_batch(consumer, settings, stop, &sink.kafka_health, &mut stalls);
+        let mut batch = poll_batch(consumer, settings, stop, &sink.kafka_health, stalls);
         batch.retain(|m| m.offset >= resume.get(&m.partition).copied().unwrap_or(0));
         for message in &batch {
             resume.insert(message.partition, message.offset + 1);
         }
-        if !batch.is_empty() {
-            if append_batch(sink, settings, &batch).is_err() {
-                // Nothing was written: assign again from what the store says, wait, and read
-                // the same messages again.
-                assigned.clear();
-                last_assignment_check = None;
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
+        // The batch before this one was being written while this one was polled and decoded;
+        // this one is queued only once that one is durable, so a failed write is never
+        // followed by a later batch (whose offsets would skip the failed one's messages).
+        let prepared = (!batch.is_empty()).then(|| prepare_batch(sink, settings, &batch));
+        if let Some(written) = in_flight.take()
+            && finish_batch(consumer, settings, written).is_err()
+        {
+            // Nothing of it was written: assign again from what the store says, wait, and
+            // read the same messages again (this batch's too).
+            assigned.clear();
+            last_assignment_check = None;
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        if let Some((candidates, offsets)) = prepared {
+            let counted = sink.clone();
+            let batch_len = batch.len();
+            let count: OnWritten =
+                Box::new(move |outcomes| count_outcomes(&counted, outcomes, batch_len));
+            match sink
+                .appender
+                .submit_blocking(candidates, offsets, Some(count))
+            {
+                Ok(pending) => in_flight = Some(InFlight { pending, batch }),
+                Err(error) => {
+                    tracing::error!(%error, "kafka batch not appended; will read it again");
+                    assigned.clear();
+                    last_assignment_check = None;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
-            commit_hint(consumer, settings, &batch);
+        }
+    }
+    // The batch in hand is finished before the consumer stops.
+    if let Some(written) = in_flight.take() {
+        let _ = finish_batch(consumer, settings, written);
+    }
+}
+
+/// A batch queued for the log writer, with the messages it came from.
+struct InFlight {
+    pending: PendingAppend,
+    batch: Vec<Polled>,
+}
+
+/// Waits for a queued batch (the writer counted its outcomes) and commits its offsets to Kafka
+/// as a hint; `Err` when the log could not be written (logged here; the batch is read again
+/// from the stored offsets).
+fn finish_batch(
+    consumer: &BaseConsumer<TallyContext>,
+    settings: &KafkaSettings,
+    written: InFlight,
+) -> Result<(), AppendError> {
+    match written.pending.wait() {
+        Ok(_) => {
+            commit_hint(consumer, settings, &written.batch);
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, "kafka batch not appended; will read it again");
+            Err(error)
         }
     }
 }
@@ -232,7 +302,7 @@ fn poll_batch(
     settings: &KafkaSettings,
     stop: &StopSignal,
     health: &Health,
-    stalls: &mut StallDetector,
+    stalls: &Mutex<StallDetector>,
 ) -> Vec<Polled> {
     let mut batch = Vec::new();
     let mut deadline: Option<Instant> = None;
@@ -259,7 +329,9 @@ fn poll_batch(
                 // librdkafka names no partition here (an undecodable batch, a fetch error):
                 // the stall detector tells which partition stands still and shows this as why.
                 tracing::warn!(%error, "kafka poll error");
-                stalls.consumer_error(error.to_string());
+                if let Ok(mut stalls) = stalls.lock() {
+                    stalls.consumer_error(error.to_string());
+                }
                 break;
             }
             None => {
@@ -272,13 +344,12 @@ fn poll_batch(
     batch
 }
 
-/// Decodes a batch and appends it with its offsets; `Err` when the log could not be written
-/// (logged here; the batch is read again from the stored offsets).
-fn append_batch(
+/// Decodes a batch into the log writer's candidates and the partitions' next offsets.
+fn prepare_batch(
     sink: &IngestHandle,
     settings: &KafkaSettings,
     batch: &[Polled],
-) -> Result<(), AppendError> {
+) -> (Vec<Candidate>, Vec<SourceOffset>) {
     let now = sink.now();
     let mut candidates = Vec::with_capacity(batch.len());
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
@@ -299,34 +370,30 @@ fn append_batch(
             next_offset,
         })
         .collect();
+    (candidates, offsets)
+}
+
+/// Counts a written batch's outcomes in the metrics.
+fn count_outcomes(sink: &IngestHandle, outcomes: &[Outcome], batch_len: usize) {
     let metrics = &sink.metrics;
-    match sink.appender.append_blocking(candidates, offsets) {
-        Ok(outcomes) => {
-            let mut counts = [0u64; 4];
-            for outcome in &outcomes {
-                let [recorded, duplicate, conflict, rejected] = &mut counts;
-                let slot = match outcome {
-                    Outcome::Recorded { .. } => recorded,
-                    Outcome::Duplicate { .. } => duplicate,
-                    Outcome::Conflict(_) => conflict,
-                    Outcome::Rejected(_) => rejected,
-                };
-                *slot += 1;
-            }
-            for (outcome, n) in ["recorded", "duplicate", "conflict", "rejected"]
-                .into_iter()
-                .zip(counts)
-            {
-                metrics.count_events(outcome, "kafka", n);
-            }
-            metrics.kafka_batch_size.observe(batch.len() as f64);
-            Ok(())
-        }
-        Err(error) => {
-            tracing::error!(%error, "kafka batch not appended; will read it again");
-            Err(error)
-        }
+    let mut counts = [0u64; 4];
+    for outcome in outcomes {
+        let [recorded, duplicate, conflict, rejected] = &mut counts;
+        let slot = match outcome {
+            Outcome::Recorded { .. } => recorded,
+            Outcome::Duplicate { .. } => duplicate,
+            Outcome::Conflict(_) => conflict,
+            Outcome::Rejected(_) => rejected,
+        };
+        *slot += 1;
     }
+    for (outcome, n) in ["recorded", "duplicate", "conflict", "rejected"]
+        .into_iter()
+        .zip(counts)
+    {
+        metrics.count_events(outcome, "kafka", n);
+    }
+    metrics.kafka_batch_size.observe(batch_len as f64);
 }
 
 /// The message key is the tenant; a message without a key is the event's own tenant or the
@@ -390,7 +457,7 @@ fn record_lag(
     consumer: &BaseConsumer<TallyContext>,
     sink: &IngestHandle,
     settings: &KafkaSettings,
-    stalls: &mut StallDetector,
+    stalls: &Mutex<StallDetector>,
 ) {
     let Ok(assignment) = consumer.assignment() else {
         return;
@@ -415,14 +482,19 @@ fn record_lag(
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 let lag = high.saturating_sub(position).max(0);
                 sink.metrics.set_kafka_lag(partition, lag);
-                let verdict = stalls.observe(partition, position, Ok(lag), now);
+                let verdict = stalls
+                    .lock()
+                    .ok()
+                    .and_then(|mut stalls| stalls.observe(partition, position, Ok(lag), now));
                 report_stall(sink, partition, verdict);
             }
             Err(error) => {
                 tracing::warn!(%error, partition, "cannot fetch watermarks");
                 sink.kafka_health.fail(&error);
                 let position = stored.get(&partition).copied().unwrap_or(0);
-                let verdict = stalls.observe(partition, position, Err(error.to_string()), now);
+                let verdict = stalls.lock().ok().and_then(|mut stalls| {
+                    stalls.observe(partition, position, Err(error.to_string()), now)
+                });
                 report_stall(sink, partition, verdict);
             }
         }

@@ -56,6 +56,10 @@ pub const COLUMN_FAMILIES: &[&str] = &[
     CF_AUDIT,
 ];
 
+/// Families whose aggregate rows are written as merge operands ([`Batch::merge`]); in
+/// `billing` only the usage rows are, the other rows are put.
+pub const AGGREGATE_FAMILIES: &[&str] = &[CF_HOURLY, CF_MONTHLY, CF_BILLING];
+
 /// Families a format-1 store has that this build no longer uses.
 pub const RETIRED_COLUMN_FAMILIES: &[&str] = &[CF_CURRENT];
 
@@ -69,8 +73,10 @@ pub const MAX_OPEN_TABLE_FILES: i32 = 1_024;
 /// - 2: log entries and dead letters in log format v2 ([`super::format`]), alerts at
 ///   deterministic positions;
 /// - 3: a tenant's billing state is a header row plus a row per closed period, invoice and
-///   decided transition (the log is as in 2: the upgrade refolds the projections).
-pub const FORMAT_VERSION: u32 = 3;
+///   decided transition (the log is as in 2: the upgrade refolds the projections);
+/// - 4: aggregate rows (hourly, monthly, billing usage) are written as merge operands, which
+///   a build without the merge operator cannot read.
+pub const FORMAT_VERSION: u32 = 4;
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// The event time before which dedup records may already be pruned (see
 /// [`Store::ids_forgotten_before`]).
@@ -185,6 +191,13 @@ impl<'s> Batch<'s> {
         self.inner.put_cf(&handle, key, value);
     }
 
+    /// Adds an encoded aggregate delta to a row of `hourly`, `monthly` or a usage row of
+    /// `billing` (the families with the aggregate merge operator): no read of the row.
+    pub fn merge(&mut self, cf: &'static str, key: impl AsRef<[u8]>, delta: impl AsRef<[u8]>) {
+        let handle = self.handle(cf);
+        self.inner.merge_cf(&handle, key, delta);
+    }
+
     pub fn delete(&mut self, cf: &'static str, key: impl AsRef<[u8]>) {
         let handle = self.handle(cf);
         self.inner.delete_cf(&handle, key);
@@ -214,6 +227,8 @@ pub struct Store {
     forgotten_before: Arc<AtomicI64>,
     /// [`META_LONGEST_DEDUP_HORIZON`] as stored (0 when none is).
     longest_horizon: Arc<AtomicI64>,
+    /// Writes skip the WAL: a rebuild's shadow store, thrown away if the process stops.
+    unlogged: bool,
 }
 
 impl Store {
@@ -255,10 +270,19 @@ impl Store {
             dedup_horizon: options.dedup_horizon,
             forgotten_before,
             longest_horizon: Arc::default(),
+            unlogged: false,
         };
         let found = store.stored_format_version()?;
         store.load_forgotten_before()?;
         Ok((store, found))
+    }
+
+    /// Opens a new scratch store (a rebuild's shadow) whose writes skip the WAL: nothing in it
+    /// has to survive a crash, since it is removed and refolded from the log.
+    pub fn open_scratch(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let mut store = Self::open(dir, options)?;
+        store.unlogged = true;
+        Ok(store)
     }
 
     /// Opens for reading only, beside a running engine (inspection); nothing is written.
@@ -284,6 +308,7 @@ impl Store {
             dedup_horizon: options.dedup_horizon,
             forgotten_before,
             longest_horizon: Arc::default(),
+            unlogged: false,
         };
         store.load_forgotten_before()?;
         Ok(store)
@@ -481,7 +506,8 @@ impl Store {
 
     fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
         let mut write_options = WriteOptions::default();
-        write_options.set_sync(durable);
+        write_options.set_sync(durable && !self.unlogged);
+        write_options.disable_wal(self.unlogged);
         self.db.write_opt(batch, &write_options)?;
         Ok(())
     }
@@ -823,8 +849,11 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
             cf.set_bottommost_compression_type(DBCompressionType::Zstd);
         }
         CF_DEDUP => {
-            // Point lookups on every append: a bloom filter keeps misses off the disk.
+            // Point lookups on every append, nearly all of new ids: bloom filters keep those
+            // misses off the disk and out of the memtable's skip list.
             table.set_bloom_filter(10.0, false);
+            cf.set_memtable_whole_key_filtering(true);
+            cf.set_memtable_prefix_bloom_ratio(0.1);
             cf.set_compression_type(DBCompressionType::Lz4);
             let forgotten_before = forgotten_before.clone();
             cf.set_compaction_filter(
@@ -848,6 +877,12 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
             table.set_bloom_filter(10.0, false);
             cf.set_compression_type(DBCompressionType::Lz4);
         }
+    }
+    if AGGREGATE_FAMILIES.contains(&name) {
+        // Folds add deltas with `Batch::merge` instead of reading and rewriting each row.
+        cf.set_merge_operator_associative("tally-aggregate-v1", |_key, existing, operands| {
+            crate::projection::merge_encoded(existing, operands)
+        });
     }
     cf.set_block_based_table_factory(&table);
     cf

@@ -705,18 +705,12 @@ impl<'a> BillingFold<'a> {
         Ok(())
     }
 
-    /// Adds the fold's rows to `batch`: usage deltas merged into the stored rows, and of each
+    /// Adds the fold's rows to `batch`: usage deltas as merge operands, and of each
     /// changed tenant its header and the history rows that differ from those read.
     pub fn write(self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
-        let keys: Vec<Vec<u8>> = self.deltas.keys().cloned().collect();
-        let stored = self.store.multi_get(CF_BILLING, &keys)?;
-        for ((key, delta), stored) in self.deltas.iter().zip(stored) {
-            let mut row = match stored {
-                Some(bytes) => Aggregate::decode(&bytes).map_err(corrupt)?,
-                None => Aggregate::default(),
-            };
-            row.merge(delta);
-            batch.put(CF_BILLING, key, row.encode());
+        // Deltas, merged into the stored rows by RocksDB (no read of a usage row).
+        for (key, delta) in &self.deltas {
+            batch.merge(CF_BILLING, key, delta.encode());
         }
         for (tenant, state) in &self.tenants {
             if !self.changed.contains(tenant) {

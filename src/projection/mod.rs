@@ -70,8 +70,10 @@ impl Aggregate {
             *self = *other;
             return;
         }
-        self.sum += other.sum;
-        self.count += other.count;
+        // Saturating: a merge also runs inside RocksDB on stored operands, where a panic
+        // would abort the process; no real series comes near either bound.
+        self.sum = self.sum.saturating_add(other.sum);
+        self.count = self.count.saturating_add(other.count);
         self.max = self.max.max(other.max);
         if (other.last_at, other.last_tiebreak, other.last)
             > (self.last_at, self.last_tiebreak, self.last)
@@ -122,6 +124,24 @@ impl Aggregate {
             last_tiebreak: u64::from_be_bytes(eight(48)),
         })
     }
+}
+
+/// The stored row after `operands` (encoded deltas, oldest first) are merged into `existing`:
+/// what RocksDB's merge operator on the aggregate rows computes, on reads, flushes and
+/// compactions. `None` when a value does not decode (RocksDB then reports corruption for
+/// that key instead of answering a wrong number).
+pub fn merge_encoded<'a>(
+    existing: Option<&[u8]>,
+    operands: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<Vec<u8>> {
+    let mut row = match existing {
+        Some(bytes) => Aggregate::decode(bytes).ok()?,
+        None => Aggregate::default(),
+    };
+    for operand in operands {
+        row.merge(&Aggregate::decode(operand).ok()?);
+    }
+    Some(row.encode().to_vec())
 }
 
 /// Row deltas from a run of log entries, keyed by encoded row key.

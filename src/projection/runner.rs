@@ -3,7 +3,8 @@
 //! A batch is prefetch → fold → output: the state its entries touch is read first (billing
 //! states with one multi-get, the periods an invoice may bill, quota objects and every level
 //! row with one multi-get per kind), the folds then work on that snapshot, and their rows go
-//! out in one write batch.
+//! out in one write batch. Usage rows are never read: their deltas go out as merge operands,
+//! which RocksDB's aggregate merge operator adds to the stored rows.
 //!
 //! A crash between batches loses nothing: rows and checkpoint move together, so the next start
 //! resumes at the checkpoint and folds the same entries into the same rows.
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{Aggregate, USAGE_PROJECTION, UsageDeltas, merge_rows};
+use super::{USAGE_PROJECTION, UsageDeltas};
 use crate::catalog::Catalog;
 use crate::health::Health;
 use crate::log::LogEntry;
@@ -155,18 +156,15 @@ pub fn fold_batch_into(
     if misses > 0 {
         tracing::debug!(misses, "the folds read rows their prefetch did not list");
     }
-    let stored_hourly = read_aggregates(store, CF_HOURLY, deltas.hourly.keys())?;
-    let stored_monthly = read_aggregates(store, CF_MONTHLY, deltas.monthly.keys())?;
-    let updates = merge_rows(&deltas, &stored_hourly, &stored_monthly);
-
     let next = last_seq + 1;
     let mut batch = store.batch();
     {
-        for (key, aggregate) in &updates.hourly {
-            batch.put(CF_HOURLY, key, aggregate.encode());
+        // Deltas, merged into the stored rows by RocksDB: the fold never reads a usage row.
+        for (key, delta) in &deltas.hourly {
+            batch.merge(CF_HOURLY, key, delta.encode());
         }
-        for (key, aggregate) in &updates.monthly {
-            batch.put(CF_MONTHLY, key, aggregate.encode());
+        for (key, delta) in &deltas.monthly {
+            batch.merge(CF_MONTHLY, key, delta.encode());
         }
         batch.put(
             CF_CHECKPOINTS,
@@ -190,28 +188,169 @@ pub fn fold_batch_into(
     Ok(next)
 }
 
-fn read_aggregates<'a>(
-    store: &Store,
-    cf: &'static str,
-    keys: impl Iterator<Item = &'a Vec<u8>>,
-) -> Result<Vec<Option<Aggregate>>, StoreError> {
-    let keys: Vec<Vec<u8>> = keys.cloned().collect();
-    store
-        .multi_get(cf, &keys)?
-        .into_iter()
-        .map(|value| match value {
-            Some(bytes) => Aggregate::decode(&bytes)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt { cf, source }),
-            None => Ok(None),
-        })
-        .collect()
-}
-
 /// `tenant\0 seq`: one tenant's audit records in log order.
 pub fn audit_key(tenant: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(tenant.len() + 9);
     crate::log::keys::push_str(&mut key, tenant);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fold with merge operands against a plain fold: same rows for any batching, any
+    //! restart between batches, and any flush or compaction of the operands.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::{EventSource, UsageEvent};
+    use crate::log::keys;
+    use crate::log::store::{CF_BILLING, CF_LOG, StoreOptions};
+    use crate::projection::{Aggregate, fold_from_scratch};
+    use crate::units::Micros;
+
+    const METRICS: [&str; 3] = [
+        "http_lb_requests",
+        "data_transfer_bytes",
+        "public_vip_hours",
+    ];
+
+    fn entry(
+        i: usize,
+        (tenant, ns, metric, quantity, quarter): (u8, u8, usize, i64, i64),
+    ) -> LogEntry {
+        // Spans a month boundary, so monthly rows and billing periods change within a run.
+        let base = crate::time::parse_rfc3339("2026-11-30T20:00:00Z").unwrap_or_default();
+        LogEntry::UsageRecorded {
+            event: UsageEvent {
+                tenant: format!("t{tenant}"),
+                id: format!("e{i}"),
+                namespace: format!("ns{ns}"),
+                metric_label: METRICS[metric].to_owned(),
+                quantity: Micros(quantity),
+                timestamp: base + quarter * crate::time::MICROS_PER_HOUR / 4,
+                object_name: "lb".into(),
+                deployment: String::new(),
+                container: String::new(),
+                labels: BTreeMap::new(),
+            },
+            source: EventSource::Http { received_at: 0 },
+            recorded_at: 0,
+        }
+    }
+
+    /// What to do after each fold batch.
+    #[derive(Debug, Clone, Copy)]
+    enum Between {
+        Nothing,
+        /// Close the store without flushing and open it again: the projector restarts at the
+        /// checkpoint from what the WAL holds.
+        Restart,
+        /// Flush memtables: operands meet the merge operator in a flush.
+        Flush,
+        /// Compact everything: operands are merged into the base rows.
+        Compact,
+    }
+
+    fn between() -> impl Strategy<Value = Between> {
+        prop_oneof![
+            4 => Just(Between::Nothing),
+            1 => Just(Between::Restart),
+            1 => Just(Between::Flush),
+            1 => Just(Between::Compact),
+        ]
+    }
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            dedup_horizon: std::time::Duration::from_secs(3_600),
+            min_free_disk: 0,
+        }
+    }
+
+    /// Writes `entries` as the log of a new store at `dir`.
+    fn store_with_log(dir: &std::path::Path, entries: &[LogEntry]) -> Store {
+        let store = Store::open(dir, &options()).expect("store");
+        let mut batch = store.batch();
+        for (seq, entry) in entries.iter().enumerate() {
+            batch.put(
+                CF_LOG,
+                keys::seq_key(seq as u64),
+                codec::encode_entry(entry),
+            );
+        }
+        store.commit(batch, true).expect("log");
+        store
+    }
+
+    fn context() -> FoldContext {
+        FoldContext {
+            catalog: Arc::new(Catalog::builtin().expect("catalog")),
+            invoice_due_after: 0,
+        }
+    }
+
+    fn rows(store: &Store, cf: &'static str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .rows(cf)
+            .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn merged_folds_in_any_batches_with_restarts_equal_a_plain_fold(
+            specs in proptest::collection::vec((0u8..3, 0u8..3, 0usize..3, 0i64..5_000_000, 0i64..24), 1..120),
+            plan in proptest::collection::vec((1u64..40, between()), 1..12),
+        ) {
+            let entries: Vec<LogEntry> = specs.into_iter().enumerate().map(|(i, s)| entry(i, s)).collect();
+            let total = entries.len() as u64;
+            let context = context();
+
+            // The reference: one batch of everything into a fresh store.
+            let once_dir = tempfile::tempdir().expect("tempdir");
+            let once = store_with_log(once_dir.path(), &entries);
+            prop_assert_eq!(fold_batch_into(&once, &once, &context, 0, total).expect("fold"), total);
+
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut store = store_with_log(dir.path(), &entries);
+            let mut step = 0;
+            loop {
+                let from = store.checkpoint(USAGE_PROJECTION).expect("checkpoint").unwrap_or(0);
+                if from >= total {
+                    break;
+                }
+                let (size, then) = plan[step % plan.len()];
+                step += 1;
+                fold_batch_into(&store, &store, &context, from, from + size).expect("fold");
+                match then {
+                    Between::Nothing => {}
+                    Between::Restart => {
+                        drop(store);
+                        store = Store::open(dir.path(), &options()).expect("reopen");
+                    }
+                    Between::Flush => store.flush().expect("flush"),
+                    Between::Compact => store.compact_all().expect("compact"),
+                }
+            }
+
+            // Hourly and monthly rows are exactly the plain fold's, byte for byte.
+            let plain = fold_from_scratch(&entries, &context.catalog);
+            let encoded = |rows: &[(Vec<u8>, Aggregate)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+                rows.iter().map(|(k, a)| (k.clone(), a.encode().to_vec())).collect()
+            };
+            prop_assert_eq!(rows(&store, CF_HOURLY), encoded(&plain.hourly));
+            prop_assert_eq!(rows(&store, CF_MONTHLY), encoded(&plain.monthly));
+            // Billing (periods and their usage rows) and quota state equal the one-batch fold's.
+            for cf in [CF_BILLING, crate::log::store::CF_QUOTA, CF_CHECKPOINTS] {
+                prop_assert_eq!(rows(&store, cf), rows(&once, cf), "{}", cf);
+            }
+        }
+    }
 }
