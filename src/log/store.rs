@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rocksdb::compaction_filter::Decision;
@@ -229,6 +229,8 @@ pub struct Store {
     longest_horizon: Arc<AtomicI64>,
     /// Writes skip the WAL: a rebuild's shadow store, thrown away if the process stops.
     unlogged: bool,
+    /// Table files written for [`Store::ingest_merge_operands`], to name the next one.
+    bulk_files: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -271,6 +273,7 @@ impl Store {
             forgotten_before,
             longest_horizon: Arc::default(),
             unlogged: false,
+            bulk_files: Arc::default(),
         };
         let found = store.stored_format_version()?;
         store.load_forgotten_before()?;
@@ -309,6 +312,7 @@ impl Store {
             forgotten_before,
             longest_horizon: Arc::default(),
             unlogged: false,
+            bulk_files: Arc::default(),
         };
         store.load_forgotten_before()?;
         Ok(store)
@@ -769,6 +773,45 @@ impl Store {
             Ok(letters.len() < limit)
         })?;
         Ok(letters)
+    }
+
+    /// Adds `rows` (strictly ascending keys, encoded aggregate deltas) to `cf` as merge
+    /// operands in one table file written beside the store and ingested whole: no memtable,
+    /// no WAL. For a rebuild's shadow, which folds the log in large sorted chunks.
+    pub fn ingest_merge_operands<'r>(
+        &self,
+        cf: &'static str,
+        rows: impl IntoIterator<Item = (&'r [u8], &'r [u8])>,
+    ) -> Result<(), StoreError> {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
+            return Ok(());
+        }
+        let forgotten_before = Arc::new(AtomicI64::new(i64::MIN));
+        let options = cf_options(cf, &forgotten_before);
+        let mut writer = rocksdb::SstFileWriter::create(&options);
+        let path = self.dir.join(format!(
+            "bulk-{cf}-{}.sst",
+            self.bulk_files.fetch_add(1, Ordering::SeqCst)
+        ));
+        let written = writer.open(&path).and_then(|()| {
+            for (key, value) in rows {
+                writer.merge(key, value)?;
+            }
+            writer.finish()
+        });
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(error.into());
+        }
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        let result = self
+            .db
+            .ingest_external_file_cf_opts(&self.cf(cf), &ingest, vec![&path]);
+        // Moved into the store when ingested; removed when it was not.
+        let _ = std::fs::remove_file(&path);
+        Ok(result?)
     }
 
     /// Flushes memtables so a clean shutdown leaves nothing to replay from the WAL.

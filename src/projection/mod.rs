@@ -47,7 +47,7 @@ impl Default for Aggregate {
     }
 }
 
-const AGGREGATE_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8 + 8;
+pub const AGGREGATE_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8 + 8;
 
 impl Aggregate {
     pub fn of(event: &UsageEvent) -> Self {
@@ -175,6 +175,17 @@ impl UsageDeltas {
                 .or_default()
                 .merge(&delta);
         }
+    }
+}
+
+impl UsageDeltas {
+    /// Rows held (hourly and monthly).
+    pub fn len(&self) -> usize {
+        self.hourly.len() + self.monthly.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

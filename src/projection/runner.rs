@@ -124,6 +124,21 @@ pub fn fold_batch_into(
     from: u64,
     until: u64,
 ) -> Result<u64, StoreError> {
+    fold_batch_with(log, store, context, from, until, None)
+}
+
+/// As [`fold_batch_into`], with the hourly and monthly deltas folded into `collected` instead
+/// of written with the batch when it is given: a rebuild gathers them over many batches and writes them as
+/// sorted table files ([`write_collected`]). Billing and quota rows are written as always,
+/// since the next batches read them.
+fn fold_batch_with(
+    log: &Store,
+    store: &Store,
+    context: &FoldContext,
+    from: u64,
+    until: u64,
+    collected: Option<&mut UsageDeltas>,
+) -> Result<u64, StoreError> {
     let catalog = context.catalog.as_ref();
     let limit =
         usize::try_from(until.saturating_sub(from)).map_or(FOLD_BATCH, |n| n.min(FOLD_BATCH));
@@ -131,7 +146,10 @@ pub fn fold_batch_into(
     let Some(&(last_seq, _)) = entries.last() else {
         return Ok(from);
     };
-    let mut deltas = UsageDeltas::default();
+    // Folded straight into the gathered deltas when there are any (no second merge).
+    let gathering = collected.is_some();
+    let mut own = UsageDeltas::default();
+    let deltas = collected.unwrap_or(&mut own);
     // Every tenant's billing state is read once, before the fold, with one multi-get.
     let mut billing = BillingFold::new(store, catalog, context.invoice_due_after);
     billing.prefetch(entries.iter().filter_map(|(_, entry)| match entry {
@@ -160,11 +178,13 @@ pub fn fold_batch_into(
     let mut batch = store.batch();
     {
         // Deltas, merged into the stored rows by RocksDB: the fold never reads a usage row.
-        for (key, delta) in &deltas.hourly {
-            batch.merge(CF_HOURLY, key, delta.encode());
-        }
-        for (key, delta) in &deltas.monthly {
-            batch.merge(CF_MONTHLY, key, delta.encode());
+        if !gathering {
+            for (key, delta) in &deltas.hourly {
+                batch.merge(CF_HOURLY, key, delta.encode());
+            }
+            for (key, delta) in &deltas.monthly {
+                batch.merge(CF_MONTHLY, key, delta.encode());
+            }
         }
         batch.put(
             CF_CHECKPOINTS,
@@ -186,6 +206,45 @@ pub fn fold_batch_into(
     // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
     store.commit(batch, false)?;
     Ok(next)
+}
+
+/// Folds `log`'s entries from `next` up to `until` into `store`, gathering the hourly and
+/// monthly deltas of many batches in memory (up to `gather_rows` rows) and writing them as
+/// sorted table files, never through the memtable; billing and quota rows go through batches,
+/// since the next batches read them. For a store whose usage rows nobody reads meanwhile (a
+/// rebuild's shadow): they are complete only when this returns.
+pub fn fold_range_gathering(
+    log: &Store,
+    store: &Store,
+    context: &FoldContext,
+    next: &mut u64,
+    until: u64,
+    gather_rows: usize,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(), StoreError> {
+    let mut collected = UsageDeltas::default();
+    while *next < until {
+        *next = fold_batch_with(log, store, context, *next, until, Some(&mut collected))?;
+        if collected.len() >= gather_rows {
+            write_collected(store, &mut collected)?;
+        }
+        progress(*next, until);
+    }
+    write_collected(store, &mut collected)
+}
+
+/// Writes the deltas gathered by [`fold_batch_with`] into `store` as merge operands, one
+/// sorted table file per family, and empties them.
+fn write_collected(store: &Store, collected: &mut UsageDeltas) -> Result<(), StoreError> {
+    let deltas = std::mem::take(collected);
+    for (cf, rows) in [(CF_HOURLY, &deltas.hourly), (CF_MONTHLY, &deltas.monthly)] {
+        let encoded: Vec<(&[u8], [u8; super::AGGREGATE_LEN])> = rows
+            .iter()
+            .map(|(key, delta)| (key.as_slice(), delta.encode()))
+            .collect();
+        store.ingest_merge_operands(cf, encoded.iter().map(|(k, v)| (*k, v.as_slice())))?;
+    }
+    Ok(())
 }
 
 /// `tenant\0 seq`: one tenant's audit records in log order.
@@ -350,6 +409,43 @@ mod tests {
             // Billing (periods and their usage rows) and quota state equal the one-batch fold's.
             for cf in [CF_BILLING, crate::log::store::CF_QUOTA, CF_CHECKPOINTS] {
                 prop_assert_eq!(rows(&store, cf), rows(&once, cf), "{}", cf);
+            }
+        }
+
+        #[test]
+        fn a_gathering_fold_into_table_files_equals_a_plain_fold(
+            specs in proptest::collection::vec((0u8..3, 0u8..3, 0usize..3, 0i64..5_000_000, 0i64..24), 1..150),
+            gather_rows in 1usize..40,
+            compact_first in any::<bool>(),
+        ) {
+            let entries: Vec<LogEntry> = specs.into_iter().enumerate().map(|(i, s)| entry(i, s)).collect();
+            let total = entries.len() as u64;
+            let context = context();
+            let live_dir = tempfile::tempdir().expect("tempdir");
+            let live = store_with_log(live_dir.path(), &entries);
+            prop_assert_eq!(fold_batch_into(&live, &live, &context, 0, total).expect("fold"), total);
+
+            // Small gatherings: many overlapping table files of merge operands, ingested one
+            // after another (with a compaction between some of them).
+            let dir = tempfile::tempdir().expect("tempdir");
+            let shadow = store_with_log(dir.path(), &entries);
+            let mut next = 0;
+            let half = total / 2;
+            fold_range_gathering(&live, &shadow, &context, &mut next, half, gather_rows, &|_, _| {}).expect("first half");
+            if compact_first {
+                shadow.compact_all().expect("compact");
+            }
+            fold_range_gathering(&live, &shadow, &context, &mut next, total, gather_rows, &|_, _| {}).expect("second half");
+            prop_assert_eq!(next, total);
+
+            let plain = fold_from_scratch(&entries, &context.catalog);
+            let encoded = |rows: &[(Vec<u8>, Aggregate)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+                rows.iter().map(|(k, a)| (k.clone(), a.encode().to_vec())).collect()
+            };
+            prop_assert_eq!(rows(&shadow, CF_HOURLY), encoded(&plain.hourly));
+            prop_assert_eq!(rows(&shadow, CF_MONTHLY), encoded(&plain.monthly));
+            for cf in [CF_HOURLY, CF_MONTHLY, CF_BILLING, crate::log::store::CF_QUOTA] {
+                prop_assert_eq!(rows(&shadow, cf), rows(&live, cf), "{}", cf);
             }
         }
     }
