@@ -35,12 +35,24 @@ struct Plan {
     append: u64,
     query_seconds: f64,
     write_results: bool,
+    /// `--only kafka|http|queries|append`: run that stage alone (nothing is written).
+    only: Option<String>,
+}
+
+impl Plan {
+    fn runs(&self, stage: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == stage)
+    }
 }
 
 fn plan() -> Plan {
     let args: Vec<String> = std::env::args().collect();
     let benching = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|at| args.get(at + 1).cloned());
     if !benching {
         return Plan {
             kafka: vec![3_000],
@@ -49,6 +61,7 @@ fn plan() -> Plan {
             append: 4_000,
             query_seconds: 0.2,
             write_results: false,
+            only: None,
         };
     }
     if quick {
@@ -58,7 +71,8 @@ fn plan() -> Plan {
             query_logs: vec![200_000],
             append: 200_000,
             query_seconds: 1.0,
-            write_results: true,
+            write_results: only.is_none(),
+            only,
         }
     } else {
         Plan {
@@ -67,7 +81,8 @@ fn plan() -> Plan {
             query_logs: vec![1_000_000, 10_000_000],
             append: 1_000_000,
             query_seconds: 4.0,
-            write_results: true,
+            write_results: only.is_none(),
+            only,
         }
     }
 }
@@ -599,98 +614,75 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    for &events in &plan.kafka {
-        for workload in [Workload::Realistic, Workload::HighCardinality] {
-            let suffix = workload.suffix();
-            let (ingest, drain) = kafka_stage(events, workload, &mut results, &mut rss);
-            let plain = results
-                .get(&format!("kafka_drain_eps_plain_{events}"))
-                .filter(|_| workload == Workload::HighCardinality)
-                .map(|plain| format!("; topic without compression, 5 ms linger: {plain:.0} msg/s"))
-                .unwrap_or_default();
-            rows.push((
-                format!(
-                    "Kafka ingest, {events} events, {}, 4 partitions",
-                    workload.name()
-                ),
-                format!("{ingest:.0} events/s"),
-                format!(
-                    "raw drain {drain:.0} msg/s (lz4 topic): {:.0} %; target ≥ 80 %{plain}",
-                    100.0 * ingest / drain.max(1e-9)
-                ),
-            ));
-            rows.push((
-                format!("Quota command while those {events} events are folded"),
-                format!(
-                    "{:.0} commands; p50 {:.1} / p99 {:.1} ms",
-                    results[&format!("commands_during_backlog{suffix}_{events}")],
-                    results[&format!("command_during_backlog_p50_ms{suffix}_{events}")],
-                    results[&format!("command_during_backlog_p99_ms{suffix}_{events}")],
-                ),
-                "no wait for the backlog".into(),
-            ));
-            rows.push((
-                format!("Engine CPU per event of that Kafka ingest, {events} events"),
-                format!(
-                    "{:.1} µs (user + system, first logged event to all projected)",
-                    results[&format!("engine_cpu_us_per_event{suffix}_{events}")]
-                ),
-                "target ≤ 8 µs".into(),
-            ));
+    if plan.runs("kafka") {
+        for &events in &plan.kafka {
+            for workload in [Workload::Realistic, Workload::HighCardinality] {
+                let suffix = workload.suffix();
+                let (ingest, drain) = kafka_stage(events, workload, &mut results, &mut rss);
+                let plain = results
+                    .get(&format!("kafka_drain_eps_plain_{events}"))
+                    .filter(|_| workload == Workload::HighCardinality)
+                    .map(|plain| {
+                        format!("; topic without compression, 5 ms linger: {plain:.0} msg/s")
+                    })
+                    .unwrap_or_default();
+                rows.push((
+                    format!(
+                        "Kafka ingest, {events} events, {}, 4 partitions",
+                        workload.name()
+                    ),
+                    format!("{ingest:.0} events/s"),
+                    format!(
+                        "raw drain {drain:.0} msg/s (lz4 topic): {:.0} %; target ≥ 80 %{plain}",
+                        100.0 * ingest / drain.max(1e-9)
+                    ),
+                ));
+                rows.push((
+                    format!("Quota command while those {events} events are folded"),
+                    format!(
+                        "{:.0} commands; p50 {:.1} / p99 {:.1} ms",
+                        results[&format!("commands_during_backlog{suffix}_{events}")],
+                        results[&format!("command_during_backlog_p50_ms{suffix}_{events}")],
+                        results[&format!("command_during_backlog_p99_ms{suffix}_{events}")],
+                    ),
+                    "no wait for the backlog".into(),
+                ));
+                rows.push((
+                    format!("Engine CPU per event of that Kafka ingest, {events} events"),
+                    format!(
+                        "{:.1} µs (user + system, first logged event to all projected)",
+                        results[&format!("engine_cpu_us_per_event{suffix}_{events}")]
+                    ),
+                    "target ≤ 8 µs".into(),
+                ));
+            }
+        }
+        if let Some(&events) = plan.kafka.first() {
+            for key in [
+                "kafka_ingest_eps",
+                "kafka_drain_eps",
+                "engine_cpu_us_per_event",
+                "kafka_ingest_eps_realistic",
+                "kafka_drain_eps_realistic",
+                "engine_cpu_us_per_event_realistic",
+                "kafka_drain_eps_plain",
+            ] {
+                results.insert(key.into(), results[&format!("{key}_{events}")]);
+            }
         }
     }
-    if let Some(&events) = plan.kafka.first() {
-        for key in [
-            "kafka_ingest_eps",
-            "kafka_drain_eps",
-            "engine_cpu_us_per_event",
-            "kafka_ingest_eps_realistic",
-            "kafka_drain_eps_realistic",
-            "engine_cpu_us_per_event_realistic",
-            "kafka_drain_eps_plain",
-        ] {
-            results.insert(key.into(), results[&format!("{key}_{events}")]);
-        }
-    }
-
-    // HTTP ingest of the realistic load on an engine of its own.
-    {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut server = Server::start_args(&dir.path().join("data"), &["--rate-limit", "0"]);
-        let (rate, latency) = http_ingest_of(&server, plan.http, 4, Workload::Realistic);
-        results.insert("http_ingest_eps_realistic".into(), rate);
-        results.insert("http_ingest_p99_ms_realistic".into(), ms(&latency, 0.99));
-        rows.push((
-            format!(
-                "HTTP ingest, {} events, realistic, 4 clients × 1,000-event batches",
-                plan.http
-            ),
-            format!(
-                "{rate:.0} events/s; batch p50 {:.1} / p99 {:.1} / p999 {:.1} ms",
-                ms(&latency, 0.5),
-                ms(&latency, 0.99),
-                ms(&latency, 0.999)
-            ),
-            "target 300,000 events/s, p99 ≤ 50 ms".into(),
-        ));
-        rss = rss.max(peak_rss_mb(server.pid()));
-        server.stop();
-    }
-
-    // HTTP ingest, then queries against the same engine and log; then storage per event.
-    for (index, &log_events) in plan.query_logs.iter().enumerate() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let mut server = Server::start_args(&data, &["--rate-limit", "0"]);
-        let (rate, latency) = http_ingest(&server, log_events.max(plan.http), 4);
-        if index == 0 {
-            results.insert("http_ingest_eps".into(), rate);
-            results.insert("http_batch_p99_ms".into(), ms(&latency, 0.99));
-            results.insert("http_ingest_p99_ms".into(), ms(&latency, 0.99));
+    if plan.runs("http") {
+        // HTTP ingest of the realistic load on an engine of its own.
+        {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut server = Server::start_args(&dir.path().join("data"), &["--rate-limit", "0"]);
+            let (rate, latency) = http_ingest_of(&server, plan.http, 4, Workload::Realistic);
+            results.insert("http_ingest_eps_realistic".into(), rate);
+            results.insert("http_ingest_p99_ms_realistic".into(), ms(&latency, 0.99));
             rows.push((
                 format!(
-                    "HTTP ingest, {} events, high-cardinality, 4 clients × 1,000-event batches",
-                    log_events.max(plan.http)
+                    "HTTP ingest, {} events, realistic, 4 clients × 1,000-event batches",
+                    plan.http
                 ),
                 format!(
                     "{rate:.0} events/s; batch p50 {:.1} / p99 {:.1} / p999 {:.1} ms",
@@ -698,161 +690,210 @@ fn main() {
                     ms(&latency, 0.99),
                     ms(&latency, 0.999)
                 ),
-                "target 300,000 events/s".into(),
+                "target 300,000 events/s, p99 ≤ 50 ms".into(),
             ));
+            rss = rss.max(peak_rss_mb(server.pid()));
+            server.stop();
         }
-        server.wait_caught_up();
-        // An hourly query token of one namespace, for hourly_usage_details. The window covers
-        // the 48 hours the events span: the default (the open billing period) may begin after
-        // some of them, early in a month.
-        let now = chrono::Utc::now().timestamp_micros();
-        let window = json!({
-            "from": tally::time::format_rfc3339(now - 49 * 3_600_000_000),
-            "to": tally::time::format_rfc3339(now + 3_600_000_000),
-        });
-        let (_, details) = server.post("/api/web/namespaces/ns-1/usage_details", &window);
-        let hourly_query = details["usage_items"][0]["hourly_breakdown_query"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        type Request = Box<dyn Fn(u64) -> (String, String, Option<String>) + Sync>;
-        let queries: Vec<(&str, Request)> = vec![
-            (
-                "usage_details",
-                Box::new(|n| {
-                    (
-                        "POST".into(),
-                        format!("/api/web/namespaces/ns-{}/usage_details", n % NAMESPACES),
-                        Some("{}".into()),
-                    )
-                }),
-            ),
-            (
-                "hourly_usage_details",
-                Box::new(move |_| {
-                    (
-                        "POST".into(),
-                        "/api/web/namespaces/ns-1/hourly_usage_details".into(),
-                        Some(json!({"query": hourly_query}).to_string()),
-                    )
-                }),
-            ),
-            (
-                "current_usage",
-                Box::new(|n| {
-                    (
-                        "POST".into(),
-                        format!("/api/web/namespaces/ns-{}/current_usage", n % NAMESPACES),
-                        Some("{}".into()),
-                    )
-                }),
-            ),
-            (
-                "quota/usage",
-                Box::new(|n| {
-                    (
-                        "GET".into(),
-                        format!("/api/web/namespaces/ns-{}/quota/usage", n % NAMESPACES),
-                        None,
-                    )
-                }),
-            ),
-            (
-                "quota/check",
-                Box::new(|n| {
-                    (
-                        "POST".into(),
-                        format!("/api/tally/namespaces/ns-{}/quota/check", n % NAMESPACES),
-                        Some(r#"{"key":"http_loadbalancer","amount":1}"#.into()),
-                    )
-                }),
-            ),
-        ];
-        for (name, request) in &queries {
-            for clients in [1u64, 8, 64] {
-                let (per_second, latency) =
-                    query_load(&server, clients, plan.query_seconds, request.as_ref());
-                if clients == 8 {
-                    // The worst endpoint, of the first log and of each log size.
-                    let p99 = ms(&latency, 0.99);
-                    let per_log = format!("query_p99_ms_8_clients_{}", size_name(log_events));
-                    let mut keys = vec![per_log];
-                    if index == 0 {
-                        keys.push("query_p99_ms_8_clients".into());
-                    }
-                    for key in keys {
-                        let worst = results.get(&key).copied().unwrap_or(0.0).max(p99);
-                        results.insert(key, worst);
-                    }
-                }
-                results.insert(
-                    format!(
-                        "query_{}_{clients}_clients_{log_events}_rps",
-                        name.replace('/', "_")
-                    ),
-                    per_second,
-                );
+    }
+    if plan.runs("queries") {
+        // HTTP ingest, then queries against the same engine and log; then storage per event.
+        for (index, &log_events) in plan.query_logs.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let data = dir.path().join("data");
+            let mut server = Server::start_args(&data, &["--rate-limit", "0"]);
+            let (rate, latency) = http_ingest(&server, log_events.max(plan.http), 4);
+            if index == 0 {
+                results.insert("http_ingest_eps".into(), rate);
+                results.insert("http_batch_p99_ms".into(), ms(&latency, 0.99));
+                results.insert("http_ingest_p99_ms".into(), ms(&latency, 0.99));
                 rows.push((
-                    format!("{name}, {clients} clients, {log_events} events in the log"),
                     format!(
-                        "{per_second:.0} req/s; p50 {:.2} / p99 {:.2} / p999 {:.2} ms",
+                        "HTTP ingest, {} events, high-cardinality, 4 clients × 1,000-event batches",
+                        log_events.max(plan.http)
+                    ),
+                    format!(
+                        "{rate:.0} events/s; batch p50 {:.1} / p99 {:.1} / p999 {:.1} ms",
                         ms(&latency, 0.5),
                         ms(&latency, 0.99),
                         ms(&latency, 0.999)
                     ),
+                    "target 300,000 events/s, p99 ≤ 50 ms".into(),
+                ));
+            }
+            server.wait_caught_up();
+            // An hourly query token of one namespace, for hourly_usage_details. The window covers
+            // the 48 hours the events span: the default (the open billing period) may begin after
+            // some of them, early in a month.
+            let now = chrono::Utc::now().timestamp_micros();
+            let window = json!({
+                "from": tally::time::format_rfc3339(now - 49 * 3_600_000_000),
+                "to": tally::time::format_rfc3339(now + 3_600_000_000),
+            });
+            let (_, details) = server.post("/api/web/namespaces/ns-1/usage_details", &window);
+            let hourly_query = details["usage_items"][0]["hourly_breakdown_query"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            type Request = Box<dyn Fn(u64) -> (String, String, Option<String>) + Sync>;
+            let queries: Vec<(&str, Request)> = vec![
+                (
+                    "usage_details",
+                    Box::new(|n| {
+                        (
+                            "POST".into(),
+                            format!("/api/web/namespaces/ns-{}/usage_details", n % NAMESPACES),
+                            Some("{}".into()),
+                        )
+                    }),
+                ),
+                (
+                    "hourly_usage_details",
+                    Box::new(move |_| {
+                        (
+                            "POST".into(),
+                            "/api/web/namespaces/ns-1/hourly_usage_details".into(),
+                            Some(json!({"query": hourly_query}).to_string()),
+                        )
+                    }),
+                ),
+                (
+                    "current_usage",
+                    Box::new(|n| {
+                        (
+                            "POST".into(),
+                            format!("/api/web/namespaces/ns-{}/current_usage", n % NAMESPACES),
+                            Some("{}".into()),
+                        )
+                    }),
+                ),
+                (
+                    "quota/usage",
+                    Box::new(|n| {
+                        (
+                            "GET".into(),
+                            format!("/api/web/namespaces/ns-{}/quota/usage", n % NAMESPACES),
+                            None,
+                        )
+                    }),
+                ),
+                (
+                    "quota/check",
+                    Box::new(|n| {
+                        (
+                            "POST".into(),
+                            format!("/api/tally/namespaces/ns-{}/quota/check", n % NAMESPACES),
+                            Some(r#"{"key":"http_loadbalancer","amount":1}"#.into()),
+                        )
+                    }),
+                ),
+            ];
+            for (name, request) in &queries {
+                for clients in [1u64, 8, 64] {
+                    let (per_second, latency) =
+                        query_load(&server, clients, plan.query_seconds, request.as_ref());
                     if clients == 8 {
-                        "target p99 ≤ 2 ms".into()
-                    } else {
-                        String::new()
-                    },
+                        // The worst endpoint, of the first log and of each log size.
+                        let p99 = ms(&latency, 0.99);
+                        let per_log = format!("query_p99_ms_8_clients_{}", size_name(log_events));
+                        let mut keys = vec![per_log];
+                        if index == 0 {
+                            keys.push("query_p99_ms_8_clients".into());
+                        }
+                        for key in keys {
+                            let worst = results.get(&key).copied().unwrap_or(0.0).max(p99);
+                            results.insert(key, worst);
+                        }
+                    }
+                    results.insert(
+                        format!(
+                            "query_{}_{clients}_clients_{log_events}_rps",
+                            name.replace('/', "_")
+                        ),
+                        per_second,
+                    );
+                    rows.push((
+                        format!("{name}, {clients} clients, {log_events} events in the log"),
+                        format!(
+                            "{per_second:.0} req/s; p50 {:.2} / p99 {:.2} / p999 {:.2} ms",
+                            ms(&latency, 0.5),
+                            ms(&latency, 0.99),
+                            ms(&latency, 0.999)
+                        ),
+                        if clients == 8 {
+                            "target p99 ≤ 1 ms".into()
+                        } else {
+                            String::new()
+                        },
+                    ));
+                }
+            }
+            let run_rss = peak_rss_mb(server.pid());
+            rss = rss.max(run_rss);
+            results.insert(
+                format!("peak_rss_mb_http_{}", size_name(log_events)),
+                run_rss,
+            );
+            let events_in_log = server.readiness()["log_entries"]
+                .as_u64()
+                .unwrap_or(1)
+                .max(1);
+            server.stop();
+            if index == 0 {
+                let store = Store::open(&data, &store_options()).expect("store");
+                store.compact_all().expect("compact");
+                let sizes: Vec<(&str, u64)> = COLUMN_FAMILIES
+                    .iter()
+                    .map(|&cf| (cf, store.cf_size(cf)))
+                    .collect();
+                let bytes: u64 = sizes.iter().map(|(_, size)| size).sum();
+                let per_event = bytes as f64 / events_in_log as f64;
+                results.insert("bytes_per_event".into(), per_event);
+                // Where the bytes are: each family's share, largest first.
+                let mut shares: Vec<(&str, f64)> = sizes
+                    .iter()
+                    .filter(|(_, size)| *size > 0)
+                    .map(|&(cf, size)| (cf, size as f64 / events_in_log as f64))
+                    .collect();
+                shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+                for (cf, share) in &shares {
+                    results.insert(format!("bytes_per_event_{cf}"), *share);
+                }
+                let breakdown = shares
+                    .iter()
+                    .map(|(cf, share)| format!("{cf} {share:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                rows.push((
+                    format!("Storage after compaction, {events_in_log} events"),
+                    format!("{per_event:.1} bytes/event ({breakdown})"),
+                    "target ≤ 48 bytes/event".into(),
                 ));
             }
         }
-        let run_rss = peak_rss_mb(server.pid());
-        rss = rss.max(run_rss);
-        results.insert(
-            format!("peak_rss_mb_http_{}", size_name(log_events)),
-            run_rss,
-        );
-        let events_in_log = server.readiness()["log_entries"]
-            .as_u64()
-            .unwrap_or(1)
-            .max(1);
-        server.stop();
-        if index == 0 {
-            let store = Store::open(&data, &store_options()).expect("store");
-            store.compact_all().expect("compact");
-            let bytes: u64 = COLUMN_FAMILIES.iter().map(|&cf| store.cf_size(cf)).sum();
-            let per_event = bytes as f64 / events_in_log as f64;
-            results.insert("bytes_per_event".into(), per_event);
-            rows.push((
-                format!("Storage after compaction, {events_in_log} events"),
-                format!("{per_event:.1} bytes/event (log, dedup, projections)"),
-                "target ≤ 64 bytes/event".into(),
-            ));
-        }
     }
-
-    let (append, put, rebuild, scan) = append_stage(plan.append, &mut results);
-    rows.push((
-        format!(
-            "Append path (decode → log batch → fold), {} events",
-            plan.append
-        ),
-        format!("{append:.0} events/s"),
-        format!(
-            "raw RocksDB batches {put:.0}/s: {:.0} %",
-            100.0 * append / put.max(1e-9)
-        ),
-    ));
-    rows.push((
-        format!("Rebuild of every projection, {} events", plan.append),
-        format!("{rebuild:.0} events/s"),
-        format!(
-            "raw log scan {scan:.0}/s: {:.1} %; target 1,000,000/s",
-            100.0 * rebuild / scan.max(1e-9)
-        ),
-    ));
+    if plan.runs("append") {
+        let (append, put, rebuild, scan) = append_stage(plan.append, &mut results);
+        rows.push((
+            format!(
+                "Append path (decode → log batch → fold), {} events",
+                plan.append
+            ),
+            format!("{append:.0} events/s"),
+            format!(
+                "raw RocksDB batches {put:.0}/s: {:.0} %",
+                100.0 * append / put.max(1e-9)
+            ),
+        ));
+        rows.push((
+            format!("Rebuild of every projection, {} events", plan.append),
+            format!("{rebuild:.0} events/s"),
+            format!(
+                "raw log scan {scan:.0}/s: {:.1} %; target 1,000,000/s",
+                100.0 * rebuild / scan.max(1e-9)
+            ),
+        ));
+    }
     results.insert("peak_rss_mb".into(), rss);
     // Of every run that held 10,000,000 events (the full bench only).
     let rss_10m = results

@@ -261,6 +261,9 @@ impl Store {
         db_options.increase_parallelism(2);
         db_options.set_keep_log_file_num(4);
         db_options.set_max_open_files(MAX_OPEN_TABLE_FILES);
+        // Memtables of every family together: past this the largest is flushed, so the busy
+        // families (log, dedup, the projections) cannot each hold 128 MB.
+        db_options.set_db_write_buffer_size(MEMTABLE_BUDGET);
         let descriptors = COLUMN_FAMILIES
             .iter()
             .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name, &forgotten_before)));
@@ -882,9 +885,22 @@ fn is_rocksdb_file(name: &str) -> bool {
     name.ends_with(".sst") || name.ends_with(".log") || name.starts_with("MANIFEST-")
 }
 
+/// Bytes all memtables of a store may hold together.
+const MEMTABLE_BUDGET: usize = 192 << 20;
+
+/// Bytes of uncompressed blocks cached, shared by every family of every store in the process
+/// (without it each family had a cache of its own).
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+fn block_cache() -> &'static rocksdb::Cache {
+    static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+}
+
 fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
     let mut cf = Options::default();
     let mut table = BlockBasedOptions::default();
+    table.set_block_cache(block_cache());
     match name {
         CF_LOG | CF_DEAD_LETTER => {
             // Written once, read in order: compress hard at the bottom level.
