@@ -354,6 +354,29 @@ mod tests {
         }
     }
 
+    /// `entries` folded in one batch into a new store of their own.
+    fn folded_at_once(entries: &[LogEntry], context: &FoldContext) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with_log(dir.path(), entries);
+        let total = entries.len() as u64;
+        assert_eq!(
+            fold_batch_into(&store, &store, context, 0, total).expect("fold"),
+            total
+        );
+        (dir, store)
+    }
+
+    /// The hourly and monthly rows a plain fold of `entries` gives, encoded as stored.
+    fn plain_rows(entries: &[LogEntry], catalog: &Catalog) -> [Vec<(Vec<u8>, Vec<u8>)>; 2] {
+        let plain = fold_from_scratch(entries, catalog);
+        let encoded = |rows: &[(Vec<u8>, Aggregate)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            rows.iter()
+                .map(|(k, a)| (k.clone(), a.encode().to_vec()))
+                .collect()
+        };
+        [encoded(&plain.hourly), encoded(&plain.monthly)]
+    }
+
     fn rows(store: &Store, cf: &'static str) -> Vec<(Vec<u8>, Vec<u8>)> {
         store
             .rows(cf)
@@ -375,9 +398,7 @@ mod tests {
             let context = context();
 
             // The reference: one batch of everything into a fresh store.
-            let once_dir = tempfile::tempdir().expect("tempdir");
-            let once = store_with_log(once_dir.path(), &entries);
-            prop_assert_eq!(fold_batch_into(&once, &once, &context, 0, total).expect("fold"), total);
+            let (_once_dir, once) = folded_at_once(&entries, &context);
 
             let dir = tempfile::tempdir().expect("tempdir");
             let mut store = store_with_log(dir.path(), &entries);
@@ -402,12 +423,9 @@ mod tests {
             }
 
             // Hourly and monthly rows are exactly the plain fold's, byte for byte.
-            let plain = fold_from_scratch(&entries, &context.catalog);
-            let encoded = |rows: &[(Vec<u8>, Aggregate)]| -> Vec<(Vec<u8>, Vec<u8>)> {
-                rows.iter().map(|(k, a)| (k.clone(), a.encode().to_vec())).collect()
-            };
-            prop_assert_eq!(rows(&store, CF_HOURLY), encoded(&plain.hourly));
-            prop_assert_eq!(rows(&store, CF_MONTHLY), encoded(&plain.monthly));
+            let [hourly, monthly] = plain_rows(&entries, &context.catalog);
+            prop_assert_eq!(rows(&store, CF_HOURLY), hourly);
+            prop_assert_eq!(rows(&store, CF_MONTHLY), monthly);
             // Billing (periods and their usage rows) and quota state equal the one-batch fold's.
             for cf in [CF_BILLING, crate::log::store::CF_QUOTA, CF_CHECKPOINTS] {
                 prop_assert_eq!(rows(&store, cf), rows(&once, cf), "{}", cf);
@@ -423,9 +441,7 @@ mod tests {
             let entries: Vec<LogEntry> = specs.into_iter().enumerate().map(|(i, s)| entry(i, s)).collect();
             let total = entries.len() as u64;
             let context = context();
-            let live_dir = tempfile::tempdir().expect("tempdir");
-            let live = store_with_log(live_dir.path(), &entries);
-            prop_assert_eq!(fold_batch_into(&live, &live, &context, 0, total).expect("fold"), total);
+            let (_live_dir, live) = folded_at_once(&entries, &context);
 
             // Small gatherings: many overlapping table files of merge operands, ingested one
             // after another (with a compaction between some of them).
@@ -440,12 +456,9 @@ mod tests {
             fold_range_gathering(&live, &shadow, &context, &mut next, total, gather_rows, &|_, _| {}).expect("second half");
             prop_assert_eq!(next, total);
 
-            let plain = fold_from_scratch(&entries, &context.catalog);
-            let encoded = |rows: &[(Vec<u8>, Aggregate)]| -> Vec<(Vec<u8>, Vec<u8>)> {
-                rows.iter().map(|(k, a)| (k.clone(), a.encode().to_vec())).collect()
-            };
-            prop_assert_eq!(rows(&shadow, CF_HOURLY), encoded(&plain.hourly));
-            prop_assert_eq!(rows(&shadow, CF_MONTHLY), encoded(&plain.monthly));
+            let [hourly, monthly] = plain_rows(&entries, &context.catalog);
+            prop_assert_eq!(rows(&shadow, CF_HOURLY), hourly);
+            prop_assert_eq!(rows(&shadow, CF_MONTHLY), monthly);
             for cf in [CF_HOURLY, CF_MONTHLY, CF_BILLING, crate::log::store::CF_QUOTA] {
                 prop_assert_eq!(rows(&shadow, cf), rows(&live, cf), "{}", cf);
             }
