@@ -468,9 +468,43 @@ fn tally_produce_sends_stdin_lines_and_synthetic_load() {
         summary.contains("produced 3000 events") && summary.contains("3000 delivered"),
         "{summary}"
     );
+    // The even workload over a fixed set of series, with another codec and linger.
+    let summary = run(
+        &[
+            "--synthetic",
+            "500",
+            "--series",
+            "50",
+            "--seed",
+            "6",
+            "--compression",
+            "zstd",
+            "--linger-ms",
+            "5",
+        ],
+        "",
+    );
+    assert!(summary.contains("500 delivered"), "{summary}");
+    // Bad flags are refused by name before anything is sent.
+    let refused = |args: &[&str]| -> String {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["produce", "--brokers", &broker.address(), "--topic", TOPIC])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let error = refused(&["--synthetic", "10", "--compression", "brotli"]);
+    assert!(
+        error.contains("--compression") && error.contains("lz4"),
+        "{error}"
+    );
+    let error = refused(&["--series", "10"]);
+    assert!(error.contains("--synthetic"), "{error}");
 
     let mut server = Server::start_kafka(&dir.path().join("data"), &broker.address(), TOPIC);
-    wait_for_entries(&server, 3_002, Duration::from_secs(300));
+    wait_for_entries(&server, 3_502, Duration::from_secs(300));
     server.stop();
     let store = open_store(&server);
     let tenants: BTreeSet<String> = store

@@ -216,11 +216,8 @@ fn run(
         if let Some(written) = in_flight.take()
             && finish_batch(consumer, settings, written).is_err()
         {
-            // Nothing of it was written: assign again from what the store says, wait, and
-            // read the same messages again (this batch's too).
-            assigned.clear();
-            last_assignment_check = None;
-            std::thread::sleep(Duration::from_secs(1));
+            // This batch's messages are read again too.
+            read_again(&mut assigned, &mut last_assignment_check);
             continue;
         }
         if let Some((candidates, offsets)) = prepared {
@@ -235,9 +232,7 @@ fn run(
                 Ok(pending) => in_flight = Some(InFlight { pending, batch }),
                 Err(error) => {
                     tracing::error!(%error, "kafka batch not appended; will read it again");
-                    assigned.clear();
-                    last_assignment_check = None;
-                    std::thread::sleep(Duration::from_secs(1));
+                    read_again(&mut assigned, &mut last_assignment_check);
                 }
             }
         }
@@ -246,6 +241,14 @@ fn run(
     if let Some(written) = in_flight.take() {
         let _ = finish_batch(consumer, settings, written);
     }
+}
+
+/// After a batch that was not written (nothing of it was): forget the assignment, so the
+/// next round assigns again from the offsets the store holds, and wait a moment first.
+fn read_again(assigned: &mut Vec<i32>, last_assignment_check: &mut Option<Instant>) {
+    assigned.clear();
+    *last_assignment_check = None;
+    std::thread::sleep(Duration::from_secs(1));
 }
 
 /// A batch queued for the log writer, with the messages it came from.

@@ -781,10 +781,10 @@ impl Store {
     /// Adds `rows` (strictly ascending keys, encoded aggregate deltas) to `cf` as merge
     /// operands in one table file written beside the store and ingested whole: no memtable,
     /// no WAL. For a rebuild's shadow, which folds the log in large sorted chunks.
-    pub fn ingest_merge_operands<'r>(
+    pub fn ingest_merge_operands<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         cf: &'static str,
-        rows: impl IntoIterator<Item = (&'r [u8], &'r [u8])>,
+        rows: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(), StoreError> {
         let mut rows = rows.into_iter().peekable();
         if rows.peek().is_none() {

@@ -47,7 +47,7 @@ impl Default for Aggregate {
     }
 }
 
-pub const AGGREGATE_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8 + 8;
+const AGGREGATE_LEN: usize = 1 + 16 + 8 + 8 + 8 + 8 + 8;
 
 impl Aggregate {
     pub fn of(event: &UsageEvent) -> Self {
@@ -176,9 +176,7 @@ impl UsageDeltas {
                 .merge(&delta);
         }
     }
-}
 
-impl UsageDeltas {
     /// Rows held (hourly and monthly).
     pub fn len(&self) -> usize {
         self.hourly.len() + self.monthly.len()

@@ -130,9 +130,9 @@ pub fn fold_batch_into(
 }
 
 /// As [`fold_batch_into`], with the hourly and monthly deltas folded into `collected` instead
-/// of written with the batch when it is given: a rebuild gathers them over many batches and writes them as
-/// sorted table files ([`write_collected`]). Billing and quota rows are written as always,
-/// since the next batches read them.
+/// of written with the batch when it is given: a rebuild gathers them over many batches and
+/// writes them as sorted table files ([`write_collected`]). Billing and quota rows are
+/// written as always, since the next batches read them.
 fn fold_batch_with(
     log: &Store,
     store: &Store,
@@ -240,11 +240,7 @@ pub fn fold_range_gathering(
 fn write_collected(store: &Store, collected: &mut UsageDeltas) -> Result<(), StoreError> {
     let deltas = std::mem::take(collected);
     for (cf, rows) in [(CF_HOURLY, &deltas.hourly), (CF_MONTHLY, &deltas.monthly)] {
-        let encoded: Vec<(&[u8], [u8; super::AGGREGATE_LEN])> = rows
-            .iter()
-            .map(|(key, delta)| (key.as_slice(), delta.encode()))
-            .collect();
-        store.ingest_merge_operands(cf, encoded.iter().map(|(k, v)| (*k, v.as_slice())))?;
+        store.ingest_merge_operands(cf, rows.iter().map(|(key, delta)| (key, delta.encode())))?;
     }
     Ok(())
 }
@@ -262,45 +258,20 @@ mod tests {
     //! The fold with merge operands against a plain fold: same rows for any batching, any
     //! restart between batches, and any flush or compaction of the operands.
 
-    use std::collections::BTreeMap;
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::{EventSource, UsageEvent};
     use crate::log::keys;
     use crate::log::store::{CF_BILLING, CF_LOG, StoreOptions};
     use crate::projection::{Aggregate, fold_from_scratch};
-    use crate::units::Micros;
 
-    const METRICS: [&str; 3] = [
-        "http_lb_requests",
-        "data_transfer_bytes",
-        "public_vip_hours",
-    ];
-
+    /// One usage event (late November 2026, across the month boundary) from the fold tests'
+    /// generator, with one object per series.
     fn entry(
         i: usize,
         (tenant, ns, metric, quantity, quarter): (u8, u8, usize, i64, i64),
     ) -> LogEntry {
-        // Spans a month boundary, so monthly rows and billing periods change within a run.
-        let base = crate::time::parse_rfc3339("2026-11-30T20:00:00Z").unwrap_or_default();
-        LogEntry::UsageRecorded {
-            event: UsageEvent {
-                tenant: format!("t{tenant}"),
-                id: format!("e{i}"),
-                namespace: format!("ns{ns}"),
-                metric_label: METRICS[metric].to_owned(),
-                quantity: Micros(quantity),
-                timestamp: base + quarter * crate::time::MICROS_PER_HOUR / 4,
-                object_name: "lb".into(),
-                deployment: String::new(),
-                container: String::new(),
-                labels: BTreeMap::new(),
-            },
-            source: EventSource::Http { received_at: 0 },
-            recorded_at: 0,
-        }
+        crate::projection::tests::entry(i, tenant, ns, metric, quantity, quarter, 0)
     }
 
     /// What to do after each fold batch.

@@ -15,7 +15,7 @@ const METRICS: [&str; 4] = [
     "waf_security_events",
 ];
 
-fn entry(
+pub(super) fn entry(
     i: usize,
     tenant: u8,
     ns: u8,
