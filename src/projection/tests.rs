@@ -158,3 +158,26 @@ fn tenant_scope_rows_mirror_namespace_rows() {
         .sum();
     assert_eq!(tenant_total, 12_000_000);
 }
+
+#[test]
+fn the_merge_operator_refuses_undecodable_values_and_saturates() {
+    let one = Aggregate {
+        sum: i128::MAX,
+        count: u64::MAX,
+        max: 7,
+        last: 7,
+        last_at: 1,
+        last_tiebreak: 1,
+    }
+    .encode();
+    // An undecodable stored value or operand gives no row (RocksDB reports corruption).
+    assert_eq!(merge_encoded(Some(b"junk"), [one.as_slice()]), None);
+    assert_eq!(
+        merge_encoded(None, [one.as_slice(), b"\x01short".as_slice()]),
+        None
+    );
+    // Sums and counts stop at their bounds instead of overflowing inside RocksDB.
+    let merged = merge_encoded(Some(one.as_slice()), [one.as_slice()]).expect("merged");
+    let row = Aggregate::decode(&merged).expect("row");
+    assert_eq!((row.sum, row.count, row.max), (i128::MAX, u64::MAX, 7));
+}
