@@ -75,7 +75,7 @@ fn decode_and_fold(c: &mut Criterion) {
                     deltas.fold(&entry, &catalog);
                 }
             }
-            deltas.hourly.len()
+            deltas.len()
         })
     });
     group.finish();

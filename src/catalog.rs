@@ -246,9 +246,13 @@ pub struct CatalogFile {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     file: CatalogFile,
-    meter_index: HashMap<String, usize>,
-    plan_index: HashMap<String, usize>,
+    /// Looked up once or more per event: a fast hash (the keys are the operator's, so no
+    /// flooding concern).
+    meter_index: FastIndex,
+    plan_index: FastIndex,
 }
+
+type FastIndex = HashMap<String, usize, foldhash::fast::FixedState>;
 
 impl Catalog {
     pub fn builtin() -> Result<Self, CatalogError> {
@@ -278,7 +282,7 @@ impl Catalog {
                 file.currency
             ));
         }
-        let mut meter_index = HashMap::new();
+        let mut meter_index = FastIndex::default();
         for (i, meter) in file.meters.iter().enumerate() {
             if !is_metric_label(&meter.metric_label) {
                 return invalid(format!(
@@ -313,7 +317,7 @@ impl Catalog {
             }
         }
         let addon_names: Vec<&str> = file.addons.iter().map(|a| a.name.as_str()).collect();
-        let mut plan_index = HashMap::new();
+        let mut plan_index = FastIndex::default();
         for (i, plan) in file.plans.iter().enumerate() {
             let at = format!("plans[{i}] ({})", plan.name);
             if plan.name.is_empty() {

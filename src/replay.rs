@@ -18,7 +18,7 @@ use crate::log::store::{
     Store, StoreError, StoreOptions,
 };
 use crate::projection::USAGE_PROJECTION;
-use crate::projection::runner::fold_range_gathering;
+use crate::projection::runner::{FOLD_BATCH, GatherLimits, fold_range_gathering};
 
 /// Projections by name, with the column families each is made of.
 pub const PROJECTIONS: &[(&str, &[&str])] = &[
@@ -371,9 +371,11 @@ fn with_shadow(
     result
 }
 
-/// Hourly and monthly rows a rebuild gathers in memory before it writes them as table files:
-/// about 150 bytes each, so the gathering stays near 75 MB.
-const COLLECTED_ROWS: usize = 500_000;
+/// Rows a rebuild gathers in memory before it writes them as table files: finest usage rows
+/// (one namespace's series in one hour) and billing usage rows, about 200 bytes each, plus
+/// about 300 per finest row while one family's rolled-up rows are sorted, so a gathering
+/// stays near 125 MB.
+const COLLECTED_ROWS: usize = 250_000;
 
 /// Folds `log`'s entries from `next` up to `until` into `shadow` ([`fold_range_gathering`]:
 /// the shadow starts empty, so hourly and monthly rows go in as sorted table files).
@@ -385,7 +387,11 @@ fn fold_range(
     until: u64,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(), StoreError> {
-    fold_range_gathering(log, shadow, context, next, until, COLLECTED_ROWS, progress)
+    let limits = GatherLimits {
+        rows: COLLECTED_ROWS,
+        batch_entries: FOLD_BATCH as u64,
+    };
+    fold_range_gathering(log, shadow, context, next, until, limits, progress)
 }
 
 /// Compares `cfs` of the live and the shadow store, into a report of a fold of `entries` at

@@ -651,7 +651,13 @@ async fn pending_amount(state: &AppState, billing: &TenantBilling) -> Result<i64
     let store = state.engine.store().clone();
     let (tenant, period) = (billing.tenant.clone(), billing.open_period().clone());
     let values = tokio::task::spawn_blocking(move || {
-        rows::period_values(&store, &catalog, &tenant, &period.uid, &BTreeMap::new())
+        rows::period_values(
+            &store,
+            &catalog,
+            &tenant,
+            &period.uid,
+            &rows::PendingRows::default(),
+        )
     })
     .await??;
     let catalog = &state.engine.config().catalog;

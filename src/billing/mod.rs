@@ -298,7 +298,7 @@ impl TenantBilling {
     /// The period a usage event at `at` belongs to: the one containing it, the first for
     /// anything older, and for anything past the open period the one that will follow it.
     /// That closed period must be loaded ([`TenantBilling::unloaded_period_at`]).
-    pub fn period_for(&self, at: UnixMicros, catalog: &Catalog) -> PeriodOf {
+    pub fn period_for(&self, at: UnixMicros, catalog: &Catalog) -> PeriodOf<'_> {
         if let Some(period) = self
             .periods
             .iter()
@@ -311,7 +311,7 @@ impl TenantBilling {
             })
         {
             return PeriodOf {
-                uid: period.uid.clone(),
+                uid: std::borrow::Cow::Borrowed(&period.uid),
                 start: period.start,
                 invoiced: period.invoice.is_some(),
             };
@@ -322,7 +322,7 @@ impl TenantBilling {
             .map_or(PeriodUnit::PERIOD_MONTH, |p| p.renewal_period_unit);
         let start = renewal_window(unit, at).0.max(open.end);
         PeriodOf {
-            uid: period_uid(&self.tenant, start),
+            uid: std::borrow::Cow::Owned(period_uid(&self.tenant, start)),
             start,
             invoiced: false,
         }
@@ -367,8 +367,10 @@ pub type PeriodBilled = BTreeMap<String, (i128, i64)>;
 
 /// The period usage at some time is billed in (see [`TenantBilling::period_for`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeriodOf {
-    pub uid: String,
+pub struct PeriodOf<'a> {
+    /// Borrowed from the state for a period it holds (the common case: no allocation per
+    /// event), owned for one that will follow the open period.
+    pub uid: std::borrow::Cow<'a, str>,
     pub start: UnixMicros,
     /// Its invoice was issued already: the usage is late, billed as an adjustment.
     pub invoiced: bool,

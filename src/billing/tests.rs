@@ -163,8 +163,8 @@ fn a_transition_closes_the_period_and_an_invoice_takes_coupons_once() {
     assert_eq!(invoice_status(&invoice, open.end + 11), "OVERDUE");
 }
 
-fn uid_and_invoiced(period: PeriodOf) -> (String, bool) {
-    (period.uid, period.invoiced)
+fn uid_and_invoiced(period: PeriodOf<'_>) -> (String, bool) {
+    (period.uid.into_owned(), period.invoiced)
 }
 
 #[test]

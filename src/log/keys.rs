@@ -96,10 +96,16 @@ pub fn bucket_prefix(tenant: &str, scope: Scope<'_>, bucket: u32) -> Vec<u8> {
 pub fn series_key(tenant: &str, scope: Scope<'_>, bucket: u32, series: &SeriesRef<'_>) -> Vec<u8> {
     let mut key = bucket_prefix(tenant, scope, bucket);
     key.reserve(series.encoded_len());
-    for part in series.parts() {
-        push_str(&mut key, part);
-    }
+    push_series(&mut key, series);
     key
+}
+
+/// Appends `namespace\0 metric\0 object\0 deployment\0 container\0`: the end of every
+/// `hourly`/`monthly` key.
+pub fn push_series(key: &mut Vec<u8>, series: &SeriesRef<'_>) {
+    for part in series.parts() {
+        push_str(key, part);
+    }
 }
 
 /// Borrowed series dimensions, to build keys without copying strings.
@@ -356,12 +362,18 @@ pub mod billing {
     }
 
     pub fn usage(tenant: &str, period_uid: &str, series: &SeriesRef<'_>) -> Vec<u8> {
-        let mut key = usage_of_period(tenant, period_uid);
-        key.reserve(series.encoded_len());
-        for part in series.parts() {
-            push_str(&mut key, part);
-        }
+        let mut key = Vec::new();
+        usage_into(&mut key, tenant, period_uid, series);
         key
+    }
+
+    /// [`usage`] written over `key` (a buffer kept between calls: no allocation per event).
+    pub fn usage_into(key: &mut Vec<u8>, tenant: &str, period_uid: &str, series: &SeriesRef<'_>) {
+        key.clear();
+        key.push(USAGE);
+        push_str(key, tenant);
+        push_str(key, period_uid);
+        super::push_series(key, series);
     }
 
     /// The metric of a usage row under a period prefix `period_len` bytes long.

@@ -6,7 +6,7 @@
 //! A fold reads a tenant's header and only the history rows its batch needs, all before the
 //! fold: no batch decodes a tenant's whole history. Reads load every row.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -198,7 +198,7 @@ pub fn period_values(
     catalog: &Catalog,
     tenant: &str,
     period_uid: &str,
-    pending: &BTreeMap<Vec<u8>, Aggregate>,
+    pending: &PendingRows,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
     let prefix = keys::billing::usage_of_period(tenant, period_uid);
     values_under(store, catalog, prefix.len(), &prefix, pending)
@@ -219,7 +219,7 @@ pub fn period_usage(
         Some(namespace) => keys::billing::usage_of_namespace(tenant, period_uid, namespace),
         None => keys::billing::usage_of_period(tenant, period_uid),
     };
-    values_under(store, catalog, period_len, &prefix, &BTreeMap::new())
+    values_under(store, catalog, period_len, &prefix, &PendingRows::default())
 }
 
 /// Per-meter values of the usage rows under `prefix` (which starts with a period prefix of
@@ -229,7 +229,7 @@ fn values_under(
     catalog: &Catalog,
     period_len: usize,
     prefix: &[u8],
-    pending: &BTreeMap<Vec<u8>, Aggregate>,
+    pending: &PendingRows,
 ) -> Result<BTreeMap<String, i128>, StoreError> {
     let rows = rows_under(store, prefix)?;
     Ok(values_of(rows, catalog, period_len, prefix, pending))
@@ -252,13 +252,11 @@ fn values_of(
     catalog: &Catalog,
     period_len: usize,
     prefix: &[u8],
-    pending: &BTreeMap<Vec<u8>, Aggregate>,
+    pending: &PendingRows,
 ) -> BTreeMap<String, i128> {
-    for (key, delta) in pending.range(prefix.to_vec()..) {
-        if !key.starts_with(prefix) {
-            break;
-        }
-        rows.entry(key.clone()).or_default().merge(delta);
+    // A scan of every pending row, but only when a period closes: once a month a tenant.
+    for (key, delta) in pending.iter().filter(|(key, _)| key.starts_with(prefix)) {
+        rows.entry(key.to_vec()).or_default().merge(delta);
     }
     let mut values = BTreeMap::new();
     for (key, aggregate) in rows {
@@ -272,6 +270,9 @@ fn values_of(
     }
     values
 }
+
+/// Usage deltas of a batch not yet written, by `u` row key.
+pub type PendingRows = HashMap<Box<[u8]>, Aggregate, foldhash::fast::RandomState>;
 
 /// A plan change the quota fold must hear of.
 pub struct PlanChange {
@@ -304,7 +305,12 @@ pub struct BillingFold<'a> {
     /// Tenants whose state differs from the stored one: only these are written back (most
     /// batches only read a tenant's periods to file its usage).
     changed: BTreeSet<String>,
-    deltas: BTreeMap<Vec<u8>, Aggregate>,
+    /// Usage deltas not yet in the store: this batch's, and in a rebuild those gathered
+    /// over earlier batches too ([`BillingFold::with_pending`]); an invoice adds them to the
+    /// stored rows it reads.
+    deltas: PendingRows,
+    /// The usage key being looked up: built in place, copied only for a new row.
+    scratch: Vec<u8>,
     transitions: BTreeMap<String, String>,
 }
 
@@ -321,9 +327,23 @@ impl<'a> BillingFold<'a> {
             period_rows: BTreeMap::new(),
             misses: 0,
             changed: BTreeSet::new(),
-            deltas: BTreeMap::new(),
+            deltas: PendingRows::default(),
+            scratch: Vec::new(),
             transitions: BTreeMap::new(),
         }
+    }
+
+    /// Starts from `pending`: usage deltas of earlier batches not yet written (a rebuild
+    /// writes them later as table files), so invoices see them.
+    pub fn with_pending(mut self, pending: PendingRows) -> Self {
+        self.deltas = pending;
+        self
+    }
+
+    /// Takes the usage deltas (the pending ones and this batch's) out, for the caller to
+    /// write: [`BillingFold::write`] then writes none.
+    pub fn take_pending(&mut self) -> PendingRows {
+        std::mem::take(&mut self.deltas)
     }
 
     /// Reads the stored header of every tenant in `tenants` with one multi-get, before the
@@ -332,12 +352,13 @@ impl<'a> BillingFold<'a> {
         &mut self,
         tenants: impl IntoIterator<Item = &'t str>,
     ) -> Result<(), StoreError> {
+        // Distinct first, then owned: a batch names each tenant thousands of times.
         let wanted: Vec<String> = tenants
             .into_iter()
             .filter(|tenant| !self.fetched.contains(*tenant))
-            .map(str::to_owned)
-            .collect::<BTreeSet<String>>()
+            .collect::<BTreeSet<&str>>()
             .into_iter()
+            .map(str::to_owned)
             .collect();
         let keys: Vec<Vec<u8>> = wanted.iter().map(|t| keys::billing::header(t)).collect();
         for (tenant, stored) in wanted
@@ -428,7 +449,7 @@ impl<'a> BillingFold<'a> {
                     if let Some(state) = self.tenants.get(&event.tenant) {
                         let period = state.period_for(event.timestamp, self.catalog);
                         if period.invoiced {
-                            wanted.insert((event.tenant.clone(), period.uid));
+                            wanted.insert((event.tenant.clone(), period.uid.into_owned()));
                         }
                     }
                 }
@@ -604,24 +625,32 @@ impl<'a> BillingFold<'a> {
     pub fn fold(&mut self, seq: u64, entry: &LogEntry) -> Result<Option<PlanChange>, StoreError> {
         match entry {
             LogEntry::UsageRecorded { event, .. } => {
-                self.tenant(&event.tenant, event.timestamp)?;
+                // A tenant in the map was fetched already (or is new): no second look.
+                if !self.tenants.contains_key(event.tenant.as_str()) {
+                    self.tenant(&event.tenant, event.timestamp)?;
+                }
                 self.ensure_period_at(&event.tenant, event.timestamp)?;
-                let catalog = self.catalog;
-                let state = self.tenant(&event.tenant, event.timestamp)?;
-                let period = state.period_for(event.timestamp, catalog);
-                if period.invoiced
-                    && state
-                        .late_periods
-                        .insert(period.uid.clone(), period.start)
-                        .is_none()
-                {
+                let state = self
+                    .tenants
+                    .get_mut(event.tenant.as_str())
+                    .ok_or(StoreError::Closed)?;
+                let period = state.period_for(event.timestamp, self.catalog);
+                let key = &mut self.scratch;
+                keys::billing::usage_into(key, &event.tenant, &period.uid, &SeriesRef::of(event));
+                // Late usage of an invoiced period: the next invoice adjusts it.
+                let late = (period.invoiced
+                    && !state.late_periods.contains_key(period.uid.as_ref()))
+                .then(|| (period.uid.into_owned(), period.start));
+                if let Some((uid, start)) = late {
+                    state.late_periods.insert(uid, start);
                     self.changed.insert(event.tenant.clone());
                 }
-                let key = keys::billing::usage(&event.tenant, &period.uid, &SeriesRef::of(event));
-                self.deltas
-                    .entry(key)
-                    .or_default()
-                    .merge(&Aggregate::of(event));
+                let delta = Aggregate::of(event);
+                if let Some(row) = self.deltas.get_mut(key.as_slice()) {
+                    row.merge(&delta);
+                } else {
+                    self.deltas.insert(key.as_slice().into(), delta);
+                }
                 Ok(None)
             }
             LogEntry::Billing { tenant, at, change } => {
@@ -1061,7 +1090,7 @@ mod tests {
         assert!(read(Some("sho")).is_empty());
         assert_eq!(
             read(None),
-            period_values(&store, &catalog, "t", &period, &BTreeMap::new()).unwrap()
+            period_values(&store, &catalog, "t", &period, &PendingRows::default()).unwrap()
         );
     }
 }

@@ -9,13 +9,13 @@ pub mod quota;
 pub mod read;
 pub mod runner;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::catalog::{Aggregation, Catalog};
 use crate::event::UsageEvent;
 use crate::log::LogEntry;
 use crate::log::codec::{self, CodecError};
-use crate::log::keys::{self, Scope, SeriesRef};
+use crate::log::keys::{self, SeriesRef};
 use crate::time::{self, UnixMicros};
 
 /// Names of the projections, used for checkpoints.
@@ -144,12 +144,34 @@ pub fn merge_encoded<'a>(
     Some(row.encode().to_vec())
 }
 
-/// Row deltas from a run of log entries, keyed by encoded row key.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// Row deltas from a run of log entries.
+///
+/// Only the finest rows are held: one series of one namespace in one hour. The tenant-wide
+/// copy of a row aggregates exactly the same events (its series names the namespace too),
+/// and a monthly row is the merge of its hours, so both are rolled up when the rows are
+/// written: an event costs one hash lookup, not four ordered-map searches on long keys.
+#[derive(Debug, Default, Clone)]
 pub struct UsageDeltas {
-    pub hourly: BTreeMap<Vec<u8>, Aggregate>,
-    pub monthly: BTreeMap<Vec<u8>, Aggregate>,
+    /// By `hour u32 BE, month u32 BE, tenant\0, series` (as [`keys::push_series`]); the
+    /// month is the event's own, so no calendar arithmetic runs on hours.
+    finest: HashMap<Box<[u8]>, FinestRow, foldhash::fast::RandomState>,
+    /// The key being looked up: built in place, copied only when the row is new.
+    scratch: Vec<u8>,
 }
+
+/// A finest row's aggregate, and where its key's parts end (the key is built by
+/// [`UsageDeltas::fold`], so the offsets are known and nothing is parsed back).
+#[derive(Debug, Clone, Copy)]
+struct FinestRow {
+    aggregate: Aggregate,
+    /// End of `tenant\0`.
+    tenant_end: usize,
+    /// End of `namespace\0` (the first part of the series).
+    namespace_end: usize,
+}
+
+/// Bytes before the tenant in a finest key: hour and month.
+const FINEST_BUCKETS: usize = 8;
 
 impl UsageDeltas {
     /// Folds one entry; entries for meters the catalog no longer has are kept in the log but
@@ -162,59 +184,105 @@ impl UsageDeltas {
             return;
         }
         let delta = Aggregate::of(event);
-        let series = SeriesRef::of(event);
-        let hour = time::hour_index(event.timestamp);
-        let month = time::month_index(event.timestamp);
-        for scope in [Scope::Namespace(&event.namespace), Scope::Tenant] {
-            self.hourly
-                .entry(keys::series_key(&event.tenant, scope, hour, &series))
-                .or_default()
-                .merge(&delta);
-            self.monthly
-                .entry(keys::series_key(&event.tenant, scope, month, &series))
-                .or_default()
-                .merge(&delta);
+        let key = &mut self.scratch;
+        key.clear();
+        key.extend_from_slice(&time::hour_index(event.timestamp).to_be_bytes());
+        key.extend_from_slice(&time::month_index(event.timestamp).to_be_bytes());
+        keys::push_str(key, &event.tenant);
+        let tenant_end = key.len();
+        keys::push_series(key, &SeriesRef::of(event));
+        if let Some(row) = self.finest.get_mut(key.as_slice()) {
+            row.aggregate.merge(&delta);
+        } else {
+            self.finest.insert(
+                key.as_slice().into(),
+                FinestRow {
+                    aggregate: delta,
+                    tenant_end,
+                    namespace_end: tenant_end + event.namespace.len() + 1,
+                },
+            );
         }
     }
 
-    /// Rows held (hourly and monthly).
+    /// Finest rows held; each stands for at most two hourly and two monthly rows.
     pub fn len(&self) -> usize {
-        self.hourly.len() + self.monthly.len()
+        self.finest.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.finest.is_empty()
+    }
+
+    /// The hourly rows, both scopes, sorted by key.
+    pub fn hourly_rows(&self) -> Vec<(Vec<u8>, Aggregate)> {
+        let mut rows = Vec::with_capacity(2 * self.finest.len());
+        for (key, row) in &self.finest {
+            for scope in [RollUp::Namespace, RollUp::Tenant] {
+                rows.extend(row_key(key, row, scope, 0).map(|key| (key, row.aggregate)));
+            }
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// The monthly rows, both scopes, sorted by key: each the merge of its hours.
+    pub fn monthly_rows(&self) -> Vec<(Vec<u8>, Aggregate)> {
+        let mut months: HashMap<Vec<u8>, Aggregate, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (key, row) in &self.finest {
+            for scope in [RollUp::Namespace, RollUp::Tenant] {
+                if let Some(key) = row_key(key, row, scope, 4) {
+                    months.entry(key).or_default().merge(&row.aggregate);
+                }
+            }
+        }
+        let mut rows: Vec<_> = months.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Every row, as a fold from nothing writes them.
+    pub fn rows(&self) -> RowUpdates {
+        RowUpdates {
+            hourly: self.hourly_rows(),
+            monthly: self.monthly_rows(),
+        }
     }
 }
 
-/// New row values after merging deltas into what is stored. Pure: the runner does the I/O.
+/// Which copy of a finest row a stored key is for.
+#[derive(Clone, Copy)]
+enum RollUp {
+    Namespace,
+    Tenant,
+}
+
+/// The stored key `tenant\0 scope\0 bucket series` of a finest row, with the bucket at
+/// `bucket_at` in the finest key (0: the hour, 4: the month). Always `Some`: the fold built
+/// the key with these offsets.
+fn row_key(finest: &[u8], row: &FinestRow, scope: RollUp, bucket_at: usize) -> Option<Vec<u8>> {
+    let tenant = finest.get(FINEST_BUCKETS..row.tenant_end)?;
+    let series = finest.get(row.tenant_end..)?;
+    let scope = match scope {
+        RollUp::Namespace => finest.get(row.tenant_end..row.namespace_end.checked_sub(1)?)?,
+        RollUp::Tenant => keys::TENANT_SCOPE.as_bytes(),
+    };
+    let bucket = finest.get(bucket_at..bucket_at + 4)?;
+    let mut key = Vec::with_capacity(tenant.len() + scope.len() + 5 + series.len());
+    key.extend_from_slice(tenant);
+    key.extend_from_slice(scope);
+    key.push(0);
+    key.extend_from_slice(bucket);
+    key.extend_from_slice(series);
+    Some(key)
+}
+
+/// Rows with their values: what a fold of some entries adds, sorted by key.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RowUpdates {
     pub hourly: Vec<(Vec<u8>, Aggregate)>,
     pub monthly: Vec<(Vec<u8>, Aggregate)>,
-}
-
-/// Merges `deltas` into stored rows. `stored_*` hold the current values of the delta keys in
-/// the same order (`None` = no row yet).
-pub fn merge_rows(
-    deltas: &UsageDeltas,
-    stored_hourly: &[Option<Aggregate>],
-    stored_monthly: &[Option<Aggregate>],
-) -> RowUpdates {
-    let merge = |rows: &BTreeMap<Vec<u8>, Aggregate>, stored: &[Option<Aggregate>]| {
-        rows.iter()
-            .zip(stored)
-            .map(|((key, delta), old)| {
-                let mut new = old.unwrap_or_default();
-                new.merge(delta);
-                (key.clone(), new)
-            })
-            .collect()
-    };
-    RowUpdates {
-        hourly: merge(&deltas.hourly, stored_hourly),
-        monthly: merge(&deltas.monthly, stored_monthly),
-    }
 }
 
 /// Folds entries into rows from nothing: what a rebuild computes, and what tests compare with.
@@ -226,9 +294,7 @@ pub fn fold_from_scratch<'a>(
     for entry in entries {
         deltas.fold(entry, catalog);
     }
-    let none_hourly = vec![None; deltas.hourly.len()];
-    let none_monthly = vec![None; deltas.monthly.len()];
-    merge_rows(&deltas, &none_hourly, &none_monthly)
+    deltas.rows()
 }
 
 #[cfg(test)]

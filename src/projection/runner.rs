@@ -21,8 +21,9 @@ use crate::health::Health;
 use crate::log::LogEntry;
 use crate::log::append::LogHead;
 use crate::log::codec;
+use crate::log::store::CF_BILLING;
 use crate::log::store::{CF_AUDIT, CF_CHECKPOINTS, CF_HOURLY, CF_MONTHLY, Store, StoreError};
-use crate::projection::billing::BillingFold;
+use crate::projection::billing::{BillingFold, PendingRows};
 use crate::projection::quota::StoreQuotaReads;
 use crate::quota::fold::QuotaFold;
 
@@ -126,44 +127,55 @@ pub fn fold_batch_into(
     from: u64,
     until: u64,
 ) -> Result<u64, StoreError> {
-    fold_batch_with(log, store, context, from, until, None)
+    let entries = read_batch(log, from, until, FOLD_BATCH as u64)?;
+    fold_entries(store, context, &entries, None)?;
+    Ok(entries.last().map_or(from, |&(seq, _)| seq + 1))
 }
 
-/// As [`fold_batch_into`], with the hourly and monthly deltas folded into `collected` instead
-/// of written with the batch when it is given: a rebuild gathers them over many batches and
-/// writes them as sorted table files ([`write_collected`]). Billing and quota rows are
-/// written as always, since the next batches read them.
-fn fold_batch_with(
+/// The log's entries in `[from, until)`, at most `most` of them.
+fn read_batch(
     log: &Store,
-    store: &Store,
-    context: &FoldContext,
     from: u64,
     until: u64,
-    collected: Option<&mut UsageDeltas>,
-) -> Result<u64, StoreError> {
+    most: u64,
+) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+    let limit = until.saturating_sub(from).min(most);
+    log.read_log(from, usize::try_from(limit).unwrap_or(FOLD_BATCH))
+}
+
+/// Folds `entries` (one batch, in log order) into the projections of `store`, with the
+/// hourly and monthly deltas folded into `collected` instead of written with the batch when
+/// it is given: a rebuild gathers them over many batches and writes them as sorted table
+/// files ([`write_collected`]). Billing and quota rows are written as always, since the next
+/// batches read them; billing usage rows gathered are pending for them.
+fn fold_entries(
+    store: &Store,
+    context: &FoldContext,
+    entries: &[(u64, LogEntry)],
+    collected: Option<&mut Gathered>,
+) -> Result<(), StoreError> {
     let catalog = context.catalog.as_ref();
-    let limit =
-        usize::try_from(until.saturating_sub(from)).map_or(FOLD_BATCH, |n| n.min(FOLD_BATCH));
-    let entries = log.read_log(from, limit)?;
     let Some(&(last_seq, _)) = entries.last() else {
-        return Ok(from);
+        return Ok(());
     };
     // Folded straight into the gathered deltas when there are any (no second merge).
     let gathering = collected.is_some();
-    let mut own = UsageDeltas::default();
-    let deltas = collected.unwrap_or(&mut own);
+    let mut own = Gathered::default();
+    let collected = collected.unwrap_or(&mut own);
+    let deltas = &mut collected.usage;
     // Every tenant's billing state is read once, before the fold, with one multi-get.
-    let mut billing = BillingFold::new(store, catalog, context.invoice_due_after);
+    let mut billing = BillingFold::new(store, catalog, context.invoice_due_after)
+        .with_pending(std::mem::take(&mut collected.billing));
     billing.prefetch(entries.iter().filter_map(|(_, entry)| match entry {
         LogEntry::Audit(_) => None,
         other => Some(other.tenant()),
     }))?;
-    billing.prefetch_history(&entries)?;
+    billing.prefetch_history(entries)?;
     // Quota rows too: the fold reads its snapshot, not the store.
     let reads = StoreQuotaReads::new(store);
-    let snapshot = super::quota::prefetch(&reads, &entries, catalog, billing.stored_plans())?;
+    let snapshot = super::quota::prefetch(&reads, entries, catalog, billing.stored_plans())?;
     let mut quota = QuotaFold::new(&snapshot, catalog);
-    for (seq, entry) in &entries {
+    for (seq, entry) in entries {
         deltas.fold(entry, catalog);
         // Billing first: a finished plan transition changes the limits quotas check against.
         if let Some(change) = billing.fold(*seq, entry)? {
@@ -181,10 +193,10 @@ fn fold_batch_with(
     {
         // Deltas, merged into the stored rows by RocksDB: the fold never reads a usage row.
         if !gathering {
-            for (key, delta) in &deltas.hourly {
+            for (key, delta) in deltas.hourly_rows() {
                 batch.merge(CF_HOURLY, key, delta.encode());
             }
-            for (key, delta) in &deltas.monthly {
+            for (key, delta) in deltas.monthly_rows() {
                 batch.merge(CF_MONTHLY, key, delta.encode());
             }
         }
@@ -195,7 +207,7 @@ fn fold_batch_with(
         );
     }
     super::quota::put_writes(&mut batch, &quota_writes);
-    for (seq, entry) in &entries {
+    for (seq, entry) in entries {
         if let LogEntry::Audit(record) = entry {
             batch.put(
                 CF_AUDIT,
@@ -204,14 +216,17 @@ fn fold_batch_with(
             );
         }
     }
+    if gathering {
+        collected.billing = billing.take_pending();
+    }
     billing.write(&mut batch)?;
     // Not fsync'd: the log is. A lost projection batch is refolded from the checkpoint.
     store.commit(batch, false)?;
-    Ok(next)
+    Ok(())
 }
 
 /// Folds `log`'s entries from `next` up to `until` into `store`, gathering the hourly and
-/// monthly deltas of many batches in memory (up to `gather_rows` rows) and writing them as
+/// monthly deltas of many batches in memory (up to `limits.rows` rows) and writing them as
 /// sorted table files, never through the memtable; billing and quota rows go through batches,
 /// since the next batches read them. For a store whose usage rows nobody reads meanwhile (a
 /// rebuild's shadow): they are complete only when this returns.
@@ -221,28 +236,95 @@ pub fn fold_range_gathering(
     context: &FoldContext,
     next: &mut u64,
     until: u64,
-    gather_rows: usize,
+    limits: GatherLimits,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(), StoreError> {
-    let mut collected = UsageDeltas::default();
-    while *next < until {
-        *next = fold_batch_with(log, store, context, *next, until, Some(&mut collected))?;
-        if collected.len() >= gather_rows {
-            write_collected(store, &mut collected)?;
+    let batch_entries = limits.batch_entries.max(1);
+    let start = *next;
+    // The log is read and decoded on a thread of its own, a batch ahead of the fold; the
+    // folded batches go back to it to be freed there too.
+    let (batches, read) = std::sync::mpsc::sync_channel::<Result<_, StoreError>>(1);
+    let (done, folded) = std::sync::mpsc::channel::<Vec<(u64, LogEntry)>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut from = start;
+            while from < until {
+                let batch = read_batch(log, from, until, batch_entries);
+                // After an error or an empty read there is nothing more to read.
+                let last = match &batch {
+                    Ok(entries) => entries.last().map(|&(seq, _)| seq),
+                    Err(_) => None,
+                };
+                if batches.send(batch).is_err() {
+                    return;
+                }
+                match last {
+                    Some(seq) => from = seq + 1,
+                    None => return,
+                }
+                folded.try_iter().for_each(drop);
+            }
+        });
+        let mut collected = Gathered::default();
+        for batch in read {
+            let entries = batch?;
+            let Some(&(last, _)) = entries.last() else {
+                break;
+            };
+            fold_entries(store, context, &entries, Some(&mut collected))?;
+            *next = last + 1;
+            let _ = done.send(entries);
+            if collected.len() >= limits.rows {
+                write_collected(store, &mut collected)?;
+            }
+            progress(*next, until);
         }
-        progress(*next, until);
+        write_collected(store, &mut collected)
+    })
+}
+
+/// How much [`fold_range_gathering`] holds: rows gathered before they are written, and
+/// entries per fold batch.
+#[derive(Debug, Clone, Copy)]
+pub struct GatherLimits {
+    pub rows: usize,
+    pub batch_entries: u64,
+}
+
+/// Deltas a rebuild gathers over many batches before writing them as table files.
+#[derive(Default)]
+struct Gathered {
+    usage: UsageDeltas,
+    /// Billing usage (`u`) rows: the fold of later batches hears of them as pending, so an
+    /// invoice bills them before they are written.
+    billing: PendingRows,
+}
+
+impl Gathered {
+    fn len(&self) -> usize {
+        self.usage.len() + self.billing.len()
     }
-    write_collected(store, &mut collected)
 }
 
 /// Writes the deltas gathered by [`fold_batch_with`] into `store` as merge operands, one
 /// sorted table file per family, and empties them.
-fn write_collected(store: &Store, collected: &mut UsageDeltas) -> Result<(), StoreError> {
-    let deltas = std::mem::take(collected);
-    for (cf, rows) in [(CF_HOURLY, &deltas.hourly), (CF_MONTHLY, &deltas.monthly)] {
-        store.ingest_merge_operands(cf, rows.iter().map(|(key, delta)| (key, delta.encode())))?;
-    }
-    Ok(())
+fn write_collected(store: &Store, collected: &mut Gathered) -> Result<(), StoreError> {
+    let Gathered { usage, billing } = std::mem::take(collected);
+    // One family at a time, so only one family's rolled-up rows are in memory at once.
+    let encoded = |rows: Vec<(Vec<u8>, super::Aggregate)>| {
+        rows.into_iter().map(|(key, delta)| (key, delta.encode()))
+    };
+    store.ingest_merge_operands(CF_HOURLY, encoded(usage.hourly_rows()))?;
+    store.ingest_merge_operands(CF_MONTHLY, encoded(usage.monthly_rows()))?;
+    drop(usage);
+    let mut billing: Vec<_> = billing.into_iter().collect();
+    billing.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    store.ingest_merge_operands(
+        CF_BILLING,
+        billing
+            .into_iter()
+            .map(|(key, delta)| (key, delta.encode())),
+    )
 }
 
 /// `tenant\0 seq`: one tenant's audit records in log order.
@@ -272,6 +354,38 @@ mod tests {
         (tenant, ns, metric, quantity, quarter): (u8, u8, usize, i64, i64),
     ) -> LogEntry {
         crate::projection::tests::entry(i, tenant, ns, metric, quantity, quarter, 0)
+    }
+
+    /// `entries` with, at `at` (when given), the close of each test tenant's November period:
+    /// an invoice bills the usage folded before it, and later November events are late.
+    fn with_closes(mut entries: Vec<LogEntry>, at: Option<usize>) -> Vec<LogEntry> {
+        let Some(at) = at else {
+            return entries;
+        };
+        let november = crate::time::parse_rfc3339("2026-11-15T00:00:00Z").expect("time");
+        let (start, end) =
+            crate::billing::renewal_window(crate::catalog::PeriodUnit::PERIOD_MONTH, november);
+        let closes = (0..3).map(|t| {
+            let tenant = format!("t{t}");
+            LogEntry::Billing {
+                change: crate::billing::BillingChange::PeriodClosed {
+                    period_uid: crate::billing::period_uid(&tenant, start),
+                },
+                tenant,
+                at: end,
+            }
+        });
+        let at = at.min(entries.len());
+        entries.splice(at..at, closes);
+        entries
+    }
+
+    /// The closed periods (`p` rows, with what their invoices billed) of a store.
+    fn closed_periods(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        rows(store, CF_BILLING)
+            .into_iter()
+            .filter(|(key, _)| key.first() == Some(&b'p'))
+            .collect()
     }
 
     /// What to do after each fold batch.
@@ -363,8 +477,10 @@ mod tests {
         fn merged_folds_in_any_batches_with_restarts_equal_a_plain_fold(
             specs in proptest::collection::vec((0u8..3, 0u8..3, 0usize..3, 0i64..5_000_000, 0i64..24), 1..120),
             plan in proptest::collection::vec((1u64..40, between()), 1..12),
+            close_at in proptest::option::of(0usize..120),
         ) {
             let entries: Vec<LogEntry> = specs.into_iter().enumerate().map(|(i, s)| entry(i, s)).collect();
+            let entries = with_closes(entries, close_at);
             let total = entries.len() as u64;
             let context = context();
 
@@ -407,9 +523,12 @@ mod tests {
         fn a_gathering_fold_into_table_files_equals_a_plain_fold(
             specs in proptest::collection::vec((0u8..3, 0u8..3, 0usize..3, 0i64..5_000_000, 0i64..24), 1..150),
             gather_rows in 1usize..40,
+            batch_entries in 1u64..20,
             compact_first in any::<bool>(),
+            close_at in proptest::option::of(0usize..150),
         ) {
             let entries: Vec<LogEntry> = specs.into_iter().enumerate().map(|(i, s)| entry(i, s)).collect();
+            let entries = with_closes(entries, close_at);
             let total = entries.len() as u64;
             let context = context();
             let (_live_dir, live) = folded_at_once(&entries, &context);
@@ -420,11 +539,12 @@ mod tests {
             let shadow = store_with_log(dir.path(), &entries);
             let mut next = 0;
             let half = total / 2;
-            fold_range_gathering(&live, &shadow, &context, &mut next, half, gather_rows, &|_, _| {}).expect("first half");
+            let limits = GatherLimits { rows: gather_rows, batch_entries };
+            fold_range_gathering(&live, &shadow, &context, &mut next, half, limits, &|_, _| {}).expect("first half");
             if compact_first {
                 shadow.compact_all().expect("compact");
             }
-            fold_range_gathering(&live, &shadow, &context, &mut next, total, gather_rows, &|_, _| {}).expect("second half");
+            fold_range_gathering(&live, &shadow, &context, &mut next, total, limits, &|_, _| {}).expect("second half");
             prop_assert_eq!(next, total);
 
             let [hourly, monthly] = plain_rows(&entries, &context.catalog);
@@ -434,5 +554,41 @@ mod tests {
                 prop_assert_eq!(rows(&shadow, cf), rows(&live, cf), "{}", cf);
             }
         }
+    }
+
+    #[test]
+    fn an_invoice_in_a_gathering_fold_bills_the_usage_not_yet_written() {
+        // Tenant t0's November usage, then its period's close, in small gatherings: some of
+        // the usage is in table files, the rest still gathered, when the period's invoice
+        // records what it billed.
+        let entries: Vec<LogEntry> = (0..40)
+            .map(|i| entry(i, (0, (i % 3) as u8, i % 3, 1_000_000 + i as i64, 0)))
+            .collect();
+        let entries = with_closes(entries, Some(40));
+        let context = context();
+        let (_live_dir, live) = folded_at_once(&entries, &context);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shadow = store_with_log(dir.path(), &entries);
+        let mut next = 0;
+        let total = entries.len() as u64;
+        // Batches of 4 entries; rows written once 12 are gathered.
+        let limits = GatherLimits {
+            rows: 12,
+            batch_entries: 4,
+        };
+        fold_range_gathering(
+            &live,
+            &shadow,
+            &context,
+            &mut next,
+            total,
+            limits,
+            &|_, _| {},
+        )
+        .expect("fold");
+        let closed = closed_periods(&live);
+        assert_eq!(closed.len(), 1, "t0's November, billed");
+        assert_eq!(closed_periods(&shadow), closed);
+        assert_eq!(rows(&shadow, CF_BILLING), rows(&live, CF_BILLING));
     }
 }
