@@ -357,12 +357,6 @@ fn quota_command(server: &Server, n: u64) -> u16 {
     }
 }
 
-/// NDJSON events `start..start + count` of the high-cardinality HTTP load: 10,000
-/// namespaces, 4 meters, 7 objects, 48 hours, every event in a series-hour of its own.
-fn ndjson_batch(start: u64, count: u64, now: i64) -> String {
-    ndjson_of(start, count, now, Workload::HighCardinality, 0)
-}
-
 /// NDJSON events of `workload`; the realistic one spreads `total` events evenly over
 /// `total / 100` series (a tenth as many namespaces, 4 meters), all within the last hour.
 fn ndjson_of(start: u64, count: u64, now: i64, workload: Workload, total: u64) -> String {
@@ -519,7 +513,11 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
 
 /// The append path (decode → log batch → fold) in-process, against raw write batches of the
 /// same encoded entries with the same WAL settings; then a rebuild against a raw log scan.
-fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, f64, f64) {
+fn append_stage(
+    events: u64,
+    workload: Workload,
+    results: &mut BTreeMap<String, f64>,
+) -> (f64, f64, f64, f64) {
     use tally::event::{self, EventSource};
     use tally::log::append::Candidate;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -531,7 +529,7 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
     };
     let engine = tally::engine::Engine::open(config, tally::time::system_clock()).expect("engine");
     let now = engine.now();
-    let raw: Vec<Vec<u8>> = ndjson_batch(0, events, now)
+    let raw: Vec<Vec<u8>> = ndjson_of(0, events, now, workload, events)
         .lines()
         .map(|l| l.as_bytes().to_vec())
         .collect();
@@ -589,11 +587,12 @@ fn append_stage(events: u64, results: &mut BTreeMap<String, f64>) -> (f64, f64, 
     let cfs = tally::replay::projection_cfs("all").expect("projections");
     let report = tally::replay::rebuild(&engine, &cfs, true, &|_, _| {}).expect("rebuild");
     runtime.block_on(engine.shutdown());
-    results.insert("append_eps".into(), append_rate);
-    results.insert("rocksdb_put_eps".into(), raw_rate);
-    results.insert("rebuild_eps".into(), report.entries_per_second);
+    let suffix = workload.suffix();
+    results.insert(format!("append_eps{suffix}"), append_rate);
+    results.insert(format!("rocksdb_put_eps{suffix}"), raw_rate);
+    results.insert(format!("rebuild_eps{suffix}"), report.entries_per_second);
     results.insert(
-        "rocksdb_scan_eps".into(),
+        format!("rocksdb_scan_eps{suffix}"),
         report.raw_scan_entries_per_second,
     );
     (
@@ -872,11 +871,15 @@ fn main() {
             }
         }
     }
-    if plan.runs("append") {
-        let (append, put, rebuild, scan) = append_stage(plan.append, &mut results);
+    for workload in [Workload::Realistic, Workload::HighCardinality] {
+        if !plan.runs("append") {
+            break;
+        }
+        let (append, put, rebuild, scan) = append_stage(plan.append, workload, &mut results);
+        let name = workload.name();
         rows.push((
             format!(
-                "Append path (decode → log batch → fold), {} events",
+                "Append path (decode → log batch → fold), {} events, {name}",
                 plan.append
             ),
             format!("{append:.0} events/s"),
@@ -886,7 +889,10 @@ fn main() {
             ),
         ));
         rows.push((
-            format!("Rebuild of every projection, {} events", plan.append),
+            format!(
+                "Rebuild of every projection, {} events, {name}",
+                plan.append
+            ),
             format!("{rebuild:.0} events/s"),
             format!(
                 "raw log scan {scan:.0}/s: {:.1} %; target 1,000,000/s",

@@ -531,9 +531,23 @@ impl Store {
 
     /// Up to `limit` log entries with seq ≥ `from`, in order.
     pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let mut entries = Vec::with_capacity(limit.min(65_536));
+        self.read_log_into(from, limit, &mut entries)?;
+        Ok(entries)
+    }
+
+    /// As [`Store::read_log`], appending to `entries`: a caller that reads batch after batch
+    /// reuses one allocation (a batch of entries is megabytes, which the allocator would
+    /// otherwise map, fault in and zero afresh each time).
+    pub fn read_log_into(
+        &self,
+        from: u64,
+        limit: usize,
+        entries: &mut Vec<(u64, LogEntry)>,
+    ) -> Result<(), StoreError> {
         let handle = self.cf(CF_LOG);
         let start = keys::seq_key(from);
-        let mut entries = Vec::with_capacity(limit.min(65_536));
+        entries.reserve(limit.min(65_536));
         for item in self
             .db
             .iterator_cf(&handle, IteratorMode::From(&start, Direction::Forward))
@@ -549,7 +563,7 @@ impl Store {
             })?;
             entries.push((seq, codec::decode_entry(&value).map_err(corrupt)?));
         }
-        Ok(entries)
+        Ok(())
     }
 
     pub fn dedup_lookup(

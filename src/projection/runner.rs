@@ -242,14 +242,20 @@ pub fn fold_range_gathering(
     let batch_entries = limits.batch_entries.max(1);
     let start = *next;
     // The log is read and decoded on a thread of its own, a batch ahead of the fold; the
-    // folded batches go back to it to be freed there too.
+    // folded batches go back to it, to be freed there and their room reused.
     let (batches, read) = std::sync::mpsc::sync_channel::<Result<_, StoreError>>(1);
     let (done, folded) = std::sync::mpsc::channel::<Vec<(u64, LogEntry)>>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut from = start;
             while from < until {
-                let batch = read_batch(log, from, until, batch_entries);
+                let mut entries = folded.try_recv().unwrap_or_default();
+                entries.clear();
+                let limit = usize::try_from(until.saturating_sub(from).min(batch_entries))
+                    .unwrap_or(FOLD_BATCH);
+                let batch = log
+                    .read_log_into(from, limit, &mut entries)
+                    .map(|()| entries);
                 // After an error or an empty read there is nothing more to read.
                 let last = match &batch {
                     Ok(entries) => entries.last().map(|&(seq, _)| seq),
@@ -262,7 +268,6 @@ pub fn fold_range_gathering(
                     Some(seq) => from = seq + 1,
                     None => return,
                 }
-                folded.try_iter().for_each(drop);
             }
         });
         let mut collected = Gathered::default();

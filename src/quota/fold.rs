@@ -60,18 +60,22 @@ pub fn tenants_to_read<'e>(
     entries: impl IntoIterator<Item = &'e LogEntry>,
     catalog: &Catalog,
 ) -> BTreeSet<String> {
+    // Distinct first, then owned: a batch names each tenant thousands of times.
     entries
         .into_iter()
         .filter_map(|entry| match entry {
             LogEntry::UsageRecorded { event, .. } => {
-                bound_key_of(catalog, &event.metric_label).map(|_| event.tenant.clone())
+                bound_key_of(catalog, &event.metric_label).map(|_| event.tenant.as_str())
             }
-            LogEntry::QuotaObjectPut { object, .. } => Some(object.tenant.clone()),
+            LogEntry::QuotaObjectPut { object, .. } => Some(object.tenant.as_str()),
             LogEntry::QuotaObjectDeleted { tenant, .. } | LogEntry::Billing { tenant, .. } => {
-                Some(tenant.clone())
+                Some(tenant.as_str())
             }
             LogEntry::QuotaAlert { .. } | LogEntry::Audit(_) => None,
         })
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .map(str::to_owned)
         .collect()
 }
 
@@ -122,13 +126,33 @@ impl RowsToRead {
             }
             keys
         };
+        // The limit key follows from the meter, so a (tenant, meter, namespace) seen before
+        // names the same total and band rows, and the same series adds the same series row:
+        // keys are built once per distinct one, not once per event.
+        type Seen<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+        let mut seen_series: Seen<[&str; 6]> = Seen::default();
+        let mut seen_scopes: Seen<[&str; 3]> = Seen::default();
         for entry in entries {
             match entry {
                 LogEntry::UsageRecorded { event, .. } => {
+                    let series = [
+                        event.tenant.as_str(),
+                        event.metric_label.as_str(),
+                        event.namespace.as_str(),
+                        event.object_name.as_str(),
+                        event.deployment.as_str(),
+                        event.container.as_str(),
+                    ];
+                    if !seen_series.insert(series) {
+                        continue;
+                    }
                     let Some(key) = bound_key_of(catalog, &event.metric_label) else {
                         continue;
                     };
                     rows.series.insert(series_key(&event.tenant, &key, event));
+                    if !seen_scopes.insert([series[0], series[1], series[2]]) {
+                        continue;
+                    }
                     rows.totals.insert(total_key(
                         &event.tenant,
                         Scope::Namespace(&event.namespace),
