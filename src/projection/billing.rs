@@ -737,8 +737,11 @@ impl<'a> BillingFold<'a> {
     /// Adds the fold's rows to `batch`: usage deltas as merge operands, and of each
     /// changed tenant its header and the history rows that differ from those read.
     pub fn write(self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
-        // Deltas, merged into the stored rows by RocksDB (no read of a usage row).
-        for (key, delta) in &self.deltas {
+        // Deltas, merged into the stored rows by RocksDB (no read of a usage row); in key
+        // order, so each memtable insert starts its search where the previous one ended.
+        let mut deltas: Vec<_> = self.deltas.iter().collect();
+        deltas.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, delta) in deltas {
             batch.merge(CF_BILLING, key, delta.encode());
         }
         for (tenant, state) in &self.tenants {

@@ -76,12 +76,14 @@ pub fn start(
                 }
             };
             projected.send_replace(next);
+            // One batch's room, reused: a batch of entries is megabytes.
+            let mut entries = Vec::new();
             loop {
                 let (log_head, closed) = head.wait_beyond(next, Duration::from_millis(500));
                 if log_head > next {
                     // A rebuild holds the gate while it swaps the projections under us.
                     let folded = match gate.lock() {
-                        Ok(_held) => fold_batch(&store, &context, next),
+                        Ok(_held) => fold_batch_reusing(&store, &context, next, &mut entries),
                         Err(_) => Err(StoreError::Closed),
                     };
                     match folded {
@@ -116,6 +118,19 @@ pub fn start(
 /// Folds one batch starting at `from`; returns the next seq to fold.
 pub fn fold_batch(store: &Store, context: &FoldContext, from: u64) -> Result<u64, StoreError> {
     fold_batch_into(store, store, context, from, u64::MAX)
+}
+
+/// As [`fold_batch`], reading the batch into `entries` (emptied first, its room reused).
+fn fold_batch_reusing(
+    store: &Store,
+    context: &FoldContext,
+    from: u64,
+    entries: &mut Vec<(u64, LogEntry)>,
+) -> Result<u64, StoreError> {
+    entries.clear();
+    store.read_log_into(from, FOLD_BATCH, entries)?;
+    fold_entries(store, context, entries, None)?;
+    Ok(entries.last().map_or(from, |&(seq, _)| seq + 1))
 }
 
 /// Folds one batch of `log`'s entries in `[from, until)` into the projections of `store` (the
