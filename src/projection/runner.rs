@@ -241,10 +241,11 @@ fn fold_entries(
 }
 
 /// Folds `log`'s entries from `next` up to `until` into `store`, gathering the hourly and
-/// monthly deltas of many batches in memory (up to `limits.rows` rows) and writing them as
-/// sorted table files, never through the memtable; billing and quota rows go through batches,
-/// since the next batches read them. For a store whose usage rows nobody reads meanwhile (a
-/// rebuild's shadow): they are complete only when this returns.
+/// monthly deltas (and the billing usage rows) of many batches in memory (up to
+/// `limits.rows` rows) and writing them as sorted table files, never through the memtable;
+/// billing state and quota rows go through batches, since the next batches read them. For a
+/// store whose usage rows nobody reads meanwhile (a rebuild's shadow): they are complete only
+/// when this returns.
 pub fn fold_range_gathering(
     log: &Store,
     store: &Store,
