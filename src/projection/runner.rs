@@ -292,6 +292,14 @@ pub fn fold_range_gathering(
             let Some(&(last, _)) = entries.last() else {
                 break;
             };
+            // An invoice scans the pending billing rows for its period: write the gathered
+            // ones first, so it scans one batch's rows, not a whole gathering's.
+            let may_invoice = entries
+                .iter()
+                .any(|(_, entry)| matches!(entry, LogEntry::Billing { .. }));
+            if may_invoice && !collected.billing.is_empty() {
+                write_collected(store, &mut collected)?;
+            }
             fold_entries(store, context, &entries, Some(&mut collected))?;
             *next = last + 1;
             let _ = done.send(entries);
@@ -579,13 +587,15 @@ mod tests {
 
     #[test]
     fn an_invoice_in_a_gathering_fold_bills_the_usage_not_yet_written() {
-        // Tenant t0's November usage, then its period's close, in small gatherings: some of
-        // the usage is in table files, the rest still gathered, when the period's invoice
+        // Tenant t0's November usage, then its period's close, in small gatherings: most of
+        // the usage is in table files (the gathering is written before a batch that may
+        // invoice), the rest pending in the close's own batch, when the period's invoice
         // records what it billed.
         let entries: Vec<LogEntry> = (0..40)
             .map(|i| entry(i, (0, (i % 3) as u8, i % 3, 1_000_000 + i as i64, 0)))
             .collect();
-        let entries = with_closes(entries, Some(40));
+        // The closes at 38: their batch (36..40) also holds usage not yet written anywhere.
+        let entries = with_closes(entries, Some(38));
         let context = context();
         let (_live_dir, live) = folded_at_once(&entries, &context);
         let dir = tempfile::tempdir().expect("tempdir");
