@@ -739,9 +739,7 @@ impl<'a> BillingFold<'a> {
     pub fn write(self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         // Deltas, merged into the stored rows by RocksDB (no read of a usage row); in key
         // order, so each memtable insert starts its search where the previous one ended.
-        let mut deltas: Vec<_> = self.deltas.iter().collect();
-        deltas.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, delta) in deltas {
+        for (key, delta) in super::sorted_rows(&self.deltas) {
             batch.merge(CF_BILLING, key, delta.encode());
         }
         for (tenant, state) in &self.tenants {

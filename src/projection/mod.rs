@@ -216,14 +216,12 @@ impl UsageDeltas {
 
     /// The hourly rows, both scopes, sorted by key.
     pub fn hourly_rows(&self) -> Vec<(Vec<u8>, Aggregate)> {
-        let mut rows = Vec::with_capacity(2 * self.finest.len());
-        for (key, row) in &self.finest {
-            for scope in [RollUp::Namespace, RollUp::Tenant] {
-                rows.extend(row_key(key, row, scope, 0).map(|key| (key, row.aggregate)));
-            }
-        }
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        rows
+        sorted_rows(self.finest.iter().flat_map(|(key, row)| {
+            [RollUp::Namespace, RollUp::Tenant]
+                .into_iter()
+                .filter_map(move |scope| row_key(key, row, scope, 0))
+                .map(move |key| (key, row.aggregate))
+        }))
     }
 
     /// The monthly rows, both scopes, sorted by key: each the merge of its hours.
@@ -237,9 +235,7 @@ impl UsageDeltas {
                 }
             }
         }
-        let mut rows: Vec<_> = months.into_iter().collect();
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        rows
+        sorted_rows(months)
     }
 
     /// Every row, as a fold from nothing writes them.
@@ -249,6 +245,14 @@ impl UsageDeltas {
             monthly: self.monthly_rows(),
         }
     }
+}
+
+/// `rows` (from a hash map: keys distinct) in key order, as table files and memtable
+/// inserts want them.
+pub(crate) fn sorted_rows<K: Ord, V>(rows: impl IntoIterator<Item = (K, V)>) -> Vec<(K, V)> {
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows
 }
 
 /// Which copy of a finest row a stored key is for.

@@ -21,8 +21,9 @@ use crate::health::Health;
 use crate::log::LogEntry;
 use crate::log::append::LogHead;
 use crate::log::codec;
-use crate::log::store::CF_BILLING;
-use crate::log::store::{CF_AUDIT, CF_CHECKPOINTS, CF_HOURLY, CF_MONTHLY, Store, StoreError};
+use crate::log::store::{
+    CF_AUDIT, CF_BILLING, CF_CHECKPOINTS, CF_HOURLY, CF_MONTHLY, Store, StoreError,
+};
 use crate::projection::billing::{BillingFold, PendingRows};
 use crate::projection::quota::StoreQuotaReads;
 use crate::quota::fold::QuotaFold;
@@ -120,17 +121,14 @@ pub fn fold_batch(store: &Store, context: &FoldContext, from: u64) -> Result<u64
     fold_batch_into(store, store, context, from, u64::MAX)
 }
 
-/// As [`fold_batch`], reading the batch into `entries` (emptied first, its room reused).
+/// As [`fold_batch`], reading the batch into `entries` (its room reused).
 fn fold_batch_reusing(
     store: &Store,
     context: &FoldContext,
     from: u64,
     entries: &mut Vec<(u64, LogEntry)>,
 ) -> Result<u64, StoreError> {
-    entries.clear();
-    store.read_log_into(from, FOLD_BATCH, entries)?;
-    fold_entries(store, context, entries, None)?;
-    Ok(entries.last().map_or(from, |&(seq, _)| seq + 1))
+    fold_batch_in(store, store, context, from, u64::MAX, entries)
 }
 
 /// Folds one batch of `log`'s entries in `[from, until)` into the projections of `store` (the
@@ -142,20 +140,36 @@ pub fn fold_batch_into(
     from: u64,
     until: u64,
 ) -> Result<u64, StoreError> {
-    let entries = read_batch(log, from, until, FOLD_BATCH as u64)?;
-    fold_entries(store, context, &entries, None)?;
+    fold_batch_in(log, store, context, from, until, &mut Vec::new())
+}
+
+/// Reads one batch of `log` in `[from, until)` into `entries` and folds it into `store`;
+/// returns the next seq to fold.
+fn fold_batch_in(
+    log: &Store,
+    store: &Store,
+    context: &FoldContext,
+    from: u64,
+    until: u64,
+    entries: &mut Vec<(u64, LogEntry)>,
+) -> Result<u64, StoreError> {
+    read_batch_into(log, from, until, FOLD_BATCH as u64, entries)?;
+    fold_entries(store, context, entries, None)?;
     Ok(entries.last().map_or(from, |&(seq, _)| seq + 1))
 }
 
-/// The log's entries in `[from, until)`, at most `most` of them.
-fn read_batch(
+/// The log's entries in `[from, until)`, at most `most` of them, into `entries` (emptied
+/// first, its room reused).
+fn read_batch_into(
     log: &Store,
     from: u64,
     until: u64,
     most: u64,
-) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+    entries: &mut Vec<(u64, LogEntry)>,
+) -> Result<(), StoreError> {
+    entries.clear();
     let limit = until.saturating_sub(from).min(most);
-    log.read_log(from, usize::try_from(limit).unwrap_or(FOLD_BATCH))
+    log.read_log_into(from, usize::try_from(limit).unwrap_or(FOLD_BATCH), entries)
 }
 
 /// Folds `entries` (one batch, in log order) into the projections of `store`, with the
@@ -266,11 +280,7 @@ pub fn fold_range_gathering(
             let mut from = start;
             while from < until {
                 let mut entries = folded.try_recv().unwrap_or_default();
-                entries.clear();
-                let limit = usize::try_from(until.saturating_sub(from).min(batch_entries))
-                    .unwrap_or(FOLD_BATCH);
-                let batch = log
-                    .read_log_into(from, limit, &mut entries)
+                let batch = read_batch_into(log, from, until, batch_entries, &mut entries)
                     .map(|()| entries);
                 // After an error or an empty read there is nothing more to read.
                 let last = match &batch {
@@ -335,7 +345,7 @@ impl Gathered {
     }
 }
 
-/// Writes the deltas gathered by [`fold_batch_with`] into `store` as merge operands, one
+/// Writes the deltas gathered by [`fold_entries`] into `store` as merge operands, one
 /// sorted table file per family, and empties them.
 fn write_collected(store: &Store, collected: &mut Gathered) -> Result<(), StoreError> {
     let Gathered { usage, billing } = std::mem::take(collected);
@@ -346,11 +356,9 @@ fn write_collected(store: &Store, collected: &mut Gathered) -> Result<(), StoreE
     store.ingest_merge_operands(CF_HOURLY, encoded(usage.hourly_rows()))?;
     store.ingest_merge_operands(CF_MONTHLY, encoded(usage.monthly_rows()))?;
     drop(usage);
-    let mut billing: Vec<_> = billing.into_iter().collect();
-    billing.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     store.ingest_merge_operands(
         CF_BILLING,
-        billing
+        super::sorted_rows(billing)
             .into_iter()
             .map(|(key, delta)| (key, delta.encode())),
     )
