@@ -3,7 +3,7 @@
 //! | CF            | key                                                                                   | value (first byte: version)          |
 //! |---------------|---------------------------------------------------------------------------------------|--------------------------------------|
 //! | `log`         | seq `u64` BE                                                                          | [`LogEntry`](super::LogEntry) in log format v2 ([`format`](super::format)) |
-//! | `dedup`       | xxh3-128(tenant `\0` id), 16 bytes                                                    | seq, event time, fingerprint         |
+//! | `dedup`       | xxh3-128(tenant `\0` id), 16 bytes                                                    | v2: fingerprint `u64`, event second rounded up (40 bits), seq LEB128 (15–24 bytes); v1 (25 bytes) still read |
 //! | `dead_letter` | dead-letter number `u64` BE                                                           | [`DeadLetter`](super::DeadLetter) in format v2 |
 //! | `hourly`      | tenant `\0` scope `\0` hour `u32` BE, namespace `\0` metric `\0` object `\0` deployment `\0` container `\0` | aggregate, 57 bytes |
 //! | `monthly`     | as `hourly` with month `u32` BE (months since year 0)                                  | aggregate                            |

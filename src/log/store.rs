@@ -911,15 +911,31 @@ fn block_cache() -> &'static rocksdb::Cache {
     CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
 }
 
+/// The bottom level of the log families (written once, then only scanned): zstd level 6 with
+/// a 64 KiB dictionary trained per table file, capped at 8 MiB of sampled data (RocksDB would
+/// otherwise hold a whole output file, up to 64 MiB, per compaction). The crate sets the cap
+/// only through an options string. 15.8 → 13.7 bytes per event over larger blocks alone.
+const LOG_BOTTOM_COMPRESSION: &str = "bottommost_compression=kZSTD;bottommost_compression_opts={\
+    enabled=true;window_bits=-14;level=6;strategy=0;max_dict_bytes=65536;\
+    zstd_max_train_bytes=4194304;max_dict_buffer_bytes=8388608;use_zstd_dict_trainer=true}";
+
 fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
-    let mut cf = Options::default();
+    let mut cf = match name {
+        // Parsed before anything else is set: the string makes new options from a base, and
+        // the closures set below (merge operator, compaction filter) must be on the result.
+        // The string is constant and a test parses it.
+        CF_LOG | CF_DEAD_LETTER => Options::default()
+            .get_options_from_string(LOG_BOTTOM_COMPRESSION)
+            .unwrap_or_default(),
+        _ => Options::default(),
+    };
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(block_cache());
     match name {
         CF_LOG | CF_DEAD_LETTER => {
-            // Written once, read in order: compress hard at the bottom level.
+            // Written once, read in order: large blocks compress better.
             cf.set_compression_type(DBCompressionType::Lz4);
-            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
+            table.set_block_size(64 << 10);
         }
         CF_DEDUP => {
             // Point lookups on every append, nearly all of new ids: bloom filters keep those
@@ -928,6 +944,9 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
             cf.set_memtable_whole_key_filtering(true);
             cf.set_memtable_prefix_bloom_ratio(0.1);
             cf.set_compression_type(DBCompressionType::Lz4);
+            // Most records end at the bottom level; zstd takes 2.5 bytes more off each than
+            // lz4 (random keys and fingerprints leave little else).
+            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
             let forgotten_before = forgotten_before.clone();
             cf.set_compaction_filter(
                 "tally-dedup-horizon",
@@ -949,6 +968,8 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
         _ => {
             table.set_bloom_filter(10.0, false);
             cf.set_compression_type(DBCompressionType::Lz4);
+            // Reads are served from the block cache, which holds blocks uncompressed.
+            cf.set_bottommost_compression_type(DBCompressionType::Zstd);
         }
     }
     if AGGREGATE_FAMILIES.contains(&name) {
@@ -985,7 +1006,7 @@ mod tests {
 
     fn remembered(store: &Store) -> Vec<bool> {
         store
-            .dedup_lookup(&[[1; 16], [2; 16]])
+            .dedup_lookup(&[[1; 16], [2; 16], [3; 16]])
             .unwrap()
             .iter()
             .map(Option::is_some)
@@ -997,23 +1018,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
         assert_eq!(store.ids_forgotten_before(), i64::MIN);
-        put_dedup(&store, 1, 1_000);
-        put_dedup(&store, 2, 5_000);
+        // Records keep event time rounded up to the second: 3 is below the horizon by a
+        // microsecond, so it is forgotten late, never early.
+        let hour = 3_600_000_000i64;
+        put_dedup(&store, 1, hour);
+        put_dedup(&store, 2, 5 * hour);
+        put_dedup(&store, 3, 3 * hour - 1);
         // A short horizon asked for at open prunes nothing by itself.
         store.compact_all().unwrap();
-        assert_eq!(remembered(&store), [true, true]);
+        assert_eq!(remembered(&store), [true, true, true]);
 
         // The writer's step: the horizon is stored, then compactions use it.
-        let cutoff = store.forget_cutoff(3_000 + 60_000_000).unwrap();
-        assert_eq!(cutoff, 3_000);
+        let cutoff = store.forget_cutoff(3 * hour + 60_000_000).unwrap();
+        assert_eq!(cutoff, 3 * hour);
         let mut batch = store.batch();
         store.put_forgotten_before(&mut batch, cutoff);
         store.commit(batch, true).unwrap();
         store.forgotten_before_written(cutoff);
         store.compact_all().unwrap();
-        assert_eq!(remembered(&store), [false, true]);
+        assert_eq!(remembered(&store), [false, true, true]);
         // Less than a step later there is nothing to store.
-        assert_eq!(store.forget_cutoff(3_001 + 60_000_000), None);
+        assert_eq!(store.forget_cutoff(3 * hour + 1 + 60_000_000), None);
         // An older cutoff never lowers it.
         let mut batch = store.batch();
         store.put_forgotten_before(&mut batch, 10);
@@ -1023,11 +1048,11 @@ mod tests {
         // Reopened with a far wider horizon (a wider late window), the stored one holds.
         let wide = options(Duration::from_secs(365 * 86_400));
         let store = Store::open(dir.path(), &wide).unwrap();
-        assert_eq!(store.ids_forgotten_before(), 3_000);
-        assert_eq!(store.forget_cutoff(3_000 + 60_000_000), None);
+        assert_eq!(store.ids_forgotten_before(), 3 * hour);
+        assert_eq!(store.forget_cutoff(3 * hour + 60_000_000), None);
         drop(store);
         let read_only = Store::open_read_only(dir.path(), &wide).unwrap();
-        assert_eq!(read_only.ids_forgotten_before(), 3_000);
+        assert_eq!(read_only.ids_forgotten_before(), 3 * hour);
     }
 
     #[test]
@@ -1046,6 +1071,15 @@ mod tests {
         // A tool started with a one-minute horizon keeps moving it ten minutes behind.
         let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
         assert_eq!(store.forget_cutoff(now + minute), Some(now - 9 * minute));
+    }
+
+    #[test]
+    fn the_log_bottom_compression_options_parse() {
+        assert!(
+            Options::default()
+                .get_options_from_string(LOG_BOTTOM_COMPRESSION)
+                .is_ok()
+        );
     }
 
     #[test]
