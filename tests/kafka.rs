@@ -420,6 +420,55 @@ fn a_broker_restart_mid_stream_is_survived_and_shown_in_readiness() {
 }
 
 #[test]
+fn each_tenant_lands_on_the_partition_partition_of_tenant_names() {
+    use rdkafka::Message as _;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use tally::ingest::produce::partition_of_tenant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    let topic = "owners";
+    broker.create_topic(topic, 12);
+    let tenants: Vec<String> = (0..200).map(|i| format!("tenant-{i}")).collect();
+    let mut producer = TenantProducer::new(&broker.address(), topic).unwrap();
+    for tenant in &tenants {
+        producer.send(tenant, tenant.as_bytes()).unwrap();
+    }
+    assert_eq!(producer.finish().unwrap().delivered, 200);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", "partition-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..12 {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut landed = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while landed.len() < tenants.len() && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+            landed.insert(key, message.partition());
+        }
+    }
+    let expected: BTreeMap<String, i32> = tenants
+        .iter()
+        .map(|t| (t.clone(), partition_of_tenant(t, 12).unwrap()))
+        .collect();
+    assert_eq!(landed, expected);
+    // 200 tenants spread over every partition, so the check covered them all.
+    assert_eq!(landed.values().collect::<BTreeSet<_>>().len(), 12);
+}
+
+#[test]
 fn tally_produce_sends_stdin_lines_and_synthetic_load() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_memory(dir.path());
