@@ -19,6 +19,17 @@ pub struct KafkaSettings {
     pub batch_linger: Duration,
     /// How long a partition may stand still while behind before it is reported stalled.
     pub stall_after: Duration,
+    /// `Some` with `--cluster`: the engine joins the consumer group and owns only the
+    /// partitions it is assigned; `None`: it assigns itself every partition.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How an engine joins its cluster (`--cluster`).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSettings {
+    /// `--instance-id`: static group membership, so a restart within the session timeout
+    /// gets its partitions back without a rebalance.
+    pub instance_id: Option<String>,
 }
 
 /// Where alerts go and the key that signs them.
@@ -102,6 +113,15 @@ pub struct ServeArgs {
     /// own offsets live in RocksDB).
     #[arg(long, env = "TALLY_KAFKA_GROUP", default_value = "tally")]
     pub kafka_group: String,
+    /// Run as one engine of a cluster: engines with the same --kafka-group share the topic's
+    /// partitions through Kafka's consumer group, each owning the tenants of the partitions it
+    /// is assigned (see "Running several engines" in the README).
+    #[arg(long, env = "TALLY_CLUSTER", requires = "kafka_topic")]
+    pub cluster: bool,
+    /// This engine's stable name in the group (static membership): a restart within the
+    /// session timeout keeps its partitions.
+    #[arg(long, env = "TALLY_INSTANCE_ID", requires = "cluster")]
+    pub instance_id: Option<String>,
     /// Most messages appended in one batch.
     #[arg(long, env = "TALLY_KAFKA_BATCH", default_value_t = 5_000)]
     pub kafka_batch: usize,
@@ -270,6 +290,9 @@ impl Config {
                 batch_max: args.kafka_batch,
                 batch_linger: args.kafka_linger,
                 stall_after: args.kafka_stall_time,
+                cluster: args.cluster.then(|| ClusterSettings {
+                    instance_id: args.instance_id.clone(),
+                }),
             }),
             _ => None,
         };

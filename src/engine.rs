@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::auth::{OperatorTokenError, Tokens};
 use crate::billing::BillingChange;
+use crate::cluster::Ownership;
 use crate::commands::WriteSide;
 use crate::config::Config;
 use crate::event::DecodeContext;
@@ -109,6 +110,11 @@ pub struct IngestHandle {
     pub metrics: Arc<Metrics>,
     pub kafka_health: Arc<Health>,
     pub kafka_stalls: Arc<PartitionStalls>,
+    /// The partitions this engine owns (all of them without `--cluster`).
+    pub ownership: Arc<Ownership>,
+    /// The log position just past its last entry: a partition read to its end is ready once
+    /// the projections reach it.
+    pub log_head: Arc<LogHead>,
     catalog: Arc<crate::catalog::Catalog>,
     late_window: std::time::Duration,
     future_skew: std::time::Duration,
@@ -232,12 +238,20 @@ impl Engine {
         )?;
         let metrics = Arc::new(Metrics::new());
         let (kafka, kafka_stalls) = (Arc::<Health>::default(), Arc::<PartitionStalls>::default());
+        let in_cluster = config.kafka.as_ref().is_some_and(|k| k.cluster.is_some());
+        let ownership = Arc::new(if in_cluster {
+            Ownership::cluster()
+        } else {
+            Ownership::everything()
+        });
         let ingest = IngestHandle {
             store: store.clone(),
             appender: appender.clone(),
             metrics: metrics.clone(),
             kafka_health: kafka.clone(),
             kafka_stalls: kafka_stalls.clone(),
+            ownership,
+            log_head: head.clone(),
             catalog: config.catalog.clone(),
             late_window: config.late_window,
             future_skew: config.future_skew,
@@ -330,6 +344,11 @@ impl Engine {
 
     pub fn ingest(&self) -> &IngestHandle {
         &self.ingest
+    }
+
+    /// The partitions this engine owns: see [`crate::cluster`].
+    pub fn ownership(&self) -> &Ownership {
+        &self.ingest.ownership
     }
 
     /// What the alert webhook is given: see [`WebhookHandle`].

@@ -21,6 +21,8 @@
 //!   [`log::keys`] (every key of every column family, typed), [`log::codec`], [`log::store`],
 //!   [`log::append`] (the single writer) and [`log::migrate`] (the log into v2 in place).
 //! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
+//! - [`cluster`]: which partitions (so which tenants) this engine owns in a cluster, and
+//!   whether they are restored.
 //! - [`projection::runner`]: the projector thread: each batch reads the state it touches
 //!   first (multi-gets), folds it, and writes its rows with the checkpoint;
 //!   [`projection::billing`]: a tenant's billing header and history rows (closed periods,
@@ -64,6 +66,7 @@ pub mod auth;
 pub mod backup;
 pub mod billing;
 pub mod catalog;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod engine;

@@ -56,6 +56,8 @@ async fn run(
     tenant: &str,
     command: BillingCommand,
 ) -> Result<Done, ApiError> {
+    // The operator's commands come here without a namespace extractor to refuse them.
+    super::extract::answered_here(state, tenant, true)?;
     let engine = &state.engine;
     let mut turn = engine.commands().billing.begin(tenant).await;
     if command.needs_folded_state() && !engine.wait_tenant_current(tenant).await {

@@ -54,10 +54,23 @@ pub enum ApiError {
     /// 503 / UNAVAILABLE: storage cannot be written or read now; retrying later is safe.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 / UNAVAILABLE with `Retry-After`: in a cluster, the tenant's partition is being
+    /// restored on this engine (or the topic is not known yet).
+    #[error("{0}; retry after {RESTORE_RETRY_AFTER_SECONDS} s")]
+    Restoring(String),
+    /// 421 / UNAVAILABLE: in a cluster, the tenant's partition is owned by another engine.
+    #[error("{0}")]
+    Misdirected(String),
+    /// 501 / UNIMPLEMENTED: what an engine of a cluster does not do yet.
+    #[error("{0}")]
+    NotInCluster(String),
     /// 500 / INTERNAL: logged with its detail; the client sees a plain message.
     #[error("internal error")]
     Internal(String),
 }
+
+/// How long a client waits before asking again for a tenant being restored here.
+pub const RESTORE_RETRY_AFTER_SECONDS: u64 = 2;
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -81,7 +94,11 @@ impl ApiError {
             ApiError::TooManyRequests(_) | ApiError::TooManyFailedAuthentications(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, 8)
             }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
+            ApiError::Unavailable(_) | ApiError::Restoring(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 14)
+            }
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, 14),
+            ApiError::NotInCluster(_) => (StatusCode::NOT_IMPLEMENTED, 12),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
         }
     }
@@ -108,6 +125,12 @@ impl IntoResponse for ApiError {
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if let ApiError::Restoring(_) = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RESTORE_RETRY_AFTER_SECONDS),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -16,6 +16,9 @@ use crate::log::keys::Scope;
 
 /// What a caller must hold in a namespace for an endpoint.
 pub trait Access: Send + Sync + 'static {
+    /// Whether the endpoint records a fact (a command) rather than reading.
+    const CHANGES: bool = true;
+
     fn check(caller: &Caller, namespace: &str) -> Result<(), ApiError>;
 }
 
@@ -29,6 +32,8 @@ pub struct Write;
 pub struct Change;
 
 impl Access for Read {
+    const CHANGES: bool = false;
+
     fn check(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
         super::namespace_scope(caller, namespace).map(|_| ())
     }
@@ -101,11 +106,38 @@ impl<A: Access> FromRequestParts<AppState> for InNamespace<A> {
         let caller = Caller::from_request_parts(parts, state).await?;
         let namespace = path_namespace(parts, state).await?;
         A::check(&caller, &namespace)?;
+        answered_here(state, &caller.tenant, A::CHANGES)?;
         Ok(InNamespace {
             caller,
             namespace,
             access: PhantomData,
         })
+    }
+}
+
+/// In a cluster, whether this engine answers for `tenant`: it must own the tenant's
+/// partition and have restored it (reads), and commands are not taken yet: their facts are
+/// in this engine's log alone and would not move with the partition. Always so for a single
+/// engine.
+pub fn answered_here(state: &AppState, tenant: &str, changes: bool) -> Result<(), ApiError> {
+    use crate::cluster::NotHere;
+    let engine = &state.engine;
+    if !engine.ownership().in_cluster() {
+        return Ok(());
+    }
+    if changes {
+        return Err(ApiError::NotInCluster(
+            "an engine of a cluster does not take commands yet (their facts would not move \
+             with the tenant's partition); run them on a single engine"
+                .into(),
+        ));
+    }
+    match engine.ownership().check(tenant, engine.projected()) {
+        Ok(()) => Ok(()),
+        Err(reason @ NotHere::OwnedElsewhere { .. }) => {
+            Err(ApiError::Misdirected(format!("{reason}; ask that engine")))
+        }
+        Err(reason) => Err(ApiError::Restoring(reason.to_string())),
     }
 }
 

@@ -48,6 +48,15 @@ pub async fn ingest_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>, ApiError> {
     require_role(&caller, Role::Write)?;
+    if state.engine.ownership().in_cluster() {
+        // Recorded here alone, the events would not survive this engine's loss nor move with
+        // the tenant's partition.
+        return Err(ApiError::NotInCluster(
+            "an engine of a cluster takes events from the Kafka topic only; produce them there \
+             (keyed by tenant)"
+                .into(),
+        ));
+    }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!(

@@ -64,6 +64,9 @@ struct Readiness {
     /// Partition → why it stopped advancing (absent when none did).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     kafka_stalled_partitions: BTreeMap<i32, String>,
+    /// In a cluster: the partitions this engine owns, each ready or still restoring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owned_partitions: Option<Vec<crate::cluster::OwnedPartition>>,
 }
 
 /// Ready when the log can be written and the projector folds without errors; the positions let
@@ -121,6 +124,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         reasons,
         kafka_failing,
         kafka_stalled_partitions: stalled,
+        owned_partitions: engine
+            .ownership()
+            .in_cluster()
+            .then(|| engine.ownership().owned(projected)),
     };
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE

@@ -8,19 +8,26 @@
 //! (and not read again) or not in the log at all. The topic's partitions are looked up again
 //! every few seconds and new ones assigned. Offsets are committed to Kafka under the group id
 //! too, as a hint for lag tools only.
+//!
+//! With `--cluster` the engine instead joins the consumer group (cooperative-sticky, static
+//! membership with `--instance-id`) and consumes only the partitions it is assigned, each
+//! from the offset stored in its own RocksDB; [`crate::cluster::Ownership`] learns of every
+//! assignment and revocation, and which partitions have been read to their end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 
 use crate::auth::DEFAULT_TENANT;
+use crate::cluster::Ownership;
 use crate::engine::IngestHandle;
 use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
@@ -36,6 +43,74 @@ pub use crate::config::KafkaSettings;
 struct TallyContext {
     health: Arc<Health>,
     watermarks: FetchedWatermarks,
+    /// In a cluster: what the group assigns is taken at the offsets stored here.
+    member: Option<GroupMember>,
+}
+
+/// The consumer's side of a cluster: applies the group's assignments at the stored offsets
+/// and tells [`Ownership`] and the poll loop about them.
+struct GroupMember {
+    store: Store,
+    topic: String,
+    ownership: Arc<Ownership>,
+    /// Changes since the poll loop last looked (the rebalance runs inside its `poll`).
+    changes: Mutex<Vec<AssignmentChange>>,
+}
+
+enum AssignmentChange {
+    /// Assigned, with the offset stored for it: messages below it are already recorded.
+    Assigned {
+        partition: i32,
+        stored: i64,
+    },
+    Revoked {
+        partition: i32,
+    },
+}
+
+impl GroupMember {
+    fn push(&self, changes: impl IntoIterator<Item = AssignmentChange>) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(changes);
+    }
+
+    fn take_changes(&self) -> Vec<AssignmentChange> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Points each partition of `list` a little before its stored offset; returns them with
+    /// the stored offsets.
+    fn start_at_stored(&self, list: &mut TopicPartitionList) -> Result<Vec<(i32, i64)>, String> {
+        let stored = self
+            .store
+            .source_offsets(&self.topic)
+            .map_err(|e| e.to_string())?;
+        let partitions: Vec<i32> = list
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        let mut assigned = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+            list.set_partition_offset(&self.topic, partition, rewound(stored_offset))
+                .map_err(|e| e.to_string())?;
+            assigned.push((partition, stored_offset));
+        }
+        Ok(assigned)
+    }
+}
+
+/// Where reading starts for a partition whose next unrecorded offset is `stored_offset`.
+fn rewound(stored_offset: i64) -> Offset {
+    if stored_offset > REWIND_ON_ASSIGN {
+        Offset::Offset(stored_offset - REWIND_ON_ASSIGN)
+    } else {
+        Offset::Beginning
+    }
 }
 
 impl ClientContext for TallyContext {
@@ -52,7 +127,86 @@ impl ClientContext for TallyContext {
     }
 }
 
-impl ConsumerContext for TallyContext {}
+impl ConsumerContext for TallyContext {
+    /// Only called in a cluster (a single engine assigns itself): takes what the group
+    /// assigns at the offsets stored in RocksDB, not at Kafka's committed ones.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        let Some(member) = &self.member else {
+            return;
+        };
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = match member.start_at_stored(list) {
+                    Ok(assigned) => assigned,
+                    Err(error) => {
+                        // Taken at Kafka's positions instead would record nothing twice (the
+                        // poll loop drops what lies below the stored offsets), but could skip.
+                        tracing::error!(%error, "cannot read the stored offsets; assigning from the start");
+                        list.elements().iter().map(|e| (e.partition(), 0)).collect()
+                    }
+                };
+                let partitions: Vec<i32> = assigned.iter().map(|(p, _)| *p).collect();
+                member.ownership.assigned(&partitions);
+                member.push(
+                    assigned
+                        .into_iter()
+                        .map(|(partition, stored)| AssignmentChange::Assigned {
+                            partition,
+                            stored,
+                        }),
+                );
+                let result = if cooperative {
+                    consumer.incremental_assign(list)
+                } else {
+                    consumer.assign(list)
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(topic = %member.topic, ?partitions, "assigned by the group")
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, ?partitions, "cannot take the assigned partitions")
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                member.ownership.revoked(&partitions);
+                member.push(
+                    partitions
+                        .iter()
+                        .map(|&partition| AssignmentChange::Revoked { partition }),
+                );
+                let result = if cooperative {
+                    consumer.incremental_unassign(list)
+                } else {
+                    consumer.unassign()
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(topic = %member.topic, ?partitions, "revoked by the group")
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, ?partitions, "cannot give up the revoked partitions")
+                    }
+                }
+            }
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                tracing::error!(error = %code, "rebalance failed");
+            }
+        }
+    }
+}
 
 /// Assigns every partition of the topic at the offset stored in RocksDB (its start when none).
 /// Returns the partitions assigned; an error leaves the previous assignment in place.
@@ -75,11 +229,7 @@ fn assign_all(
     let mut resume = BTreeMap::new();
     for &partition in partitions {
         let stored_offset = stored.get(&partition).copied().unwrap_or(0);
-        let start = if stored_offset > REWIND_ON_ASSIGN {
-            Offset::Offset(stored_offset - REWIND_ON_ASSIGN)
-        } else {
-            Offset::Beginning
-        };
+        let start = rewound(stored_offset);
         assignment
             .add_partition_offset(topic, partition, start)
             .map_err(|e| e.to_string())?;
@@ -107,8 +257,15 @@ impl KafkaConsumer {
         let context = TallyContext {
             health,
             watermarks: FetchedWatermarks::default(),
+            member: settings.cluster.as_ref().map(|_| GroupMember {
+                store: sink.store.clone(),
+                topic: settings.topic.clone(),
+                ownership: sink.ownership.clone(),
+                changes: Mutex::default(),
+            }),
         };
-        let consumer: BaseConsumer<TallyContext> = watermarks::fetch_tuned()
+        let mut config = watermarks::fetch_tuned();
+        config
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
@@ -116,8 +273,23 @@ impl KafkaConsumer {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
-            .create_with_context(context)?;
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        if let Some(cluster) = &settings.cluster {
+            // Cooperative: a rebalance moves only the partitions that must move, the others
+            // keep being consumed. A longer session than a single engine's: librdkafka does
+            // not heartbeat while it joins, and a member expired mid-join rebalances again.
+            config
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", CLUSTER_SESSION_TIMEOUT_MS)
+                .set("heartbeat.interval.ms", "1000");
+            if let Some(instance) = &cluster.instance_id {
+                config.set("group.instance.id", instance);
+            }
+        }
+        let consumer: BaseConsumer<TallyContext> = config.create_with_context(context)?;
+        if settings.cluster.is_some() {
+            consumer.subscribe(&[&settings.topic])?;
+        }
         let consumer = Arc::new(consumer);
         let stalls = Arc::new(Mutex::new(StallDetector::new(settings.stall_after)));
         // Lag is measured on a thread of its own: a watermark request can wait behind the
@@ -172,39 +344,72 @@ fn run(
     stop: &StopSignal,
     stalls: &Mutex<StallDetector>,
 ) {
+    let member = consumer.context().member.as_ref();
     let mut assigned: Vec<i32> = Vec::new();
     // Per partition, the first offset not yet recorded; messages below it are skipped.
     let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_assignment_check: Option<Instant> = None;
     let mut in_flight: Option<InFlight> = None;
+    // Set when a failed write could not yet be followed by a seek back: nothing is polled
+    // until it is (a later batch's offsets would skip the failed one's messages).
+    let mut must_read_again = false;
     while !stop.is_stopped() {
+        if must_read_again {
+            must_read_again = !read_again(
+                consumer,
+                sink,
+                settings,
+                &mut assigned,
+                &mut resume,
+                &mut last_assignment_check,
+            );
+            continue;
+        }
         // (Re)assign when partitions appear: between batches, so the stored offsets are exactly
-        // where reading stands.
+        // where reading stands. In a cluster the group assigns; the count still says which
+        // partition holds which tenant.
         if last_assignment_check.is_none_or(|at| at.elapsed() > ASSIGNMENT_REFRESH) {
             last_assignment_check = Some(Instant::now());
             match partitions_of(consumer, &settings.topic, Duration::from_secs(5)) {
                 Ok(partitions) if partitions.is_empty() => {
                     tracing::warn!(topic = %settings.topic, "topic has no partitions (does it exist?); retrying");
                 }
-                Ok(partitions) if partitions != assigned => {
-                    match assign_all(consumer, &sink.store, &settings.topic, &partitions) {
-                        Ok(stored) => {
-                            assigned = stored.keys().copied().collect();
-                            resume = stored;
+                Ok(partitions) => {
+                    if let Ok(count) = i32::try_from(partitions.len()) {
+                        sink.ownership.set_partition_count(count);
+                    }
+                    if member.is_none() && partitions != assigned {
+                        match assign_all(consumer, &sink.store, &settings.topic, &partitions) {
+                            Ok(stored) => {
+                                assigned = stored.keys().copied().collect();
+                                resume = stored;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot assign partitions; retrying")
+                            }
                         }
-                        Err(error) => tracing::warn!(%error, "cannot assign partitions; retrying"),
                     }
                 }
-                Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cannot read topic metadata; retrying"),
             }
         }
-        if assigned.is_empty() {
+        if member.is_none() && assigned.is_empty() {
             std::thread::sleep(Duration::from_millis(500));
             last_assignment_check = None;
             continue;
         }
+        // In a cluster this poll also runs the group's rebalances.
         let mut batch = poll_batch(consumer, settings, stop, &sink.kafka_health, stalls);
+        for change in member.map(GroupMember::take_changes).unwrap_or_default() {
+            match change {
+                AssignmentChange::Assigned { partition, stored } => {
+                    resume.insert(partition, stored);
+                }
+                AssignmentChange::Revoked { partition } => {
+                    resume.remove(&partition);
+                }
+            }
+        }
         batch.retain(|m| m.offset >= resume.get(&m.partition).copied().unwrap_or(0));
         for message in &batch {
             resume.insert(message.partition, message.offset + 1);
@@ -217,7 +422,7 @@ fn run(
             && finish_batch(consumer, settings, written).is_err()
         {
             // This batch's messages are read again too.
-            read_again(&mut assigned, &mut last_assignment_check);
+            must_read_again = true;
             continue;
         }
         if let Some((candidates, offsets)) = prepared {
@@ -232,7 +437,7 @@ fn run(
                 Ok(pending) => in_flight = Some(InFlight { pending, batch }),
                 Err(error) => {
                     tracing::error!(%error, "kafka batch not appended; will read it again");
-                    read_again(&mut assigned, &mut last_assignment_check);
+                    must_read_again = true;
                 }
             }
         }
@@ -243,12 +448,58 @@ fn run(
     }
 }
 
-/// After a batch that was not written (nothing of it was): forget the assignment, so the
-/// next round assigns again from the offsets the store holds, and wait a moment first.
-fn read_again(assigned: &mut Vec<i32>, last_assignment_check: &mut Option<Instant>) {
-    assigned.clear();
-    *last_assignment_check = None;
+/// After a batch that was not written (nothing of it was): read again from the offsets the
+/// store holds, after a moment. A single engine forgets its assignment, so the next round
+/// assigns again; an engine of a cluster keeps the group's and seeks back. `false` when the
+/// seek failed (it is tried again before anything is polled).
+fn read_again(
+    consumer: &BaseConsumer<TallyContext>,
+    sink: &IngestHandle,
+    settings: &KafkaSettings,
+    assigned: &mut Vec<i32>,
+    resume: &mut BTreeMap<i32, i64>,
+    last_assignment_check: &mut Option<Instant>,
+) -> bool {
     std::thread::sleep(Duration::from_secs(1));
+    if consumer.context().member.is_none() {
+        assigned.clear();
+        *last_assignment_check = None;
+        return true;
+    }
+    let (assignment, stored) = match (
+        consumer.assignment(),
+        sink.store.source_offsets(&settings.topic),
+    ) {
+        (Ok(assignment), Ok(stored)) => (assignment, stored),
+        (Err(error), _) => {
+            tracing::error!(%error, "cannot read the assignment to seek back; retrying");
+            return false;
+        }
+        (_, Err(error)) => {
+            tracing::error!(%error, "cannot read the stored offsets to seek back; retrying");
+            return false;
+        }
+    };
+    let mut all_sought = true;
+    for element in assignment.elements() {
+        let partition = element.partition();
+        let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+        match consumer.seek(
+            &settings.topic,
+            partition,
+            rewound(stored_offset),
+            Duration::from_secs(5),
+        ) {
+            Ok(()) => {
+                resume.insert(partition, stored_offset);
+            }
+            Err(error) => {
+                tracing::error!(%error, partition, "cannot seek back after a failed write; retrying");
+                all_sought = false;
+            }
+        }
+    }
+    all_sought
 }
 
 /// A batch queued for the log writer, with the messages it came from.
@@ -276,6 +527,9 @@ fn finish_batch(
         }
     }
 }
+
+/// How long the group waits for a silent engine of a cluster before moving its partitions.
+const CLUSTER_SESSION_TIMEOUT_MS: &str = "10000";
 
 /// How often lag and stalls are measured.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -428,6 +682,32 @@ pub(crate) fn decode_message(
     let tenant = key_tenant.as_deref().unwrap_or(DEFAULT_TENANT);
     let context = sink.decode_context(now, tenant, key_tenant.is_none());
     match event::decode(&message.payload, &context) {
+        // In a cluster a tenant's events are folded by the owner of its partition alone, so
+        // an event in another partition would be counted where nobody reads it.
+        Ok(event)
+            if sink
+                .ownership
+                .partition_of(&event.tenant)
+                .is_some_and(|expected| expected != message.partition) =>
+        {
+            let rejection = Rejection::new(
+                Some(&event.id),
+                "key",
+                format!(
+                    "in a cluster a message must be keyed by its tenant: tenant `{}` belongs in partition {}, not {}",
+                    event.tenant,
+                    sink.ownership.partition_of(&event.tenant).unwrap_or(-1),
+                    message.partition
+                ),
+            );
+            Candidate::Rejected(DeadLetter::new(
+                now,
+                source,
+                &event.tenant,
+                rejection,
+                &message.payload,
+            ))
+        }
         Ok(event) => Candidate::Event { event, source },
         Err(rejection) => Candidate::Rejected(DeadLetter::new(
             now,
@@ -485,6 +765,12 @@ fn record_lag(
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 let lag = high.saturating_sub(position).max(0);
                 sink.metrics.set_kafka_lag(partition, lag);
+                // Read to the end: everything the partition held is in the log below the head
+                // now (the stored offset moves in the same write as the events).
+                if lag == 0 && sink.ownership.is_restoring(partition) {
+                    sink.ownership.caught_up(partition, sink.log_head.get());
+                    tracing::info!(partition, "partition read to its end");
+                }
                 let verdict = stalls
                     .lock()
                     .ok()

@@ -1,0 +1,228 @@
+//! Partition ownership in a cluster of engines: which partitions of the source topic Kafka's
+//! consumer group assigned to this engine, which of them are restored, and so whether a
+//! tenant's requests may be answered here.
+//!
+//! The topic is keyed by tenant, so a tenant's events, and everything folded from them, live
+//! in one partition ([`partition_of_tenant`]). An engine answers for a tenant only while it
+//! owns that partition and has caught up with it: a partition just assigned is *restoring*
+//! until the consumer has read to its end and the projector has folded what was read. Before
+//! that, and for partitions owned elsewhere, the answer is 503 with `Retry-After`, never a
+//! number that is short. Without `--cluster` an engine owns everything.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::ingest::produce::partition_of_tenant;
+
+/// How far a partition owned here is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Assigned; the consumer has not yet read to the partition's end.
+    Restoring,
+    /// Read to the end when the log head was at this position; ready once the projections
+    /// hold every entry below it.
+    CaughtUp { log_head: u64 },
+}
+
+/// Why a tenant's request is not answered here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotHere {
+    #[error("the partition count of the source topic is not known yet")]
+    NoTopic,
+    #[error("partition {partition} (tenant `{tenant}`) is owned by another engine of the cluster")]
+    OwnedElsewhere { tenant: String, partition: i32 },
+    #[error("partition {partition} (tenant `{tenant}`) is being restored on this engine")]
+    Restoring { tenant: String, partition: i32 },
+}
+
+/// One partition owned here, as `/readyz` and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnedPartition {
+    pub partition: i32,
+    pub ready: bool,
+}
+
+#[derive(Default)]
+struct Owned {
+    partitions: Option<i32>,
+    owned: BTreeMap<i32, PartitionState>,
+}
+
+/// This engine's share of the topic: everything (a single engine), or what the consumer
+/// group assigned (`--cluster`).
+pub struct Ownership {
+    /// `None`: not in a cluster, every tenant is answered here.
+    cluster: Option<Mutex<Owned>>,
+}
+
+impl Ownership {
+    /// A single engine: it owns every tenant.
+    pub fn everything() -> Ownership {
+        Ownership { cluster: None }
+    }
+
+    /// An engine of a cluster, owning nothing until the group assigns it partitions.
+    pub fn cluster() -> Ownership {
+        Ownership {
+            cluster: Some(Mutex::new(Owned::default())),
+        }
+    }
+
+    pub fn in_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    fn with<T>(&self, default: T, f: impl FnOnce(&mut Owned) -> T) -> T {
+        match &self.cluster {
+            // A poisoned lock only means a panic elsewhere mid-update; the map is still whole.
+            Some(owned) => f(&mut owned.lock().unwrap_or_else(|e| e.into_inner())),
+            None => default,
+        }
+    }
+
+    /// The source topic has `partitions` partitions (looked up again as it grows).
+    pub fn set_partition_count(&self, partitions: i32) {
+        self.with((), |owned| owned.partitions = Some(partitions));
+    }
+
+    /// The group assigned these partitions: each restores before its tenants are answered.
+    pub fn assigned(&self, partitions: &[i32]) {
+        self.with((), |owned| {
+            for &partition in partitions {
+                owned.owned.insert(partition, PartitionState::Restoring);
+            }
+        });
+    }
+
+    /// The group took these partitions away.
+    pub fn revoked(&self, partitions: &[i32]) {
+        self.with((), |owned| {
+            for partition in partitions {
+                owned.owned.remove(partition);
+            }
+        });
+    }
+
+    /// The consumer has read `partition` to its end, everything it read being below
+    /// `log_head` in the log.
+    pub fn caught_up(&self, partition: i32, log_head: u64) {
+        self.with((), |owned| {
+            if let Some(state @ PartitionState::Restoring) = owned.owned.get_mut(&partition) {
+                *state = PartitionState::CaughtUp { log_head };
+            }
+        });
+    }
+
+    /// In a cluster, the partition that holds `tenant` (`None` outside a cluster, or before the
+    /// partition count is known).
+    pub fn partition_of(&self, tenant: &str) -> Option<i32> {
+        self.with(None, |owned| {
+            owned
+                .partitions
+                .and_then(|count| partition_of_tenant(tenant, count))
+        })
+    }
+
+    /// Whether `partition` is owned here and still restoring.
+    pub fn is_restoring(&self, partition: i32) -> bool {
+        self.with(false, |owned| {
+            owned.owned.get(&partition) == Some(&PartitionState::Restoring)
+        })
+    }
+
+    /// Whether `tenant` is answered here, the projections holding every entry below
+    /// `projected`.
+    pub fn check(&self, tenant: &str, projected: u64) -> Result<(), NotHere> {
+        self.with(Ok(()), |owned| {
+            let partition = owned
+                .partitions
+                .and_then(|count| partition_of_tenant(tenant, count))
+                .ok_or(NotHere::NoTopic)?;
+            match owned.owned.get(&partition) {
+                None => Err(NotHere::OwnedElsewhere {
+                    tenant: tenant.to_owned(),
+                    partition,
+                }),
+                Some(PartitionState::CaughtUp { log_head }) if projected >= *log_head => Ok(()),
+                Some(_) => Err(NotHere::Restoring {
+                    tenant: tenant.to_owned(),
+                    partition,
+                }),
+            }
+        })
+    }
+
+    /// The partitions owned here, in order (empty when not in a cluster).
+    pub fn owned(&self, projected: u64) -> Vec<OwnedPartition> {
+        self.with(Vec::new(), |owned| {
+            owned
+                .owned
+                .iter()
+                .map(|(&partition, state)| OwnedPartition {
+                    partition,
+                    ready: matches!(state, PartitionState::CaughtUp { log_head } if projected >= *log_head),
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_engine_answers_every_tenant() {
+        let ownership = Ownership::everything();
+        assert_eq!(ownership.check("anyone", 0), Ok(()));
+        assert!(ownership.owned(0).is_empty());
+    }
+
+    #[test]
+    fn a_tenant_is_answered_only_once_its_partition_is_owned_read_and_folded() {
+        let ownership = Ownership::cluster();
+        // "default" is partition 3 of 4, "acme" partition 2 (CRC-32 of the key).
+        assert_eq!(ownership.check("default", 0), Err(NotHere::NoTopic));
+        ownership.set_partition_count(4);
+        let elsewhere = ownership.check("default", 0).unwrap_err();
+        assert_eq!(
+            elsewhere,
+            NotHere::OwnedElsewhere {
+                tenant: "default".into(),
+                partition: 3
+            }
+        );
+        ownership.assigned(&[3]);
+        assert!(ownership.is_restoring(3));
+        assert!(matches!(
+            ownership.check("default", 0),
+            Err(NotHere::Restoring { partition: 3, .. })
+        ));
+        ownership.caught_up(3, 50);
+        // Read to the end, but the projections lag behind what was read.
+        assert!(ownership.check("default", 49).is_err());
+        assert_eq!(ownership.check("default", 50), Ok(()));
+        assert!(
+            ownership.check("acme", 50).is_err(),
+            "partition 2 is not owned"
+        );
+        assert_eq!(
+            ownership.owned(50),
+            [OwnedPartition {
+                partition: 3,
+                ready: true
+            }]
+        );
+        // Caught up once is enough: a later burst of lag does not make it restore again.
+        ownership.caught_up(3, 90);
+        assert_eq!(ownership.check("default", 50), Ok(()));
+        ownership.revoked(&[3]);
+        assert!(matches!(
+            ownership.check("default", 50),
+            Err(NotHere::OwnedElsewhere { partition: 3, .. })
+        ));
+        // Assigned back: restored again before it answers.
+        ownership.assigned(&[3]);
+        assert!(ownership.check("default", 1_000).is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! Several engines in one Kafka consumer group (`--cluster`), as real processes on a real
+//! Tansu broker: each owns the partitions the group assigns it, answers for the tenants of
+//! those partitions only, and takes the others over when an engine leaves.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use common::Server;
+use common::kafka::Broker;
+use serde_json::{Value, json};
+use tally::ingest::produce::{TenantProducer, partition_of_tenant};
+
+const TOPIC: &str = "usage";
+const PARTITIONS: i32 = 4;
+const GROUP: &str = "meters";
+
+fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// `per_tenant` events for each tenant, numbered from `first`; returns each tenant's sum.
+fn produce(
+    broker: &Broker,
+    tenants: &[String],
+    first: u64,
+    per_tenant: u64,
+) -> BTreeMap<String, u64> {
+    let now = Utc::now().timestamp_micros();
+    let mut producer = TenantProducer::new(&broker.address(), TOPIC).unwrap();
+    let mut sums = BTreeMap::new();
+    for (t, tenant) in tenants.iter().enumerate() {
+        for n in first..first + per_tenant {
+            let quantity = 1 + (n * 7 + t as u64) % 13;
+            let event = json!({"id": format!("{tenant}-{n}"), "namespace": "shop",
+                "metric_label": "http_lb_requests", "quantity": quantity,
+                "timestamp": rfc3339(now - 60_000_000)});
+            producer.send(tenant, event.to_string().as_bytes()).unwrap();
+            *sums.entry(tenant.clone()).or_default() += quantity;
+        }
+    }
+    let summary = producer.finish().unwrap();
+    assert_eq!(summary.failed, 0);
+    sums
+}
+
+fn start_engine(dir: &std::path::Path, name: &str, broker: &Broker) -> Server {
+    Server::start_kafka_with(
+        &dir.join(name),
+        &broker.address(),
+        TOPIC,
+        &["--cluster", "--kafka-group", GROUP],
+    )
+}
+
+/// The partitions an engine owns and has restored, once `/readyz` lists them.
+fn ready_partitions(server: &Server) -> BTreeSet<i64> {
+    server.readiness()["owned_partitions"]
+        .as_array()
+        .map(|owned| {
+            owned
+                .iter()
+                .filter(|p| p["ready"] == true)
+                .filter_map(|p| p["partition"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn owned_partitions(server: &Server) -> BTreeSet<i64> {
+    server.readiness()["owned_partitions"]
+        .as_array()
+        .map(|owned| {
+            owned
+                .iter()
+                .filter_map(|p| p["partition"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the engines own every partition between them, each once, all restored.
+fn await_split(engines: &[&Server], what: &str) -> Vec<BTreeSet<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let owned: Vec<BTreeSet<i64>> = engines.iter().map(|e| owned_partitions(e)).collect();
+        let ready: Vec<BTreeSet<i64>> = engines.iter().map(|e| ready_partitions(e)).collect();
+        let all: Vec<i64> = owned.iter().flatten().copied().collect();
+        let every: BTreeSet<i64> = (0..i64::from(PARTITIONS)).collect();
+        if all.len() == every.len()
+            && all.iter().copied().collect::<BTreeSet<_>>() == every
+            && owned == ready
+            && owned.iter().all(|o| !o.is_empty())
+        {
+            return owned;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: owned {owned:?}, ready {ready:?}\n{}",
+            engines
+                .iter()
+                .map(|e| e.log_text())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A read token of `tenant` on `server`, issued by the operator.
+fn read_token(server: &Server, tenant: &str) -> String {
+    let (status, answer) = server.post(
+        "/api/tally/tokens",
+        &json!({"tenant": tenant, "role": "read", "namespaces": ["*"]}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+/// The tenant's `usage_details` on `server`: its status, and the summed quantity.
+fn usage_of(server: &Server, token: &str) -> (u16, Value, f64) {
+    let now = Utc::now().timestamp_micros();
+    let range =
+        json!({"from": rfc3339(now - 3 * 3_600_000_000), "to": rfc3339(now + 3_600_000_000)});
+    let (status, answer) = server
+        .post_raw(
+            "/api/web/namespaces/system/usage_details",
+            Some(token),
+            serde_json::to_vec(&range).unwrap(),
+        )
+        .unwrap();
+    let total = answer["usage_items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["quantity"].as_f64()).sum())
+        .unwrap_or(0.0);
+    (status, answer, total)
+}
+
+/// Each tenant asked of each engine: its owner answers the exact total (once it has read
+/// what was produced), the others 421 naming the partition.
+fn check_totals(engines: &[&Server], owned: &[BTreeSet<i64>], expected: &BTreeMap<String, u64>) {
+    for (tenant, sum) in expected {
+        let partition = i64::from(partition_of_tenant(tenant, PARTITIONS).unwrap());
+        for (engine, owns) in engines.iter().zip(owned) {
+            let token = read_token(engine, tenant);
+            if owns.contains(&partition) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let (status, answer, total) = loop {
+                    let (status, answer, total) = usage_of(engine, &token);
+                    if (status == 200 && total >= *sum as f64) || Instant::now() > deadline {
+                        break (status, answer, total);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                };
+                assert_eq!(status, 200, "{tenant} on its owner: {answer}");
+                assert_eq!(total, *sum as f64, "{tenant}: {answer}");
+            } else {
+                let (status, answer, _) = usage_of(engine, &token);
+                assert_eq!(status, 421, "{tenant} elsewhere: {answer}");
+                let message = answer["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains(&format!("partition {partition}")),
+                    "{message}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn engines_of_one_group_split_the_partitions_and_answer_for_their_tenants_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+    let spread: BTreeSet<i32> = tenants
+        .iter()
+        .filter_map(|t| partition_of_tenant(t, PARTITIONS))
+        .collect();
+    assert_eq!(spread.len(), 4, "the tenants cover every partition");
+    let mut expected = produce(&broker, &tenants, 0, 300);
+
+    // One engine alone owns everything and restores it.
+    let mut a = start_engine(dir.path(), "a", &broker);
+    let owned = await_split(&[&a], "a alone");
+    check_totals(&[&a], &owned, &expected);
+
+    // A second one joins: the partitions split between them, each restored before it answers;
+    // no event is counted twice by the engine that owned a partition before.
+    let mut b = start_engine(dir.path(), "b", &broker);
+    let owned = await_split(&[&a, &b], "a and b");
+    for (tenant, sum) in produce(&broker, &tenants, 300, 200) {
+        *expected.get_mut(&tenant).unwrap() += sum;
+    }
+    check_totals(&[&a, &b], &owned, &expected);
+
+    // An engine of a cluster takes no HTTP events and no commands yet: 501, nothing recorded.
+    let (status, answer) = a.post(
+        "/api/tally/events",
+        &json!([{"id": "x", "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 1}]),
+    );
+    assert_eq!(status, 501, "{answer}");
+    let (status, answer) = a.post(
+        "/api/web/namespaces/shop/quotas",
+        &json!({"metadata": {"name": "q", "namespace": "shop"}}),
+    );
+    assert_eq!(status, 501, "{answer}");
+
+    // B leaves: A takes its partitions back and catches up from its own stored offsets.
+    b.stop();
+    for (tenant, sum) in produce(&broker, &tenants, 500, 100) {
+        *expected.get_mut(&tenant).unwrap() += sum;
+    }
+    let owned = await_split(&[&a], "a after b left");
+    check_totals(&[&a], &owned, &expected);
+    a.stop();
+}
+
+#[test]
+fn a_killed_engine_partitions_move_to_the_survivor_and_come_back_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+    let mut a = start_engine(dir.path(), "a", &broker);
+    let mut b = start_engine(dir.path(), "b", &broker);
+    await_split(&[&a, &b], "a and b");
+    let mut expected = produce(&broker, &tenants, 0, 300);
+    let owned = await_split(&[&a, &b], "a and b, loaded");
+    check_totals(&[&a, &b], &owned, &expected);
+
+    // SIGKILL: no leave, the group moves B's partitions once its session times out. A folds
+    // them from where its own store stands (nothing, here), so nothing is counted twice.
+    b.kill();
+    for (tenant, sum) in produce(&broker, &tenants, 300, 200) {
+        *expected.get_mut(&tenant).unwrap() += sum;
+    }
+    let owned = await_split(&[&a], "a after b was killed");
+    check_totals(&[&a], &owned, &expected);
+
+    // B back on its own data directory: whatever it is assigned, it resumes from its stored
+    // offsets and restores before answering.
+    b.start_again();
+    for (tenant, sum) in produce(&broker, &tenants, 500, 100) {
+        *expected.get_mut(&tenant).unwrap() += sum;
+    }
+    let owned = await_split(&[&a, &b], "a and b again");
+    check_totals(&[&a, &b], &owned, &expected);
+
+    // A message in another partition than its tenant's is a dead letter, not a count.
+    let home = partition_of_tenant("tenant-0", PARTITIONS).unwrap();
+    let elsewhere = (home + 1) % PARTITIONS;
+    send_to_partition(&broker, "tenant-0", elsewhere, 1_000);
+    let receiver = if owned[0].contains(&i64::from(elsewhere)) {
+        &a
+    } else {
+        &b
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rejected_from_kafka(receiver) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_totals(&[&a, &b], &owned, &expected);
+    let receiver_dir = receiver.data_dir.clone();
+    a.stop();
+    b.stop();
+    let store = tally::log::store::Store::open_read_only(
+        &receiver_dir,
+        &tally::log::store::StoreOptions {
+            dedup_horizon: Duration::from_secs(35 * 86_400),
+            min_free_disk: 0,
+        },
+    )
+    .unwrap();
+    let dead = store.dead_letters(0, 10).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (_, letter) = &dead[0];
+    assert_eq!(letter.rejection.field, "key");
+    assert!(
+        letter
+            .rejection
+            .reason
+            .contains(&format!("belongs in partition {home}, not {elsewhere}")),
+        "{}",
+        letter.rejection.reason
+    );
+}
+
+/// One event of `tenant` sent to `partition`, whatever the key's own partition is.
+fn send_to_partition(broker: &Broker, tenant: &str, partition: i32, quantity: u64) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .create()
+        .unwrap();
+    let event =
+        json!({"id": "misplaced-1", "namespace": "shop", "metric_label": "http_lb_requests",
+        "quantity": quantity, "timestamp": rfc3339(Utc::now().timestamp_micros() - 60_000_000)})
+        .to_string();
+    producer
+        .send(
+            BaseRecord::to(TOPIC)
+                .key(tenant)
+                .payload(&event)
+                .partition(partition),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Kafka messages the engine refused (each kept as a dead letter).
+fn rejected_from_kafka(server: &Server) -> u64 {
+    let (_, metrics) = server.get("/metrics");
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("tally_events_total{")
+                && line.contains(r#"outcome="rejected""#)
+                && line.contains(r#"source="kafka""#)
+        })
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
