@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tally::ingest::produce::{TenantProducer, partition_of_tenant};
 
 const TOPIC: &str = "usage";
-const PARTITIONS: i32 = 4;
+const PARTITIONS: i32 = 6;
 const GROUP: &str = "meters";
 
 fn rfc3339(micros: i64) -> String {
@@ -176,12 +176,16 @@ fn engines_of_one_group_split_the_partitions_and_answer_for_their_tenants_only()
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_memory(dir.path());
     broker.create_topic(TOPIC, PARTITIONS as u32);
-    let tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+    let tenants: Vec<String> = (0..24).map(|i| format!("tenant-{i}")).collect();
     let spread: BTreeSet<i32> = tenants
         .iter()
         .filter_map(|t| partition_of_tenant(t, PARTITIONS))
         .collect();
-    assert_eq!(spread.len(), 4, "the tenants cover every partition");
+    assert_eq!(
+        spread.len(),
+        PARTITIONS as usize,
+        "the tenants cover every partition"
+    );
     let mut expected = produce(&broker, &tenants, 0, 300);
 
     // One engine alone owns everything and restores it.
@@ -225,7 +229,7 @@ fn a_killed_engine_partitions_move_to_the_survivor_and_come_back_exact() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_memory(dir.path());
     broker.create_topic(TOPIC, PARTITIONS as u32);
-    let tenants: Vec<String> = (0..12).map(|i| format!("tenant-{i}")).collect();
+    let tenants: Vec<String> = (0..24).map(|i| format!("tenant-{i}")).collect();
     let mut a = start_engine(dir.path(), "a", &broker);
     let mut b = start_engine(dir.path(), "b", &broker);
     await_split(&[&a, &b], "a and b");
@@ -326,4 +330,76 @@ fn rejected_from_kafka(server: &Server) -> u64 {
         })
         .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+#[test]
+fn scaling_from_one_to_three_engines_moves_only_the_partitions_that_must_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let tenants: Vec<String> = (0..24).map(|i| format!("tenant-{i}")).collect();
+    let mut expected = produce(&broker, &tenants, 0, 200);
+    let mut a = start_engine(dir.path(), "a", &broker);
+    let one = await_split(&[&a], "one engine");
+
+    // Each engine joins while events keep arriving.
+    let mut b = start_engine(dir.path(), "b", &broker);
+    let add = |expected: &mut BTreeMap<String, u64>, first| {
+        for (tenant, sum) in produce(&broker, &tenants, first, 100) {
+            *expected.get_mut(&tenant).unwrap() += sum;
+        }
+    };
+    add(&mut expected, 200);
+    let two = await_split(&[&a, &b], "two engines");
+    assert!(
+        two[0].is_subset(&one[0]),
+        "a only gave partitions away: {one:?} → {two:?}"
+    );
+    assert_eq!(two[0].len(), 3, "{two:?}");
+    check_totals(&[&a, &b], &two, &expected);
+
+    let mut c = start_engine(dir.path(), "c", &broker);
+    add(&mut expected, 300);
+    let three = await_split(&[&a, &b, &c], "three engines");
+    // Cooperative and sticky: a and b each keep what they had but the share c takes.
+    assert!(
+        three[0].is_subset(&two[0]) && three[1].is_subset(&two[1]),
+        "{two:?} → {three:?}"
+    );
+    assert!(three.iter().all(|owned| owned.len() == 2), "{three:?}");
+    check_totals(&[&a, &b, &c], &three, &expected);
+    for engine in [&mut a, &mut b, &mut c] {
+        engine.stop();
+    }
+}
+
+#[test]
+fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, PARTITIONS as u32);
+    let tenants: Vec<String> = (0..24).map(|i| format!("tenant-{i}")).collect();
+    let mut expected = produce(&broker, &tenants, 0, 100);
+    let start = |name: &str| {
+        Server::start_kafka_with(
+            &dir.path().join(name),
+            &broker.address(),
+            TOPIC,
+            &["--cluster", "--kafka-group", GROUP, "--instance-id", name],
+        )
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    let before = await_split(&[&a, &b], "a and b");
+    // Killed and back before its session ends: the group keeps its place, so nothing moves.
+    b.kill();
+    b.start_again();
+    for (tenant, sum) in produce(&broker, &tenants, 100, 100) {
+        *expected.get_mut(&tenant).unwrap() += sum;
+    }
+    let after = await_split(&[&a, &b], "b back");
+    assert_eq!(before, after);
+    check_totals(&[&a, &b], &after, &expected);
+    a.stop();
+    b.stop();
 }

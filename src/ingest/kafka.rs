@@ -155,6 +155,9 @@ impl ConsumerContext for TallyContext {
                     }
                 };
                 let partitions: Vec<i32> = assigned.iter().map(|(p, _)| *p).collect();
+                for &partition in &partitions {
+                    self.watermarks.forget(&member.topic, partition);
+                }
                 member.ownership.assigned(&partitions);
                 member.push(
                     assigned
@@ -756,18 +759,18 @@ fn record_lag(
             Ok((low, listed_high)) => {
                 sink.kafka_health.recover();
                 // ListOffsets can answer too low (see `watermarks`); fetch responses do not.
-                let fetched_high = consumer
+                let fetched = consumer
                     .context()
                     .watermarks
-                    .high(&settings.topic, partition)
-                    .unwrap_or(-1);
-                let high = listed_high.max(fetched_high);
+                    .high(&settings.topic, partition);
+                let high = listed_high.max(fetched.unwrap_or(-1));
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 let lag = high.saturating_sub(position).max(0);
                 sink.metrics.set_kafka_lag(partition, lag);
                 // Read to the end: everything the partition held is in the log below the head
-                // now (the stored offset moves in the same write as the events).
-                if lag == 0 && sink.ownership.is_restoring(partition) {
+                // now (the stored offset moves in the same write as the events). Only a fetch
+                // since the assignment tells the end: the listed one can be a batch short.
+                if lag == 0 && fetched.is_some() && sink.ownership.is_restoring(partition) {
                     sink.ownership.caught_up(partition, sink.log_head.get());
                     tracing::info!(partition, "partition read to its end");
                 }

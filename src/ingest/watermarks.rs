@@ -36,6 +36,14 @@ impl FetchedWatermarks {
         }
     }
 
+    /// Forgets what was seen of a partition (it was just assigned: only a fetch from now on
+    /// says where its end is).
+    pub fn forget(&self, topic: &str, partition: i32) {
+        if let Ok(mut high) = self.high.lock() {
+            high.remove(&(topic.to_owned(), partition));
+        }
+    }
+
     /// The high watermark of the latest fetch response of a partition, when there was one.
     pub fn high(&self, topic: &str, partition: i32) -> Option<i64> {
         let high = self.high.lock().ok()?;
