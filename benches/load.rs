@@ -4,7 +4,8 @@
 //! `scripts/bench [--quick]` runs it (`cargo bench --bench load -- [--quick]`); under
 //! `cargo test` it runs every stage on a few thousand events and writes nothing.
 //!
-//! Stages: Kafka ingest vs a bare consumer draining the topic; HTTP ingest (batches of 1,000
+//! Stages: Kafka ingest vs a bare consumer draining the topic; Kafka ingest by 1, 2 and 3
+//! engines of one consumer group, with each engine's CPU per event; HTTP ingest (batches of 1,000
 //! from concurrent clients) with latency percentiles; the append path vs raw RocksDB write
 //! batches with the same WAL settings; rebuild vs a raw scan of the log; queries at 1, 8 and
 //! 64 clients over 10,000 namespaces; bytes on disk per event after compaction; peak RSS.
@@ -33,9 +34,11 @@ struct Plan {
     http: u64,
     query_logs: Vec<u64>,
     append: u64,
+    /// Events of the cluster stage (ingest with 1, 2 and 3 engines).
+    cluster: u64,
     query_seconds: f64,
     write_results: bool,
-    /// `--only kafka|http|queries|append`: run that stage alone (nothing is written).
+    /// `--only kafka|http|queries|append|cluster`: run that stage alone (nothing is written).
     only: Option<String>,
 }
 
@@ -59,6 +62,7 @@ fn plan() -> Plan {
             http: 4_000,
             query_logs: vec![4_000],
             append: 4_000,
+            cluster: 3_000,
             query_seconds: 0.2,
             write_results: false,
             only: None,
@@ -70,6 +74,7 @@ fn plan() -> Plan {
             http: 200_000,
             query_logs: vec![200_000],
             append: 200_000,
+            cluster: 200_000,
             query_seconds: 1.0,
             write_results: only.is_none(),
             only,
@@ -80,6 +85,7 @@ fn plan() -> Plan {
             http: 1_000_000,
             query_logs: vec![1_000_000, 10_000_000],
             append: 1_000_000,
+            cluster: 1_000_000,
             query_seconds: 4.0,
             write_results: only.is_none(),
             only,
@@ -603,6 +609,96 @@ fn append_stage(
     )
 }
 
+/// Partitions of the cluster stage's topic: 1, 2 and 3 engines each own a whole share.
+const CLUSTER_PARTITIONS: u32 = 6;
+
+/// Kafka ingest of `events` (realistic load) by `engines` engines of one group (`--cluster`):
+/// the engines split the topic first, then the events are produced. Returns the rate (start
+/// of producing to all folded on every engine) and each engine's CPU-seconds per million
+/// events of the topic.
+fn cluster_stage(events: u64, engines: usize) -> (f64, Vec<f64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, CLUSTER_PARTITIONS);
+    let brokers = broker.address();
+    let mut servers: Vec<Server> = (0..engines)
+        .map(|n| {
+            Server::start_args(
+                &dir.path().join(format!("engine-{n}")),
+                &[
+                    "--kafka-brokers",
+                    &brokers,
+                    "--kafka-topic",
+                    TOPIC,
+                    "--kafka-group",
+                    "bench",
+                    "--cluster",
+                    "--rate-limit",
+                    "0",
+                ],
+            )
+        })
+        .collect();
+    let owned = |server: &Server| -> Vec<u64> {
+        server.readiness()["owned_partitions"]
+            .as_array()
+            .map(|owned| {
+                owned
+                    .iter()
+                    .filter(|p| p["ready"] == true)
+                    .filter_map(|p| p["partition"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let shares: Vec<Vec<u64>> = servers.iter().map(owned).collect();
+        let total: usize = shares.iter().map(Vec::len).sum();
+        if total == CLUSTER_PARTITIONS as usize && shares.iter().all(|s| !s.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never split: {shares:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu_before: Vec<f64> = servers.iter().map(|s| cpu_seconds(s.pid())).collect();
+    // The engines consume while the events are produced: the rate runs from the start of
+    // producing (which alone is faster than one engine's ingest) to all folded everywhere.
+    let started = Instant::now();
+    produce(&brokers, TOPIC, events, Workload::Realistic, &[]);
+    loop {
+        let ready: Vec<Value> = servers.iter().map(Server::readiness).collect();
+        let logged: u64 = ready
+            .iter()
+            .map(|r| r["log_entries"].as_u64().unwrap_or(0))
+            .sum();
+        let folded = ready
+            .iter()
+            .all(|r| r["log_entries"] == r["projected_entries"]);
+        if logged >= events && folded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster ingest stuck at {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let per_million: Vec<f64> = servers
+        .iter()
+        .zip(&cpu_before)
+        .map(|(s, before)| (cpu_seconds(s.pid()) - before) * 1e6 / events.max(1) as f64)
+        .collect();
+    for server in &mut servers {
+        server.stop();
+    }
+    (rate, per_million)
+}
+
 fn main() {
     let plan = plan();
     let mut results: BTreeMap<String, f64> = BTreeMap::new();
@@ -668,6 +764,37 @@ fn main() {
             ] {
                 results.insert(key.into(), results[&format!("{key}_{events}")]);
             }
+        }
+    }
+    if plan.runs("cluster") {
+        for engines in 1..=3usize {
+            let (rate, per_million) = cluster_stage(plan.cluster, engines);
+            results.insert(format!("cluster_ingest_eps_{engines}_engines"), rate);
+            let busiest = per_million.iter().copied().fold(0.0, f64::max);
+            results.insert(
+                format!("cluster_cpu_s_per_million_busiest_engine_{engines}_engines"),
+                busiest,
+            );
+            results.insert(
+                format!("cluster_cpu_s_per_million_all_engines_{engines}_engines"),
+                per_million.iter().sum(),
+            );
+            rows.push((
+                format!(
+                    "Kafka ingest by {engines} engine(s) of one group, {} events, realistic, {CLUSTER_PARTITIONS} partitions",
+                    plan.cluster
+                ),
+                format!(
+                    "{rate:.0} events/s; CPU-seconds per million events: {} (all: {:.1})",
+                    per_million
+                        .iter()
+                        .map(|cpu| format!("{cpu:.1}"))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    per_million.iter().sum::<f64>()
+                ),
+                "each engine's share falls as engines join".into(),
+            ));
         }
     }
     if plan.runs("http") {

@@ -280,10 +280,14 @@ impl KafkaConsumer {
         if let Some(cluster) = &settings.cluster {
             // Cooperative: a rebalance moves only the partitions that must move, the others
             // keep being consumed. A longer session than a single engine's: librdkafka does
-            // not heartbeat while it joins, and a member expired mid-join rebalances again.
+            // not heartbeat while it joins, and Tansu expires a member it has not heard from
+            // even then, so a short session lost every partition of a live engine. The poll
+            // interval bounds how long a rebalance waits for a member that does not rejoin
+            // (a dead one: by default five minutes with no partition moving).
             config
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .set("session.timeout.ms", CLUSTER_SESSION_TIMEOUT_MS)
+                .set("max.poll.interval.ms", CLUSTER_SESSION_TIMEOUT_MS)
                 .set("heartbeat.interval.ms", "1000");
             if let Some(instance) = &cluster.instance_id {
                 config.set("group.instance.id", instance);
@@ -531,8 +535,9 @@ fn finish_batch(
     }
 }
 
-/// How long the group waits for a silent engine of a cluster before moving its partitions.
-const CLUSTER_SESSION_TIMEOUT_MS: &str = "10000";
+/// How long the group waits for a silent engine of a cluster before moving its partitions,
+/// and for a member to rejoin during a rebalance.
+const CLUSTER_SESSION_TIMEOUT_MS: &str = "30000";
 
 /// How often lag and stalls are measured.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(2);
