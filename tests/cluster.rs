@@ -91,11 +91,9 @@ fn owned_partitions(server: &Server) -> BTreeSet<i64> {
         .unwrap_or_default()
 }
 
-/// Waits until the engines own every partition between them, each once, all restored. The
-/// bound is generous: Tansu 0.6 expires members only when a request arrives, and a rebalance
-/// after a crash has been seen to wait for a JoinGroup to time out before it completes.
+/// Waits until the engines own every partition between them, each once, all restored.
 fn await_split(engines: &[&Server], what: &str) -> Vec<BTreeSet<i64>> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let owned: Vec<BTreeSet<i64>> = engines.iter().map(|e| owned_partitions(e)).collect();
         let ready: Vec<BTreeSet<i64>> = engines.iter().map(|e| ready_partitions(e)).collect();
@@ -242,7 +240,10 @@ fn a_killed_engine_partitions_move_to_the_survivor_and_come_back_exact() {
     let broker = Broker::start_memory(dir.path());
     broker.create_topic(TOPIC, PARTITIONS as u32);
     let tenants: Vec<String> = (0..24).map(|i| format!("tenant-{i}")).collect();
+    // A first, so that A leads the group: on Tansu 0.6 a group whose leader dies was seen to
+    // hand the survivor nothing for minutes (see README, "Running several engines").
     let mut a = start_engine(dir.path(), "a", &broker);
+    await_split(&[&a], "a alone");
     let mut b = start_engine(dir.path(), "b", &broker);
     await_split(&[&a, &b], "a and b");
     let mut expected = produce(&broker, &tenants, 0, 300);
@@ -402,6 +403,8 @@ fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
             &["--cluster", "--kafka-group", GROUP, "--instance-id", name],
         )
     };
+    // Both at once: on Tansu 0.6 a static member joining a formed group was seen to get its
+    // share revoked from the other member and never assigned.
     let mut a = start("a");
     let mut b = start("b");
     let before = await_split(&[&a, &b], "a and b");
