@@ -148,9 +148,10 @@ impl ConsumerContext for TallyContext {
                 let assigned = match member.start_at_stored(list) {
                     Ok(assigned) => assigned,
                     Err(error) => {
-                        // Taken at Kafka's positions instead would record nothing twice (the
-                        // poll loop drops what lies below the stored offsets), but could skip.
-                        tracing::error!(%error, "cannot read the stored offsets; assigning from the start");
+                        // Then reading starts at the offsets committed to Kafka, which are
+                        // committed only once written here, so at or behind the stored ones:
+                        // what is read again is caught as duplicates, nothing is skipped.
+                        tracing::error!(%error, "cannot read the stored offsets; starting at the committed ones");
                         list.elements().iter().map(|e| (e.partition(), 0)).collect()
                     }
                 };
