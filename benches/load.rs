@@ -639,22 +639,10 @@ fn cluster_stage(events: u64, engines: usize) -> (f64, Vec<f64>) {
             )
         })
         .collect();
-    let owned = |server: &Server| -> Vec<u64> {
-        server.readiness()["owned_partitions"]
-            .as_array()
-            .map(|owned| {
-                owned
-                    .iter()
-                    .filter(|p| p["ready"] == true)
-                    .filter_map(|p| p["partition"].as_u64())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let shares: Vec<Vec<u64>> = servers.iter().map(owned).collect();
-        let total: usize = shares.iter().map(Vec::len).sum();
+        let shares: Vec<_> = servers.iter().map(|s| s.owned_partitions(true)).collect();
+        let total: usize = shares.iter().map(|share| share.len()).sum();
         if total == CLUSTER_PARTITIONS as usize && shares.iter().all(|s| !s.is_empty()) {
             break;
         }

@@ -67,28 +67,11 @@ fn start_engine(dir: &std::path::Path, name: &str, broker: &Broker) -> Server {
 
 /// The partitions an engine owns and has restored, once `/readyz` lists them.
 fn ready_partitions(server: &Server) -> BTreeSet<i64> {
-    server.readiness()["owned_partitions"]
-        .as_array()
-        .map(|owned| {
-            owned
-                .iter()
-                .filter(|p| p["ready"] == true)
-                .filter_map(|p| p["partition"].as_i64())
-                .collect()
-        })
-        .unwrap_or_default()
+    server.owned_partitions(true)
 }
 
 fn owned_partitions(server: &Server) -> BTreeSet<i64> {
-    server.readiness()["owned_partitions"]
-        .as_array()
-        .map(|owned| {
-            owned
-                .iter()
-                .filter_map(|p| p["partition"].as_i64())
-                .collect()
-        })
-        .unwrap_or_default()
+    server.owned_partitions(false)
 }
 
 /// Waits until the engines own every partition between them, each once, all restored.

@@ -162,6 +162,21 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// In a cluster, the partitions `/readyz` lists as owned here (`ready_only`: only those
+    /// restored).
+    pub fn owned_partitions(&self, ready_only: bool) -> std::collections::BTreeSet<i64> {
+        self.readiness()["owned_partitions"]
+            .as_array()
+            .map(|owned| {
+                owned
+                    .iter()
+                    .filter(|p| !ready_only || p["ready"] == true)
+                    .filter_map(|p| p["partition"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `/readyz` as JSON (status code included as `http_status`).
     pub fn readiness(&self) -> Value {
         let (status, body) = self.get("/readyz");
