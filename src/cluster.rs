@@ -6,8 +6,8 @@
 //! in one partition ([`partition_of_tenant`]). An engine answers for a tenant only while it
 //! owns that partition and has caught up with it: a partition just assigned is *restoring*
 //! until the consumer has read to its end and the projector has folded what was read. Before
-//! that, and for partitions owned elsewhere, the answer is 503 with `Retry-After`, never a
-//! number that is short. Without `--cluster` an engine owns everything.
+//! that the answer is 503 with `Retry-After`, and for a partition owned elsewhere 421, never
+//! a number that is short. Without `--cluster` an engine owns everything.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -24,6 +24,14 @@ pub enum PartitionState {
     CaughtUp { log_head: u64 },
 }
 
+impl PartitionState {
+    /// Whether its tenants are answered, the projections holding every entry below
+    /// `projected`.
+    fn ready(self, projected: u64) -> bool {
+        matches!(self, PartitionState::CaughtUp { log_head } if projected >= log_head)
+    }
+}
+
 /// Why a tenant's request is not answered here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotHere {
@@ -35,7 +43,7 @@ pub enum NotHere {
     Restoring { tenant: String, partition: i32 },
 }
 
-/// One partition owned here, as `/readyz` and `/metrics` show it.
+/// One partition owned here, as `/readyz` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OwnedPartition {
     pub partition: i32,
@@ -46,6 +54,13 @@ pub struct OwnedPartition {
 struct Owned {
     partitions: Option<i32>,
     owned: BTreeMap<i32, PartitionState>,
+}
+
+impl Owned {
+    fn partition_of(&self, tenant: &str) -> Option<i32> {
+        self.partitions
+            .and_then(|count| partition_of_tenant(tenant, count))
+    }
 }
 
 /// This engine's share of the topic: everything (a single engine), or what the consumer
@@ -116,11 +131,7 @@ impl Ownership {
     /// In a cluster, the partition that holds `tenant` (`None` outside a cluster, or before the
     /// partition count is known).
     pub fn partition_of(&self, tenant: &str) -> Option<i32> {
-        self.with(None, |owned| {
-            owned
-                .partitions
-                .and_then(|count| partition_of_tenant(tenant, count))
-        })
+        self.with(None, |owned| owned.partition_of(tenant))
     }
 
     /// Whether `partition` is owned here and still restoring.
@@ -134,16 +145,13 @@ impl Ownership {
     /// `projected`.
     pub fn check(&self, tenant: &str, projected: u64) -> Result<(), NotHere> {
         self.with(Ok(()), |owned| {
-            let partition = owned
-                .partitions
-                .and_then(|count| partition_of_tenant(tenant, count))
-                .ok_or(NotHere::NoTopic)?;
+            let partition = owned.partition_of(tenant).ok_or(NotHere::NoTopic)?;
             match owned.owned.get(&partition) {
                 None => Err(NotHere::OwnedElsewhere {
                     tenant: tenant.to_owned(),
                     partition,
                 }),
-                Some(PartitionState::CaughtUp { log_head }) if projected >= *log_head => Ok(()),
+                Some(state) if state.ready(projected) => Ok(()),
                 Some(_) => Err(NotHere::Restoring {
                     tenant: tenant.to_owned(),
                     partition,
@@ -160,7 +168,7 @@ impl Ownership {
                 .iter()
                 .map(|(&partition, state)| OwnedPartition {
                     partition,
-                    ready: matches!(state, PartitionState::CaughtUp { log_head } if projected >= *log_head),
+                    ready: state.ready(projected),
                 })
                 .collect()
         })

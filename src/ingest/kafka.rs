@@ -34,7 +34,7 @@ use crate::health::Health;
 use crate::ingest::watermarks::{self, FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::log::DeadLetter;
 use crate::log::append::{AppendError, Candidate, OnWritten, Outcome, PendingAppend, SourceOffset};
-use crate::log::store::Store;
+use crate::log::store::{Store, StoreError};
 use crate::stop::{SignalledThread, StopSignal};
 
 pub use crate::config::KafkaSettings;
@@ -83,25 +83,33 @@ impl GroupMember {
     /// Points each partition of `list` a little before its stored offset; returns them with
     /// the stored offsets.
     fn start_at_stored(&self, list: &mut TopicPartitionList) -> Result<Vec<(i32, i64)>, String> {
-        let stored = self
-            .store
-            .source_offsets(&self.topic)
-            .map_err(|e| e.to_string())?;
         let partitions: Vec<i32> = list
             .elements()
             .iter()
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
-        let mut assigned = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+        let assigned =
+            stored_offsets(&self.store, &self.topic, partitions).map_err(|e| e.to_string())?;
+        for &(partition, stored_offset) in &assigned {
             list.set_partition_offset(&self.topic, partition, rewound(stored_offset))
                 .map_err(|e| e.to_string())?;
-            assigned.push((partition, stored_offset));
         }
         Ok(assigned)
     }
+}
+
+/// Each of `partitions` with its next unrecorded offset, as the store holds it (0 when none).
+fn stored_offsets(
+    store: &Store,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> Result<Vec<(i32, i64)>, StoreError> {
+    let stored = store.source_offsets(topic)?;
+    Ok(partitions
+        .into_iter()
+        .map(|partition| (partition, stored.get(&partition).copied().unwrap_or(0)))
+        .collect())
 }
 
 /// Where reading starts for a partition whose next unrecorded offset is `stored_offset`.
@@ -228,11 +236,11 @@ fn assign_all(
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, String> {
-    let stored = store.source_offsets(topic).map_err(|e| e.to_string())?;
+    let stored =
+        stored_offsets(store, topic, partitions.iter().copied()).map_err(|e| e.to_string())?;
     let mut assignment = TopicPartitionList::new();
     let mut resume = BTreeMap::new();
-    for &partition in partitions {
-        let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+    for (partition, stored_offset) in stored {
         let start = rewound(stored_offset);
         assignment
             .add_partition_offset(topic, partition, start)
@@ -474,24 +482,27 @@ fn read_again(
         *last_assignment_check = None;
         return true;
     }
-    let (assignment, stored) = match (
-        consumer.assignment(),
-        sink.store.source_offsets(&settings.topic),
-    ) {
-        (Ok(assignment), Ok(stored)) => (assignment, stored),
-        (Err(error), _) => {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
             tracing::error!(%error, "cannot read the assignment to seek back; retrying");
             return false;
         }
-        (_, Err(error)) => {
+    };
+    let partitions = assignment
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect::<Vec<_>>();
+    let stored = match stored_offsets(&sink.store, &settings.topic, partitions) {
+        Ok(stored) => stored,
+        Err(error) => {
             tracing::error!(%error, "cannot read the stored offsets to seek back; retrying");
             return false;
         }
     };
     let mut all_sought = true;
-    for element in assignment.elements() {
-        let partition = element.partition();
-        let stored_offset = stored.get(&partition).copied().unwrap_or(0);
+    for (partition, stored_offset) in stored {
         match consumer.seek(
             &settings.topic,
             partition,
@@ -693,31 +704,26 @@ pub(crate) fn decode_message(
     match event::decode(&message.payload, &context) {
         // In a cluster a tenant's events are folded by the owner of its partition alone, so
         // an event in another partition would be counted where nobody reads it.
-        Ok(event)
-            if sink
-                .ownership
-                .partition_of(&event.tenant)
-                .is_some_and(|expected| expected != message.partition) =>
-        {
-            let rejection = Rejection::new(
-                Some(&event.id),
-                "key",
-                format!(
-                    "in a cluster a message must be keyed by its tenant: tenant `{}` belongs in partition {}, not {}",
-                    event.tenant,
-                    sink.ownership.partition_of(&event.tenant).unwrap_or(-1),
-                    message.partition
-                ),
-            );
-            Candidate::Rejected(DeadLetter::new(
-                now,
-                source,
-                &event.tenant,
-                rejection,
-                &message.payload,
-            ))
-        }
-        Ok(event) => Candidate::Event { event, source },
+        Ok(event) => match sink.ownership.partition_of(&event.tenant) {
+            Some(expected) if expected != message.partition => {
+                let rejection = Rejection::new(
+                    Some(&event.id),
+                    "key",
+                    format!(
+                        "in a cluster a message must be keyed by its tenant: tenant `{}` belongs in partition {expected}, not {}",
+                        event.tenant, message.partition
+                    ),
+                );
+                Candidate::Rejected(DeadLetter::new(
+                    now,
+                    source,
+                    &event.tenant,
+                    rejection,
+                    &message.payload,
+                ))
+            }
+            _ => Candidate::Event { event, source },
+        },
         Err(rejection) => Candidate::Rejected(DeadLetter::new(
             now,
             source,
