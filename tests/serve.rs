@@ -129,3 +129,19 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
         "no ANSI escape in a log file:\n{log}"
     );
 }
+
+#[test]
+fn cluster_flags_without_what_they_need_are_refused_by_name() {
+    // A cluster shares a Kafka topic; static membership is a cluster's.
+    let stderr = serve_fails(&["--cluster"]);
+    assert!(stderr.contains("--kafka-topic"), "{stderr}");
+    let stderr = serve_fails(&[
+        "--kafka-brokers",
+        "127.0.0.1:1",
+        "--kafka-topic",
+        "usage",
+        "--instance-id",
+        "a",
+    ]);
+    assert!(stderr.contains("--cluster"), "{stderr}");
+}
