@@ -95,7 +95,8 @@ fn log_append(c: &mut Criterion) {
     let clock = time::system_clock();
     let now = clock();
     let (appender, writer) =
-        Appender::start(store, LogHead::new(0), clock, Default::default()).expect("appender");
+        Appender::start(store, LogHead::new(0), clock, Default::default(), false)
+            .expect("appender");
     let context = decode_context(&catalog, now);
     let mut offset = 0;
     let mut group = c.benchmark_group("log");

@@ -70,7 +70,7 @@ enum StoredRoleV1 {
     Admin,
 }
 
-fn encode_token(record: &TokenRecord) -> Vec<u8> {
+pub(crate) fn encode_token(record: &TokenRecord) -> Vec<u8> {
     codec::encode_record(&StoredTokenV1 {
         id: record.id.clone(),
         tenant: record.tenant.clone(),
@@ -88,7 +88,7 @@ fn encode_token(record: &TokenRecord) -> Vec<u8> {
     })
 }
 
-fn decode_token(bytes: &[u8]) -> Result<TokenRecord, codec::CodecError> {
+pub(crate) fn decode_token(bytes: &[u8]) -> Result<TokenRecord, codec::CodecError> {
     let stored: StoredTokenV1 = codec::decode_record(bytes, "token")?;
     Ok(TokenRecord {
         id: stored.id,
@@ -186,6 +186,13 @@ impl TokenRecord {
             operator: self.operator,
         }
     }
+}
+
+/// A token issued or revoked, as the engines of a cluster share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenChange {
+    Put(TokenRecord),
+    Delete(String),
 }
 
 /// The token set, cached in memory and written through to the store.
@@ -305,6 +312,27 @@ impl Tokens {
         if let Ok(mut records) = self.records.write() {
             records.remove(id);
         }
+    }
+
+    /// Applies a token change another engine of the cluster made (or this one, read back from
+    /// the control topic): stored and in force at once. The operator token is never replaced
+    /// this way: each engine takes its own from its flags.
+    pub fn apply_replicated(&self, change: &TokenChange) -> Result<(), StoreError> {
+        let mut batch = self.store.batch();
+        match change {
+            TokenChange::Put(record) if record.id != OPERATOR_ID => {
+                batch.put(CF_TOKENS, record.id.as_bytes(), encode_token(record));
+                self.store.commit(batch, true)?;
+                self.remember(record.clone());
+            }
+            TokenChange::Delete(id) if id != OPERATOR_ID => {
+                batch.delete(CF_TOKENS, id.as_bytes());
+                self.store.commit(batch, true)?;
+                self.forget(id);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// How many tokens `tenant` holds (the operator token not counted).

@@ -30,6 +30,8 @@ pub struct ClusterSettings {
     /// `--instance-id`: static group membership, so a restart within the session timeout
     /// gets its partitions back without a rebalance.
     pub instance_id: Option<String>,
+    /// `--advertise`: the URL other engines forward this engine's tenants' requests to.
+    pub advertise: Option<String>,
 }
 
 /// Where alerts go and the key that signs them.
@@ -122,6 +124,12 @@ pub struct ServeArgs {
     /// session timeout keeps its partitions.
     #[arg(long, env = "TALLY_INSTANCE_ID", requires = "cluster")]
     pub instance_id: Option<String>,
+    /// The URL the other engines of the cluster reach this one's API at (e.g.
+    /// http://10.0.0.5:8080): requests for its tenants that arrive elsewhere are forwarded
+    /// there. Defaults to http://<the address the API is bound to> unless that is 0.0.0.0 or
+    /// [::] (then requests for other engines' tenants answer 421).
+    #[arg(long, env = "TALLY_ADVERTISE", requires = "cluster")]
+    pub advertise: Option<String>,
     /// Most messages appended in one batch.
     #[arg(long, env = "TALLY_KAFKA_BATCH", default_value_t = 5_000)]
     pub kafka_batch: usize,
@@ -292,6 +300,7 @@ impl Config {
                 stall_after: args.kafka_stall_time,
                 cluster: args.cluster.then(|| ClusterSettings {
                     instance_id: args.instance_id.clone(),
+                    advertise: args.advertise.clone(),
                 }),
             }),
             _ => None,

@@ -9,13 +9,15 @@ use tokio::sync::watch;
 use crate::auth::{OperatorTokenError, Tokens};
 use crate::billing::BillingChange;
 use crate::cluster::Ownership;
+use crate::cluster::changelog::{self, Published};
+use crate::cluster::control::Control;
 use crate::commands::WriteSide;
 use crate::config::Config;
 use crate::event::DecodeContext;
 use crate::health::{Health, PartitionStalls};
 use crate::log::LogEntry;
 use crate::log::append::{
-    AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome, RowWrite,
+    AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome, PERIOD_CLOSE, RowWrite,
 };
 use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
@@ -78,6 +80,9 @@ pub fn catalog_changes(
         .unwrap_or_default())
 }
 
+/// How long a command of a cluster waits for the changelog to hold its facts.
+pub const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long an answer waits for the projections to include what came before it.
 pub const PROJECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -115,10 +120,19 @@ pub struct IngestHandle {
     /// The log position just past its last entry: a partition read to its end is ready once
     /// the projections reach it.
     pub log_head: Arc<LogHead>,
+    /// In a cluster: this store's origin in the changelog, and how far it holds its entries.
+    pub changelog: Option<ChangelogHandle>,
     catalog: Arc<crate::catalog::Catalog>,
     late_window: std::time::Duration,
     future_skew: std::time::Duration,
     clock: Clock,
+}
+
+/// An engine's place in the cluster's changelog (see [`crate::cluster::changelog`]).
+#[derive(Clone)]
+pub struct ChangelogHandle {
+    pub origin: u64,
+    pub published: Published,
 }
 
 impl IngestHandle {
@@ -183,6 +197,8 @@ pub struct Engine {
     tenant_positions: Mutex<std::collections::HashMap<String, u64>>,
     /// What each tenant's quota and billing commands are decided against, per tenant.
     commands: WriteSide,
+    /// In a cluster, once serving: the control topic (addresses and tokens).
+    control: std::sync::OnceLock<Arc<Control>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -218,11 +234,13 @@ impl Engine {
 
         let head = LogHead::new(0);
         let writer_health = Arc::new(Health::default());
+        let in_cluster = config.kafka.as_ref().is_some_and(|k| k.cluster.is_some());
         let (appender, writer_thread) = Appender::start(
             store.clone(),
             head.clone(),
             clock.clone(),
             writer_health.clone(),
+            in_cluster,
         )?;
         let log_entries_at_start = head.get();
         let (projected_tx, projected) = watch::channel(0);
@@ -238,7 +256,6 @@ impl Engine {
         )?;
         let metrics = Arc::new(Metrics::new());
         let (kafka, kafka_stalls) = (Arc::<Health>::default(), Arc::<PartitionStalls>::default());
-        let in_cluster = config.kafka.as_ref().is_some_and(|k| k.cluster.is_some());
         let ownership = Arc::new(if in_cluster {
             Ownership::cluster()
         } else {
@@ -252,6 +269,13 @@ impl Engine {
             kafka_stalls: kafka_stalls.clone(),
             ownership,
             log_head: head.clone(),
+            changelog: match in_cluster {
+                true => Some(ChangelogHandle {
+                    origin: changelog::origin(&store)?,
+                    published: Published::default(),
+                }),
+                false => None,
+            },
             catalog: config.catalog.clone(),
             late_window: config.late_window,
             future_skew: config.future_skew,
@@ -278,6 +302,7 @@ impl Engine {
             generated_admin_token: Mutex::new(generated),
             tenant_positions: Mutex::default(),
             commands: WriteSide::default(),
+            control: std::sync::OnceLock::new(),
             threads: Mutex::new(vec![writer_thread, projector_thread]),
         })
     }
@@ -346,6 +371,17 @@ impl Engine {
         &self.ingest
     }
 
+    /// In a cluster, the control topic: where the owners of other partitions answer, and
+    /// where token changes go.
+    pub fn control(&self) -> Option<&Arc<Control>> {
+        self.control.get()
+    }
+
+    /// Installs the control topic's handle (once, when serving starts).
+    pub fn set_control(&self, control: Arc<Control>) {
+        let _ = self.control.set(control);
+    }
+
     /// The partitions this engine owns: see [`crate::cluster`].
     pub fn ownership(&self) -> &Ownership {
         &self.ingest.ownership
@@ -394,7 +430,29 @@ impl Engine {
             .collect();
         let outcomes = self.appender.append_with_rows(candidates, rows).await?;
         self.note_positions(tenants.iter().map(String::as_str).zip(&outcomes));
+        self.wait_published(&outcomes).await?;
         Ok(outcomes)
+    }
+
+    /// In a cluster, waits until the changelog holds what `outcomes` recorded: a command is
+    /// answered once it would survive the loss of this engine and its disk.
+    pub async fn wait_published(&self, outcomes: &[Outcome]) -> Result<(), AppendError> {
+        let Some(changelog) = &self.ingest.changelog else {
+            return Ok(());
+        };
+        let through = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Recorded { seq } => Some(seq.saturating_add(1)),
+                _ => None,
+            })
+            .max();
+        match through {
+            Some(position) if !changelog.published.wait_for(position, PUBLISH_WAIT).await => {
+                Err(AppendError::NotPublished)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Records where each tenant's recorded facts ended.
@@ -442,12 +500,17 @@ impl Engine {
         let now = self.now();
         let mut candidates = Vec::new();
         let mut closing = Vec::new();
+        let projected = self.projected();
         for state in tenants {
+            // In a cluster a tenant's periods are closed by the owner of its partition.
+            if self.ownership().check(&state.tenant, projected).is_err() {
+                continue;
+            }
             let open = state.open_period();
             if open.end <= now {
                 closing.push(state.tenant.clone());
                 candidates.push(Candidate::Fact {
-                    identity: Some(FactIdentity::new("period-close", &state.tenant, &open.uid)),
+                    identity: Some(FactIdentity::new(PERIOD_CLOSE, &state.tenant, &open.uid)),
                     entry: LogEntry::Billing {
                         tenant: state.tenant.clone(),
                         at: open.end,

@@ -18,10 +18,13 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::api::{self, AppState};
+use crate::cluster::changelog::{Publisher, PublisherSettings};
+use crate::cluster::control::{Control, ControlSettings};
 use crate::config::ServerLimits;
 use crate::engine::{Engine, EngineError};
 use crate::ingest::kafka::KafkaConsumer;
 use crate::log::store::MAX_OPEN_TABLE_FILES;
+use crate::stop::SignalledThread;
 use crate::stop::StopSignal;
 use crate::webhook::WebhookDeliverer;
 
@@ -48,7 +51,7 @@ pub async fn serve(
     let reopen = Arc::new(reopen);
     let mut engine = engine;
     loop {
-        let background = Background::start(&engine)?;
+        let background = Background::start(&engine, listener.local_addr().ok())?;
         let app = api::router(AppState::new(engine.clone()));
         let limits = engine.config().server.clone();
         let ended = accept_until(
@@ -143,13 +146,89 @@ struct Background {
     /// The one signal all of them obey.
     stop: StopSignal,
     consumer: Option<KafkaConsumer>,
+    /// In a cluster: publishes to the changelog. Stopped after the consumer, with a signal of
+    /// its own, so a partition the consumer gives up on the way out is published first.
+    changelog: Option<(Publisher, StopSignal)>,
+    /// In a cluster: reads and writes the control topic.
+    control: Option<SignalledThread>,
     webhook: Option<WebhookDeliverer>,
     billing_clock: tokio::task::JoinHandle<()>,
 }
 
 impl Background {
-    fn start(engine: &Arc<Engine>) -> std::io::Result<Background> {
+    /// `listening`: where the API is bound, the URL other engines of a cluster forward to
+    /// when `--advertise` does not name one.
+    fn start(
+        engine: &Arc<Engine>,
+        listening: Option<std::net::SocketAddr>,
+    ) -> std::io::Result<Background> {
         let stop = StopSignal::default();
+        if let Some(settings) = engine
+            .config()
+            .kafka
+            .as_ref()
+            .filter(|k| k.cluster.is_some())
+            && let Err(reason) = crate::cluster::ensure_topics(&settings.brokers, &settings.topic)
+        {
+            tracing::warn!(%reason, "the cluster's changelog and control topics are not checked");
+        }
+        let changelog = match (
+            engine.config().kafka.clone(),
+            engine.ingest().changelog.clone(),
+        ) {
+            (Some(settings), Some(handle)) if settings.cluster.is_some() => {
+                let publisher_stop = StopSignal::default();
+                let publisher = Publisher::start(
+                    engine.store().clone(),
+                    engine.status().head.clone(),
+                    engine.ingest().ownership.clone(),
+                    handle.published,
+                    PublisherSettings {
+                        brokers: settings.brokers.clone(),
+                        source_topic: settings.topic.clone(),
+                        origin: handle.origin,
+                    },
+                    publisher_stop.clone(),
+                )
+                .map_err(|e| std::io::Error::other(format!("cannot start the changelog: {e}")))?;
+                Some((publisher, publisher_stop))
+            }
+            _ => None,
+        };
+        let control = match engine.config().kafka.clone() {
+            Some(settings) if settings.cluster.is_some() => {
+                let cluster = settings.cluster.clone().unwrap_or_default();
+                let applier = engine.clone();
+                let (control, thread) = Control::start(
+                    ControlSettings {
+                        brokers: settings.brokers.clone(),
+                        source_topic: settings.topic.clone(),
+                        instance: cluster
+                            .instance_id
+                            .clone()
+                            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+                        url: cluster.advertise.clone().or_else(|| {
+                            listening
+                                .filter(|at| !at.ip().is_unspecified())
+                                .map(|at| format!("http://{at}"))
+                        }),
+                    },
+                    Arc::new(move |change| {
+                        if let Err(error) = applier.tokens().apply_replicated(change) {
+                            tracing::error!(%error, "cannot store a token change of the cluster");
+                        }
+                    }),
+                    engine.ingest().ownership.clone(),
+                    stop.clone(),
+                )
+                .map_err(|e| {
+                    std::io::Error::other(format!("cannot start the control topic: {e}"))
+                })?;
+                engine.set_control(control);
+                Some(thread)
+            }
+            _ => None,
+        };
         let consumer = match engine.config().kafka.clone() {
             Some(settings) => {
                 let topic = settings.topic.clone();
@@ -177,6 +256,8 @@ impl Background {
         Ok(Background {
             stop,
             consumer,
+            changelog,
+            control,
             webhook,
             billing_clock,
         })
@@ -189,6 +270,16 @@ impl Background {
         self.stop.stop();
         if let Some(consumer) = self.consumer {
             tokio::task::spawn_blocking(move || consumer.stop())
+                .await
+                .ok();
+        }
+        if let Some(control) = self.control {
+            tokio::task::spawn_blocking(move || control.stop())
+                .await
+                .ok();
+        }
+        if let Some((publisher, _)) = self.changelog {
+            tokio::task::spawn_blocking(move || publisher.stop())
                 .await
                 .ok();
         }

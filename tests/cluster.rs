@@ -102,56 +102,85 @@ fn await_split(engines: &[&Server], what: &str) -> Vec<BTreeSet<i64>> {
     }
 }
 
-/// A read token of `tenant` on `server`, issued by the operator.
-fn read_token(server: &Server, tenant: &str) -> String {
+/// A token of `tenant` with `role`, issued by the operator through `server` (the control
+/// topic shares it with every engine).
+fn token_of(server: &Server, tenant: &str, role: &str) -> String {
     let (status, answer) = server.post(
         "/api/tally/tokens",
-        &json!({"tenant": tenant, "role": "read", "namespaces": ["*"]}),
+        &json!({"tenant": tenant, "role": role, "namespaces": ["*"]}),
     );
     assert_eq!(status, 200, "{answer}");
     answer["token"].as_str().unwrap().to_owned()
 }
 
+fn read_token(server: &Server, tenant: &str) -> String {
+    token_of(server, tenant, "read")
+}
+
+/// The range every usage question of these tests asks about.
+fn usage_range() -> Value {
+    let now = Utc::now().timestamp_micros();
+    json!({"from": rfc3339(now - 3 * 3_600_000_000), "to": rfc3339(now + 3_600_000_000)})
+}
+
+/// The summed quantity of a `usage_details` answer.
+fn total_of(answer: &Value) -> f64 {
+    answer["usage_items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["quantity"].as_f64()).sum())
+        .unwrap_or(0.0)
+}
+
 /// The tenant's `usage_details` on `server`: its status, and the summed quantity.
 fn usage_of(server: &Server, token: &str) -> (u16, Value, f64) {
-    let now = Utc::now().timestamp_micros();
-    let range =
-        json!({"from": rfc3339(now - 3 * 3_600_000_000), "to": rfc3339(now + 3_600_000_000)});
     let (status, answer) = server
         .post_raw(
             "/api/web/namespaces/system/usage_details",
             Some(token),
-            serde_json::to_vec(&range).unwrap(),
+            serde_json::to_vec(&usage_range()).unwrap(),
         )
         .unwrap();
-    let total = answer["usage_items"]
-        .as_array()
-        .map(|items| items.iter().filter_map(|i| i["quantity"].as_f64()).sum())
-        .unwrap_or(0.0);
+    let total = total_of(&answer);
     (status, answer, total)
 }
 
-/// Each tenant asked of each engine: its owner answers the exact total (once it has read
-/// what was produced), the others 421 naming the partition.
+/// Waits until `server` answers `tenant`'s exact total (once its owner has read what was
+/// produced); fails with what it last answered.
+fn await_total(server: &Server, token: &str, tenant: &str, sum: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (status, answer, total) = loop {
+        let (status, answer, total) = usage_of(server, token);
+        if (status == 200 && total >= sum as f64) || Instant::now() > deadline {
+            break (status, answer, total);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 200, "{tenant} {what}: {answer}");
+    assert_eq!(total, sum as f64, "{tenant} {what}: {answer}");
+}
+
+/// Each tenant asked of each engine: every one answers the exact total, its owner itself and
+/// the others by forwarding to it; a request already forwarded once is not forwarded again
+/// (421 naming the partition on an engine that does not own it).
 fn check_totals(engines: &[&Server], owned: &[BTreeSet<i64>], expected: &BTreeMap<String, u64>) {
     for (tenant, sum) in expected {
         let partition = i64::from(partition_of_tenant(tenant, PARTITIONS).unwrap());
+        let token = read_token(engines[0], tenant);
         for (engine, owns) in engines.iter().zip(owned) {
-            let token = read_token(engine, tenant);
-            if owns.contains(&partition) {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let (status, answer, total) = loop {
-                    let (status, answer, total) = usage_of(engine, &token);
-                    if (status == 200 && total >= *sum as f64) || Instant::now() > deadline {
-                        break (status, answer, total);
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                };
-                assert_eq!(status, 200, "{tenant} on its owner: {answer}");
-                assert_eq!(total, *sum as f64, "{tenant}: {answer}");
+            let what = if owns.contains(&partition) {
+                "on its owner"
             } else {
-                let (status, answer, _) = usage_of(engine, &token);
-                assert_eq!(status, 421, "{tenant} elsewhere: {answer}");
+                "forwarded"
+            };
+            await_total(engine, &token, tenant, *sum, what);
+            if !owns.contains(&partition) {
+                let (status, answer, _) = engine.post_with_headers(
+                    "/api/web/namespaces/system/usage_details",
+                    &token,
+                    &usage_range(),
+                    &[("x-tally-forwarded-by", "http://elsewhere")],
+                );
+                assert_eq!(status, 421, "{tenant} forwarded twice: {answer}");
                 let message = answer["message"].as_str().unwrap_or_default();
                 assert!(
                     message.contains(&format!("partition {partition}")),
@@ -194,17 +223,44 @@ fn engines_of_one_group_split_the_partitions_and_answer_for_their_tenants_only()
     }
     check_totals(&[&a, &b], &owned, &expected);
 
-    // An engine of a cluster takes no HTTP events and no commands yet: 501, nothing recorded.
+    // HTTP ingest through the operator is judged event by event: an event whose tenant A does
+    // not own is refused naming the tenant (and kept as a dead letter), one A owns is taken.
+    let a_owns = |tenant: &String| {
+        owned[0].contains(&i64::from(partition_of_tenant(tenant, PARTITIONS).unwrap()))
+    };
+    let here = tenants.iter().find(|t| a_owns(t)).unwrap();
+    let there = tenants.iter().find(|t| !a_owns(t)).unwrap();
+    let now = rfc3339(Utc::now().timestamp_micros() - 60_000_000);
     let (status, answer) = a.post(
         "/api/tally/events",
-        &json!([{"id": "x", "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 1}]),
+        &json!([
+            {"id": "http-1", "tenant": here, "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 5, "timestamp": now},
+            {"id": "http-2", "tenant": there, "namespace": "shop", "metric_label": "http_lb_requests", "quantity": 5, "timestamp": now},
+        ]),
     );
-    assert_eq!(status, 501, "{answer}");
-    let (status, answer) = a.post(
-        "/api/web/namespaces/shop/quotas",
-        &json!({"metadata": {"name": "q", "namespace": "shop"}}),
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["rejected"][0]["field"], "tenant", "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
+    *expected.get_mut(here).unwrap() += 5;
+    // A tenant's own token sends its events through any engine: forwarded to the owner.
+    let writer = token_of(&a, there, "write");
+    let (status, answer) = a
+        .post_raw(
+            "/api/tally/events",
+            Some(&writer),
+            serde_json::to_vec(&json!([{"id": "http-3", "namespace": "shop",
+                "metric_label": "http_lb_requests", "quantity": 7, "timestamp": now}]))
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (200, json!(1)),
+        "{answer}"
     );
-    assert_eq!(status, 501, "{answer}");
+    *expected.get_mut(there).unwrap() += 7;
+    check_totals(&[&a, &b], &owned, &expected);
 
     // B leaves: A takes its partitions back and catches up from its own stored offsets.
     b.stop();

@@ -57,7 +57,7 @@ async fn run(
     command: BillingCommand,
 ) -> Result<Done, ApiError> {
     // The operator's commands come here without a namespace extractor to refuse them.
-    super::extract::answered_here(state, tenant, true)?;
+    super::extract::answered_here(state, tenant)?;
     let engine = &state.engine;
     let mut turn = engine.commands().billing.begin(tenant).await;
     if command.needs_folded_state() && !engine.wait_tenant_current(tenant).await {

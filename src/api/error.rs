@@ -61,9 +61,6 @@ pub enum ApiError {
     /// 421 / UNAVAILABLE: in a cluster, the tenant's partition is owned by another engine.
     #[error("{0}")]
     Misdirected(String),
-    /// 501 / UNIMPLEMENTED: what an engine of a cluster does not do yet.
-    #[error("{0}")]
-    NotInCluster(String),
     /// 500 / INTERNAL: logged with its detail; the client sees a plain message.
     #[error("internal error")]
     Internal(String),
@@ -98,7 +95,6 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, 14)
             }
             ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, 14),
-            ApiError::NotInCluster(_) => (StatusCode::NOT_IMPLEMENTED, 12),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 13),
         }
     }
@@ -157,6 +153,9 @@ impl From<StoreError> for ApiError {
 impl From<AppendError> for ApiError {
     fn from(error: AppendError) -> Self {
         tracing::error!(%error, "append failed");
+        if matches!(error, AppendError::NotPublished) {
+            return ApiError::Unavailable(format!("{error}; do not repeat it, read it back"));
+        }
         ApiError::Unavailable(
             "the log cannot be written right now; nothing was recorded, retry later".into(),
         )

@@ -16,9 +16,6 @@ use crate::log::keys::Scope;
 
 /// What a caller must hold in a namespace for an endpoint.
 pub trait Access: Send + Sync + 'static {
-    /// Whether the endpoint records a fact (a command) rather than reading.
-    const CHANGES: bool = true;
-
     fn check(caller: &Caller, namespace: &str) -> Result<(), ApiError>;
 }
 
@@ -32,8 +29,6 @@ pub struct Write;
 pub struct Change;
 
 impl Access for Read {
-    const CHANGES: bool = false;
-
     fn check(caller: &Caller, namespace: &str) -> Result<(), ApiError> {
         super::namespace_scope(caller, namespace).map(|_| ())
     }
@@ -106,7 +101,7 @@ impl<A: Access> FromRequestParts<AppState> for InNamespace<A> {
         let caller = Caller::from_request_parts(parts, state).await?;
         let namespace = path_namespace(parts, state).await?;
         A::check(&caller, &namespace)?;
-        answered_here(state, &caller.tenant, A::CHANGES)?;
+        answered_here(state, &caller.tenant)?;
         Ok(InNamespace {
             caller,
             namespace,
@@ -116,22 +111,12 @@ impl<A: Access> FromRequestParts<AppState> for InNamespace<A> {
 }
 
 /// In a cluster, whether this engine answers for `tenant`: it must own the tenant's
-/// partition and have restored it (reads), and commands are not taken yet: their facts are
-/// in this engine's log alone and would not move with the partition. Always so for a single
-/// engine.
-pub fn answered_here(state: &AppState, tenant: &str, changes: bool) -> Result<(), ApiError> {
+/// partition and have restored it, for reads and commands alike (a command's facts are
+/// published to the changelog before it is answered, so they move with the partition).
+/// Always so for a single engine.
+pub fn answered_here(state: &AppState, tenant: &str) -> Result<(), ApiError> {
     use crate::cluster::NotHere;
     let engine = &state.engine;
-    if !engine.ownership().in_cluster() {
-        return Ok(());
-    }
-    if changes {
-        return Err(ApiError::NotInCluster(
-            "an engine of a cluster does not take commands yet (their facts would not move \
-             with the tenant's partition); run them on a single engine"
-                .into(),
-        ));
-    }
     match engine.ownership().check(tenant, engine.projected()) {
         Ok(()) => Ok(()),
         Err(reason @ NotHere::OwnedElsewhere { .. }) => {

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, AppState, require_role};
 use crate::auth::{Caller, Role};
-use crate::event::{self, EventSource, Refusal};
+use crate::event::{self, EventSource, Refusal, Rejection};
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome};
 
@@ -48,14 +48,10 @@ pub async fn ingest_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>, ApiError> {
     require_role(&caller, Role::Write)?;
-    if state.engine.ownership().in_cluster() {
-        // Recorded here alone, the events would not survive this engine's loss nor move with
-        // the tenant's partition.
-        return Err(ApiError::NotInCluster(
-            "an engine of a cluster takes events from the Kafka topic only; produce them there \
-             (keyed by tenant)"
-                .into(),
-        ));
+    // In a cluster the caller's tenant is answered by its owner (this request was forwarded
+    // here if it arrived elsewhere); the operator's events are judged one by one below.
+    if !caller.operator {
+        super::extract::answered_here(&state, &caller.tenant)?;
     }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -105,9 +101,23 @@ pub async fn ingest_events(
     let mut candidates = Vec::with_capacity(events.len());
     for (index, raw) in events.iter().enumerate() {
         candidates.push(match event::decode_within(raw, &context, &in_scope) {
-            Ok(event) => Candidate::Event {
-                event,
-                source: source.clone(),
+            Ok(event) => match engine.ownership().check(&event.tenant, engine.projected()) {
+                Ok(()) => Candidate::Event {
+                    event,
+                    source: source.clone(),
+                },
+                // Recorded here, it would not be where its tenant's usage is folded.
+                Err(reason) => Candidate::Rejected(DeadLetter::new(
+                    now,
+                    source.clone(),
+                    &event.tenant,
+                    Rejection::new(
+                        Some(&event.id),
+                        "tenant",
+                        format!("{reason}; send it to that engine or to the Kafka topic"),
+                    ),
+                    raw,
+                )),
             },
             Err(Refusal::Invalid(rejection)) => Candidate::Rejected(DeadLetter::new(
                 now,
@@ -125,6 +135,8 @@ pub async fn ingest_events(
         });
     }
     let outcomes = engine.appender().append(candidates).await?;
+    // In a cluster: answered once the changelog holds them.
+    engine.wait_published(&outcomes).await?;
 
     let mut response = IngestResponse {
         accepted: 0,

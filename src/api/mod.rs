@@ -7,6 +7,7 @@ pub mod admin;
 pub mod billing;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod ingest;
 pub mod ops;
 pub mod quota;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub auth_failures: Option<Arc<FailureLimit>>,
     /// Serialises token changes, so the per-tenant cap is judged against every earlier one.
     pub token_lock: Arc<tokio::sync::Mutex<()>>,
+    /// In a cluster: sends requests on to the engine that owns their tenant.
+    pub forwarder: reqwest::Client,
 }
 
 impl AppState {
@@ -73,6 +76,11 @@ impl AppState {
             limiter: rate_limiter(engine_rate_limit),
             auth_failures,
             token_lock: Arc::default(),
+            forwarder: reqwest::Client::builder()
+                .timeout(forward::FORWARD_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         }
     }
 }
@@ -224,6 +232,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), track_request))
         .fallback(|| async { ApiError::NotFound("no such path".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward_to_owner,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))

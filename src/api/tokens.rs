@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Admin, JsonBody, RequestBody};
 use crate::api::ApiError;
-use crate::auth::{Caller, Role, TokenRecord, Tokens};
+use crate::auth::{Caller, Role, TokenChange, TokenRecord, Tokens};
 use crate::event::{is_dns1035_label, is_tenant_name};
 use crate::time;
 
@@ -106,12 +106,8 @@ pub async fn create(
     let (record, token) = Tokens::mint(&tenant, request.role, request.namespaces, expires_at, now);
     let target = crate::audit::token_target(&record.id, &record.namespaces);
     let audit = (tenant, "token.create".to_owned(), target);
-    let row = Tokens::put_row(&record);
     let mut answer = token_json(&record);
-    apply_change(&state, &caller, guard, audit, row, move |tokens| {
-        tokens.remember(record)
-    })
-    .await?;
+    apply_change(&state, &caller, guard, audit, TokenChange::Put(record)).await?;
     super::put_field(&mut answer, "token", json!(token));
     Ok(Json(answer))
 }
@@ -214,11 +210,13 @@ pub async fn revoke(
     }
     let target = crate::audit::token_target(&record.id, &record.namespaces);
     let audit = (record.tenant.clone(), "token.revoke".to_owned(), target);
-    let row = Tokens::delete_row(&id);
-    let forgotten = id.clone();
-    apply_change(&state, &caller, guard, audit, row, move |tokens| {
-        tokens.forget(&forgotten)
-    })
+    apply_change(
+        &state,
+        &caller,
+        guard,
+        audit,
+        TokenChange::Delete(id.clone()),
+    )
     .await?;
     Ok(Json(json!({"id": id, "revoked": true})))
 }
@@ -226,22 +224,36 @@ pub async fn revoke(
 /// Writes a token change with its audit record, then applies it to the tokens in memory, as
 /// one task that a dropped request (a client gone, a shutdown) cannot cut in half: what the
 /// store says and which tokens verify never disagree. `guard` (the token lock) is held until
-/// both are done.
+/// both are done. In a cluster the change goes to the control topic first, so every engine
+/// verifies the token alike and a fresh engine learns it; it is answered once Kafka holds it.
 async fn apply_change(
     state: &AppState,
     caller: &Caller,
     guard: tokio::sync::OwnedMutexGuard<()>,
     audit: (String, String, String),
-    row: crate::log::append::RowWrite,
-    apply: impl FnOnce(&Tokens) + Send + 'static,
+    change: TokenChange,
 ) -> Result<(), ApiError> {
     let entries = super::with_audit_records(state, caller, Vec::new(), vec![audit]);
     let engine = state.engine.clone();
     tokio::spawn(async move {
         let _guard = guard;
+        if let Some(control) = engine.control() {
+            control.publish_token(&change).await.map_err(|error| {
+                ApiError::Unavailable(format!(
+                    "the cluster's control topic did not confirm the token change ({error}); retry later"
+                ))
+            })?;
+        }
+        let row = match &change {
+            TokenChange::Put(record) => Tokens::put_row(record),
+            TokenChange::Delete(id) => Tokens::delete_row(id),
+        };
         engine.append_facts_with_rows(entries, vec![row]).await?;
         // In force from the moment it is durable (the audit list waits for its record).
-        apply(engine.tokens());
+        match change {
+            TokenChange::Put(record) => engine.tokens().remember(record),
+            TokenChange::Delete(id) => engine.tokens().forget(&id),
+        }
         Ok::<(), ApiError>(())
     })
     .await?

@@ -28,6 +28,7 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::auth::DEFAULT_TENANT;
 use crate::cluster::Ownership;
+use crate::cluster::changelog::{self, Published, RestoreContext};
 use crate::engine::IngestHandle;
 use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
@@ -53,6 +54,12 @@ struct GroupMember {
     store: Store,
     topic: String,
     ownership: Arc<Ownership>,
+    /// Restores each assigned partition from the changelog before it is read.
+    restore: RestoreContext,
+    /// How far the changelog holds this engine's entries: a revoked partition is let go once
+    /// everything recorded for it is published.
+    published: Published,
+    log_head: Arc<crate::log::append::LogHead>,
     /// Changes since the poll loop last looked (the rebalance runs inside its `poll`).
     changes: Mutex<Vec<AssignmentChange>>,
 }
@@ -153,6 +160,22 @@ impl ConsumerContext for TallyContext {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                member.ownership.assigned(&partitions);
+                // What other engines recorded for these partitions comes from the changelog
+                // first; the stored source offsets then stand past it.
+                let started = Instant::now();
+                match changelog::restore(&member.restore, &partitions) {
+                    Ok(restored) => {
+                        let entries: u64 = restored.values().map(|r| r.entries).sum();
+                        tracing::info!(?partitions, entries, elapsed = ?started.elapsed(), "restored from the changelog");
+                    }
+                    Err(error) => {
+                        // Its source offsets are then where this engine last stood (the
+                        // topic's start when it never owned them): read again, never skipped.
+                        tracing::error!(%error, ?partitions, "cannot restore from the changelog; reading the source topic from the stored offsets");
+                    }
+                }
                 let assigned = match member.start_at_stored(list) {
                     Ok(assigned) => assigned,
                     Err(error) => {
@@ -163,11 +186,9 @@ impl ConsumerContext for TallyContext {
                         list.elements().iter().map(|e| (e.partition(), 0)).collect()
                     }
                 };
-                let partitions: Vec<i32> = assigned.iter().map(|(p, _)| *p).collect();
                 for &partition in &partitions {
                     self.watermarks.forget(&member.topic, partition);
                 }
-                member.ownership.assigned(&partitions);
                 member.push(
                     assigned
                         .into_iter()
@@ -192,6 +213,16 @@ impl ConsumerContext for TallyContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                // The next owner restores from the changelog: it must hold what was recorded.
+                if !member
+                    .published
+                    .wait_blocking(member.log_head.get(), REVOKE_FLUSH_WAIT)
+                {
+                    tracing::warn!(
+                        ?partitions,
+                        "revoked before the changelog held everything recorded for them; the next owner reads the rest from the source topic"
+                    );
+                }
                 member.ownership.revoked(&partitions);
                 member.push(
                     partitions
@@ -269,12 +300,24 @@ impl KafkaConsumer {
         let context = TallyContext {
             health,
             watermarks: FetchedWatermarks::default(),
-            member: settings.cluster.as_ref().map(|_| GroupMember {
-                store: sink.store.clone(),
-                topic: settings.topic.clone(),
-                ownership: sink.ownership.clone(),
-                changes: Mutex::default(),
-            }),
+            member: match (&settings.cluster, &sink.changelog) {
+                (Some(_), Some(changelog)) => Some(GroupMember {
+                    store: sink.store.clone(),
+                    topic: settings.topic.clone(),
+                    ownership: sink.ownership.clone(),
+                    restore: RestoreContext {
+                        brokers: settings.brokers.clone(),
+                        source_topic: settings.topic.clone(),
+                        store: sink.store.clone(),
+                        appender: sink.appender.clone(),
+                        origin: changelog.origin,
+                    },
+                    published: changelog.published.clone(),
+                    log_head: sink.log_head.clone(),
+                    changes: Mutex::default(),
+                }),
+                _ => None,
+            },
         };
         let mut config = watermarks::fetch_tuned();
         config
@@ -546,6 +589,9 @@ fn finish_batch(
         }
     }
 }
+
+/// How long a revoked partition waits for the changelog to hold what was recorded for it.
+const REVOKE_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// How long the group waits for a silent engine of a cluster before moving its partitions,
 /// and for a member to rejoin during a rebalance.

@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec;
 use super::keys;
-use super::store::{Batch, CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_OFFSETS, Store, StoreError};
+use super::store::{
+    Batch, CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_META, CF_OFFSETS, Store, StoreError,
+};
 use super::{DeadLetter, DedupRecord, LogEntry};
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::health::Health;
@@ -35,6 +37,10 @@ pub enum Candidate {
         entry: LogEntry,
         identity: Option<FactIdentity>,
     },
+    /// An entry another engine of a cluster recorded for a partition this one restores: it was
+    /// judged there, so it is appended as it stands, once (a usage event whose id is already
+    /// here, or a period close already here, is skipped).
+    Restored(LogEntry),
 }
 
 impl Candidate {
@@ -45,10 +51,31 @@ impl Candidate {
                 identity: Some(identity),
                 ..
             } => Some(identity.key),
+            Candidate::Restored(entry) => restored_identity(entry).map(|(key, _)| key),
             _ => None,
         }
     }
 }
+
+/// The dedup key and fingerprint a restored entry is appended once by: a usage event's, or a
+/// period close's (the identity the billing clock gave it).
+fn restored_identity(entry: &LogEntry) -> Option<([u8; 16], u64)> {
+    match entry {
+        LogEntry::UsageRecorded { event, .. } => Some((event.dedup_key(), event.fingerprint())),
+        LogEntry::Billing {
+            tenant,
+            change: crate::billing::BillingChange::PeriodClosed { period_uid },
+            ..
+        } => {
+            let identity = FactIdentity::new(PERIOD_CLOSE, tenant, period_uid);
+            Some((identity.key, identity.fingerprint))
+        }
+        _ => None,
+    }
+}
+
+/// The identity kind of a period close (see [`FactIdentity`]).
+pub const PERIOD_CLOSE: &str = "period-close";
 
 /// What makes a fact the same fact again: its id, hashed into the dedup index apart from
 /// usage ids (`kind\0tenant\0id`). Its dedup record is never pruned.
@@ -148,6 +175,11 @@ pub enum AppendError {
     Store(Arc<StoreError>),
     #[error("the log writer has stopped")]
     Closed,
+    /// In a cluster: written here, but Kafka did not confirm it in time.
+    #[error(
+        "recorded on this engine, but the cluster's changelog did not confirm it in time; it is published once Kafka is reachable"
+    )]
+    NotPublished,
 }
 
 /// The next offset to read of one source partition, stored with the events read before it.
@@ -179,6 +211,9 @@ struct AppendRequest {
     offsets: Vec<SourceOffset>,
     /// Written in the same batch as the candidates.
     rows: Vec<RowWrite>,
+    /// Whether what this request records goes to the cluster's changelog (decided here; see
+    /// [`Appender::start`]). Restored entries do not: they came from it.
+    publish: bool,
     /// Hears the outcomes once they are durable and before the log head moves past them, so
     /// what it counts is never behind what readers of the head see.
     on_written: Option<OnWritten>,
@@ -266,6 +301,7 @@ impl Appender {
         head: Arc<LogHead>,
         clock: Clock,
         health: Arc<Health>,
+        outbox: bool,
     ) -> Result<(Appender, JoinHandle<()>), StartError> {
         let next_seq = store.last_seq(CF_LOG)?.map_or(0, |s| s + 1);
         let next_dead_letter = store.last_seq(CF_DEAD_LETTER)?.map_or(0, |s| s + 1);
@@ -278,6 +314,7 @@ impl Appender {
             health,
             next_seq,
             next_dead_letter,
+            outbox,
         };
         let thread = std::thread::Builder::new()
             .name("tally-log-writer".into())
@@ -302,6 +339,7 @@ impl Appender {
             candidates,
             offsets: Vec::new(),
             rows,
+            publish: true,
             on_written: None,
             reply,
         };
@@ -337,6 +375,7 @@ impl Appender {
             candidates,
             offsets,
             rows: Vec::new(),
+            publish: true,
             on_written,
             reply,
         };
@@ -344,6 +383,30 @@ impl Appender {
             .blocking_send(Message::Append(request))
             .map_err(|_| AppendError::Closed)?;
         Ok(PendingAppend { answer })
+    }
+
+    /// Appends entries restored from the cluster's changelog ([`Candidate::Restored`]) with
+    /// `offsets` and `rows` (where the restore stands) in the same batch, from a plain thread.
+    /// They are not published again.
+    pub fn append_restored_blocking(
+        &self,
+        candidates: Vec<Candidate>,
+        offsets: Vec<SourceOffset>,
+        rows: Vec<RowWrite>,
+    ) -> Result<Vec<Outcome>, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            candidates,
+            offsets,
+            rows,
+            publish: false,
+            on_written: None,
+            reply,
+        };
+        self.tx
+            .blocking_send(Message::Append(request))
+            .map_err(|_| AppendError::Closed)?;
+        PendingAppend { answer }.wait()
     }
 
     /// Asks the writer to finish what is queued and stop; later appends fail with `Closed`.
@@ -382,6 +445,9 @@ struct Writer {
     health: Arc<Health>,
     next_seq: u64,
     next_dead_letter: u64,
+    /// In a cluster: each request's recorded entries are noted in the changelog outbox, in
+    /// the same batch, for the publisher ([`crate::cluster::changelog`]).
+    outbox: bool,
 }
 
 impl Writer {
@@ -461,6 +527,7 @@ impl Writer {
         let mut lookups = dedup_keys.iter().zip(stored);
         let mut all_outcomes = Vec::with_capacity(group.len());
         for request in group {
+            let first_seq = next_seq;
             let mut outcomes = Vec::with_capacity(request.candidates.len());
             for candidate in &request.candidates {
                 let outcome = match candidate {
@@ -546,8 +613,50 @@ impl Writer {
                             )),
                         }
                     }
+                    Candidate::Restored(entry) => {
+                        let known = match restored_identity(entry) {
+                            None => None,
+                            Some((_, fingerprint)) => {
+                                let Some((key, from_store)) = lookups.next() else {
+                                    unreachable!("one dedup lookup per identified entry")
+                                };
+                                let existing = in_batch.get(key).or(from_store.as_ref());
+                                Some((*key, fingerprint, existing.map(|r| r.seq)))
+                            }
+                        };
+                        match known {
+                            Some((_, _, Some(seq))) => Outcome::Duplicate { seq },
+                            _ => {
+                                let seq = next_seq;
+                                next_seq += 1;
+                                batch.put(CF_LOG, keys::seq_key(seq), codec::encode_entry(entry));
+                                if let Some((key, fingerprint, None)) = known {
+                                    let event_time = match entry {
+                                        LogEntry::UsageRecorded { event, .. } => event.timestamp,
+                                        _ => i64::MAX,
+                                    };
+                                    in_batch.insert(
+                                        key,
+                                        DedupRecord {
+                                            seq,
+                                            event_time,
+                                            fingerprint,
+                                        },
+                                    );
+                                }
+                                Outcome::Recorded { seq }
+                            }
+                        }
+                    }
                 };
                 outcomes.push(outcome);
+            }
+            if self.outbox && request.publish && next_seq > first_seq {
+                batch.put(
+                    CF_META,
+                    keys::outbox_key(first_seq),
+                    codec::encode_u64(next_seq),
+                );
             }
             all_outcomes.push(outcomes);
         }
@@ -632,8 +741,14 @@ mod tests {
         };
         let store = Store::open(dir.path(), &options).unwrap();
         let clock: Clock = std::sync::Arc::new(|| 5);
-        let (appender, thread) =
-            Appender::start(store.clone(), LogHead::new(0), clock, Default::default()).unwrap();
+        let (appender, thread) = Appender::start(
+            store.clone(),
+            LogHead::new(0),
+            clock,
+            Default::default(),
+            false,
+        )
+        .unwrap();
         let kafka = |offset| EventSource::Kafka {
             topic: "usage".into(),
             partition: 2,
@@ -738,8 +853,14 @@ mod tests {
             batch.put(CF_TOKENS, b"old", b"v");
             store.commit(batch, true).unwrap();
             let clock: Clock = std::sync::Arc::new(|| 5);
-            let (appender, thread) =
-                Appender::start(store.clone(), LogHead::new(0), clock, Default::default()).unwrap();
+            let (appender, thread) = Appender::start(
+                store.clone(),
+                LogHead::new(0),
+                clock,
+                Default::default(),
+                false,
+            )
+            .unwrap();
             let result = appender.append_with_rows(vec![entry()], rows()).await;
             assert_eq!(result.is_ok(), written, "reserve {reserve}: {result:?}");
             assert_eq!(store.read_log(0, 10).unwrap().len(), usize::from(written));
@@ -779,6 +900,7 @@ mod tests {
                 LogHead::new(0),
                 clock.clone(),
                 Default::default(),
+                false,
             )
             .unwrap();
             (store, appender, thread)

@@ -25,6 +25,9 @@
 //! | `offsets`     | topic `\0` partition `i32` BE                                                         | next offset `i64`                    |
 //! | `tokens`      | token id                                                                              | token record, bincode                |
 //! | `meta`        | `format_version`, `catalog_version`                                                   | `u32` BE                             |
+//! |               | `changelog_outbox/` first seq `u64` BE (in a cluster: a request's entries to publish)  | end seq `u64`                        |
+//! |               | `changelog_applied/` partition `i32` BE (in a cluster: what a restore took)           | per origin, the last seq taken       |
+//! |               | `changelog_origin`                                                                    | this store's origin id `u64`         |
 //!
 //! `scope` is the event's namespace, or `*` for the tenant-wide copy of every row that the
 //! `system` namespace reads (`*` is never a DNS-1035 label, so the two cannot collide). Strings
@@ -179,6 +182,24 @@ pub fn decode_series_key(key: &[u8]) -> Option<SeriesRow> {
             container,
         },
     })
+}
+
+/// The prefix of the changelog outbox rows in `meta`.
+pub const OUTBOX_PREFIX: &[u8] = b"changelog_outbox/";
+
+/// `changelog_outbox/` first seq: the entries from there to the row's end seq are still to be
+/// published to the cluster's changelog.
+pub fn outbox_key(first_seq: u64) -> Vec<u8> {
+    let mut key = OUTBOX_PREFIX.to_vec();
+    key.extend_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+/// `changelog_applied/` partition: per origin, the last seq a restore took of the partition.
+pub fn applied_key(partition: i32) -> Vec<u8> {
+    let mut key = b"changelog_applied/".to_vec();
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
 }
 
 /// `topic\0` — every partition of one topic.

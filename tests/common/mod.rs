@@ -308,6 +308,34 @@ impl Server {
         ))
     }
 
+    /// A POST with `token` and more headers; the status, the answer as JSON, and the
+    /// answer's headers.
+    pub fn post_with_headers(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("APIToken {token}"))
+            .body(serde_json::to_vec(body).expect("json"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().expect("request");
+        let status = response.status().as_u16();
+        let answered = response.headers().clone();
+        let text = response.text().expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            answered,
+        )
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(
             path,

@@ -9,6 +9,9 @@
 //! that the answer is 503 with `Retry-After`, and for a partition owned elsewhere 421, never
 //! a number that is short. Without `--cluster` an engine owns everything.
 
+pub mod changelog;
+pub mod control;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -134,6 +137,11 @@ impl Ownership {
         self.with(None, |owned| owned.partition_of(tenant))
     }
 
+    /// Whether `partition` is owned here (restored or not); always so outside a cluster.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.with(true, |owned| owned.owned.contains_key(&partition))
+    }
+
     /// Whether `partition` is owned here and still restoring.
     pub fn is_restoring(&self, partition: i32) -> bool {
         self.with(false, |owned| {
@@ -173,6 +181,66 @@ impl Ownership {
                 .collect()
         })
     }
+}
+
+/// Creates the cluster's changelog topic (as many partitions as the source topic) and its
+/// control topic (one partition) where they do not exist yet. A source topic that does not
+/// exist yet is left for later: nothing is created and the reason is returned.
+pub fn ensure_topics(brokers: &str, source_topic: &str) -> Result<(), String> {
+    let brokers = brokers.to_owned();
+    let source_topic = source_topic.to_owned();
+    // The admin client is asynchronous; it runs on a runtime of its own, off the caller's.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(create_topics(&brokers, &source_topic))
+    })
+    .join()
+    .map_err(|_| "the topic check panicked".to_owned())?
+}
+
+async fn create_topics(brokers: &str, source_topic: &str) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(source_topic), std::time::Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == source_topic)
+        .map_or(0, |t| t.partitions().len());
+    let partitions = i32::try_from(partitions).unwrap_or(0);
+    if partitions == 0 {
+        return Err(format!(
+            "the source topic `{source_topic}` does not exist yet"
+        ));
+    }
+    let changelog = changelog::changelog_topic(source_topic);
+    let control = control::control_topic(source_topic);
+    let wanted = [
+        NewTopic::new(&changelog, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&control, 1, TopicReplication::Fixed(1)),
+    ];
+    let results = admin
+        .create_topics(&wanted, &AdminOptions::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "created"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("cannot create `{topic}`: {code}")),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

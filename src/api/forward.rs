@@ -1,0 +1,161 @@
+//! In a cluster, any engine answers any request: one for a tenant whose partition another
+//! engine owns is forwarded to that engine (one hop, the caller's token passed through) and
+//! its answer returned as it came. Tokens are shared through the control topic, so the
+//! engine a request arrives at knows whose tenant it is.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::cluster::NotHere;
+
+/// Set on a forwarded request (to the forwarding engine's URL): the owner answers it itself,
+/// whatever it thinks of the partition, so a request never travels more than one hop.
+pub const FORWARDED_BY: &str = "x-tally-forwarded-by";
+
+/// How long a forwarded request may take (the owner's own limits apply on top).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether requests to `path` belong to the caller's tenant (the F5 API, quota checks and
+/// alerts, HTTP ingest); operator tools and operations endpoints are answered where they
+/// arrive.
+fn tenant_route(path: &str) -> bool {
+    [
+        "/api/web/",
+        "/api/data/",
+        "/api/tally/namespaces/",
+        "/api/tally/events",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+}
+
+/// The presented token, as the `Caller` extractor reads it (one header, `APIToken …`).
+fn presented_token(request: &Request) -> Option<&str> {
+    let mut headers = request.headers().get_all(header::AUTHORIZATION).iter();
+    let value = headers.next()?;
+    if headers.next().is_some() {
+        return None;
+    }
+    value
+        .to_str()
+        .ok()?
+        .strip_prefix("APIToken ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Middleware: forwards a request whose tenant's partition is owned by another engine that
+/// the control topic knows the URL of; everything else goes on here (a partition restoring
+/// here answers 503, one whose owner is unknown 421).
+pub async fn forward_to_owner(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(control) = state.engine.control() else {
+        return next.run(request).await;
+    };
+    if request.headers().contains_key(FORWARDED_BY) || !tenant_route(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Some(caller) =
+        presented_token(&request).and_then(|t| state.engine.tokens().verify(t, state.engine.now()))
+    else {
+        // The handler refuses it, counting the failure.
+        return next.run(request).await;
+    };
+    // The operator's events name their tenants one by one: they are judged here.
+    if caller.operator && request.uri().path() == "/api/tally/events" {
+        return next.run(request).await;
+    }
+    let partition = match state
+        .engine
+        .ownership()
+        .check(&caller.tenant, state.engine.projected())
+    {
+        Err(NotHere::OwnedElsewhere { partition, .. }) => partition,
+        _ => return next.run(request).await,
+    };
+    let Some(owner) = control
+        .owner_url(partition)
+        .filter(|url| control.url.as_ref() != Some(url))
+    else {
+        return next.run(request).await;
+    };
+    match relay(&state, &owner, control.url.as_deref(), request).await {
+        Ok(response) => response,
+        Err(reason) => ApiError::Restoring(format!(
+            "partition {partition} (tenant `{}`) is owned by the engine at {owner}, which cannot be reached ({reason}); retry shortly",
+            caller.tenant
+        ))
+        .into_response(),
+    }
+}
+
+/// Headers that describe one connection, not the request: not passed on.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// Sends `request` to `owner` and returns its answer.
+async fn relay(
+    state: &AppState,
+    owner: &str,
+    own_url: Option<&str>,
+    request: Request,
+) -> Result<Response, String> {
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let url = format!("{}{path}", owner.trim_end_matches('/'));
+    // The body was read in full already (`read_body_in_time`), within the largest route's limit.
+    let body = axum::body::to_bytes(body, super::MAX_INGEST_BODY + 1)
+        .await
+        .map_err(|e| format!("request body: {e}"))?;
+    let mut forwarded = state
+        .forwarder
+        .request(parts.method.clone(), &url)
+        .body(body);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            forwarded = forwarded.header(name, value);
+        }
+    }
+    forwarded = forwarded.header(FORWARDED_BY, own_url.unwrap_or("unknown"));
+    let answer = forwarded.send().await.map_err(|e| e.to_string())?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if !hop_by_hop(name) {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(owner) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-tally-answered-by"), value);
+    }
+    Ok(response)
+}
