@@ -687,6 +687,93 @@ fn cluster_stage(events: u64, engines: usize) -> (f64, Vec<f64>) {
     (rate, per_million)
 }
 
+/// The value of the first sample of `name` in a `/metrics` exposition whose labels contain
+/// `labels` (0 when there is none).
+fn metric_value(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// A partition of `events` events (realistic load) moved to a fresh engine: one engine of a
+/// cluster ingests them (publishing the changelog) and stops; a second one with an empty data
+/// directory joins and restores the partition. Returns the restore's own time (as the engine
+/// measures it), the time from starting the fresh engine to its partition being ready (process
+/// start, group join, restore, folding), and the source-topic messages the fresh engine read.
+fn restore_stage(events: u64) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(TOPIC, 1);
+    let brokers = broker.address();
+    let start = |name: &str| {
+        Server::start_args(
+            &dir.path().join(name),
+            &[
+                "--kafka-brokers",
+                &brokers,
+                "--kafka-topic",
+                TOPIC,
+                "--kafka-group",
+                "bench-restore",
+                "--cluster",
+                "--rate-limit",
+                "0",
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut first = start("first");
+    while first.owned_partitions(true).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first engine got no partition"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    produce(&brokers, TOPIC, events, Workload::Realistic, &[]);
+    loop {
+        let (_, metrics) = first.get("/metrics");
+        let published = metric_value(&metrics, "tally_changelog_published_entries_total", "");
+        if published >= events as f64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "changelog stuck at {published}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.stop();
+    let started = Instant::now();
+    let mut fresh = start("fresh");
+    while fresh.owned_partitions(true).is_empty() {
+        assert!(Instant::now() < deadline, "the fresh engine never restored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready = started.elapsed().as_secs_f64();
+    let (_, metrics) = fresh.get("/metrics");
+    let restore = metric_value(
+        &metrics,
+        "tally_changelog_last_restore_milliseconds",
+        r#"partition="0""#,
+    ) / 1e3;
+    let restored = metric_value(
+        &metrics,
+        "tally_changelog_restored_entries_total",
+        r#"partition="0""#,
+    );
+    assert_eq!(restored, events as f64, "restored entries");
+    let read: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("tally_events_total{") && line.contains(r#"source="kafka""#)
+        })
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    fresh.stop();
+    (restore, ready, read)
+}
+
 fn main() {
     let plan = plan();
     let mut results: BTreeMap<String, f64> = BTreeMap::new();
@@ -784,6 +871,24 @@ fn main() {
                 "each engine's share falls as engines join".into(),
             ));
         }
+        let (restore, ready, read) = restore_stage(plan.cluster);
+        results.insert("cluster_restore_seconds".into(), restore);
+        results.insert("cluster_restore_ready_seconds".into(), ready);
+        results.insert(
+            "cluster_restore_eps".into(),
+            plan.cluster as f64 / restore.max(1e-9),
+        );
+        rows.push((
+            format!(
+                "Restore of one partition of {} events on a fresh engine, from the changelog",
+                plan.cluster
+            ),
+            format!(
+                "{restore:.1} s ({:.0} entries/s); {ready:.1} s from start to ready; {read:.0} source messages read",
+                plan.cluster as f64 / restore.max(1e-9)
+            ),
+            "the source topic's history is not read again".into(),
+        ));
     }
     if plan.runs("http") {
         // HTTP ingest of the realistic load on an engine of its own.

@@ -54,6 +54,16 @@ pub struct Metrics {
     pub kafka_batch_size: Histogram,
     pub disk_available: Gauge,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    /// In a cluster: 1 for each partition owned here, and whether it is restored.
+    pub partition_owned: Family<PartitionLabels, Gauge>,
+    pub partition_ready: Family<PartitionLabels, Gauge>,
+    /// Entries restored from the changelog, and the last restore's duration, per partition.
+    pub restored_entries: Family<PartitionLabels, Counter>,
+    pub restore_milliseconds: Family<PartitionLabels, Gauge>,
+    /// Entries this engine published to the changelog.
+    pub published_entries: Counter,
+    /// Log entries the changelog does not hold yet (a command waits for them).
+    pub publish_lag: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,6 +137,42 @@ impl Metrics {
             "Messages per appended Kafka batch",
             kafka_batch_size.clone(),
         );
+        let partition_owned = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "cluster_partition_owned",
+            "1 for each partition of the source topic this engine owns (--cluster)",
+            partition_owned.clone(),
+        );
+        let partition_ready = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "cluster_partition_ready",
+            "1 for each owned partition that is restored and read to its end",
+            partition_ready.clone(),
+        );
+        let restored_entries = Family::<PartitionLabels, Counter>::default();
+        registry.register(
+            "changelog_restored_entries",
+            "Log entries restored from the changelog, per partition",
+            restored_entries.clone(),
+        );
+        let restore_milliseconds = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "changelog_last_restore_milliseconds",
+            "How long the last restore of a partition from the changelog took",
+            restore_milliseconds.clone(),
+        );
+        let published_entries = Counter::default();
+        registry.register(
+            "changelog_published_entries",
+            "Log entries this engine published to the changelog",
+            published_entries.clone(),
+        );
+        let publish_lag = Gauge::default();
+        registry.register(
+            "changelog_publish_lag_entries",
+            "Log entries not yet known to be in the changelog",
+            publish_lag.clone(),
+        );
         let disk_available = Gauge::default();
         registry.register(
             "disk_available_bytes",
@@ -152,6 +198,27 @@ impl Metrics {
             kafka_lag,
             kafka_stalled,
             kafka_batch_size,
+            partition_owned,
+            partition_ready,
+            restored_entries,
+            restore_milliseconds,
+            published_entries,
+            publish_lag,
+        }
+    }
+
+    /// Sets the ownership gauges of every partition of the source topic (`partitions` of
+    /// them), from what is owned here and whether it is ready.
+    pub fn set_partitions(&self, partitions: i32, owned: &[crate::cluster::OwnedPartition]) {
+        for partition in 0..partitions {
+            let labels = PartitionLabels { partition };
+            let state = owned.iter().find(|p| p.partition == partition);
+            self.partition_owned
+                .get_or_create(&labels)
+                .set(i64::from(state.is_some()));
+            self.partition_ready
+                .get_or_create(&labels)
+                .set(i64::from(state.is_some_and(|p| p.ready)));
         }
     }
 

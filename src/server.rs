@@ -187,6 +187,7 @@ impl Background {
                         brokers: settings.brokers.clone(),
                         source_topic: settings.topic.clone(),
                         origin: handle.origin,
+                        metrics: engine.ingest().metrics.clone(),
                     },
                     publisher_stop.clone(),
                 )

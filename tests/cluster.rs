@@ -76,12 +76,17 @@ fn owned_partitions(server: &Server) -> BTreeSet<i64> {
 
 /// Waits until the engines own every partition between them, each once, all restored.
 fn await_split(engines: &[&Server], what: &str) -> Vec<BTreeSet<i64>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    await_split_of(engines, PARTITIONS, what)
+}
+
+/// As [`await_split`], for a topic of `partitions` partitions.
+fn await_split_of(engines: &[&Server], partitions: i32, what: &str) -> Vec<BTreeSet<i64>> {
+    let deadline = Instant::now() + Duration::from_secs(150);
     loop {
         let owned: Vec<BTreeSet<i64>> = engines.iter().map(|e| owned_partitions(e)).collect();
         let ready: Vec<BTreeSet<i64>> = engines.iter().map(|e| ready_partitions(e)).collect();
         let all: Vec<i64> = owned.iter().flatten().copied().collect();
-        let every: BTreeSet<i64> = (0..i64::from(PARTITIONS)).collect();
+        let every: BTreeSet<i64> = (0..i64::from(partitions)).collect();
         if all.len() == every.len()
             && all.iter().copied().collect::<BTreeSet<_>>() == every
             && owned == ready
@@ -163,8 +168,18 @@ fn await_total(server: &Server, token: &str, tenant: &str, sum: u64, what: &str)
 /// the others by forwarding to it; a request already forwarded once is not forwarded again
 /// (421 naming the partition on an engine that does not own it).
 fn check_totals(engines: &[&Server], owned: &[BTreeSet<i64>], expected: &BTreeMap<String, u64>) {
+    check_totals_of(engines, PARTITIONS, owned, expected)
+}
+
+/// As [`check_totals`], for a topic of `partitions` partitions.
+fn check_totals_of(
+    engines: &[&Server],
+    partitions: i32,
+    owned: &[BTreeSet<i64>],
+    expected: &BTreeMap<String, u64>,
+) {
     for (tenant, sum) in expected {
-        let partition = i64::from(partition_of_tenant(tenant, PARTITIONS).unwrap());
+        let partition = i64::from(partition_of_tenant(tenant, partitions).unwrap());
         let token = read_token(engines[0], tenant);
         for (engine, owns) in engines.iter().zip(owned) {
             let what = if owns.contains(&partition) {
@@ -421,7 +436,169 @@ fn scaling_from_one_to_three_engines_moves_only_the_partitions_that_must_move() 
     );
     assert!(three.iter().all(|owned| owned.len() == 2), "{three:?}");
     check_totals(&[&a, &b, &c], &three, &expected);
+
+    // A quota created through A for a tenant B owns is decided by B and applies to the events
+    // B folds; a check asked of C answers from B's state.
+    let tenant = tenants
+        .iter()
+        .find(|t| three[1].contains(&i64::from(partition_of_tenant(t, PARTITIONS).unwrap())))
+        .unwrap();
+    let admin = token_of(&a, tenant, "admin");
+    let quota = json!({"metadata": {"name": "tight", "namespace": "system"},
+                       "spec": {"object_limits": {"http_loadbalancer": {"maximum": 4}}}});
+    let (status, created) = a
+        .post_raw(
+            "/api/web/namespaces/system/quotas",
+            Some(&admin),
+            serde_json::to_vec(&quota).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(
+        created["system_metadata"]["tenant"],
+        json!(tenant),
+        "{created}"
+    );
+    let mut producer = TenantProducer::new(&broker.address(), TOPIC).unwrap();
+    let gauge = json!({"id": "lb-1", "namespace": "shop", "metric_label": "http_loadbalancers",
+        "quantity": 3, "timestamp": rfc3339(Utc::now().timestamp_micros() - 1_000_000)});
+    producer.send(tenant, gauge.to_string().as_bytes()).unwrap();
+    assert_eq!(producer.finish().unwrap().failed, 0);
+    let check = |amount: u64| {
+        c.post_raw(
+            "/api/tally/namespaces/shop/quota/check",
+            Some(&admin),
+            serde_json::to_vec(&json!({"key": "http_loadbalancer", "amount": amount})).unwrap(),
+        )
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let (status, answer) = check(1);
+        if (status == 200 && answer["current"] == 3.0) || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        answer,
+        json!({"key": "http_loadbalancer", "allowed": true, "limit": 4.0, "current": 3.0, "remaining": 1.0})
+    );
+    assert_eq!(check(2).1["allowed"], false);
+    // B, the owner, holds the quota object and the level; neither A nor C decided anything.
+    let (_, listed, _) = b.post_with_headers(
+        "/api/tally/namespaces/shop/quota/check",
+        &admin,
+        &json!({"key": "http_loadbalancer", "amount": 1}),
+        &[("x-tally-forwarded-by", "test")],
+    );
+    assert_eq!(listed["current"], 3.0, "{listed}");
     for engine in [&mut a, &mut b, &mut c] {
+        engine.stop();
+    }
+}
+
+/// Messages of `server`'s Kafka consumer, whatever became of them.
+fn read_from_kafka(server: &Server) -> u64 {
+    let (_, metrics) = server.get("/metrics");
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("tally_events_total{") && line.contains(r#"source="kafka""#)
+        })
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn a_fresh_engine_replacing_a_killed_one_restores_from_the_changelog_and_every_engine_answers_exact()
+ {
+    const WIDE: &str = "wide";
+    const WIDE_PARTITIONS: i32 = 12;
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_memory(dir.path());
+    broker.create_topic(WIDE, WIDE_PARTITIONS as u32);
+    let start = |name: &str| {
+        Server::start_kafka_with(
+            &dir.path().join(name),
+            &broker.address(),
+            WIDE,
+            &["--cluster", "--kafka-group", GROUP],
+        )
+    };
+    let mut a = start("a");
+    await_split_of(&[&a], WIDE_PARTITIONS, "a alone");
+    let mut b = start("b");
+    await_split_of(&[&a, &b], WIDE_PARTITIONS, "a and b");
+    let mut c = start("c");
+    await_split_of(&[&a, &b, &c], WIDE_PARTITIONS, "a, b and c");
+
+    // 300,000 events for 200 tenants; C is killed (no leave, its disk gone with it) half way
+    // and a fresh engine with an empty data directory starts in its place.
+    let tenants: Vec<String> = (0..200).map(|i| format!("tenant-{i}")).collect();
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_partition: BTreeMap<i64, u64> = BTreeMap::new();
+    let now = Utc::now().timestamp_micros();
+    let mut send_half = |first: u64| {
+        let mut producer = TenantProducer::new(&broker.address(), WIDE).unwrap();
+        for n in first..first + 750 {
+            for (t, tenant) in tenants.iter().enumerate() {
+                let quantity = 1 + (n * 7 + t as u64) % 13;
+                let event = json!({"id": format!("{tenant}-{n}"), "namespace": "shop",
+                    "metric_label": "http_lb_requests", "quantity": quantity,
+                    "timestamp": rfc3339(now - 60_000_000)});
+                producer.send(tenant, event.to_string().as_bytes()).unwrap();
+                *expected.entry(tenant.clone()).or_default() += quantity;
+                *per_partition
+                    .entry(i64::from(
+                        partition_of_tenant(tenant, WIDE_PARTITIONS).unwrap(),
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(producer.finish().unwrap().failed, 0);
+    };
+    send_half(0);
+    // C folds (and publishes) part of its share before it dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_from_kafka(&c) < 10_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill();
+    let mut d = start("d");
+    send_half(750);
+    let owned = await_split_of(&[&a, &b, &d], WIDE_PARTITIONS, "a, b and the fresh d");
+
+    // D restored its partitions from the changelog: it read from the source topic only what
+    // the changelog did not hold, far less than those partitions' history.
+    let readiness = d.readiness();
+    let restored: u64 = readiness["owned_partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["restored_entries"].as_u64())
+        .sum();
+    let d_history: u64 = owned[2].iter().map(|p| per_partition[p]).sum();
+    let d_read = read_from_kafka(&d);
+    assert!(restored > 0, "{readiness}");
+    assert!(
+        d_read < d_history,
+        "d read {d_read} messages of its partitions' {d_history}: {readiness}"
+    );
+    let (_, metrics) = d.get("/metrics");
+    assert!(
+        metrics.contains("tally_changelog_restored_entries_total{partition="),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tally_cluster_partition_owned{partition="),
+        "{metrics}"
+    );
+
+    // Every tenant's total, asked of any engine, is exact: nothing lost, nothing twice.
+    check_totals_of(&[&a, &b, &d], WIDE_PARTITIONS, &owned, &expected);
+    for engine in [&mut a, &mut b, &mut d] {
         engine.stop();
     }
 }

@@ -139,6 +139,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
+    if let Some(partitions) = engine.ownership().partition_count() {
+        let owned = engine.ownership().owned(engine.projected());
+        engine.metrics().set_partitions(partitions, &owned);
+    }
+    if let Some(changelog) = &engine.ingest().changelog {
+        let behind = engine.head().saturating_sub(changelog.published.get());
+        engine
+            .metrics()
+            .publish_lag
+            .set(i64::try_from(behind).unwrap_or(i64::MAX));
+    }
     let text = engine.metrics().render(
         engine.head(),
         engine.projected(),

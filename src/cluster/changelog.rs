@@ -227,6 +227,7 @@ pub struct PublisherSettings {
     pub brokers: String,
     pub source_topic: String,
     pub origin: u64,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The thread that publishes the outbox; stop it with [`Publisher::stop`].
@@ -266,13 +267,7 @@ impl Publisher {
             while !stop.is_stopped() {
                 let seen = head.get();
                 match publish_outbox(
-                    &store,
-                    &ownership,
-                    &producer,
-                    &topic,
-                    settings.origin,
-                    seen,
-                    &runtime,
+                    &store, &ownership, &producer, &topic, &settings, seen, &runtime,
                 ) {
                     Ok(true) => {
                         failures = 0;
@@ -312,7 +307,7 @@ fn publish_outbox(
     ownership: &Ownership,
     producer: &FutureProducer,
     topic: &str,
-    origin: u64,
+    settings: &PublisherSettings,
     head: u64,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<bool, ChangelogError> {
@@ -370,7 +365,10 @@ fn publish_outbox(
                 size += next;
                 chunk_end += 1;
             }
-            let payload = encode_record(origin, entries.get(chunk_start..chunk_end).unwrap_or(&[]));
+            let payload = encode_record(
+                settings.origin,
+                entries.get(chunk_start..chunk_end).unwrap_or(&[]),
+            );
             let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(topic)
                 .partition(partition)
                 .payload(&payload);
@@ -402,6 +400,8 @@ fn publish_outbox(
         );
     }
     store.commit(batch, true)?;
+    let published: usize = per_partition.values().map(Vec::len).sum();
+    settings.metrics.published_entries.inc_by(published as u64);
     Ok(done)
 }
 
@@ -412,6 +412,7 @@ pub struct RestoreContext {
     pub store: Store,
     pub appender: Appender,
     pub origin: u64,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What one partition's restore took.
@@ -628,13 +629,76 @@ impl Restoring {
         for (partition, outcome) in partitions.iter().zip(&outcomes) {
             let taken = self.summary.entry(*partition).or_default();
             match outcome {
-                Outcome::Recorded { .. } => taken.entries += 1,
+                Outcome::Recorded { .. } => {
+                    taken.entries += 1;
+                    context
+                        .metrics
+                        .restored_entries
+                        .get_or_create(&crate::metrics::PartitionLabels {
+                            partition: *partition,
+                        })
+                        .inc();
+                }
                 _ => taken.skipped += 1,
             }
         }
         self.touched.clear();
         Ok(())
     }
+}
+
+/// What a data directory holds of a cluster's partitions (`tally inspect partitions`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    /// Per topic (the source topic, its changelog), the next offset to read of each partition:
+    /// everything below it is in this store.
+    pub topics: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// This store's origin id in the changelog, once it served in a cluster.
+    pub changelog_origin: Option<String>,
+    /// Log entries recorded here and not yet known to be in the changelog.
+    pub unpublished_entries: u64,
+}
+
+pub fn held(store: &Store) -> Result<Held, StoreError> {
+    let mut topics: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    store.scan_prefix(CF_OFFSETS, b"", |key, value| {
+        if let Some(split) = key.iter().position(|&b| b == 0)
+            && let (Ok(topic), Some(partition)) = (
+                std::str::from_utf8(key.get(..split).unwrap_or_default()),
+                key.get(split + 1..)
+                    .and_then(|p| <[u8; 4]>::try_from(p).ok())
+                    .map(i32::from_be_bytes),
+            )
+            && let Ok(next) = codec::decode_i64(value, "offset")
+        {
+            topics
+                .entry(topic.to_owned())
+                .or_default()
+                .insert(partition, next);
+        }
+        true
+    })?;
+    let changelog_origin = match store.get(CF_META, ORIGIN_KEY)? {
+        Some(bytes) => codec::decode_u64(&bytes, "changelog origin")
+            .ok()
+            .map(|origin| format!("{origin:016x}")),
+        None => None,
+    };
+    let mut unpublished_entries = 0u64;
+    store.scan_prefix(CF_META, keys::OUTBOX_PREFIX, |key, value| {
+        let first = key
+            .get(keys::OUTBOX_PREFIX.len()..)
+            .and_then(keys::decode_seq_key);
+        if let (Some(first), Ok(end)) = (first, codec::decode_u64(value, "outbox end")) {
+            unpublished_entries += end.saturating_sub(first);
+        }
+        true
+    })?;
+    Ok(Held {
+        topics,
+        changelog_origin,
+        unpublished_entries,
+    })
 }
 
 #[cfg(test)]

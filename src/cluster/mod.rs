@@ -51,12 +51,16 @@ pub enum NotHere {
 pub struct OwnedPartition {
     pub partition: i32,
     pub ready: bool,
+    /// Entries its last restore took from the changelog.
+    pub restored_entries: u64,
 }
 
 #[derive(Default)]
 struct Owned {
     partitions: Option<i32>,
     owned: BTreeMap<i32, PartitionState>,
+    /// Per partition owned, what its last restore took from the changelog.
+    restored: BTreeMap<i32, u64>,
 }
 
 impl Owned {
@@ -117,8 +121,21 @@ impl Ownership {
         self.with((), |owned| {
             for partition in partitions {
                 owned.owned.remove(partition);
+                owned.restored.remove(partition);
             }
         });
+    }
+
+    /// The restore of `partition` took `entries` from the changelog.
+    pub fn restored(&self, partition: i32, entries: u64) {
+        self.with((), |owned| {
+            owned.restored.insert(partition, entries);
+        });
+    }
+
+    /// The partition count of the source topic, once known (`None` outside a cluster).
+    pub fn partition_count(&self) -> Option<i32> {
+        self.with(None, |owned| owned.partitions)
     }
 
     /// The consumer has read `partition` to its end, everything it read being below
@@ -177,6 +194,7 @@ impl Ownership {
                 .map(|(&partition, state)| OwnedPartition {
                     partition,
                     ready: state.ready(projected),
+                    restored_entries: owned.restored.get(&partition).copied().unwrap_or(0),
                 })
                 .collect()
         })
@@ -286,7 +304,8 @@ mod tests {
             ownership.owned(50),
             [OwnedPartition {
                 partition: 3,
-                ready: true
+                ready: true,
+                restored_entries: 0
             }]
         );
         // Caught up once is enough: a later burst of lag does not make it restore again.

@@ -167,8 +167,25 @@ impl ConsumerContext for TallyContext {
                 let started = Instant::now();
                 match changelog::restore(&member.restore, &partitions) {
                     Ok(restored) => {
+                        let elapsed = started.elapsed();
+                        for (&partition, taken) in &restored {
+                            member.ownership.restored(partition, taken.entries);
+                            member
+                                .restore
+                                .metrics
+                                .restore_milliseconds
+                                .get_or_create(&crate::metrics::PartitionLabels { partition })
+                                .set(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+                        }
                         let entries: u64 = restored.values().map(|r| r.entries).sum();
-                        tracing::info!(?partitions, entries, elapsed = ?started.elapsed(), "restored from the changelog");
+                        let skipped: u64 = restored.values().map(|r| r.skipped).sum();
+                        tracing::info!(
+                            ?partitions,
+                            entries,
+                            skipped,
+                            ?elapsed,
+                            "restored from the changelog"
+                        );
                     }
                     Err(error) => {
                         // Its source offsets are then where this engine last stood (the
@@ -311,6 +328,7 @@ impl KafkaConsumer {
                         store: sink.store.clone(),
                         appender: sink.appender.clone(),
                         origin: changelog.origin,
+                        metrics: sink.metrics.clone(),
                     },
                     published: changelog.published.clone(),
                     log_head: sink.log_head.clone(),

@@ -104,6 +104,9 @@ pub enum InspectCommand {
     },
     /// A checksum of every projection column family.
     Checksums,
+    /// Which partitions of which topics the store holds, and up to which offset (in a
+    /// cluster: its source topic and changelog), with what is not yet published.
+    Partitions,
 }
 
 #[derive(clap::Args)]
@@ -390,6 +393,30 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 )?;
                 for (cf, bytes) in &sizes {
                     writeln!(out, "  {cf:<12} {bytes} bytes")?;
+                }
+            }
+        }
+        InspectCommand::Partitions => {
+            let held = tally::cluster::changelog::held(&store)?;
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&held)?)?;
+            } else {
+                for (topic, partitions) in &held.topics {
+                    writeln!(out, "{topic}")?;
+                    for (partition, next) in partitions {
+                        writeln!(out, "  partition {partition:<4} read below offset {next}")?;
+                    }
+                }
+                if held.topics.is_empty() {
+                    writeln!(out, "no partition of any topic (HTTP ingest only)")?;
+                }
+                if let Some(origin) = &held.changelog_origin {
+                    writeln!(out, "changelog origin   {origin}")?;
+                    writeln!(
+                        out,
+                        "unpublished        {} entries",
+                        held.unpublished_entries
+                    )?;
                 }
             }
         }
