@@ -769,7 +769,8 @@ fn restore_stage(events: u64) -> (f64, f64, f64) {
             line.starts_with("tally_events_total{") && line.contains(r#"source="kafka""#)
         })
         .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-        .sum();
+        .sum::<f64>()
+        + 0.0;
     fresh.stop();
     (restore, ready, read)
 }

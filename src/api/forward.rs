@@ -70,14 +70,17 @@ pub async fn forward_to_owner(
         // The handler refuses it, counting the failure.
         return next.run(request).await;
     };
-    // The operator's events name their tenants one by one: they are judged here.
-    if caller.operator && request.uri().path() == "/api/tally/events" {
+    // The operator's events name their tenants one by one: they are judged here. The
+    // operator's tenant commands name their tenant in the path.
+    let path = request.uri().path();
+    if caller.operator && path == "/api/tally/events" {
         return next.run(request).await;
     }
+    let tenant = path_tenant(path).unwrap_or(&caller.tenant).to_owned();
     let partition = match state
         .engine
         .ownership()
-        .check(&caller.tenant, state.engine.projected())
+        .check(&tenant, state.engine.projected())
     {
         Err(NotHere::OwnedElsewhere { partition, .. }) => partition,
         _ => return next.run(request).await,
@@ -91,8 +94,7 @@ pub async fn forward_to_owner(
     match relay(&state, &owner, control.url.as_deref(), request).await {
         Ok(response) => response,
         Err(reason) => ApiError::Restoring(format!(
-            "partition {partition} (tenant `{}`) is owned by the engine at {owner}, which cannot be reached ({reason}); retry shortly",
-            caller.tenant
+            "partition {partition} (tenant `{tenant}`) is owned by the engine at {owner}, which cannot be reached ({reason}); retry shortly"
         ))
         .into_response(),
     }

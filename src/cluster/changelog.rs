@@ -32,8 +32,9 @@ use crate::log::append::{
     AppendError, Appender, Candidate, LogHead, Outcome, RowWrite, SourceOffset,
 };
 use crate::log::codec;
+use crate::log::format;
 use crate::log::keys;
-use crate::log::store::{CF_META, CF_OFFSETS, Store, StoreError};
+use crate::log::store::{CF_LOG, CF_META, CF_OFFSETS, Store, StoreError};
 use crate::stop::{SignalledThread, StopSignal};
 
 /// Why the changelog could not be published or restored.
@@ -51,6 +52,8 @@ pub enum ChangelogError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Append(#[from] AppendError),
+    #[error("log entry {0} cannot be read to publish it")]
+    Unreadable(u64),
     #[error("the changelog of partition {partition} stopped at offset {at}, short of {end}")]
     Stalled { partition: i32, at: i64, end: i64 },
 }
@@ -332,15 +335,31 @@ fn publish_outbox(
     let mut per_partition: BTreeMap<i32, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
     let mut skipped = 0usize;
     for (_, first, end) in &rows {
-        let count = usize::try_from(end.saturating_sub(*first)).unwrap_or(0);
-        for (seq, entry) in store.read_log(*first, count)? {
-            match ownership.partition_of(entry.tenant()) {
-                Some(partition) if ownership.owns(partition) => per_partition
-                    .entry(partition)
-                    .or_default()
-                    .push((seq, codec::encode_entry(&entry))),
-                _ => skipped += 1,
-            }
+        // The stored bytes are published as they are; only the header is read, for the tenant.
+        let mut unreadable = None;
+        store.scan(
+            CF_LOG,
+            &keys::seq_key(*first),
+            Some(&keys::seq_key(*end)),
+            |key, value| {
+                let (Some(seq), Ok(envelope)) =
+                    (keys::decode_seq_key(key), format::read_envelope(value))
+                else {
+                    unreadable = keys::decode_seq_key(key);
+                    return false;
+                };
+                match ownership.partition_of(&envelope.tenant) {
+                    Some(partition) if ownership.owns(partition) => per_partition
+                        .entry(partition)
+                        .or_default()
+                        .push((seq, value.to_vec())),
+                    _ => skipped += 1,
+                }
+                true
+            },
+        )?;
+        if let Some(seq) = unreadable {
+            return Err(ChangelogError::Unreadable(seq));
         }
     }
     if skipped > 0 {
