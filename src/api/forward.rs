@@ -30,9 +30,21 @@ fn tenant_route(path: &str) -> bool {
         "/api/data/",
         "/api/tally/namespaces/",
         "/api/tally/events",
+        TENANT_PATH,
     ]
     .iter()
     .any(|prefix| path.starts_with(prefix))
+}
+
+/// The operator's commands for one tenant (`/api/tally/tenants/{tenant}/…`).
+const TENANT_PATH: &str = "/api/tally/tenants/";
+
+/// The tenant an operator's path names, if it names one.
+fn path_tenant(path: &str) -> Option<&str> {
+    path.strip_prefix(TENANT_PATH)?
+        .split('/')
+        .next()
+        .filter(|t| !t.is_empty())
 }
 
 /// The presented token, as the `Caller` extractor reads it (one header, `APIToken …`).
