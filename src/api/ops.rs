@@ -304,6 +304,14 @@ fn describe_tally_errors(item: &mut Value) {
         responses
             .entry("400")
             .or_insert_with(|| json!({"description": "A field is wrong; the message names it."}));
+        // An engine of a cluster (`--cluster`) forwards a tenant's request to the engine that
+        // owns it; these are what it answers when it cannot.
+        responses.entry("421").or_insert_with(|| {
+            json!({"description": "In a cluster: the tenant's partition is owned by another engine this one cannot forward to; the message names the partition."})
+        });
+        responses.entry("503").or_insert_with(|| {
+            json!({"description": "Not available right now (storage, or in a cluster a partition being restored); retry after `Retry-After`."})
+        });
         for (status, response) in responses.iter_mut() {
             if status.starts_with('4') || status.starts_with('5') {
                 response["content"] = json!({"application/json": {"schema": {"$ref": "#/components/schemas/tallyError"}}});

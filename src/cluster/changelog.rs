@@ -268,6 +268,12 @@ impl Publisher {
             };
             let mut failures = 0u32;
             while !stop.is_stopped() {
+                // Until the group has said what this engine owns, an entry recorded before a
+                // restart cannot be told from one of a partition that moved away.
+                if !ownership.known() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 let seen = head.get();
                 match publish_outbox(
                     &store, &ownership, &producer, &topic, &settings, seen, &runtime,

@@ -57,6 +57,8 @@ pub struct OwnedPartition {
 
 #[derive(Default)]
 struct Owned {
+    /// Whether the group has assigned this engine anything yet (an empty share included).
+    assignment_known: bool,
     partitions: Option<i32>,
     owned: BTreeMap<i32, PartitionState>,
     /// Per partition owned, what its last restore took from the changelog.
@@ -110,6 +112,7 @@ impl Ownership {
     /// The group assigned these partitions: each restores before its tenants are answered.
     pub fn assigned(&self, partitions: &[i32]) {
         self.with((), |owned| {
+            owned.assignment_known = true;
             for &partition in partitions {
                 owned.owned.insert(partition, PartitionState::Restoring);
             }
@@ -131,6 +134,14 @@ impl Ownership {
         self.with((), |owned| {
             owned.restored.insert(partition, entries);
         });
+    }
+
+    /// Whether this engine knows what it owns: the partition count, and the group's first
+    /// assignment (always so outside a cluster).
+    pub fn known(&self) -> bool {
+        self.with(true, |owned| {
+            owned.assignment_known && owned.partitions.is_some()
+        })
     }
 
     /// The partition count of the source topic, once known (`None` outside a cluster).

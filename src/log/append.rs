@@ -732,6 +732,128 @@ mod tests {
         }
     }
 
+    /// The outbox rows of `store`: (first seq, end seq).
+    fn outbox(store: &Store) -> Vec<(u64, u64)> {
+        let mut rows = Vec::new();
+        store
+            .scan_prefix(CF_META, keys::OUTBOX_PREFIX, |key, value| {
+                let first = keys::decode_seq_key(&key[keys::OUTBOX_PREFIX.len()..]).unwrap();
+                rows.push((first, codec::decode_u64(value, "end").unwrap()));
+                true
+            })
+            .unwrap();
+        rows
+    }
+
+    #[test]
+    fn a_cluster_notes_what_it_records_for_the_changelog_and_takes_restored_entries_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedup_horizon: Duration::from_secs(86_400),
+            min_free_disk: 0,
+        };
+        let store = Store::open(dir.path(), &options).unwrap();
+        // Far past the events' time: an event this old is refused when it arrives, not when
+        // another engine already judged it.
+        let clock: Clock = std::sync::Arc::new(|| 10 * 86_400_000_000);
+        let (appender, thread) = Appender::start(
+            store.clone(),
+            LogHead::new(0),
+            clock,
+            Default::default(),
+            true,
+        )
+        .unwrap();
+        let source = EventSource::Http { received_at: 0 };
+        let arrived = vec![
+            Candidate::Event {
+                event: event("old", 1),
+                source: source.clone(),
+            },
+            Candidate::Fact {
+                entry: LogEntry::QuotaObjectDeleted {
+                    tenant: "acme".into(),
+                    namespace: "shop".into(),
+                    name: "q".into(),
+                    at: 1,
+                },
+                identity: None,
+            },
+        ];
+        let outcomes = appender.append_blocking(arrived, Vec::new()).unwrap();
+        assert!(matches!(outcomes[0], Outcome::Rejected(_)), "{outcomes:?}");
+        assert_eq!(outcomes[1], Outcome::Recorded { seq: 0 });
+        assert_eq!(outbox(&store), [(0, 1)], "the fact goes to the changelog");
+
+        let recorded = |id: &str| LogEntry::UsageRecorded {
+            event: event(id, 5),
+            source: source.clone(),
+            recorded_at: 3,
+        };
+        let close = LogEntry::Billing {
+            tenant: "acme".into(),
+            at: 2,
+            change: crate::billing::BillingChange::PeriodClosed {
+                period_uid: "p-1".into(),
+            },
+        };
+        let restored = vec![
+            Candidate::Restored(recorded("old")),
+            Candidate::Restored(recorded("old")),
+            Candidate::Restored(close.clone()),
+            Candidate::Restored(close.clone()),
+        ];
+        let at = vec![SourceOffset {
+            topic: "usage.tally-changelog".into(),
+            partition: 1,
+            next_offset: 4,
+        }];
+        let outcomes = appender
+            .append_restored_blocking(restored, at, Vec::new())
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Recorded { seq: 1 },
+                Outcome::Duplicate { seq: 1 },
+                Outcome::Recorded { seq: 2 },
+                Outcome::Duplicate { seq: 2 },
+            ]
+        );
+        assert_eq!(
+            store.read_log(1, 1).unwrap()[0].1,
+            recorded("old"),
+            "as it stood"
+        );
+        assert_eq!(
+            outbox(&store),
+            [(0, 1)],
+            "restored entries are not published again"
+        );
+        assert_eq!(
+            store.source_offsets("usage.tally-changelog").unwrap(),
+            BTreeMap::from([(1, 4)])
+        );
+        // The restored event is known by its id from now on, and so is the close.
+        let again = vec![
+            Candidate::Event {
+                event: event("old", 5),
+                source: source.clone(),
+            },
+            Candidate::Fact {
+                identity: Some(FactIdentity::new(PERIOD_CLOSE, "acme", "p-1")),
+                entry: close,
+            },
+        ];
+        let outcomes = appender.append_blocking(again, Vec::new()).unwrap();
+        assert_eq!(
+            outcomes,
+            [Outcome::Duplicate { seq: 1 }, Outcome::Duplicate { seq: 2 }]
+        );
+        drop(appender);
+        thread.join().unwrap();
+    }
+
     #[test]
     fn offsets_move_with_their_events_and_dedup_spans_sources() {
         let dir = tempfile::tempdir().unwrap();
