@@ -493,6 +493,44 @@ fn scaling_from_one_to_three_engines_moves_only_the_partitions_that_must_move() 
         &[("x-tally-forwarded-by", "test")],
     );
     assert_eq!(listed["current"], 3.0, "{listed}");
+
+    // The operator's views of that tenant, asked of C: its audit trail (on B, forwarded by the
+    // query's tenant); a plan transition B holds, named only by its id (C and A do not know
+    // it, so they ask the others until one does).
+    let (status, audit) = c.call("GET", &format!("/api/tally/audit?tenant={tenant}"), None);
+    assert_eq!(status, 200, "{audit}");
+    assert!(
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "quota.create"),
+        "{audit}"
+    );
+    let (status, waiting) = a
+        .post_raw(
+            "/api/web/namespaces/system/billing/plan_transition",
+            Some(&admin),
+            serde_json::to_vec(&json!({"new_plan": "organization-plan",
+                "payload": {"domain": "example.com", "billing_address": {"city": "x"}}}))
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{waiting}");
+    assert_eq!(waiting["requires_manual_approval"], true, "{waiting}");
+    let id = waiting["id"].as_str().unwrap();
+    let (status, rejected) = c.call(
+        "POST",
+        &format!("/api/tally/plan_transitions/{id}/reject"),
+        Some(&json!({"reason": "not now"})),
+    );
+    assert_eq!(status, 200, "{rejected}");
+    assert_eq!(rejected["state"], "STATE_FAILED", "{rejected}");
+    let (status, state) = a.get(&format!(
+        "/no_auth/namespaces/system/billing/plan_transition?id={id}"
+    ));
+    assert_eq!(status, 200, "{state}");
+    assert!(state.contains("STATE_FAILED"), "{state}");
     for engine in [&mut a, &mut b, &mut c] {
         engine.stop();
     }

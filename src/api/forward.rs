@@ -30,6 +30,7 @@ fn tenant_route(path: &str) -> bool {
         "/api/data/",
         "/api/tally/namespaces/",
         "/api/tally/events",
+        "/api/tally/audit",
         TENANT_PATH,
     ]
     .iter()
@@ -45,6 +46,70 @@ fn path_tenant(path: &str) -> Option<&str> {
         .split('/')
         .next()
         .filter(|t| !t.is_empty())
+}
+
+/// Requests that name a transition or an invoice by id, not their tenant: answered here when
+/// this engine knows the id, else by the engine that does.
+fn fan_out_route(path: &str) -> bool {
+    [
+        "/api/tally/plan_transitions/",
+        "/api/tally/invoices/",
+        "/no_auth/namespaces/system/billing/plan_transition",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+}
+
+/// Answers `request` here, and when this engine does not know what it names (404), asks the
+/// other engines in turn: the first that knows it answers (a 404 changed nothing anywhere).
+async fn fan_out(
+    state: &AppState,
+    control: &crate::cluster::control::Control,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, super::MAX_INGEST_BODY + 1).await else {
+        return ApiError::BadRequest("body: cannot be read".into()).into_response();
+    };
+    let (method, uri, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let copy = |body: bytes::Bytes| {
+        let mut request = Request::new(Body::from(body));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers.clone();
+        request
+    };
+    let here = next
+        .run(Request::from_parts(parts, Body::from(body.clone())))
+        .await;
+    if here.status() != StatusCode::NOT_FOUND {
+        return here;
+    }
+    for owner in control.other_urls() {
+        match relay(state, &owner, control.url.as_deref(), copy(body.clone())).await {
+            Ok(answer) if answer.status() != StatusCode::NOT_FOUND => return answer,
+            Ok(_) => {}
+            Err(reason) => {
+                tracing::warn!(%owner, %reason, "an engine of the cluster cannot be asked")
+            }
+        }
+    }
+    here
+}
+
+/// The tenant an audit query names (`?tenant=`).
+fn query_tenant(request: &Request) -> Option<String> {
+    if request.uri().path() != "/api/tally/audit" {
+        return None;
+    }
+    form_urlencoded::parse(request.uri().query()?.as_bytes())
+        .find(|(name, _)| name == "tenant")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// The presented token, as the `Caller` extractor reads it (one header, `APIToken …`).
@@ -73,7 +138,13 @@ pub async fn forward_to_owner(
     let Some(control) = state.engine.control() else {
         return next.run(request).await;
     };
-    if request.headers().contains_key(FORWARDED_BY) || !tenant_route(request.uri().path()) {
+    if request.headers().contains_key(FORWARDED_BY) {
+        return next.run(request).await;
+    }
+    if fan_out_route(request.uri().path()) {
+        return fan_out(&state, control, request, next).await;
+    }
+    if !tenant_route(request.uri().path()) {
         return next.run(request).await;
     }
     let Some(caller) =
@@ -88,7 +159,10 @@ pub async fn forward_to_owner(
     if caller.operator && path == "/api/tally/events" {
         return next.run(request).await;
     }
-    let tenant = path_tenant(path).unwrap_or(&caller.tenant).to_owned();
+    let tenant = path_tenant(path)
+        .map(str::to_owned)
+        .or_else(|| query_tenant(&request))
+        .unwrap_or_else(|| caller.tenant.clone());
     let partition = match state
         .engine
         .ownership()

@@ -78,6 +78,7 @@ impl AppState {
             token_lock: Arc::default(),
             forwarder: reqwest::Client::builder()
                 .timeout(forward::FORWARD_TIMEOUT)
+                .connect_timeout(std::time::Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),

@@ -81,8 +81,23 @@ fn decode(bytes: &[u8]) -> Result<ControlRecordV1, String> {
 /// What an engine last said of itself: the offset of its record, its URL, its partitions.
 struct Claim {
     offset: i64,
+    /// When it was said (the record's timestamp, ms since the epoch).
+    at_millis: i64,
     url: Option<String>,
     partitions: BTreeSet<i32>,
+}
+
+impl Claim {
+    /// Whether its engine still announced itself lately (each does every
+    /// [`ANNOUNCE_AGAIN`]): an engine that died is forgotten after three missed rounds.
+    fn alive(&self, now_millis: i64) -> bool {
+        let silence = i64::try_from(ANNOUNCE_AGAIN.as_millis() * 3).unwrap_or(i64::MAX);
+        now_millis.saturating_sub(self.at_millis) < silence
+    }
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Which engine owns which partition, as the control topic last said.
@@ -93,13 +108,15 @@ pub struct AddressBook {
 }
 
 impl AddressBook {
-    fn record(&self, offset: i64, instance: String, url: Option<String>, partitions: Vec<i32>) {
+    fn record(&self, at: (i64, i64), instance: String, url: Option<String>, partitions: Vec<i32>) {
+        let (offset, at_millis) = at;
         if let Ok(mut members) = self.members.lock() {
             let partitions = partitions.into_iter().collect();
             members.insert(
                 instance,
                 Claim {
                     offset,
+                    at_millis,
                     url,
                     partitions,
                 },
@@ -107,12 +124,28 @@ impl AddressBook {
         }
     }
 
+    /// Every URL engines announced, but `own`'s, in order.
+    pub fn urls_but(&self, own: Option<&str>) -> Vec<String> {
+        let Ok(members) = self.members.lock() else {
+            return Vec::new();
+        };
+        let now = now_millis();
+        let urls: BTreeSet<String> = members
+            .values()
+            .filter(|claim| claim.alive(now))
+            .filter_map(|claim| claim.url.clone())
+            .filter(|url| Some(url.as_str()) != own)
+            .collect();
+        urls.into_iter().collect()
+    }
+
     /// The URL of the engine that most recently said it owns `partition`.
     pub fn owner_url(&self, partition: i32) -> Option<String> {
         let members = self.members.lock().ok()?;
+        let now = now_millis();
         members
             .values()
-            .filter(|claim| claim.partitions.contains(&partition))
+            .filter(|claim| claim.alive(now) && claim.partitions.contains(&partition))
             .max_by_key(|claim| claim.offset)
             .and_then(|claim| claim.url.clone())
     }
@@ -199,7 +232,11 @@ impl Control {
                                     instance,
                                     url,
                                     partitions,
-                                }) => book.record(offset, instance, url, partitions),
+                                }) => {
+                                    let at =
+                                        message.timestamp().to_millis().unwrap_or_else(now_millis);
+                                    book.record((offset, at), instance, url, partitions)
+                                }
                                 Ok(ControlRecordV1::TokenPut { token }) => {
                                     match STANDARD
                                         .decode(token)
@@ -277,6 +314,12 @@ impl Control {
         Ok(())
     }
 
+    /// The URLs of the other engines, as the control topic last said (engines that left
+    /// included: asking one fails and is skipped).
+    pub fn other_urls(&self) -> Vec<String> {
+        self.book.urls_but(self.url.as_deref())
+    }
+
     /// The URL of the engine that owns `partition`, as the control topic last said.
     pub fn owner_url(&self, partition: i32) -> Option<String> {
         self.book.owner_url(partition)
@@ -311,8 +354,9 @@ mod tests {
         assert!(decode(b"{").is_err());
 
         let book = AddressBook::default();
-        book.record(0, "a".into(), Some("http://a".into()), vec![0, 1]);
-        book.record(1, "b".into(), Some("http://b".into()), vec![1, 2]);
+        let now = now_millis();
+        book.record((0, now), "a".into(), Some("http://a".into()), vec![0, 1]);
+        book.record((1, now), "b".into(), Some("http://b".into()), vec![1, 2]);
         assert_eq!(book.owner_url(0).as_deref(), Some("http://a"));
         assert_eq!(
             book.owner_url(1).as_deref(),
@@ -320,8 +364,18 @@ mod tests {
             "the later claim"
         );
         // `b` gives partition 1 up: `a`'s older claim is all that is left.
-        book.record(2, "b".into(), Some("http://b".into()), vec![2]);
+        book.record((2, now), "b".into(), Some("http://b".into()), vec![2]);
         assert_eq!(book.owner_url(1).as_deref(), Some("http://a"));
         assert_eq!(book.owner_url(3), None);
+        assert_eq!(book.urls_but(Some("http://a")), ["http://b"]);
+        // An engine silent for three rounds is taken for dead.
+        book.record(
+            (3, now - 91_000),
+            "c".into(),
+            Some("http://c".into()),
+            vec![3],
+        );
+        assert_eq!(book.owner_url(3), None);
+        assert_eq!(book.urls_but(None), ["http://a", "http://b"]);
     }
 }
