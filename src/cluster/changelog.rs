@@ -438,6 +438,8 @@ pub struct RestoreContext {
     pub appender: Appender,
     pub origin: u64,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Told how far each partition's restore has come, for `/readyz`.
+    pub ownership: Arc<Ownership>,
 }
 
 /// What one partition's restore took.
@@ -666,6 +668,10 @@ impl Restoring {
                 }
                 _ => taken.skipped += 1,
             }
+        }
+        for &partition in &self.touched {
+            let entries = self.summary.get(&partition).map_or(0, |t| t.entries);
+            context.ownership.restored(partition, entries);
         }
         self.touched.clear();
         Ok(())

@@ -51,8 +51,10 @@ pub enum NotHere {
 pub struct OwnedPartition {
     pub partition: i32,
     pub ready: bool,
-    /// Entries its last restore took from the changelog.
+    /// Entries its last restore took from the changelog (so far, while it restores).
     pub restored_entries: u64,
+    /// Messages of the source topic not yet read, when last measured.
+    pub lag: Option<i64>,
 }
 
 #[derive(Default)]
@@ -63,6 +65,8 @@ struct Owned {
     owned: BTreeMap<i32, PartitionState>,
     /// Per partition owned, what its last restore took from the changelog.
     restored: BTreeMap<i32, u64>,
+    /// Per partition owned, its lag when last measured.
+    lag: BTreeMap<i32, i64>,
 }
 
 impl Owned {
@@ -125,6 +129,7 @@ impl Ownership {
             for partition in partitions {
                 owned.owned.remove(partition);
                 owned.restored.remove(partition);
+                owned.lag.remove(partition);
             }
         });
     }
@@ -142,6 +147,15 @@ impl Ownership {
         self.with(true, |owned| {
             owned.assignment_known && owned.partitions.is_some()
         })
+    }
+
+    /// The consumer measured `partition`'s lag.
+    pub fn lag(&self, partition: i32, lag: i64) {
+        self.with((), |owned| {
+            if owned.owned.contains_key(&partition) {
+                owned.lag.insert(partition, lag);
+            }
+        });
     }
 
     /// The partition count of the source topic, once known (`None` outside a cluster).
@@ -206,6 +220,7 @@ impl Ownership {
                     partition,
                     ready: state.ready(projected),
                     restored_entries: owned.restored.get(&partition).copied().unwrap_or(0),
+                    lag: owned.lag.get(&partition).copied(),
                 })
                 .collect()
         })
@@ -316,7 +331,8 @@ mod tests {
             [OwnedPartition {
                 partition: 3,
                 ready: true,
-                restored_entries: 0
+                restored_entries: 0,
+                lag: None
             }]
         );
         // Caught up once is enough: a later burst of lag does not make it restore again.

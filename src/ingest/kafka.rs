@@ -329,6 +329,7 @@ impl KafkaConsumer {
                         appender: sink.appender.clone(),
                         origin: changelog.origin,
                         metrics: sink.metrics.clone(),
+                        ownership: sink.ownership.clone(),
                     },
                     published: changelog.published.clone(),
                     log_head: sink.log_head.clone(),
@@ -843,6 +844,7 @@ fn record_lag(
                 let position = stored.get(&partition).copied().unwrap_or(low);
                 let lag = high.saturating_sub(position).max(0);
                 sink.metrics.set_kafka_lag(partition, lag);
+                sink.ownership.lag(partition, lag);
                 // Read to the end: everything the partition held is in the log below the head
                 // now (the stored offset moves in the same write as the events). Only a fetch
                 // since the assignment tells the end: the listed one can be a batch short.
