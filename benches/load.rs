@@ -763,7 +763,10 @@ fn restore_stage(events: u64) -> (f64, f64, f64) {
         r#"partition="0""#,
     );
     // What the changelog did not hold yet when the partition moved is read from the source.
-    assert!(restored > 0.9 * events as f64, "restored only {restored} entries");
+    assert!(
+        restored > 0.9 * events as f64,
+        "restored only {restored} entries"
+    );
     let read: f64 = metrics
         .lines()
         .filter(|line| {

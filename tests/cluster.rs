@@ -387,13 +387,19 @@ fn send_to_partition(broker: &Broker, tenant: &str, partition: i32, quantity: u6
 
 /// Kafka messages the engine refused (each kept as a dead letter).
 fn rejected_from_kafka(server: &Server) -> u64 {
+    kafka_messages(server, Some("rejected"))
+}
+
+/// Messages of `server`'s Kafka consumer with `outcome` (any outcome for `None`).
+fn kafka_messages(server: &Server, outcome: Option<&str>) -> u64 {
     let (_, metrics) = server.get("/metrics");
+    let outcome = outcome.map(|o| format!(r#"outcome="{o}""#));
     metrics
         .lines()
         .filter(|line| {
             line.starts_with("tally_events_total{")
-                && line.contains(r#"outcome="rejected""#)
                 && line.contains(r#"source="kafka""#)
+                && outcome.as_ref().is_none_or(|o| line.contains(o.as_str()))
         })
         .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
         .sum::<f64>() as u64
@@ -538,14 +544,7 @@ fn scaling_from_one_to_three_engines_moves_only_the_partitions_that_must_move() 
 
 /// Messages of `server`'s Kafka consumer, whatever became of them.
 fn read_from_kafka(server: &Server) -> u64 {
-    let (_, metrics) = server.get("/metrics");
-    metrics
-        .lines()
-        .filter(|line| {
-            line.starts_with("tally_events_total{") && line.contains(r#"source="kafka""#)
-        })
-        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    kafka_messages(server, None)
 }
 
 #[test]

@@ -306,6 +306,15 @@ impl Publisher {
     }
 }
 
+/// An outbox row as (first seq, end seq); `None` when it cannot be read.
+fn outbox_row(key: &[u8], value: &[u8]) -> Option<(u64, u64)> {
+    let first = key
+        .get(keys::OUTBOX_PREFIX.len()..)
+        .and_then(keys::decode_seq_key)?;
+    let end = codec::decode_u64(value, "outbox end").ok()?;
+    Some((first, end))
+}
+
 /// Outbox rows read and published in one round, at most.
 const OUTBOX_ROWS_PER_ROUND: usize = 256;
 
@@ -322,11 +331,7 @@ fn publish_outbox(
 ) -> Result<bool, ChangelogError> {
     let mut rows: Vec<(Vec<u8>, u64, u64)> = Vec::new();
     store.scan_prefix(CF_META, keys::OUTBOX_PREFIX, |key, value| {
-        let first = key
-            .get(keys::OUTBOX_PREFIX.len()..)
-            .and_then(keys::decode_seq_key);
-        let end = codec::decode_u64(value, "outbox end").ok();
-        if let (Some(first), Some(end)) = (first, end)
+        if let Some((first, end)) = outbox_row(key, value)
             && first < head
         {
             rows.push((key.to_vec(), first, end));
@@ -717,10 +722,7 @@ pub fn held(store: &Store) -> Result<Held, StoreError> {
     };
     let mut unpublished_entries = 0u64;
     store.scan_prefix(CF_META, keys::OUTBOX_PREFIX, |key, value| {
-        let first = key
-            .get(keys::OUTBOX_PREFIX.len()..)
-            .and_then(keys::decode_seq_key);
-        if let (Some(first), Ok(end)) = (first, codec::decode_u64(value, "outbox end")) {
+        if let Some((first, end)) = outbox_row(key, value) {
             unpublished_entries += end.saturating_sub(first);
         }
         true
