@@ -469,6 +469,10 @@ pub fn restore(
     context: &RestoreContext,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, Restored>, ChangelogError> {
+    if partitions.is_empty() {
+        // A rebalance that assigns nothing new (most of them, cooperative) needs no consumer.
+        return Ok(BTreeMap::new());
+    }
     let topic = changelog_topic(&context.source_topic);
     let consumer = crate::ingest::watermarks::bare_consumer(
         &context.brokers,

@@ -426,6 +426,9 @@ fn run(
     let mut assigned: Vec<i32> = Vec::new();
     // Per partition, the first offset not yet recorded; messages below it are skipped.
     let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
+    // Gaps already read again once (partition, first missing offset): seen again, they are
+    // taken as the topic's own (a transaction marker, a compacted range).
+    let mut retried_gaps: BTreeSet<(i32, i64)> = BTreeSet::new();
     let mut last_assignment_check: Option<Instant> = None;
     let mut in_flight: Option<InFlight> = None;
     // Set when a failed write could not yet be followed by a seek back: nothing is polled
@@ -489,6 +492,23 @@ fn run(
             }
         }
         batch.retain(|m| m.offset >= resume.get(&m.partition).copied().unwrap_or(0));
+        for (partition, expected) in cut_at_gaps(&mut batch, &resume, &mut retried_gaps) {
+            // Read again from a little before the gap: see `cut_at_gaps`.
+            tracing::warn!(
+                partition,
+                expected,
+                "messages skipped by the broker; reading them again"
+            );
+            if let Err(error) = consumer.seek(
+                &settings.topic,
+                partition,
+                rewound(expected),
+                Duration::from_secs(5),
+            ) {
+                tracing::error!(%error, partition, "cannot seek back to a gap; reading again from the stored offsets");
+                must_read_again = true;
+            }
+        }
         for message in &batch {
             resume.insert(message.partition, message.offset + 1);
         }
@@ -581,6 +601,37 @@ fn read_again(
         }
     }
     all_sought
+}
+
+/// Finds, per partition, a message past the next expected offset (`resume`): a gap. Kafka
+/// offsets are contiguous in a topic without transactions or compaction, and Tansu 0.6 was
+/// seen to answer a fetch from inside a record batch with the next batch, silently skipping
+/// the rest of it, when librdkafka fetched again from where the application stood (after a
+/// rebalance). The messages of such a partition from the gap on are cut from `batch`, and the
+/// partition and its first missing offset returned, to be read again. A gap already retried
+/// once (in `retried`) is taken as it is.
+fn cut_at_gaps(
+    batch: &mut Vec<Polled>,
+    resume: &BTreeMap<i32, i64>,
+    retried: &mut BTreeSet<(i32, i64)>,
+) -> Vec<(i32, i64)> {
+    let mut expected: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut gaps: BTreeMap<i32, i64> = BTreeMap::new();
+    batch.retain(|message| {
+        if gaps.contains_key(&message.partition) {
+            return false;
+        }
+        let next = expected
+            .entry(message.partition)
+            .or_insert_with(|| resume.get(&message.partition).copied().unwrap_or(0));
+        if message.offset > *next && retried.insert((message.partition, *next)) {
+            gaps.insert(message.partition, *next);
+            return false;
+        }
+        *next = message.offset + 1;
+        true
+    });
+    gaps.into_iter().collect()
 }
 
 /// A batch queued for the log writer, with the messages it came from.
@@ -963,6 +1014,38 @@ impl StallDetector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_gap_in_a_partition_is_cut_and_read_again_once() {
+        use super::{Polled, cut_at_gaps};
+        use std::collections::{BTreeMap, BTreeSet};
+        let polled = |partition, offset| Polled {
+            partition,
+            offset,
+            key: None,
+            payload: Vec::new(),
+        };
+        let resume = BTreeMap::from([(0, 10), (1, 5)]);
+        let mut retried = BTreeSet::new();
+        // Partition 0 goes on from 10; partition 1 jumps from 6 to 9.
+        let mut batch = vec![
+            polled(0, 10),
+            polled(1, 5),
+            polled(0, 11),
+            polled(1, 6),
+            polled(1, 9),
+            polled(0, 12),
+            polled(1, 10),
+        ];
+        assert_eq!(cut_at_gaps(&mut batch, &resume, &mut retried), [(1, 7)]);
+        let kept: Vec<(i32, i64)> = batch.iter().map(|m| (m.partition, m.offset)).collect();
+        assert_eq!(kept, [(0, 10), (1, 5), (0, 11), (1, 6), (0, 12)]);
+        // Read again and the gap is still there: the topic's own, taken.
+        let resume = BTreeMap::from([(1, 7)]);
+        let mut batch = vec![polled(1, 9), polled(1, 10)];
+        assert!(cut_at_gaps(&mut batch, &resume, &mut retried).is_empty());
+        assert_eq!(batch.len(), 2);
+    }
+
     use super::*;
 
     #[test]
