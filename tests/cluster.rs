@@ -620,6 +620,14 @@ fn a_fresh_engine_replacing_a_killed_one_restores_from_the_changelog_and_every_e
     let d_read = read_from_kafka(&d);
     assert!(restored > 0, "{readiness}");
     assert!(
+        readiness["owned_partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["phase"] == "ready"),
+        "{readiness}"
+    );
+    assert!(
         d_read < d_history,
         "d read {d_read} messages of its partitions' {d_history}: {readiness}"
     );

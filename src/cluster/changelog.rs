@@ -56,6 +56,8 @@ pub enum ChangelogError {
     Unreadable(u64),
     #[error("the changelog of partition {partition} stopped at offset {at}, short of {end}")]
     Stalled { partition: i32, at: i64, end: i64 },
+    #[error("the engine is stopping")]
+    Stopping,
 }
 
 /// The changelog topic of a source topic.
@@ -464,10 +466,12 @@ const RESTORE_STALL: Duration = Duration::from_secs(30);
 
 /// Restores `partitions` from the changelog: appends what other engines recorded since this
 /// one last stood in it, and moves the stored source offset past the last restored event.
-/// Returns what each partition took.
+/// Returns what each partition took. A stop ends it early (what it appended stays, with the
+/// offsets it stands at).
 pub fn restore(
     context: &RestoreContext,
     partitions: &[i32],
+    stop: &StopSignal,
 ) -> Result<BTreeMap<i32, Restored>, ChangelogError> {
     if partitions.is_empty() {
         // A rebalance that assigns nothing new (most of them, cooperative) needs no consumer.
@@ -534,6 +538,10 @@ pub fn restore(
     while let Some((&partition, &end)) =
         ends.iter().find(|(p, end)| restoring.position(**p) < **end)
     {
+        if stop.is_stopped() {
+            restoring.flush(context)?;
+            return Err(ChangelogError::Stopping);
+        }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
             if last_progress.elapsed() > RESTORE_STALL {
                 return Err(ChangelogError::Stalled {

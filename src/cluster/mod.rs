@@ -4,7 +4,8 @@
 //!
 //! The topic is keyed by tenant, so a tenant's events, and everything folded from them, live
 //! in one partition ([`partition_of_tenant`]). An engine answers for a tenant only while it
-//! owns that partition and has caught up with it: a partition just assigned is *restoring*
+//! owns that partition and has caught up with it: a partition just assigned is *restoring*,
+//! first from the changelog (what other engines recorded for it), then from the source topic
 //! until the consumer has read to its end and the projector has folded what was read. Before
 //! that the answer is 503 with `Retry-After`, and for a partition owned elsewhere 421, never
 //! a number that is short. Without `--cluster` an engine owns everything.
@@ -20,7 +21,9 @@ use crate::ingest::produce::partition_of_tenant;
 /// How far a partition owned here is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionState {
-    /// Assigned; the consumer has not yet read to the partition's end.
+    /// Assigned; being restored from the changelog, its source messages not read yet.
+    FromChangelog,
+    /// Restored from the changelog; the consumer has not yet read the source to its end.
     Restoring,
     /// Read to the end when the log head was at this position; ready once the projections
     /// hold every entry below it.
@@ -33,6 +36,30 @@ impl PartitionState {
     fn ready(self, projected: u64) -> bool {
         matches!(self, PartitionState::CaughtUp { log_head } if projected >= log_head)
     }
+
+    /// What `/readyz` calls it.
+    fn phase(self, projected: u64) -> RestorePhase {
+        match self {
+            PartitionState::FromChangelog => RestorePhase::Changelog,
+            PartitionState::Restoring => RestorePhase::Source,
+            PartitionState::CaughtUp { .. } if self.ready(projected) => RestorePhase::Ready,
+            PartitionState::CaughtUp { .. } => RestorePhase::Folding,
+        }
+    }
+}
+
+/// Where a partition owned here stands, as `/readyz` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestorePhase {
+    /// Taking what other engines recorded for it from the changelog.
+    Changelog,
+    /// Reading the source topic from where the changelog left it to the end.
+    Source,
+    /// Read to the end; the projections are folding what was read.
+    Folding,
+    /// Its tenants are answered here.
+    Ready,
 }
 
 /// Why a tenant's request is not answered here.
@@ -51,6 +78,7 @@ pub enum NotHere {
 pub struct OwnedPartition {
     pub partition: i32,
     pub ready: bool,
+    pub phase: RestorePhase,
     /// Entries its last restore took from the changelog (so far, while it restores).
     pub restored_entries: u64,
     /// Messages of the source topic not yet read, when last measured.
@@ -113,12 +141,23 @@ impl Ownership {
         self.with((), |owned| owned.partitions = Some(partitions));
     }
 
-    /// The group assigned these partitions: each restores before its tenants are answered.
+    /// The group assigned these partitions: each restores, from the changelog and then the
+    /// source topic, before its tenants are answered.
     pub fn assigned(&self, partitions: &[i32]) {
         self.with((), |owned| {
             owned.assignment_known = true;
             for &partition in partitions {
-                owned.owned.insert(partition, PartitionState::Restoring);
+                owned.owned.insert(partition, PartitionState::FromChangelog);
+                owned.restored.remove(&partition);
+            }
+        });
+    }
+
+    /// `partition` is restored from the changelog: the consumer reads its source topic now.
+    pub fn changelog_restored(&self, partition: i32) {
+        self.with((), |owned| {
+            if let Some(state @ PartitionState::FromChangelog) = owned.owned.get_mut(&partition) {
+                *state = PartitionState::Restoring;
             }
         });
     }
@@ -184,7 +223,15 @@ impl Ownership {
         self.with(true, |owned| owned.owned.contains_key(&partition))
     }
 
-    /// Whether `partition` is owned here and still restoring.
+    /// Whether `partition` is owned here and still being restored from the changelog.
+    pub fn is_from_changelog(&self, partition: i32) -> bool {
+        self.with(false, |owned| {
+            owned.owned.get(&partition) == Some(&PartitionState::FromChangelog)
+        })
+    }
+
+    /// Whether `partition` is owned here, restored from the changelog, and its source topic
+    /// not yet read to the end.
     pub fn is_restoring(&self, partition: i32) -> bool {
         self.with(false, |owned| {
             owned.owned.get(&partition) == Some(&PartitionState::Restoring)
@@ -219,6 +266,7 @@ impl Ownership {
                 .map(|(&partition, state)| OwnedPartition {
                     partition,
                     ready: state.ready(projected),
+                    phase: state.phase(projected),
                     restored_entries: owned.restored.get(&partition).copied().unwrap_or(0),
                     lag: owned.lag.get(&partition).copied(),
                 })
@@ -313,12 +361,22 @@ mod tests {
             }
         );
         ownership.assigned(&[3]);
-        assert!(ownership.is_restoring(3));
+        assert!(ownership.is_from_changelog(3));
+        assert!(!ownership.is_restoring(3));
         assert!(matches!(
             ownership.check("default", 0),
             Err(NotHere::Restoring { partition: 3, .. })
         ));
+        // Read to the end of the source while the changelog is still being restored (the
+        // partition is paused, nothing was fetched): not caught up yet.
+        ownership.caught_up(3, 10);
+        assert_eq!(ownership.owned(10)[0].phase, RestorePhase::Changelog);
+        ownership.changelog_restored(3);
+        assert!(ownership.is_restoring(3));
+        assert_eq!(ownership.owned(10)[0].phase, RestorePhase::Source);
+        assert!(ownership.check("default", 10).is_err());
         ownership.caught_up(3, 50);
+        assert_eq!(ownership.owned(49)[0].phase, RestorePhase::Folding);
         // Read to the end, but the projections lag behind what was read.
         assert!(ownership.check("default", 49).is_err());
         assert_eq!(ownership.check("default", 50), Ok(()));
@@ -331,6 +389,7 @@ mod tests {
             [OwnedPartition {
                 partition: 3,
                 ready: true,
+                phase: RestorePhase::Ready,
                 restored_entries: 0,
                 lag: None
             }]
@@ -346,5 +405,6 @@ mod tests {
         // Assigned back: restored again before it answers.
         ownership.assigned(&[3]);
         assert!(ownership.check("default", 1_000).is_err());
+        assert_eq!(ownership.owned(1_000)[0].phase, RestorePhase::Changelog);
     }
 }

@@ -10,12 +10,15 @@
 //! too, as a hint for lag tools only.
 //!
 //! With `--cluster` the engine instead joins the consumer group (cooperative-sticky, static
-//! membership with `--instance-id`) and consumes only the partitions it is assigned, each
-//! from the offset stored in its own RocksDB; [`crate::cluster::Ownership`] learns of every
-//! assignment and revocation, and which partitions have been read to their end.
+//! membership with `--instance-id`) and consumes only the partitions it is assigned. An
+//! assigned partition is paused while a thread of its own restores it from the changelog
+//! (the rebalance returns at once), then read from the offset stored in its own RocksDB;
+//! [`crate::cluster::Ownership`] learns of every assignment, restore and revocation, and
+//! which partitions have been read to their end.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -28,7 +31,7 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::auth::DEFAULT_TENANT;
 use crate::cluster::Ownership;
-use crate::cluster::changelog::{self, Published, RestoreContext};
+use crate::cluster::changelog::{self, ChangelogError, Published, RestoreContext};
 use crate::engine::IngestHandle;
 use crate::event::{self, EventSource, Rejection};
 use crate::health::Health;
@@ -48,26 +51,39 @@ struct TallyContext {
     member: Option<GroupMember>,
 }
 
-/// The consumer's side of a cluster: applies the group's assignments at the stored offsets
-/// and tells [`Ownership`] and the poll loop about them.
+/// The consumer's side of a cluster: applies the group's assignments, has each assigned
+/// partition restored from the changelog (paused meanwhile), and tells [`Ownership`] and the
+/// poll loop about them.
 struct GroupMember {
     store: Store,
     topic: String,
     ownership: Arc<Ownership>,
-    /// Restores each assigned partition from the changelog before it is read.
-    restore: RestoreContext,
+    /// Where assigned partitions go to be restored from the changelog: off the rebalance,
+    /// which must return well within the group's poll interval.
+    restores: mpsc::Sender<RestoreJob>,
     /// How far the changelog holds this engine's entries: a revoked partition is let go once
     /// everything recorded for it is published.
     published: Published,
     log_head: Arc<crate::log::append::LogHead>,
-    /// Changes since the poll loop last looked (the rebalance runs inside its `poll`).
-    changes: Mutex<Vec<AssignmentChange>>,
+    /// Numbers each assignment of a partition, so a restore finished for an earlier one is
+    /// told from the current one's.
+    assignments: AtomicU64,
+    /// Changes since the poll loop last looked (rebalances run inside its `poll`; restores
+    /// finish on their own thread).
+    changes: Arc<Mutex<Vec<AssignmentChange>>>,
 }
 
 enum AssignmentChange {
-    /// Assigned, with the offset stored for it: messages below it are already recorded.
+    /// Assigned and paused while it is restored from the changelog.
     Assigned {
         partition: i32,
+        assignment: u64,
+    },
+    /// Restored from the changelog for that assignment, with the offset then stored for it:
+    /// messages below it are recorded, reading resumes there.
+    Restored {
+        partition: i32,
+        assignment: u64,
         stored: i64,
     },
     Revoked {
@@ -75,34 +91,130 @@ enum AssignmentChange {
     },
 }
 
+/// Partitions to restore from the changelog, each with the number of its assignment.
+struct RestoreJob {
+    partitions: Vec<(i32, u64)>,
+}
+
 impl GroupMember {
     fn push(&self, changes: impl IntoIterator<Item = AssignmentChange>) {
-        self.changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(changes);
+        push_changes(&self.changes, changes);
     }
 
     fn take_changes(&self) -> Vec<AssignmentChange> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Points each partition of `list` a little before its stored offset; returns them with
-    /// the stored offsets.
-    fn start_at_stored(&self, list: &mut TopicPartitionList) -> Result<Vec<(i32, i64)>, String> {
+    /// Points each partition of `list` a little before its stored offset, so what is fetched
+    /// before it is paused is near where reading will resume.
+    fn start_at_stored(&self, list: &mut TopicPartitionList) -> Result<(), String> {
         let partitions: Vec<i32> = list
             .elements()
             .iter()
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
-        let assigned =
+        let stored =
             stored_offsets(&self.store, &self.topic, partitions).map_err(|e| e.to_string())?;
-        for &(partition, stored_offset) in &assigned {
+        for (partition, stored_offset) in stored {
             list.set_partition_offset(&self.topic, partition, rewound(stored_offset))
                 .map_err(|e| e.to_string())?;
         }
-        Ok(assigned)
+        Ok(())
+    }
+}
+
+fn push_changes(
+    changes: &Mutex<Vec<AssignmentChange>>,
+    new: impl IntoIterator<Item = AssignmentChange>,
+) {
+    changes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(new);
+}
+
+/// Each of `partitions` restored for its assignment, at the offsets the store holds now; at
+/// 0 when they cannot be read (what is read again is caught as duplicates, nothing skipped).
+fn restored_at_stored(
+    store: &Store,
+    topic: &str,
+    partitions: &[(i32, u64)],
+) -> Vec<AssignmentChange> {
+    let stored = stored_offsets(store, topic, partitions.iter().map(|&(p, _)| p))
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the stored offsets; reading the restored partitions from their start");
+            Vec::new()
+        })
+        .into_iter()
+        .collect::<BTreeMap<i32, i64>>();
+    partitions
+        .iter()
+        .map(|&(partition, assignment)| AssignmentChange::Restored {
+            partition,
+            assignment,
+            stored: stored.get(&partition).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// The restore thread: restores each job's partitions from the changelog, one job at a time
+/// (a partition assigned again meanwhile is restored again after, from where it then stands),
+/// and hands them back to the poll loop at their stored offsets.
+fn run_restores(
+    context: &RestoreContext,
+    jobs: &mpsc::Receiver<RestoreJob>,
+    changes: &Mutex<Vec<AssignmentChange>>,
+    stop: &StopSignal,
+) {
+    while !stop.is_stopped() {
+        let job = match jobs.recv_timeout(Duration::from_millis(200)) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // Partitions revoked before their turn are not restored.
+        let partitions: Vec<(i32, u64)> = job
+            .partitions
+            .into_iter()
+            .filter(|&(p, _)| context.ownership.is_from_changelog(p))
+            .collect();
+        let numbers: Vec<i32> = partitions.iter().map(|&(p, _)| p).collect();
+        let started = Instant::now();
+        match changelog::restore(context, &numbers, stop) {
+            Ok(restored) => {
+                let elapsed = started.elapsed();
+                // Each flush of the restore told `Ownership` its progress already.
+                for &partition in restored.keys() {
+                    context
+                        .metrics
+                        .restore_milliseconds
+                        .get_or_create(&crate::metrics::PartitionLabels { partition })
+                        .set(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
+                }
+                let entries: u64 = restored.values().map(|r| r.entries).sum();
+                let skipped: u64 = restored.values().map(|r| r.skipped).sum();
+                if !numbers.is_empty() {
+                    tracing::info!(
+                        partitions = ?numbers,
+                        entries,
+                        skipped,
+                        ?elapsed,
+                        "restored from the changelog"
+                    );
+                }
+            }
+            Err(ChangelogError::Stopping) => return,
+            Err(error) => {
+                // Its source offsets are then where this engine last stood (the topic's
+                // start when it never owned them): read again, never skipped.
+                tracing::error!(%error, partitions = ?numbers, "cannot restore from the changelog; reading the source topic from the stored offsets");
+            }
+        }
+        push_changes(
+            changes,
+            restored_at_stored(&context.store, &context.source_topic, &partitions),
+        );
     }
 }
 
@@ -162,58 +274,24 @@ impl ConsumerContext for TallyContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 member.ownership.assigned(&partitions);
-                // What other engines recorded for these partitions comes from the changelog
-                // first; the stored source offsets then stand past it.
-                let started = Instant::now();
-                match changelog::restore(&member.restore, &partitions) {
-                    Ok(restored) => {
-                        let elapsed = started.elapsed();
-                        // Each flush of the restore told `Ownership` its progress already.
-                        for &partition in restored.keys() {
-                            member
-                                .restore
-                                .metrics
-                                .restore_milliseconds
-                                .get_or_create(&crate::metrics::PartitionLabels { partition })
-                                .set(i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX));
-                        }
-                        let entries: u64 = restored.values().map(|r| r.entries).sum();
-                        let skipped: u64 = restored.values().map(|r| r.skipped).sum();
-                        tracing::info!(
-                            ?partitions,
-                            entries,
-                            skipped,
-                            ?elapsed,
-                            "restored from the changelog"
-                        );
-                    }
-                    Err(error) => {
-                        // Its source offsets are then where this engine last stood (the
-                        // topic's start when it never owned them): read again, never skipped.
-                        tracing::error!(%error, ?partitions, "cannot restore from the changelog; reading the source topic from the stored offsets");
-                    }
-                }
-                let assigned = match member.start_at_stored(list) {
-                    Ok(assigned) => assigned,
-                    Err(error) => {
-                        // Then reading starts at the offsets committed to Kafka, which are
-                        // committed only once written here, so at or behind the stored ones:
-                        // what is read again is caught as duplicates, nothing is skipped.
-                        tracing::error!(%error, "cannot read the stored offsets; starting at the committed ones");
-                        list.elements().iter().map(|e| (e.partition(), 0)).collect()
-                    }
-                };
+                let numbered: Vec<(i32, u64)> = partitions
+                    .iter()
+                    .map(|&p| (p, member.assignments.fetch_add(1, Ordering::Relaxed)))
+                    .collect();
                 for &partition in &partitions {
                     self.watermarks.forget(&member.topic, partition);
                 }
-                member.push(
-                    assigned
-                        .into_iter()
-                        .map(|(partition, stored)| AssignmentChange::Assigned {
-                            partition,
-                            stored,
-                        }),
-                );
+                // Nothing of them is read until they are restored from the changelog (the poll
+                // loop drops what arrives meanwhile, and seeks once they are).
+                member.push(numbered.iter().map(|&(partition, assignment)| {
+                    AssignmentChange::Assigned {
+                        partition,
+                        assignment,
+                    }
+                }));
+                if let Err(error) = member.start_at_stored(list) {
+                    tracing::warn!(%error, "cannot read the stored offsets; the partitions start at the committed ones until restored");
+                }
                 let result = if cooperative {
                     consumer.incremental_assign(list)
                 } else {
@@ -226,6 +304,26 @@ impl ConsumerContext for TallyContext {
                     Err(error) => {
                         tracing::error!(%error, ?partitions, "cannot take the assigned partitions")
                     }
+                }
+                if !partitions.is_empty()
+                    && let Err(error) = consumer.pause(list)
+                {
+                    tracing::warn!(%error, ?partitions, "cannot pause the partitions being restored; what is fetched meanwhile is dropped");
+                }
+                if numbered.is_empty() {
+                    // A rebalance that assigns nothing new (most of them, cooperative).
+                } else if let Err(mpsc::SendError(job)) = member.restores.send(RestoreJob {
+                    partitions: numbered,
+                }) {
+                    tracing::error!(
+                        ?partitions,
+                        "the restore thread is gone; reading the source topic from the stored offsets"
+                    );
+                    member.push(restored_at_stored(
+                        &member.store,
+                        &member.topic,
+                        &job.partitions,
+                    ));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -304,6 +402,8 @@ fn assign_all(
 pub struct KafkaConsumer {
     thread: SignalledThread,
     lag: SignalledThread,
+    /// In a cluster: restores assigned partitions from the changelog.
+    restorer: Option<SignalledThread>,
 }
 
 impl KafkaConsumer {
@@ -314,6 +414,30 @@ impl KafkaConsumer {
         stop: StopSignal,
     ) -> Result<KafkaConsumer, KafkaError> {
         let health = sink.kafka_health.clone();
+        let changes: Arc<Mutex<Vec<AssignmentChange>>> = Arc::default();
+        let (restores, restore_jobs) = mpsc::channel();
+        let restorer = match (&settings.cluster, &sink.changelog) {
+            (Some(_), Some(changelog)) => {
+                let context = RestoreContext {
+                    brokers: settings.brokers.clone(),
+                    source_topic: settings.topic.clone(),
+                    store: sink.store.clone(),
+                    appender: sink.appender.clone(),
+                    origin: changelog.origin,
+                    metrics: sink.metrics.clone(),
+                    ownership: sink.ownership.clone(),
+                };
+                let changes = changes.clone();
+                let thread = SignalledThread::spawn("tally-restore", stop.clone(), move |stop| {
+                    run_restores(&context, &restore_jobs, &changes, &stop)
+                })
+                .map_err(|e| {
+                    KafkaError::ClientCreation(format!("cannot start the restore thread: {e}"))
+                })?;
+                Some(thread)
+            }
+            _ => None,
+        };
         let context = TallyContext {
             health,
             watermarks: FetchedWatermarks::default(),
@@ -322,18 +446,11 @@ impl KafkaConsumer {
                     store: sink.store.clone(),
                     topic: settings.topic.clone(),
                     ownership: sink.ownership.clone(),
-                    restore: RestoreContext {
-                        brokers: settings.brokers.clone(),
-                        source_topic: settings.topic.clone(),
-                        store: sink.store.clone(),
-                        appender: sink.appender.clone(),
-                        origin: changelog.origin,
-                        metrics: sink.metrics.clone(),
-                        ownership: sink.ownership.clone(),
-                    },
+                    restores,
                     published: changelog.published.clone(),
                     log_head: sink.log_head.clone(),
-                    changes: Mutex::default(),
+                    assignments: AtomicU64::new(0),
+                    changes,
                 }),
                 _ => None,
             },
@@ -396,7 +513,11 @@ impl KafkaConsumer {
         .map_err(|e| {
             KafkaError::ClientCreation(format!("cannot start the consumer thread: {e}"))
         })?;
-        Ok(KafkaConsumer { thread, lag })
+        Ok(KafkaConsumer {
+            thread,
+            lag,
+            restorer,
+        })
     }
 
     /// Finishes the batch in hand and stops; nothing polled is lost (what was not appended is
@@ -404,6 +525,9 @@ impl KafkaConsumer {
     pub fn stop(self) {
         self.thread.stop();
         self.lag.stop();
+        if let Some(restorer) = self.restorer {
+            restorer.stop();
+        }
     }
 }
 
@@ -429,6 +553,10 @@ fn run(
     // Gaps already read again once (partition, first missing offset): seen again, they are
     // taken as the topic's own (a transaction marker, a compacted range).
     let mut retried_gaps: BTreeSet<(i32, i64)> = BTreeSet::new();
+    // In a cluster: partitions being restored from the changelog, with their assignment's
+    // number, and those restored and not yet sought to their stored offsets.
+    let mut restoring: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut to_resume: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_assignment_check: Option<Instant> = None;
     let mut in_flight: Option<InFlight> = None;
     // Set when a failed write could not yet be followed by a seek back: nothing is polled
@@ -481,13 +609,31 @@ fn run(
         }
         // In a cluster this poll also runs the group's rebalances.
         let mut batch = poll_batch(consumer, settings, stop, &sink.kafka_health, stalls);
+        let mut restored_now = Vec::new();
         for change in member.map(GroupMember::take_changes).unwrap_or_default() {
             match change {
-                AssignmentChange::Assigned { partition, stored } => {
-                    resume.insert(partition, stored);
+                AssignmentChange::Assigned {
+                    partition,
+                    assignment,
+                } => {
+                    // Nothing is taken from it until it is restored.
+                    resume.insert(partition, i64::MAX);
+                    restoring.insert(partition, assignment);
+                    to_resume.remove(&partition);
+                }
+                AssignmentChange::Restored {
+                    partition,
+                    assignment,
+                    stored,
+                } => {
+                    if restoring.get(&partition) == Some(&assignment) {
+                        restored_now.push((partition, stored));
+                    }
                 }
                 AssignmentChange::Revoked { partition } => {
                     resume.remove(&partition);
+                    restoring.remove(&partition);
+                    to_resume.remove(&partition);
                 }
             }
         }
@@ -508,6 +654,13 @@ fn run(
                 tracing::error!(%error, partition, "cannot seek back to a gap; reading again from the stored offsets");
                 must_read_again = true;
             }
+        }
+        // Restored partitions are read from their stored offsets on: after this batch was
+        // filtered, so nothing fetched before the seek is taken.
+        to_resume.extend(restored_now);
+        if !to_resume.is_empty() {
+            resume_restored(sink, consumer, settings, &mut to_resume, &mut resume);
+            restoring.retain(|partition, _| resume.get(partition) == Some(&i64::MAX));
         }
         for message in &batch {
             resume.insert(message.partition, message.offset + 1);
@@ -544,6 +697,39 @@ fn run(
     if let Some(written) = in_flight.take() {
         let _ = finish_batch(consumer, settings, written);
     }
+}
+
+/// Seeks each restored partition of `to_resume` a little before its stored offset and
+/// resumes fetching it; the ones that cannot be sought stay paused, for the next round.
+fn resume_restored(
+    sink: &IngestHandle,
+    consumer: &BaseConsumer<TallyContext>,
+    settings: &KafkaSettings,
+    to_resume: &mut BTreeMap<i32, i64>,
+    resume: &mut BTreeMap<i32, i64>,
+) {
+    to_resume.retain(|&partition, &mut stored| {
+        if let Err(error) = consumer.seek(
+            &settings.topic,
+            partition,
+            rewound(stored),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(%error, partition, "cannot seek a restored partition to its stored offset yet; retrying");
+            return true;
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&settings.topic, partition);
+        if let Err(error) = consumer.resume(&list) {
+            tracing::warn!(%error, partition, "cannot resume a restored partition yet; retrying");
+            return true;
+        }
+        resume.insert(partition, stored);
+        consumer.context().watermarks.forget(&settings.topic, partition);
+        sink.ownership.changelog_restored(partition);
+        tracing::info!(partition, stored, "restored; reading the source topic");
+        false
+    });
 }
 
 /// After a batch that was not written (nothing of it was): read again from the offsets the
@@ -585,6 +771,10 @@ fn read_again(
     };
     let mut all_sought = true;
     for (partition, stored_offset) in stored {
+        if resume.get(&partition) == Some(&i64::MAX) {
+            // Still being restored (paused): sought once it is.
+            continue;
+        }
         match consumer.seek(
             &settings.topic,
             partition,
@@ -903,10 +1093,16 @@ fn record_lag(
                     sink.ownership.caught_up(partition, sink.log_head.get());
                     tracing::info!(partition, "partition read to its end");
                 }
-                let verdict = stalls
-                    .lock()
-                    .ok()
-                    .and_then(|mut stalls| stalls.observe(partition, position, Ok(lag), now));
+                // Paused while it is restored from the changelog: standing still is expected.
+                let paused = sink.ownership.is_from_changelog(partition);
+                let verdict = stalls.lock().ok().and_then(|mut stalls| {
+                    if paused {
+                        stalls.paused(partition, position, now);
+                        None
+                    } else {
+                        stalls.observe(partition, position, Ok(lag), now)
+                    }
+                });
                 report_stall(sink, partition, verdict);
             }
             Err(error) => {
@@ -968,6 +1164,17 @@ impl StallDetector {
 
     pub(crate) fn consumer_error(&mut self, error: String) {
         self.last_error = Some(error);
+    }
+
+    /// `partition` stands at `position` on purpose (paused): its stall time starts afresh.
+    pub(crate) fn paused(&mut self, partition: i32, position: i64, now: Instant) {
+        self.partitions.insert(
+            partition,
+            Progress {
+                position,
+                since: now,
+            },
+        );
     }
 
     /// Records where `partition` stands (`lag`, or why it cannot be measured) and says why it
@@ -1065,6 +1272,10 @@ mod tests {
         assert_eq!(stalls.observe(0, 101, Ok(49), at(62)), None);
         assert_eq!(stalls.observe(0, 101, Ok(49), at(100)), None);
         assert!(stalls.observe(0, 101, Ok(49), at(123)).is_some());
+        // Paused while it is restored: the clock starts anew once it is read again.
+        stalls.paused(0, 101, at(200));
+        assert_eq!(stalls.observe(0, 101, Ok(49), at(250)), None);
+        assert!(stalls.observe(0, 101, Ok(49), at(261)).is_some());
     }
 
     #[test]
