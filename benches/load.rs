@@ -36,9 +36,13 @@ struct Plan {
     append: u64,
     /// Events of the cluster stage (ingest with 1, 2 and 3 engines).
     cluster: u64,
+    /// Events of the partition the cluster stage moves to a fresh engine (`--restore-events N`;
+    /// by default as many as `cluster`).
+    restore: Option<u64>,
     query_seconds: f64,
     write_results: bool,
-    /// `--only kafka|http|queries|append|cluster`: run that stage alone (nothing is written).
+    /// `--only kafka|http|queries|append|cluster|restore`: run that stage alone (nothing is
+    /// written; `cluster` includes the restore).
     only: Option<String>,
 }
 
@@ -56,6 +60,10 @@ fn plan() -> Plan {
         .iter()
         .position(|a| a == "--only")
         .and_then(|at| args.get(at + 1).cloned());
+    let restore = args
+        .iter()
+        .position(|a| a == "--restore-events")
+        .and_then(|at| args.get(at + 1)?.parse().ok());
     if !benching {
         return Plan {
             kafka: vec![3_000],
@@ -63,6 +71,7 @@ fn plan() -> Plan {
             query_logs: vec![4_000],
             append: 4_000,
             cluster: 3_000,
+            restore: None,
             query_seconds: 0.2,
             write_results: false,
             only: None,
@@ -75,6 +84,7 @@ fn plan() -> Plan {
             query_logs: vec![200_000],
             append: 200_000,
             cluster: 200_000,
+            restore,
             query_seconds: 1.0,
             write_results: only.is_none(),
             only,
@@ -86,6 +96,7 @@ fn plan() -> Plan {
             query_logs: vec![1_000_000, 10_000_000],
             append: 1_000_000,
             cluster: 1_000_000,
+            restore,
             query_seconds: 4.0,
             write_results: only.is_none(),
             only,
@@ -876,21 +887,23 @@ fn main() {
                 "each engine's share falls as engines join".into(),
             ));
         }
-        let (restore, ready, read) = restore_stage(plan.cluster);
+    }
+    if plan.runs("cluster") || plan.runs("restore") {
+        let moved = plan.restore.unwrap_or(plan.cluster);
+        let (restore, ready, read) = restore_stage(moved);
         results.insert("cluster_restore_seconds".into(), restore);
         results.insert("cluster_restore_ready_seconds".into(), ready);
         results.insert(
             "cluster_restore_eps".into(),
-            plan.cluster as f64 / restore.max(1e-9),
+            moved as f64 / restore.max(1e-9),
         );
         rows.push((
             format!(
-                "Restore of one partition of {} events on a fresh engine, from the changelog",
-                plan.cluster
+                "Restore of one partition of {moved} events on a fresh engine, from the changelog"
             ),
             format!(
                 "{restore:.1} s ({:.0} entries/s); {ready:.1} s from start to ready; {read:.0} source messages read",
-                plan.cluster as f64 / restore.max(1e-9)
+                moved as f64 / restore.max(1e-9)
             ),
             "the source topic's history is not read again".into(),
         ));
@@ -1141,11 +1154,14 @@ fn main() {
             "target ≤ 512 MB".into(),
         ));
     }
-    rows.push((
-        "Peak RSS of the engine (any run)".into(),
-        format!("{rss:.0} MB"),
-        String::new(),
-    ));
+    // The cluster and restore stages do not measure it.
+    if rss > 0.0 {
+        rows.push((
+            "Peak RSS of the engine (any run)".into(),
+            format!("{rss:.0} MB"),
+            String::new(),
+        ));
+    }
 
     println!("Tally load harness ({machine})");
     println!("| stage | figure | limit / target |");

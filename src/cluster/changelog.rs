@@ -474,7 +474,7 @@ pub fn restore(
     stop: &StopSignal,
 ) -> Result<BTreeMap<i32, Restored>, ChangelogError> {
     if partitions.is_empty() {
-        // A rebalance that assigns nothing new (most of them, cooperative) needs no consumer.
+        // Nothing to restore (every partition was revoked before its turn): no consumer.
         return Ok(BTreeMap::new());
     }
     let topic = changelog_topic(&context.source_topic);
