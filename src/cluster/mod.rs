@@ -367,8 +367,8 @@ mod tests {
             ownership.check("default", 0),
             Err(NotHere::Restoring { partition: 3, .. })
         ));
-        // Read to the end of the source while the changelog is still being restored (the
-        // partition is paused, nothing was fetched): not caught up yet.
+        // Read to the end of the source while the changelog is still being restored (nothing
+        // of the partition is taken yet): not caught up.
         ownership.caught_up(3, 10);
         assert_eq!(ownership.owned(10)[0].phase, RestorePhase::Changelog);
         ownership.changelog_restored(3);

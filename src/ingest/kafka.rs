@@ -10,9 +10,10 @@
 //! too, as a hint for lag tools only.
 //!
 //! With `--cluster` the engine instead joins the consumer group (cooperative-sticky, static
-//! membership with `--instance-id`) and consumes only the partitions it is assigned. An
-//! assigned partition is paused while a thread of its own restores it from the changelog
-//! (the rebalance returns at once), then read from the offset stored in its own RocksDB;
+//! membership with `--instance-id`) and consumes only the partitions it is assigned. A thread
+//! of its own restores an assigned partition from the changelog (the rebalance returns at
+//! once; what the partition hands over meanwhile is dropped), then it is sought to the
+//! offset stored in its own RocksDB;
 //! [`crate::cluster::Ownership`] learns of every assignment, restore and revocation, and
 //! which partitions have been read to their end.
 
@@ -52,7 +53,7 @@ struct TallyContext {
 }
 
 /// The consumer's side of a cluster: applies the group's assignments, has each assigned
-/// partition restored from the changelog (paused meanwhile), and tells [`Ownership`] and the
+/// partition restored from the changelog (none of its messages taken meanwhile), and tells [`Ownership`] and the
 /// poll loop about them.
 struct GroupMember {
     store: Store,
@@ -74,7 +75,7 @@ struct GroupMember {
 }
 
 enum AssignmentChange {
-    /// Assigned and paused while it is restored from the changelog.
+    /// Assigned; none of its messages is taken while it is restored from the changelog.
     Assigned {
         partition: i32,
         assignment: u64,
@@ -103,24 +104,6 @@ impl GroupMember {
 
     fn take_changes(&self) -> Vec<AssignmentChange> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Points each partition of `list` a little before its stored offset, so what is fetched
-    /// before it is paused is near where reading will resume.
-    fn start_at_stored(&self, list: &mut TopicPartitionList) -> Result<(), String> {
-        let partitions: Vec<i32> = list
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition())
-            .collect();
-        let stored =
-            stored_offsets(&self.store, &self.topic, partitions).map_err(|e| e.to_string())?;
-        for (partition, stored_offset) in stored {
-            list.set_partition_offset(&self.topic, partition, rewound(stored_offset))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 }
 
@@ -281,16 +264,23 @@ impl ConsumerContext for TallyContext {
                 for &partition in &partitions {
                     self.watermarks.forget(&member.topic, partition);
                 }
-                // Nothing of them is read until they are restored from the changelog (the poll
-                // loop drops what arrives meanwhile, and seeks once they are).
+                // Nothing of them is taken until they are restored from the changelog.
                 member.push(numbered.iter().map(|&(partition, assignment)| {
                     AssignmentChange::Assigned {
                         partition,
                         assignment,
                     }
                 }));
-                if let Err(error) = member.start_at_stored(list) {
-                    tracing::warn!(%error, "cannot read the stored offsets; the partitions start at the committed ones until restored");
+                // They start at their end and are not paused: librdkafka has known position
+                // bugs around pause and resume (its issues 2190 and 3471), and a cluster test
+                // that paused them lost messages once. What arrives before they are restored
+                // is dropped; they are sought to their stored offsets once they are.
+                for &partition in &partitions {
+                    if let Err(error) =
+                        list.set_partition_offset(&member.topic, partition, Offset::End)
+                    {
+                        tracing::warn!(%error, partition, "cannot start a partition at its end while it is restored");
+                    }
                 }
                 let result = if cooperative {
                     consumer.incremental_assign(list)
@@ -304,11 +294,6 @@ impl ConsumerContext for TallyContext {
                     Err(error) => {
                         tracing::error!(%error, ?partitions, "cannot take the assigned partitions")
                     }
-                }
-                if !partitions.is_empty()
-                    && let Err(error) = consumer.pause(list)
-                {
-                    tracing::warn!(%error, ?partitions, "cannot pause the partitions being restored; what is fetched meanwhile is dropped");
                 }
                 if numbered.is_empty() {
                     // A rebalance that assigns nothing new (most of them, cooperative).
@@ -655,8 +640,8 @@ fn run(
                 must_read_again = true;
             }
         }
-        // Restored partitions are read from their stored offsets on: after this batch was
-        // filtered, so nothing fetched before the seek is taken.
+        // Restored partitions are read from their stored offsets on: sought after this batch
+        // was filtered, so nothing fetched before the seek is taken.
         to_resume.extend(restored_now);
         if !to_resume.is_empty() {
             resume_restored(sink, consumer, settings, &mut to_resume, &mut resume);
@@ -699,8 +684,8 @@ fn run(
     }
 }
 
-/// Seeks each restored partition of `to_resume` a little before its stored offset and
-/// resumes fetching it; the ones that cannot be sought stay paused, for the next round.
+/// Seeks each restored partition of `to_resume` a little before its stored offset; from then
+/// on its messages are taken. The ones that cannot be sought yet are tried next round.
 fn resume_restored(
     sink: &IngestHandle,
     consumer: &BaseConsumer<TallyContext>,
@@ -716,12 +701,6 @@ fn resume_restored(
             Duration::from_secs(5),
         ) {
             tracing::warn!(%error, partition, "cannot seek a restored partition to its stored offset yet; retrying");
-            return true;
-        }
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&settings.topic, partition);
-        if let Err(error) = consumer.resume(&list) {
-            tracing::warn!(%error, partition, "cannot resume a restored partition yet; retrying");
             return true;
         }
         resume.insert(partition, stored);
@@ -772,7 +751,7 @@ fn read_again(
     let mut all_sought = true;
     for (partition, stored_offset) in stored {
         if resume.get(&partition) == Some(&i64::MAX) {
-            // Still being restored (paused): sought once it is.
+            // Still being restored: sought once it is.
             continue;
         }
         match consumer.seek(
@@ -1093,11 +1072,11 @@ fn record_lag(
                     sink.ownership.caught_up(partition, sink.log_head.get());
                     tracing::info!(partition, "partition read to its end");
                 }
-                // Paused while it is restored from the changelog: standing still is expected.
-                let paused = sink.ownership.is_from_changelog(partition);
+                // Not read while it is restored from the changelog: standing still is expected.
+                let held_back = sink.ownership.is_from_changelog(partition);
                 let verdict = stalls.lock().ok().and_then(|mut stalls| {
-                    if paused {
-                        stalls.paused(partition, position, now);
+                    if held_back {
+                        stalls.held_back(partition, position, now);
                         None
                     } else {
                         stalls.observe(partition, position, Ok(lag), now)
@@ -1166,8 +1145,9 @@ impl StallDetector {
         self.last_error = Some(error);
     }
 
-    /// `partition` stands at `position` on purpose (paused): its stall time starts afresh.
-    pub(crate) fn paused(&mut self, partition: i32, position: i64, now: Instant) {
+    /// `partition` stands at `position` on purpose (not read while it is restored): its stall
+    /// time starts afresh.
+    pub(crate) fn held_back(&mut self, partition: i32, position: i64, now: Instant) {
         self.partitions.insert(
             partition,
             Progress {
@@ -1272,8 +1252,8 @@ mod tests {
         assert_eq!(stalls.observe(0, 101, Ok(49), at(62)), None);
         assert_eq!(stalls.observe(0, 101, Ok(49), at(100)), None);
         assert!(stalls.observe(0, 101, Ok(49), at(123)).is_some());
-        // Paused while it is restored: the clock starts anew once it is read again.
-        stalls.paused(0, 101, at(200));
+        // Held back while it is restored: the clock starts anew once it is read again.
+        stalls.held_back(0, 101, at(200));
         assert_eq!(stalls.observe(0, 101, Ok(49), at(250)), None);
         assert!(stalls.observe(0, 101, Ok(49), at(261)).is_some());
     }
