@@ -258,7 +258,8 @@ fn engines_of_one_group_split_the_partitions_and_answer_for_their_tenants_only()
     assert_eq!(answer["rejected"][0]["field"], "tenant", "{answer}");
     assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
     *expected.get_mut(here).unwrap() += 5;
-    // A tenant's own token sends its events through any engine: forwarded to the owner.
+    // A tenant's own token sends its events through any engine: forwarded to the owner. Used
+    // at once: B, not knowing the token yet, reads the control topic as far as A had.
     let writer = token_of(&a, there, "write");
     let (status, answer) = a
         .post_raw(

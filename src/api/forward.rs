@@ -18,6 +18,15 @@ use crate::cluster::NotHere;
 /// whatever it thinks of the partition, so a request never travels more than one hop.
 pub const FORWARDED_BY: &str = "x-tally-forwarded-by";
 
+/// Set on a forwarded request: the offset below which the forwarding engine has applied the
+/// control topic. A token it just issued is below it; the owner, not knowing the token yet,
+/// waits until it has applied as much (at most [`CONTROL_CATCH_UP`]), so a token works on
+/// every engine as soon as its issuance is answered.
+pub const CONTROL_APPLIED: &str = "x-tally-control-applied";
+
+/// How long a forwarded request with a token unknown here waits for the control topic.
+const CONTROL_CATCH_UP: Duration = Duration::from_secs(3);
+
 /// How long a forwarded request may take (the owner's own limits apply on top).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,6 +148,9 @@ pub async fn forward_to_owner(
         return next.run(request).await;
     };
     if request.headers().contains_key(FORWARDED_BY) {
+        if let Some(wanted) = control_to_catch_up(&state, control, &request) {
+            catch_up_with_forwarder(control, wanted).await;
+        }
         return next.run(request).await;
     }
     if fan_out_route(request.uri().path()) {
@@ -186,6 +198,42 @@ pub async fn forward_to_owner(
     }
 }
 
+/// For a request forwarded with a token this engine does not know, by an engine that has
+/// applied more of the control topic: the offset to wait for. Only an unknown token waits, so
+/// a made-up offset delays nothing but a request that fails anyway.
+fn control_to_catch_up(
+    state: &AppState,
+    control: &crate::cluster::control::Control,
+    request: &Request,
+) -> Option<i64> {
+    let wanted = request
+        .headers()
+        .get(CONTROL_APPLIED)?
+        .to_str()
+        .ok()?
+        .parse::<i64>()
+        .ok()?;
+    let known = presented_token(request).is_some_and(|t| {
+        state
+            .engine
+            .tokens()
+            .verify(t, state.engine.now())
+            .is_some()
+    });
+    (wanted > control.applied() && !known).then_some(wanted)
+}
+
+/// Waits (briefly) until this engine has applied the control topic below `wanted`.
+async fn catch_up_with_forwarder(control: &crate::cluster::control::Control, wanted: i64) {
+    if !control.wait_applied(wanted, CONTROL_CATCH_UP).await {
+        tracing::warn!(
+            wanted,
+            applied = control.applied(),
+            "a forwarded request waited for the control topic in vain"
+        );
+    }
+}
+
 /// Headers that describe one connection, not the request: not passed on.
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
@@ -224,11 +272,14 @@ async fn relay(
         .request(parts.method.clone(), &url)
         .body(body);
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
+        if !hop_by_hop(name) && name.as_str() != CONTROL_APPLIED {
             forwarded = forwarded.header(name, value);
         }
     }
     forwarded = forwarded.header(FORWARDED_BY, own_url.unwrap_or("unknown"));
+    if let Some(control) = state.engine.control() {
+        forwarded = forwarded.header(CONTROL_APPLIED, control.applied().to_string());
+    }
     let answer = forwarded.send().await.map_err(|e| e.to_string())?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = answer.headers().clone();

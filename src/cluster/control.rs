@@ -314,6 +314,21 @@ impl Control {
         Ok(())
     }
 
+    /// The offset below which every control record has been applied here.
+    pub fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until every control record below `offset` is applied here; `false` after
+    /// `timeout`.
+    pub async fn wait_applied(&self, offset: i64, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        matches!(
+            tokio::time::timeout(timeout, applied.wait_for(|at| *at >= offset)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// The URLs of the other engines, as the control topic last said (engines that left
     /// included: asking one fails and is skipped).
     pub fn other_urls(&self) -> Vec<String> {

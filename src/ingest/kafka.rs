@@ -793,9 +793,18 @@ fn cut_at_gaps(
         let next = expected
             .entry(message.partition)
             .or_insert_with(|| resume.get(&message.partition).copied().unwrap_or(0));
-        if message.offset > *next && retried.insert((message.partition, *next)) {
-            gaps.insert(message.partition, *next);
-            return false;
+        if message.offset > *next {
+            if retried.insert((message.partition, *next)) {
+                gaps.insert(message.partition, *next);
+                return false;
+            }
+            // Operators see it: a broker that skipped the same range twice would lose it.
+            tracing::warn!(
+                partition = message.partition,
+                from = *next,
+                to = message.offset,
+                "offsets missing again after reading them again; taken as the topic's own"
+            );
         }
         *next = message.offset + 1;
         true
