@@ -611,9 +611,8 @@ fn a_fresh_engine_replacing_a_killed_one_restores_from_the_changelog_and_every_e
     // D restored its partitions from the changelog: it read from the source topic only what
     // the changelog did not hold, far less than those partitions' history.
     let readiness = d.readiness();
-    let restored: u64 = readiness["owned_partitions"]
-        .as_array()
-        .unwrap()
+    let d_partitions = readiness["owned_partitions"].as_array().unwrap();
+    let restored: u64 = d_partitions
         .iter()
         .filter_map(|p| p["restored_entries"].as_u64())
         .sum();
@@ -621,11 +620,7 @@ fn a_fresh_engine_replacing_a_killed_one_restores_from_the_changelog_and_every_e
     let d_read = read_from_kafka(&d);
     assert!(restored > 0, "{readiness}");
     assert!(
-        readiness["owned_partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["phase"] == "ready"),
+        d_partitions.iter().all(|p| p["phase"] == "ready"),
         "{readiness}"
     );
     assert!(

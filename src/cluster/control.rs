@@ -306,11 +306,9 @@ impl Control {
             .map_err(|_| ControlError::Timeout)?
             .map_err(|_| ControlError::Timeout)?
             .map_err(|(error, _)| ControlError::Kafka(error))?;
-        let mut applied = self.applied.clone();
-        tokio::time::timeout(PUBLISH_WAIT, applied.wait_for(|at| *at > delivered.offset))
-            .await
-            .map_err(|_| ControlError::Timeout)?
-            .map_err(|_| ControlError::Timeout)?;
+        if !self.wait_applied(delivered.offset + 1, PUBLISH_WAIT).await {
+            return Err(ControlError::Timeout);
+        }
         Ok(())
     }
 

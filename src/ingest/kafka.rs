@@ -223,6 +223,22 @@ fn rewound(stored_offset: i64) -> Offset {
     }
 }
 
+/// Seeks `partition` of the consumer's topic to a little before `next_offset` (see
+/// [`rewound`]): messages below `next_offset` are dropped again by the poll loop.
+fn seek_before(
+    consumer: &BaseConsumer<TallyContext>,
+    settings: &KafkaSettings,
+    partition: i32,
+    next_offset: i64,
+) -> Result<(), KafkaError> {
+    consumer.seek(
+        &settings.topic,
+        partition,
+        rewound(next_offset),
+        Duration::from_secs(5),
+    )
+}
+
 impl ClientContext for TallyContext {
     fn stats(&self, statistics: Statistics) {
         self.watermarks.record(&statistics);
@@ -630,12 +646,7 @@ fn run(
                 expected,
                 "messages skipped by the broker; reading them again"
             );
-            if let Err(error) = consumer.seek(
-                &settings.topic,
-                partition,
-                rewound(expected),
-                Duration::from_secs(5),
-            ) {
+            if let Err(error) = seek_before(consumer, settings, partition, expected) {
                 tracing::error!(%error, partition, "cannot seek back to a gap; reading again from the stored offsets");
                 must_read_again = true;
             }
@@ -694,12 +705,7 @@ fn resume_restored(
     resume: &mut BTreeMap<i32, i64>,
 ) {
     to_resume.retain(|&partition, &mut stored| {
-        if let Err(error) = consumer.seek(
-            &settings.topic,
-            partition,
-            rewound(stored),
-            Duration::from_secs(5),
-        ) {
+        if let Err(error) = seek_before(consumer, settings, partition, stored) {
             tracing::warn!(%error, partition, "cannot seek a restored partition to its stored offset yet; retrying");
             return true;
         }
@@ -754,12 +760,7 @@ fn read_again(
             // Still being restored: sought once it is.
             continue;
         }
-        match consumer.seek(
-            &settings.topic,
-            partition,
-            rewound(stored_offset),
-            Duration::from_secs(5),
-        ) {
+        match seek_before(consumer, settings, partition, stored_offset) {
             Ok(()) => {
                 resume.insert(partition, stored_offset);
             }
