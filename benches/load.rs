@@ -583,7 +583,7 @@ fn append_stage(
         .read_log(0, events as usize)
         .expect("log")
         .iter()
-        .map(|(_, e)| tally::log::codec::encode_entry(e))
+        .map(|(_, e)| tally::log::values::encode_entry(e))
         .collect();
     let raw_dir = tempfile::tempdir().expect("tempdir");
     let raw_store = Store::open(raw_dir.path(), &store_options()).expect("raw store");

@@ -92,7 +92,7 @@ pub fn backup_target(
             shadow: shadow.display().to_string(),
         });
     }
-    if let Ok(staging) = resolve_new(&replay::sibling_dir(data_dir, ".restoring"))
+    if let Ok(staging) = resolve_new(&crate::config::sibling_dir(data_dir, ".restoring"))
         && target.starts_with(&staging)
     {
         return Err(BackupPathError::InsideRestoreStaging {

@@ -239,9 +239,38 @@ pub struct Config {
     pub max_quota_objects: usize,
 }
 
+/// `dir` with `suffix` added to its last component: a directory beside it (`data/` gives
+/// `data.rebuild`, not `data/.rebuild`).
+pub fn sibling_dir(dir: &std::path::Path, suffix: &str) -> PathBuf {
+    // `.` or `x/..` has no last component of its own: name the directory it stands for.
+    let absolute;
+    let dir = if dir.file_name().is_none() {
+        absolute = std::path::absolute(dir)
+            .ok()
+            .and_then(|d| std::fs::canonicalize(&d).ok().or(Some(d)))
+            .unwrap_or_else(|| dir.to_path_buf());
+        absolute.as_path()
+    } else {
+        dir
+    };
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            let mut name = name.to_owned();
+            name.push(suffix);
+            parent.join(name)
+        }
+        // `/`: no last component to extend.
+        _ => {
+            let mut name = dir.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        }
+    }
+}
+
 /// The backup root when `--backup-root` is absent: beside the data directory, outside it.
 pub fn default_backup_root(data_dir: &std::path::Path) -> PathBuf {
-    crate::replay::sibling_dir(data_dir, ".backups")
+    sibling_dir(data_dir, ".backups")
 }
 
 impl Config {

@@ -19,6 +19,7 @@ use crate::log::LogEntry;
 use crate::log::append::{
     AppendError, Appender, Candidate, FactIdentity, LogHead, Outcome, PERIOD_CLOSE, RowWrite,
 };
+use crate::log::keys::MetaKey;
 use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
 use crate::projection::runner;
@@ -48,12 +49,9 @@ pub enum EngineError {
     CatalogChanged(String),
 }
 
-/// Where the meter definitions the projections were folded with are kept.
-const META_METERS: &[u8] = b"meter_definitions";
-
 fn stored_meters(store: &Store) -> Result<Option<BTreeMap<String, String>>, StoreError> {
     Ok(store
-        .get(CF_META, META_METERS)?
+        .get(CF_META, &MetaKey::MeterDefinitions.encode())?
         .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
 
@@ -636,7 +634,7 @@ fn record_meters(store: &Store, meters: &BTreeMap<String, String>) -> Result<(),
     let mut batch = store.batch();
     batch.put(
         CF_META,
-        META_METERS,
+        MetaKey::MeterDefinitions.encode(),
         serde_json::to_vec(meters).unwrap_or_default(),
     );
     store.commit(batch, true)

@@ -2,32 +2,25 @@
 //! Usage API.
 //!
 //! # Map of the crate
-//! Pure core (no I/O, no runtime):
-//! - [`units`]: fixed-point quantities (micro-units), cents, F5 billable rounding.
-//! - [`ids`]: UUID-shaped identifiers.
-//! - [`time`]: UTC hours, months and billing periods.
-//! - [`event`]: the usage event, its wire forms (Tally JSON, CloudEvents) and validation.
-//! - [`catalog`]: meters, plans, addons and prices.
-//! - [`projection`]: the folds from log entries into hourly, monthly and current rows.
-//! - [`quota`]: quota objects, effective limits, levels and threshold alerts;
-//!   [`quota::decide`]: the rules of quota commands.
-//! - [`billing`]: subscriptions, periods, plan transitions, payment methods, invoices, PDFs;
-//!   [`billing::decide`]: the rules of billing commands, with typed rejections.
-//! - [`report`]: rows → F5 response shapes (usage items, cost lines, summaries).
+//! The pure core is a crate of its own, [`tally_core`], which depends on no I/O crate: units,
+//! ids, time, events, the catalog, identity, quota and billing (their rules and folds), the
+//! audit record, the log's facts and bytes (format, codecs, typed keys), the usage folds and
+//! the report shapes. Its modules are re-exported here under their own names ([`event`],
+//! [`billing`], …), so `tally::event` is `tally_core::event`.
 //!
-//! Shell:
-//! - [`log`]: the append-only log in RocksDB: [`log::format`] (log format v2, the bytes of
-//!   every entry, pure), [`log::legacy`] (format 1, read only by `tally migrate`),
-//!   [`log::keys`] (every key of every column family, typed), [`log::codec`], [`log::store`],
-//!   [`log::append`] (the single writer) and [`log::migrate`] (the log into v2 in place).
-//! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
-//! - [`cluster`]: which partitions (so which tenants) this engine owns in a cluster, and
-//!   whether they are restored.
-//! - [`projection::runner`]: the projector thread: each batch reads the state it touches
-//!   first (multi-gets), folds it, and writes its rows with the checkpoint;
-//!   [`projection::billing`]: a tenant's billing header and history rows (closed periods,
-//!   invoices, decided transitions), of which a fold reads only what its batch needs;
+//! This crate is the shell around it:
+//! - [`log`]: the append-only log in RocksDB: [`log::store`] (the only module that names
+//!   RocksDB), [`log::append`] (the single writer) and [`log::migrate`] (the log into v2 in
+//!   place); the core's [`log::format`], [`log::keys`], … are re-exported beside them.
+//! - [`projection`]: [`projection::runner`], the projector thread: each batch reads the state
+//!   it touches first (multi-gets), folds it with the core's folds, and writes its rows with
+//!   the checkpoint; [`projection::billing`]: a tenant's billing header and history rows;
 //!   [`projection::quota`], [`projection::read`]: the other projection reads and writes.
+//! - [`auth`]: the token set (cached, written through to the store) and the failed-login
+//!   limit; the core's [`identity`] types are re-exported there.
+//! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
+//! - [`cluster`]: which partitions (so which tenants) this engine owns in a cluster, the
+//!   changelog and the control topic.
 //! - [`engine`]: starts and stops the store, writer and projector together; its parts are
 //!   reached through narrow handles: [`engine::Status`] (how far, health),
 //!   [`engine::IngestHandle`] (event sources), [`engine::WebhookHandle`], and accessors.
@@ -40,8 +33,7 @@
 //! - [`replay`]: rebuilds projections from the log into a shadow store and swaps them in;
 //!   dry runs on a read-only store; `tally migrate`.
 //! - [`backup`]: where backups may be written.
-//! - [`audit`]: the record of who changed what.
-//! - [`auth`], [`config`], [`metrics`], [`health`].
+//! - [`config`], [`metrics`], [`health`].
 //!
 //! # Invariants
 //! - The log is the truth: projections are rebuilt from it and a fold of the same log gives the
@@ -60,28 +52,21 @@
 // Input never panics the engine: no unwrap and no unchecked index outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::indexing_slicing))]
 
+pub use tally_core::{audit, billing, catalog, event, identity, ids, quota, report, time, units};
+
 pub mod api;
-pub mod audit;
 pub mod auth;
 pub mod backup;
-pub mod billing;
-pub mod catalog;
 pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod engine;
-pub mod event;
 pub mod health;
-pub mod ids;
 pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod projection;
-pub mod quota;
 pub mod replay;
-pub mod report;
 pub mod server;
 pub mod stop;
-pub mod time;
-pub mod units;
 pub mod webhook;

@@ -208,17 +208,17 @@ impl Metrics {
     }
 
     /// Sets the ownership gauges of every partition of the source topic (`partitions` of
-    /// them), from what is owned here and whether it is ready.
-    pub fn set_partitions(&self, partitions: i32, owned: &[crate::cluster::OwnedPartition]) {
+    /// them), from the partitions owned here, each with whether it is ready.
+    pub fn set_partitions(&self, partitions: i32, owned: &[(i32, bool)]) {
         for partition in 0..partitions {
             let labels = PartitionLabels { partition };
-            let state = owned.iter().find(|p| p.partition == partition);
+            let ready = owned.iter().find(|(p, _)| *p == partition).map(|(_, r)| *r);
             self.partition_owned
                 .get_or_create(&labels)
-                .set(i64::from(state.is_some()));
+                .set(i64::from(ready.is_some()));
             self.partition_ready
                 .get_or_create(&labels)
-                .set(i64::from(state.is_some_and(|p| p.ready)));
+                .set(i64::from(ready.unwrap_or(false)));
         }
     }
 

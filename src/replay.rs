@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::sibling_dir;
 use crate::engine::Engine;
 use crate::log::keys;
 use crate::log::store::{
@@ -210,35 +211,6 @@ pub struct RebuildReport {
     pub identical: bool,
     /// Whether the rebuilt projections were swapped in (only when something differed).
     pub swapped: bool,
-}
-
-/// `dir` with `suffix` added to its last component: a directory beside it (`data/` gives
-/// `data.rebuild`, not `data/.rebuild`).
-pub fn sibling_dir(dir: &Path, suffix: &str) -> PathBuf {
-    // `.` or `x/..` has no last component of its own: name the directory it stands for.
-    let absolute;
-    let dir = if dir.file_name().is_none() {
-        absolute = std::path::absolute(dir)
-            .ok()
-            .and_then(|d| std::fs::canonicalize(&d).ok().or(Some(d)))
-            .unwrap_or_else(|| dir.to_path_buf());
-        absolute.as_path()
-    } else {
-        dir
-    };
-    match (dir.parent(), dir.file_name()) {
-        (Some(parent), Some(name)) => {
-            let mut name = name.to_owned();
-            name.push(suffix);
-            parent.join(name)
-        }
-        // `/`: no last component to extend.
-        _ => {
-            let mut name = dir.as_os_str().to_owned();
-            name.push(suffix);
-            PathBuf::from(name)
-        }
-    }
 }
 
 /// Where a rebuild folds into (`<data-dir>.rebuild`); deleted at the start and end of each.

@@ -13,12 +13,12 @@ use sha2::Sha256;
 
 use crate::engine::WebhookHandle;
 use crate::log::codec;
+// Where delivery stands is a `meta` row (not a projection: a rebuild keeps it).
+use crate::log::keys::MetaKey;
 use crate::log::store::{CF_META, Store, StoreError};
 use crate::projection::quota::alerts_from;
 use crate::stop::{SignalledThread, StopSignal};
 
-/// Where delivery stands, in the `meta` CF (not a projection: a rebuild keeps it).
-const CURSOR_KEY: &[u8] = b"webhook_cursor";
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LAST_RETRY: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +72,7 @@ impl WebhookDeliverer {
 /// The stored delivery position, `None` when no webhook ever delivered.
 fn stored_cursor(store: &Store) -> Result<Option<u64>, StoreError> {
     store
-        .get(CF_META, CURSOR_KEY)?
+        .get(CF_META, &MetaKey::WebhookCursor.encode())?
         .map(|bytes| {
             codec::decode_u64(&bytes, "webhook cursor").map_err(|source| StoreError::Corrupt {
                 cf: CF_META,
@@ -88,7 +88,11 @@ fn read_cursor(store: &Store) -> Result<u64, StoreError> {
 
 fn write_cursor(store: &Store, next: u64) -> Result<(), StoreError> {
     let mut batch = store.batch();
-    batch.put(CF_META, CURSOR_KEY, codec::encode_u64(next));
+    batch.put(
+        CF_META,
+        MetaKey::WebhookCursor.encode(),
+        codec::encode_u64(next),
+    );
     store.commit(batch, true)
 }
 
@@ -120,7 +124,7 @@ pub fn migrated_cursor_row(
     };
     Ok(Some((
         CF_META,
-        CURSOR_KEY.to_vec(),
+        MetaKey::WebhookCursor.encode(),
         codec::encode_u64(position).to_vec(),
     )))
 }

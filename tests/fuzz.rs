@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tally::catalog::Catalog;
 use tally::event::{self, DecodeContext};
-use tally::log::{codec, keys};
+use tally::log::{codec, keys, values};
 use tally::report::HourlyQuery;
 
 const NOW: i64 = 1_795_000_000_000_000;
@@ -110,16 +110,16 @@ proptest! {
 
     #[test]
     fn stored_value_and_key_codecs_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = codec::decode_entry(&bytes);
-        let _ = codec::decode_dead_letter(&bytes);
-        let _ = codec::decode_dedup(&bytes);
+        let _ = values::decode_entry(&bytes);
+        let _ = values::decode_dead_letter(&bytes);
+        let _ = values::decode_dedup(&bytes);
         let _ = tally::projection::billing::decode_header(&bytes);
         let _ = tally::projection::billing::decode_period_row(&bytes);
         let _ = tally::projection::billing::decode_invoice(&bytes);
         let _ = tally::projection::billing::decode_transition(&bytes);
-        let _ = codec::decode_quota_object(&bytes);
-        let _ = codec::decode_alert(&bytes);
-        let _ = codec::decode_audit(&bytes);
+        let _ = values::decode_quota_object(&bytes);
+        let _ = values::decode_alert(&bytes);
+        let _ = values::decode_audit(&bytes);
         let _ = codec::decode_u64(&bytes, "x");
         let _ = codec::decode_i128(&bytes, "x");
         let _ = tally::projection::Aggregate::decode(&bytes);
@@ -150,11 +150,11 @@ proptest! {
             value.extend_from_slice(&[0; 8]);
             value.push(0);
             value.extend_from_slice(&bytes);
-            let _ = codec::decode_entry(&value);
+            let _ = values::decode_entry(&value);
         }
         let mut letter = vec![tally::log::format::FORMAT_V2, 0, 1, 0];
         letter.extend_from_slice(&bytes);
-        let _ = codec::decode_dead_letter(&letter);
+        let _ = values::decode_dead_letter(&letter);
     }
 }
 
@@ -181,5 +181,5 @@ fn a_corrupt_length_prefix_is_refused_not_allocated() {
     value.extend_from_slice(&[0; 8]);
     value.push(0);
     value.extend_from_slice(&huge);
-    assert!(codec::decode_entry(&value).is_err());
+    assert!(values::decode_entry(&value).is_err());
 }

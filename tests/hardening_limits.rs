@@ -476,7 +476,7 @@ fn drop_alert_index(data: &Path) -> usize {
     store
         .scan_prefix(
             CF_QUOTA,
-            &tally::log::keys::quota::all_tenant_alerts(),
+            &tally::log::keys::QuotaKey::all_tenant_alerts(),
             |key, _| {
                 batch.delete(CF_QUOTA, key);
                 dropped += 1;
@@ -487,7 +487,7 @@ fn drop_alert_index(data: &Path) -> usize {
     // A store from before the index has no mark that its alerts were indexed either.
     batch.delete(
         tally::log::store::CF_META,
-        tally::projection::quota::META_ALERTS_INDEXED,
+        tally::log::keys::MetaKey::AlertsIndexedPerTenant.encode(),
     );
     store.commit(batch, true).unwrap();
     dropped

@@ -140,7 +140,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let engine = &state.engine;
     if let Some(partitions) = engine.ownership().partition_count() {
-        let owned = engine.ownership().owned(engine.projected());
+        let owned: Vec<(i32, bool)> = (engine.ownership().owned(engine.projected()).iter())
+            .map(|p| (p.partition, p.ready))
+            .collect();
         engine.metrics().set_partitions(partitions, &owned);
     }
     if let Some(changelog) = &engine.ingest().changelog {

@@ -4,7 +4,7 @@
 //! restored entries end. The Kafka Streams design, with the log entries as the changes.
 //!
 //! - **Publishing.** The log writer notes each request's recorded entries in an outbox row in
-//!   the same batch ([`keys::outbox_key`]); the [`Publisher`] sends them, in log order, with an
+//!   the same batch ([`MetaKey::ChangelogOutbox`]); the [`Publisher`] sends them, in log order, with an
 //!   idempotent producer and `acks=all`, then deletes the row. So an entry is published once
 //!   it is durable here, and a crash between the two publishes it again, never not at all. A
 //!   command is answered only once its entries are published ([`Engine::append_facts`]).
@@ -33,8 +33,9 @@ use crate::log::append::{
 };
 use crate::log::codec;
 use crate::log::format;
-use crate::log::keys;
+use crate::log::keys::{self, MetaKey};
 use crate::log::store::{CF_LOG, CF_META, CF_OFFSETS, Store, StoreError};
+use crate::log::values;
 use crate::stop::{SignalledThread, StopSignal};
 
 /// Why the changelog could not be published or restored.
@@ -120,7 +121,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<ChangelogRecord, String> {
         let seq = u64::from_be_bytes(codec::field(take(8, "entry seq")?, 0));
         let length = u32::from_be_bytes(codec::field(take(4, "entry length")?, 0));
         let body = take(usize::try_from(length).unwrap_or(usize::MAX), "entry")?;
-        let entry = codec::decode_entry(body).map_err(|e| format!("entry {seq}: {e}"))?;
+        let entry = values::decode_entry(body).map_err(|e| format!("entry {seq}: {e}"))?;
         entries.push((seq, entry));
     }
     if !rest.is_empty() {
@@ -158,12 +159,10 @@ fn decode_applied(bytes: &[u8]) -> Result<BTreeMap<u64, u64>, String> {
         .collect())
 }
 
-const ORIGIN_KEY: &[u8] = b"changelog_origin";
-
 /// This store's origin id in the changelog: drawn once, kept in the store, so entries it
 /// published before a restart are known as its own after it.
 pub fn origin(store: &Store) -> Result<u64, StoreError> {
-    if let Some(bytes) = store.get(CF_META, ORIGIN_KEY)? {
+    if let Some(bytes) = store.get(CF_META, &MetaKey::ChangelogOrigin.encode())? {
         return codec::decode_u64(&bytes, "changelog origin").map_err(|source| {
             StoreError::Corrupt {
                 cf: CF_META,
@@ -173,7 +172,11 @@ pub fn origin(store: &Store) -> Result<u64, StoreError> {
     }
     let origin = rand::random::<u64>();
     let mut batch = store.batch();
-    batch.put(CF_META, ORIGIN_KEY, codec::encode_u64(origin));
+    batch.put(
+        CF_META,
+        MetaKey::ChangelogOrigin.encode(),
+        codec::encode_u64(origin),
+    );
     store.commit(batch, true)?;
     Ok(origin)
 }
@@ -310,9 +313,9 @@ impl Publisher {
 
 /// An outbox row as (first seq, end seq); `None` when it cannot be read.
 fn outbox_row(key: &[u8], value: &[u8]) -> Option<(u64, u64)> {
-    let first = key
-        .get(keys::OUTBOX_PREFIX.len()..)
-        .and_then(keys::decode_seq_key)?;
+    let Some(MetaKey::ChangelogOutbox { first_seq: first }) = MetaKey::decode(key) else {
+        return None;
+    };
     let end = codec::decode_u64(value, "outbox end").ok()?;
     Some((first, end))
 }
@@ -427,7 +430,7 @@ fn publish_outbox(
     for (partition, next) in next_offsets {
         batch.put(
             CF_OFFSETS,
-            keys::offset_key(topic, partition),
+            keys::OffsetKey { topic, partition }.encode(),
             codec::encode_i64(next),
         );
     }
@@ -512,7 +515,10 @@ pub fn restore(
     consumer.assign(&assignment)?;
     let mut applied: HashMap<i32, BTreeMap<u64, u64>> = HashMap::new();
     for &partition in ends.keys() {
-        let origins = match context.store.get(CF_META, &keys::applied_key(partition))? {
+        let origins = match context
+            .store
+            .get(CF_META, &MetaKey::ChangelogApplied { partition }.encode())?
+        {
             Some(bytes) => decode_applied(&bytes).map_err(|reason| ChangelogError::Record {
                 partition,
                 offset: -1,
@@ -660,7 +666,7 @@ impl Restoring {
             if let Some(origins) = self.applied.get(&partition) {
                 rows.push(RowWrite::Put {
                     cf: CF_META,
-                    key: keys::applied_key(partition),
+                    key: MetaKey::ChangelogApplied { partition }.encode(),
                     value: encode_applied(origins),
                 });
             }
@@ -710,13 +716,7 @@ pub struct Held {
 pub fn held(store: &Store) -> Result<Held, StoreError> {
     let mut topics: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     store.scan_prefix(CF_OFFSETS, b"", |key, value| {
-        if let Some(split) = key.iter().position(|&b| b == 0)
-            && let (Ok(topic), Some(partition)) = (
-                std::str::from_utf8(key.get(..split).unwrap_or_default()),
-                key.get(split + 1..)
-                    .and_then(|p| <[u8; 4]>::try_from(p).ok())
-                    .map(i32::from_be_bytes),
-            )
+        if let Some(keys::OffsetKey { topic, partition }) = keys::OffsetKey::decode(key)
             && let Ok(next) = codec::decode_i64(value, "offset")
         {
             topics
@@ -726,7 +726,7 @@ pub fn held(store: &Store) -> Result<Held, StoreError> {
         }
         true
     })?;
-    let changelog_origin = match store.get(CF_META, ORIGIN_KEY)? {
+    let changelog_origin = match store.get(CF_META, &MetaKey::ChangelogOrigin.encode())? {
         Some(bytes) => codec::decode_u64(&bytes, "changelog origin")
             .ok()
             .map(|origin| format!("{origin:016x}")),
@@ -756,7 +756,7 @@ mod tests {
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .iter()
             .enumerate()
-            .map(|(i, (_, entry))| (i as u64 + 7, codec::encode_entry(entry)))
+            .map(|(i, (_, entry))| (i as u64 + 7, values::encode_entry(entry)))
             .collect();
         let bytes = encode_record(42, &encoded);
         let record = decode_record(&bytes).unwrap();

@@ -170,7 +170,7 @@ pub fn replay_kafka(
 /// horizon; replays count it as refused here instead of having it stored as a dead letter.
 fn forgotten(sink: &IngestHandle, candidate: &Candidate) -> bool {
     matches!(candidate, Candidate::Event { event, .. }
-        if event.timestamp < sink.store.ids_forgotten_before())
+        if event.timestamp < sink.store.horizon().ids_forgotten_before())
 }
 
 /// Re-validates dead letters (those whose reason contains `reason`, when given) against the
@@ -213,7 +213,7 @@ pub fn repair_dead_letters(
             }
             let context = sink.decode_context(now, &letter.tenant, false);
             match event::decode(&letter.raw, &context) {
-                Ok(event) if event.timestamp < sink.store.ids_forgotten_before() => {
+                Ok(event) if event.timestamp < sink.store.horizon().ids_forgotten_before() => {
                     counts.rejected += 1
                 }
                 Ok(event) => candidates.push(Candidate::Event {

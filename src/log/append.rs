@@ -16,6 +16,7 @@ use super::keys;
 use super::store::{
     Batch, CF_DEAD_LETTER, CF_DEDUP, CF_LOG, CF_META, CF_OFFSETS, Store, StoreError,
 };
+use super::values;
 use super::{DeadLetter, DedupRecord, LogEntry};
 use crate::event::{EventSource, Rejection, UsageEvent};
 use crate::health::Health;
@@ -46,7 +47,7 @@ pub enum Candidate {
 impl Candidate {
     fn dedup_key(&self) -> Option<[u8; 16]> {
         match self {
-            Candidate::Event { event, .. } => Some(event.dedup_key()),
+            Candidate::Event { event, .. } => Some(keys::dedup_key(&event.tenant, &event.id)),
             Candidate::Fact {
                 identity: Some(identity),
                 ..
@@ -61,7 +62,10 @@ impl Candidate {
 /// period close's (the identity the billing clock gave it).
 fn restored_identity(entry: &LogEntry) -> Option<([u8; 16], u64)> {
     match entry {
-        LogEntry::UsageRecorded { event, .. } => Some((event.dedup_key(), event.fingerprint())),
+        LogEntry::UsageRecorded { event, .. } => Some((
+            keys::dedup_key(&event.tenant, &event.id),
+            event.fingerprint(),
+        )),
         LogEntry::Billing {
             tenant,
             change: crate::billing::BillingChange::PeriodClosed { period_uid },
@@ -145,7 +149,7 @@ fn put_dead_letter(batch: &mut Batch<'_>, next_dead_letter: &mut u64, letter: &D
     batch.put(
         CF_DEAD_LETTER,
         keys::seq_key(*next_dead_letter),
-        codec::encode_dead_letter(letter),
+        values::encode_dead_letter(letter),
     );
     *next_dead_letter += 1;
 }
@@ -516,10 +520,10 @@ impl Writer {
         let now = (self.clock)();
         // The forgetting horizon moves with this batch, before any compaction may use it;
         // events older than it are refused whatever late window admitted them.
-        let forget_cutoff = self.store.forget_cutoff(now);
+        let forget_cutoff = self.store.horizon().forget_cutoff(now);
         let refuse_before = forget_cutoff
             .unwrap_or(i64::MIN)
-            .max(self.store.ids_forgotten_before());
+            .max(self.store.horizon().ids_forgotten_before());
         let mut next_seq = self.next_seq;
         let mut next_dead_letter = self.next_dead_letter;
         let mut in_batch: HashMap<[u8; 16], DedupRecord> = HashMap::new();
@@ -560,7 +564,7 @@ impl Writer {
                                     source: source.clone(),
                                     recorded_at: now,
                                 };
-                                batch.put(CF_LOG, keys::seq_key(seq), codec::encode_entry(&entry));
+                                batch.put(CF_LOG, keys::seq_key(seq), values::encode_entry(&entry));
                                 let record = DedupRecord {
                                     seq,
                                     event_time: event.timestamp,
@@ -593,7 +597,7 @@ impl Writer {
                             Verdict::New => {
                                 let seq = next_seq;
                                 next_seq += 1;
-                                batch.put(CF_LOG, keys::seq_key(seq), codec::encode_entry(entry));
+                                batch.put(CF_LOG, keys::seq_key(seq), values::encode_entry(entry));
                                 if let Some(identity) = identity {
                                     // Facts are not subject to the late window: keep the
                                     // record for good (the compaction filter prunes by time).
@@ -629,7 +633,7 @@ impl Writer {
                             _ => {
                                 let seq = next_seq;
                                 next_seq += 1;
-                                batch.put(CF_LOG, keys::seq_key(seq), codec::encode_entry(entry));
+                                batch.put(CF_LOG, keys::seq_key(seq), values::encode_entry(entry));
                                 if let Some((key, fingerprint, None)) = known {
                                     let event_time = match entry {
                                         LogEntry::UsageRecorded { event, .. } => event.timestamp,
@@ -654,7 +658,7 @@ impl Writer {
             if self.outbox && request.publish && next_seq > first_seq {
                 batch.put(
                     CF_META,
-                    keys::outbox_key(first_seq),
+                    keys::MetaKey::ChangelogOutbox { first_seq }.encode(),
                     codec::encode_u64(next_seq),
                 );
             }
@@ -666,12 +670,16 @@ impl Writer {
         let mut records: Vec<([u8; 16], DedupRecord)> = in_batch.into_iter().collect();
         records.sort_unstable_by_key(|(key, _)| *key);
         for (key, record) in &records {
-            batch.put(CF_DEDUP, key, codec::encode_dedup(record));
+            batch.put(CF_DEDUP, key, values::encode_dedup(record));
         }
         for offset in group.iter().flat_map(|r| &r.offsets) {
             batch.put(
                 CF_OFFSETS,
-                keys::offset_key(&offset.topic, offset.partition),
+                keys::OffsetKey {
+                    topic: &offset.topic,
+                    partition: offset.partition,
+                }
+                .encode(),
                 codec::encode_i64(offset.next_offset),
             );
         }
@@ -682,13 +690,15 @@ impl Writer {
             }
         }
         if let Some(cutoff) = forget_cutoff {
-            self.store.put_forgotten_before(&mut batch, cutoff);
+            for (key, value) in self.store.horizon().forgotten_before_rows(cutoff) {
+                batch.put(CF_META, key, value);
+            }
         }
         if !batch.is_empty() {
             self.store.commit(batch, true)?;
         }
         if let Some(cutoff) = forget_cutoff {
-            self.store.forgotten_before_written(cutoff);
+            self.store.horizon().forgotten_before_written(cutoff);
         }
         self.next_seq = next_seq;
         self.next_dead_letter = next_dead_letter;
@@ -737,7 +747,11 @@ mod tests {
         let mut rows = Vec::new();
         store
             .scan_prefix(CF_META, keys::OUTBOX_PREFIX, |key, value| {
-                let first = keys::decode_seq_key(&key[keys::OUTBOX_PREFIX.len()..]).unwrap();
+                let Some(keys::MetaKey::ChangelogOutbox { first_seq: first }) =
+                    keys::MetaKey::decode(key)
+                else {
+                    panic!("not an outbox row: {key:?}");
+                };
                 rows.push((first, codec::decode_u64(value, "end").unwrap()));
                 true
             })
@@ -1034,11 +1048,11 @@ mod tests {
         let old_time = 100 * day - day / 2;
         let outcomes = appender.append_blocking(vec![at(old_time, "old")], Vec::new());
         assert_eq!(outcomes.unwrap(), vec![Outcome::Recorded { seq: 0 }]);
-        assert_eq!(store.ids_forgotten_before(), 99 * day);
+        assert_eq!(store.horizon().ids_forgotten_before(), 99 * day);
         now.store(101 * day, Ordering::SeqCst);
         let outcomes = appender.append_blocking(vec![at(101 * day, "fresh")], Vec::new());
         assert_eq!(outcomes.unwrap(), vec![Outcome::Recorded { seq: 1 }]);
-        assert_eq!(store.ids_forgotten_before(), 100 * day);
+        assert_eq!(store.horizon().ids_forgotten_before(), 100 * day);
         drop((appender, store));
         thread.join().unwrap();
 
@@ -1046,7 +1060,7 @@ mod tests {
         // it is refused, and `old` again is a duplicate while its record is still there (it
         // was counted; once compaction prunes the record, it is refused like the new one).
         let (store, appender, thread) = run(35);
-        assert_eq!(store.ids_forgotten_before(), 100 * day);
+        assert_eq!(store.horizon().ids_forgotten_before(), 100 * day);
         let outcomes = appender
             .append_blocking(
                 vec![
@@ -1073,7 +1087,7 @@ mod tests {
         assert_eq!(outcomes[2], Outcome::Recorded { seq: 2 });
         assert_eq!(store.dead_letters(0, 10).unwrap().len(), 1);
         assert_eq!(store.read_log(0, 10).unwrap().len(), 3);
-        assert_eq!(store.ids_forgotten_before(), 100 * day);
+        assert_eq!(store.horizon().ids_forgotten_before(), 100 * day);
         drop(appender);
         thread.join().unwrap();
     }

@@ -1,5 +1,5 @@
-//! The RocksDB store: column families, format version, reads and atomic batch writes, and the
-//! stored horizon below which event ids may be forgotten.
+//! The RocksDB store: column families, format version, reads and atomic batch writes; the
+//! dedup compaction filter prunes below the stored horizon ([`DedupHorizon`]).
 //!
 //! Every call here blocks; async callers go through `spawn_blocking` or a dedicated thread.
 
@@ -17,51 +17,17 @@ use rocksdb::{
 };
 
 use super::codec::{self, CodecError};
+use super::horizon::DedupHorizon;
 use super::keys;
+use super::values;
 use super::{DeadLetter, DedupRecord, LogEntry};
-use crate::time::UnixMicros;
 
-pub const CF_LOG: &str = "log";
-pub const CF_DEDUP: &str = "dedup";
-pub const CF_DEAD_LETTER: &str = "dead_letter";
-pub const CF_HOURLY: &str = "hourly";
-pub const CF_MONTHLY: &str = "monthly";
-/// Calendar-month totals of format 1, replaced by the billing periods' own rows: still opened
-/// (RocksDB opens every family a store has), never written, emptied by `tally migrate`.
-pub const CF_CURRENT: &str = "current";
-pub const CF_CHECKPOINTS: &str = "checkpoints";
-pub const CF_OFFSETS: &str = "offsets";
-pub const CF_TOKENS: &str = "tokens";
-pub const CF_META: &str = "meta";
-pub const CF_QUOTA: &str = "quota";
-pub const CF_ALERTS: &str = "alerts";
-pub const CF_BILLING: &str = "billing";
-pub const CF_AUDIT: &str = "audit";
-
-/// Every column family, in one list: opening creates the missing ones.
-pub const COLUMN_FAMILIES: &[&str] = &[
-    CF_LOG,
-    CF_DEDUP,
-    CF_DEAD_LETTER,
-    CF_HOURLY,
-    CF_MONTHLY,
-    CF_CURRENT,
-    CF_CHECKPOINTS,
-    CF_OFFSETS,
-    CF_TOKENS,
-    CF_META,
-    CF_QUOTA,
-    CF_ALERTS,
-    CF_BILLING,
-    CF_AUDIT,
-];
-
-/// Families whose aggregate rows are written as merge operands ([`Batch::merge`]); in
-/// `billing` only the usage rows are, the other rows are put.
-pub const AGGREGATE_FAMILIES: &[&str] = &[CF_HOURLY, CF_MONTHLY, CF_BILLING];
-
-/// Families a format-1 store has that this build no longer uses.
-pub const RETIRED_COLUMN_FAMILIES: &[&str] = &[CF_CURRENT];
+// The column families are named, with every key, by the core's key module.
+pub use super::keys::{
+    AGGREGATE_FAMILIES, CF_ALERTS, CF_AUDIT, CF_BILLING, CF_CHECKPOINTS, CF_CURRENT,
+    CF_DEAD_LETTER, CF_DEDUP, CF_HOURLY, CF_LOG, CF_META, CF_MONTHLY, CF_OFFSETS, CF_QUOTA,
+    CF_TOKENS, COLUMN_FAMILIES, RETIRED_COLUMN_FAMILIES,
+};
 
 /// Most table files RocksDB keeps open at once: a bound, so the file descriptors the store
 /// needs are known and the HTTP server can leave them free (an unbounded table cache plus
@@ -77,17 +43,6 @@ pub const MAX_OPEN_TABLE_FILES: i32 = 1_024;
 /// - 4: aggregate rows (hourly, monthly, billing usage) are written as merge operands, which
 ///   a build without the merge operator cannot read.
 pub const FORMAT_VERSION: u32 = 4;
-const META_FORMAT_VERSION: &[u8] = b"format_version";
-/// The event time before which dedup records may already be pruned (see
-/// [`Store::ids_forgotten_before`]).
-const META_IDS_FORGOTTEN_BEFORE: &[u8] = b"ids_forgotten_before";
-/// The longest dedup horizon any run moved the forgetting horizon with (micros): a later run
-/// with a shorter one (a tool with default flags) must not forget more than it did.
-const META_LONGEST_DEDUP_HORIZON: &[u8] = b"longest_dedup_horizon";
-/// The stored horizon moves in steps of at least this, so batches of duplicates alone do not
-/// each become a write.
-const FORGET_STEP_MICROS: i64 = 1_000_000;
-
 type Db = DBWithThreadMode<MultiThreaded>;
 
 /// Storage failures. Each is handled by refusing the operation (HTTP 503 / consumer pause);
@@ -221,12 +176,7 @@ pub struct Store {
     db: Arc<Db>,
     dir: Arc<PathBuf>,
     min_free_disk: u64,
-    dedup_horizon: Duration,
-    /// The stored forgetting horizon as last written; the dedup compaction filter prunes below
-    /// it and nothing else.
-    forgotten_before: Arc<AtomicI64>,
-    /// [`META_LONGEST_DEDUP_HORIZON`] as stored (0 when none is).
-    longest_horizon: Arc<AtomicI64>,
+    horizon: DedupHorizon,
     /// Writes skip the WAL: a rebuild's shadow store, thrown away if the process stops.
     unlogged: bool,
     /// Table files written for [`Store::ingest_merge_operands`], to name the next one.
@@ -272,14 +222,12 @@ impl Store {
             db: Arc::new(db),
             dir: Arc::new(dir.to_path_buf()),
             min_free_disk: options.min_free_disk,
-            dedup_horizon: options.dedup_horizon,
-            forgotten_before,
-            longest_horizon: Arc::default(),
+            horizon: DedupHorizon::new(options.dedup_horizon, forgotten_before),
             unlogged: false,
             bulk_files: Arc::default(),
         };
         let found = store.stored_format_version()?;
-        store.load_forgotten_before()?;
+        store.load_horizon()?;
         Ok((store, found))
     }
 
@@ -311,85 +259,35 @@ impl Store {
             db: Arc::new(db),
             dir: Arc::new(dir.to_path_buf()),
             min_free_disk: 0,
-            dedup_horizon: options.dedup_horizon,
-            forgotten_before,
-            longest_horizon: Arc::default(),
+            horizon: DedupHorizon::new(options.dedup_horizon, forgotten_before),
             unlogged: false,
             bulk_files: Arc::default(),
         };
-        store.load_forgotten_before()?;
+        store.load_horizon()?;
         Ok(store)
     }
 
-    fn load_forgotten_before(&self) -> Result<(), StoreError> {
-        if let Some(bytes) = self.get(CF_META, META_LONGEST_DEDUP_HORIZON)? {
-            let stored = codec::decode_i64(&bytes, "longest dedup horizon").map_err(|source| {
-                StoreError::Corrupt {
-                    cf: CF_META,
-                    source,
-                }
-            })?;
-            self.longest_horizon.fetch_max(stored, Ordering::SeqCst);
-        }
-        if let Some(bytes) = self.get(CF_META, META_IDS_FORGOTTEN_BEFORE)? {
-            let stored = codec::decode_i64(&bytes, "ids forgotten before").map_err(|source| {
-                StoreError::Corrupt {
-                    cf: CF_META,
-                    source,
-                }
-            })?;
-            self.forgotten_before.fetch_max(stored, Ordering::SeqCst);
-        }
+    fn load_horizon(&self) -> Result<(), StoreError> {
+        let stored_i64 = |key: keys::MetaKey, what| -> Result<Option<i64>, StoreError> {
+            self.get(CF_META, &key.encode())?
+                .map(|bytes| {
+                    codec::decode_i64(&bytes, what).map_err(|source| StoreError::Corrupt {
+                        cf: CF_META,
+                        source,
+                    })
+                })
+                .transpose()
+        };
+        self.horizon.restore(
+            stored_i64(keys::MetaKey::LongestDedupHorizon, "longest dedup horizon")?,
+            stored_i64(keys::MetaKey::IdsForgottenBefore, "ids forgotten before")?,
+        );
         Ok(())
     }
 
-    /// Ids of events whose time is before this may already be forgotten: their dedup records
-    /// were pruned (or may be at the next compaction), so a resend could not be told from the
-    /// original, and the log writer refuses such events. It is stored in the store, only
-    /// grows, and is written before pruning uses it, whatever horizon a later run is started
-    /// with. `i64::MIN` while nothing was forgotten.
-    pub fn ids_forgotten_before(&self) -> UnixMicros {
-        self.forgotten_before.load(Ordering::SeqCst)
-    }
-
-    /// The horizon to store at `now` (`now − dedup_horizon`), when it has moved on by a step.
-    pub fn forget_cutoff(&self, now: UnixMicros) -> Option<UnixMicros> {
-        let cutoff = now.saturating_sub(self.effective_horizon());
-        (cutoff
-            >= self
-                .ids_forgotten_before()
-                .saturating_add(FORGET_STEP_MICROS))
-        .then_some(cutoff)
-    }
-
-    /// Puts a new forgetting horizon into `batch`; pruning uses it only once
-    /// [`forgotten_before_written`](Self::forgotten_before_written) says the batch is durable.
-    pub fn put_forgotten_before(&self, batch: &mut Batch<'_>, cutoff: UnixMicros) {
-        let cutoff = cutoff.max(self.ids_forgotten_before());
-        batch.put(
-            CF_META,
-            META_IDS_FORGOTTEN_BEFORE,
-            codec::encode_i64(cutoff),
-        );
-        batch.put(
-            CF_META,
-            META_LONGEST_DEDUP_HORIZON,
-            codec::encode_i64(self.effective_horizon()),
-        );
-    }
-
-    /// The batch carrying `cutoff` reached the disk: compactions may now forget ids below it.
-    pub fn forgotten_before_written(&self, cutoff: UnixMicros) {
-        self.forgotten_before.fetch_max(cutoff, Ordering::SeqCst);
-        self.longest_horizon
-            .fetch_max(self.effective_horizon(), Ordering::SeqCst);
-    }
-
-    /// The horizon the forgetting horizon moves with: this run's `--dedup-horizon`, or the
-    /// longest any earlier run moved it with (micros).
-    fn effective_horizon(&self) -> i64 {
-        let own = i64::try_from(self.dedup_horizon.as_micros()).unwrap_or(i64::MAX);
-        own.max(self.longest_horizon.load(Ordering::SeqCst))
+    /// How far back event ids are remembered, and below which they may be forgotten.
+    pub fn horizon(&self) -> &DedupHorizon {
+        &self.horizon
     }
 
     /// A consistent copy of the whole store in `to` (a new directory), taken while writing
@@ -430,7 +328,10 @@ impl Store {
     /// The format version the store holds; a store without one is new and gets this build's.
     fn stored_format_version(&self) -> Result<u32, StoreError> {
         let meta = self.cf(CF_META);
-        match self.db.get_cf(&meta, META_FORMAT_VERSION)? {
+        match self
+            .db
+            .get_cf(&meta, keys::MetaKey::FormatVersion.encode())?
+        {
             Some(bytes) => {
                 let found = codec::decode_u64(&bytes, "format version").map_err(|source| {
                     StoreError::Corrupt {
@@ -443,7 +344,7 @@ impl Store {
             None => {
                 self.db.put_cf(
                     &meta,
-                    META_FORMAT_VERSION,
+                    keys::MetaKey::FormatVersion.encode(),
                     codec::encode_u64(u64::from(FORMAT_VERSION)),
                 )?;
                 Ok(FORMAT_VERSION)
@@ -456,7 +357,7 @@ impl Store {
     pub fn put_format_version(&self, batch: &mut Batch<'_>) {
         batch.put(
             CF_META,
-            META_FORMAT_VERSION,
+            keys::MetaKey::FormatVersion.encode(),
             codec::encode_u64(u64::from(FORMAT_VERSION)),
         );
     }
@@ -561,7 +462,7 @@ impl Store {
                     reason: format!("{} bytes", key.len()),
                 })
             })?;
-            entries.push((seq, codec::decode_entry(&value).map_err(corrupt)?));
+            entries.push((seq, values::decode_entry(&value).map_err(corrupt)?));
         }
         Ok(())
     }
@@ -576,7 +477,7 @@ impl Store {
             .into_iter()
             .map(|result| match result? {
                 Some(bytes) => {
-                    codec::decode_dedup(&bytes)
+                    values::decode_dedup(&bytes)
                         .map(Some)
                         .map_err(|source| StoreError::Corrupt {
                             cf: CF_DEDUP,
@@ -761,15 +662,11 @@ impl Store {
     /// The next offset to read of each partition of `topic`, as stored with the events.
     pub fn source_offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         let mut offsets = BTreeMap::new();
-        let prefix = keys::offset_prefix(topic);
+        let prefix = keys::OffsetKey::topic_prefix(topic);
         self.scan_prefix_decoding(CF_OFFSETS, &prefix, |key, value| {
             let offset = codec::decode_i64(value, "source offset")?;
-            let partition = key
-                .get(prefix.len()..)
-                .and_then(|bytes| bytes.try_into().ok())
-                .map(i32::from_be_bytes);
-            if let Some(partition) = partition {
-                offsets.insert(partition, offset);
+            if let Some(key) = keys::OffsetKey::decode(key) {
+                offsets.insert(key.partition, offset);
             }
             Ok(true)
         })?;
@@ -783,7 +680,7 @@ impl Store {
     ) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
         let mut letters = Vec::new();
         self.scan_decoding(CF_DEAD_LETTER, &keys::seq_key(from), None, |key, value| {
-            let letter = codec::decode_dead_letter(value)?;
+            let letter = values::decode_dead_letter(value)?;
             if let Some(n) = keys::decode_seq_key(key) {
                 letters.push((n, letter));
             }
@@ -951,7 +848,7 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
             cf.set_compaction_filter(
                 "tally-dedup-horizon",
                 move |_level: u32, _key: &[u8], value: &[u8]| {
-                    match codec::decode_dedup(value) {
+                    match values::decode_dedup(value) {
                         // Only below the stored horizon: the writer refuses those events, so
                         // the record can no longer catch a duplicate. A horizon merely asked
                         // for by this run (a wider or narrower window) never prunes.
@@ -972,7 +869,7 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
     if AGGREGATE_FAMILIES.contains(&name) {
         // Folds add deltas with `Batch::merge` instead of reading and rewriting each row.
         cf.set_merge_operator_associative("tally-aggregate-v1", |_key, existing, operands| {
-            crate::projection::merge_encoded(existing, operands)
+            tally_core::projection::merge_encoded(existing, operands)
         });
     }
     cf.set_block_based_table_factory(&table);
@@ -982,6 +879,13 @@ fn cf_options(name: &str, forgotten_before: &Arc<AtomicI64>) -> Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::UnixMicros;
+
+    fn put_horizon(store: &Store, batch: &mut Batch<'_>, cutoff: i64) {
+        for (key, value) in store.horizon().forgotten_before_rows(cutoff) {
+            batch.put(CF_META, key, value);
+        }
+    }
 
     fn options(horizon: Duration) -> StoreOptions {
         StoreOptions {
@@ -997,7 +901,7 @@ mod tests {
             fingerprint: 7,
         };
         let mut batch = store.batch();
-        batch.put(CF_DEDUP, [key; 16], codec::encode_dedup(&record));
+        batch.put(CF_DEDUP, [key; 16], values::encode_dedup(&record));
         store.commit(batch, true).unwrap();
     }
 
@@ -1014,7 +918,7 @@ mod tests {
     fn ids_are_forgotten_only_below_the_stored_horizon_whatever_a_later_open_asks() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
-        assert_eq!(store.ids_forgotten_before(), i64::MIN);
+        assert_eq!(store.horizon().ids_forgotten_before(), i64::MIN);
         // Records keep event time rounded up to the second: 3 is below the horizon by a
         // microsecond, so it is forgotten late, never early.
         let hour = 3_600_000_000i64;
@@ -1026,30 +930,36 @@ mod tests {
         assert_eq!(remembered(&store), [true, true, true]);
 
         // The writer's step: the horizon is stored, then compactions use it.
-        let cutoff = store.forget_cutoff(3 * hour + 60_000_000).unwrap();
+        let cutoff = store
+            .horizon()
+            .forget_cutoff(3 * hour + 60_000_000)
+            .unwrap();
         assert_eq!(cutoff, 3 * hour);
         let mut batch = store.batch();
-        store.put_forgotten_before(&mut batch, cutoff);
+        put_horizon(&store, &mut batch, cutoff);
         store.commit(batch, true).unwrap();
-        store.forgotten_before_written(cutoff);
+        store.horizon().forgotten_before_written(cutoff);
         store.compact_all().unwrap();
         assert_eq!(remembered(&store), [false, true, true]);
         // Less than a step later there is nothing to store.
-        assert_eq!(store.forget_cutoff(3 * hour + 1 + 60_000_000), None);
+        assert_eq!(
+            store.horizon().forget_cutoff(3 * hour + 1 + 60_000_000),
+            None
+        );
         // An older cutoff never lowers it.
         let mut batch = store.batch();
-        store.put_forgotten_before(&mut batch, 10);
+        put_horizon(&store, &mut batch, 10);
         store.commit(batch, true).unwrap();
         drop(store);
 
         // Reopened with a far wider horizon (a wider late window), the stored one holds.
         let wide = options(Duration::from_secs(365 * 86_400));
         let store = Store::open(dir.path(), &wide).unwrap();
-        assert_eq!(store.ids_forgotten_before(), 3 * hour);
-        assert_eq!(store.forget_cutoff(3 * hour + 60_000_000), None);
+        assert_eq!(store.horizon().ids_forgotten_before(), 3 * hour);
+        assert_eq!(store.horizon().forget_cutoff(3 * hour + 60_000_000), None);
         drop(store);
         let read_only = Store::open_read_only(dir.path(), &wide).unwrap();
-        assert_eq!(read_only.ids_forgotten_before(), 3 * hour);
+        assert_eq!(read_only.horizon().ids_forgotten_before(), 3 * hour);
     }
 
     #[test]
@@ -1058,16 +968,19 @@ mod tests {
         let minute = 60_000_000i64;
         let store = Store::open(dir.path(), &options(Duration::from_secs(600))).unwrap();
         let now = 100 * minute;
-        let cutoff = store.forget_cutoff(now).unwrap();
+        let cutoff = store.horizon().forget_cutoff(now).unwrap();
         assert_eq!(cutoff, now - 10 * minute);
         let mut batch = store.batch();
-        store.put_forgotten_before(&mut batch, cutoff);
+        put_horizon(&store, &mut batch, cutoff);
         store.commit(batch, true).unwrap();
-        store.forgotten_before_written(cutoff);
+        store.horizon().forgotten_before_written(cutoff);
         drop(store);
         // A tool started with a one-minute horizon keeps moving it ten minutes behind.
         let store = Store::open(dir.path(), &options(Duration::from_secs(60))).unwrap();
-        assert_eq!(store.forget_cutoff(now + minute), Some(now - 9 * minute));
+        assert_eq!(
+            store.horizon().forget_cutoff(now + minute),
+            Some(now - 9 * minute)
+        );
     }
 
     #[test]
@@ -1077,17 +990,6 @@ mod tests {
                 .get_options_from_string(LOG_BOTTOM_COMPRESSION)
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn every_column_family_has_its_row_in_the_key_layout_table() {
-        let table = include_str!("keys.rs");
-        for name in COLUMN_FAMILIES {
-            assert!(
-                table.contains(&format!("//! | `{name}`")),
-                "src/log/keys.rs documents no key layout for `{name}`"
-            );
-        }
     }
 
     #[test]

@@ -6,12 +6,9 @@ use std::collections::BTreeMap;
 use crate::catalog::Catalog;
 use crate::log::LogEntry;
 use crate::log::codec;
-use crate::log::keys::quota::{
-    band_key, decode_tenant_alert_seq, namespace_objects_prefix, object_key, objects_prefix,
-    tenant_alert_key, tenant_alerts_prefix, total_key, totals_prefix,
-};
-use crate::log::keys::{self, Scope};
+use crate::log::keys::{self, MetaKey, QuotaKey, Scope};
 use crate::log::store::{Batch, CF_ALERTS, CF_META, CF_QUOTA, Store, StoreError};
+use crate::log::values;
 use crate::quota::fold::{
     QuotaReads, QuotaWrites, RowsToRead, SeriesLevel, Snapshot, tenants_to_read,
 };
@@ -120,7 +117,7 @@ pub fn prefetch<'a>(
 pub fn put_writes(batch: &mut Batch<'_>, writes: &QuotaWrites) {
     for (key, object) in &writes.objects {
         match object {
-            Some(object) => batch.put(CF_QUOTA, key, codec::encode_quota_object(object)),
+            Some(object) => batch.put(CF_QUOTA, key, values::encode_quota_object(object)),
             None => batch.delete(CF_QUOTA, key),
         }
     }
@@ -134,34 +131,50 @@ pub fn put_writes(batch: &mut Batch<'_>, writes: &QuotaWrites) {
         batch.put(CF_QUOTA, key, [codec::VALUE_VERSION, *band]);
     }
     for (seq, alert) in &writes.alert_rows {
-        let value = codec::encode_alert(alert);
+        let value = values::encode_alert(alert);
         batch.put(CF_ALERTS, keys::seq_key(*seq), &value);
-        batch.put(CF_QUOTA, tenant_alert_key(&alert.tenant, *seq), &value);
+        batch.put(
+            CF_QUOTA,
+            QuotaKey::TenantAlert {
+                tenant: &alert.tenant,
+                seq: *seq,
+            }
+            .encode(),
+            &value,
+        );
     }
 }
 
-/// Marks, in the store's metadata, that every stored alert has its per-tenant index row (from
-/// then on the fold writes both). Written with the index rows, so an indexing that failed is
-/// tried again at the next start, even after new alerts were folded.
-pub const META_ALERTS_INDEXED: &[u8] = b"alerts_indexed_per_tenant";
-
 /// Indexes per tenant the alerts of a store written before that index existed (once: until
-/// [`META_ALERTS_INDEXED`] is stored). Returns how many it indexed.
+/// [`MetaKey::AlertsIndexedPerTenant`] is stored). The mark is written with the index rows, so
+/// an indexing that failed is tried again at the next start, even after new alerts were
+/// folded. Returns how many it indexed.
 pub fn index_stored_alerts(store: &Store) -> Result<usize, StoreError> {
-    if store.get(CF_META, META_ALERTS_INDEXED)?.is_some() {
+    if store
+        .get(CF_META, &MetaKey::AlertsIndexedPerTenant.encode())?
+        .is_some()
+    {
         return Ok(0);
     }
     let mut batch = store.batch();
     let mut count = 0;
     store.scan_decoding(CF_ALERTS, &[], None, |key, value| {
-        let alert = codec::decode_alert(value)?;
+        let alert = values::decode_alert(value)?;
         if let Some(seq) = keys::decode_seq_key(key) {
-            batch.put(CF_QUOTA, tenant_alert_key(&alert.tenant, seq), value);
+            batch.put(
+                CF_QUOTA,
+                QuotaKey::TenantAlert {
+                    tenant: &alert.tenant,
+                    seq,
+                }
+                .encode(),
+                value,
+            );
             count += 1;
         }
         Ok(true)
     })?;
-    batch.put(CF_META, META_ALERTS_INDEXED, [1]);
+    batch.put(CF_META, MetaKey::AlertsIndexedPerTenant.encode(), [1]);
     store.commit(batch, true)?;
     Ok(count)
 }
@@ -185,13 +198,13 @@ pub fn find_objects(
     keep: impl Fn(&QuotaObject) -> bool,
 ) -> Result<(Vec<QuotaObject>, bool), StoreError> {
     let prefix = match namespace {
-        Some(namespace) => namespace_objects_prefix(tenant, namespace),
-        None => objects_prefix(tenant),
+        Some(namespace) => QuotaKey::namespace_objects_prefix(tenant, namespace),
+        None => QuotaKey::objects_prefix(tenant),
     };
     let mut objects = Vec::new();
     let mut more = false;
     store.scan_prefix_decoding(CF_QUOTA, &prefix, |_, value| {
-        let object = codec::decode_quota_object(value)?;
+        let object = values::decode_quota_object(value)?;
         if keep(&object) {
             if objects.len() < limit {
                 objects.push(object);
@@ -211,8 +224,16 @@ pub fn get_object(
     name: &str,
 ) -> Result<Option<QuotaObject>, StoreError> {
     store
-        .get(CF_QUOTA, &object_key(tenant, namespace, name))?
-        .map(|bytes| codec::decode_quota_object(&bytes).map_err(corrupt(CF_QUOTA)))
+        .get(
+            CF_QUOTA,
+            &QuotaKey::Object {
+                tenant,
+                namespace,
+                name,
+            }
+            .encode(),
+        )?
+        .map(|bytes| values::decode_quota_object(&bytes).map_err(corrupt(CF_QUOTA)))
         .transpose()
 }
 
@@ -224,12 +245,12 @@ pub fn level(
     key: &LimitKey,
 ) -> Result<i128, StoreError> {
     let scope = namespace.map_or(Scope::Tenant, Scope::Namespace);
-    StoreQuotaReads::new(store).total(&total_key(tenant, scope, key))
+    StoreQuotaReads::new(store).total(&QuotaKey::total(tenant, scope, key).encode())
 }
 
 /// The stored threshold band of `key` (0–3).
 pub fn stored_band(store: &Store, tenant: &str, key: &LimitKey) -> Result<u8, StoreError> {
-    StoreQuotaReads::new(store).band(&band_key(tenant, key))
+    StoreQuotaReads::new(store).band(&QuotaKey::band(tenant, key).encode())
 }
 
 /// One page of a tenant's alerts.
@@ -249,20 +270,23 @@ pub fn list_alerts(
     from_seq: Option<u64>,
     limit: usize,
 ) -> Result<AlertPage, StoreError> {
-    let prefix = tenant_alerts_prefix(tenant);
-    let start = from_seq.map_or_else(|| prefix.clone(), |seq| tenant_alert_key(tenant, seq));
+    let prefix = QuotaKey::tenant_alerts_prefix(tenant);
+    let start = from_seq.map_or_else(
+        || prefix.clone(),
+        |seq| QuotaKey::TenantAlert { tenant, seq }.encode(),
+    );
     let end = keys::prefix_successor(&prefix);
     let mut alerts = Vec::new();
     let mut next = None;
     store.scan_decoding(CF_QUOTA, &start, end.as_deref(), |key, value| {
-        let Some(seq) = decode_tenant_alert_seq(key) else {
+        let Some(QuotaKey::TenantAlert { seq, .. }) = QuotaKey::decode(key) else {
             return Ok(true);
         };
         if alerts.len() == limit {
             next = Some(seq);
             return Ok(false);
         }
-        alerts.push((seq, codec::decode_alert(value)?));
+        alerts.push((seq, values::decode_alert(value)?));
         Ok(true)
     })?;
     Ok(AlertPage { alerts, next })
@@ -277,7 +301,7 @@ pub fn alerts_from(
 ) -> Result<Vec<(u64, Alert)>, StoreError> {
     let mut alerts = Vec::new();
     store.scan_decoding(CF_ALERTS, &keys::seq_key(from_seq), None, |key, value| {
-        let alert = codec::decode_alert(value)?;
+        let alert = values::decode_alert(value)?;
         alerts.push((keys::decode_seq_key(key).unwrap_or(0), alert));
         Ok(alerts.len() < limit)
     })?;
@@ -290,7 +314,7 @@ pub fn levels(
     tenant: &str,
     namespace: Option<&str>,
 ) -> Result<BTreeMap<(String, String), i128>, StoreError> {
-    let prefix = totals_prefix(tenant, namespace.map_or(Scope::Tenant, Scope::Namespace));
+    let prefix = QuotaKey::totals_prefix(tenant, namespace.map_or(Scope::Tenant, Scope::Namespace));
     let mut levels = BTreeMap::new();
     store.scan_prefix_decoding(CF_QUOTA, &prefix, |key, value| {
         let level = codec::decode_i128(value, "quota level")?;
@@ -388,7 +412,7 @@ mod tests {
             batch.put(
                 CF_ALERTS,
                 keys::seq_key(seq),
-                codec::encode_alert(&alert("a", seq)),
+                values::encode_alert(&alert("a", seq)),
             );
         }
         store.commit(batch, false).unwrap();
@@ -409,7 +433,7 @@ mod tests {
         batch.put(
             CF_ALERTS,
             keys::seq_key(3),
-            codec::encode_alert(&alert("a", 3)),
+            values::encode_alert(&alert("a", 3)),
         );
         batch.put(CF_ALERTS, keys::seq_key(4), b"not an alert");
         store.commit(batch, false).unwrap();
@@ -451,9 +475,15 @@ mod tests {
                 modification_timestamp: 0,
                 creator_id: String::new(),
             };
-            writes
-                .objects
-                .insert(object_key("t", "system", name), Some(object));
+            writes.objects.insert(
+                QuotaKey::Object {
+                    tenant: "t",
+                    namespace: "system",
+                    name,
+                }
+                .encode(),
+                Some(object),
+            );
         }
         let mut batch = store.batch();
         put_writes(&mut batch, &writes);

@@ -3,8 +3,9 @@
 use super::Aggregate;
 use crate::audit::AuditRecord;
 use crate::log::codec;
-use crate::log::keys::{self, Scope, SeriesRow};
+use crate::log::keys::{self, AuditKey, Scope, SeriesKey, SeriesRow};
 use crate::log::store::{CF_AUDIT, CF_HOURLY, Store, StoreError};
+use crate::log::values;
 
 /// Rows of `cf` (`hourly` or `monthly`) for one tenant and scope with buckets in `[from, to)`.
 pub fn series_rows(
@@ -41,8 +42,8 @@ pub fn visit_series_rows(
     to_bucket: u32,
     mut visit: impl FnMut(SeriesRow, Aggregate),
 ) -> Result<(), StoreError> {
-    let start = keys::bucket_prefix(tenant, scope, from_bucket);
-    let end = keys::bucket_prefix(tenant, scope, to_bucket);
+    let start = SeriesKey::bucket_prefix(tenant, scope, from_bucket);
+    let end = SeriesKey::bucket_prefix(tenant, scope, to_bucket);
     store.scan_decoding(cf, &start, Some(&end), |key, value| {
         let aggregate = Aggregate::decode(value)?;
         let row = keys::decode_series_key(key).ok_or_else(|| codec::CodecError {
@@ -87,18 +88,18 @@ pub fn audit_page(
     limit: usize,
     mut keep: impl FnMut(&AuditRecord) -> bool,
 ) -> Result<(Vec<AuditRecord>, Option<u64>), StoreError> {
-    let mut start = Vec::new();
-    keys::push_str(&mut start, tenant);
-    let end = super::runner::audit_key(tenant, before_seq);
+    let start = AuditKey::tenant_prefix(tenant);
+    let end = AuditKey {
+        tenant,
+        seq: before_seq,
+    }
+    .encode();
     let mut records = Vec::new();
     let mut last_seq = None;
     store.scan_reverse_decoding(CF_AUDIT, &start, &end, |key, value| {
-        let record = codec::decode_audit(value)?;
+        let record = values::decode_audit(value)?;
         if keep(&record) {
-            // The key ends in the record's seq.
-            last_seq = key
-                .get(key.len().saturating_sub(8)..)
-                .and_then(keys::decode_seq_key);
+            last_seq = AuditKey::decode(key).map(|key| key.seq);
             records.push(record);
         }
         Ok(records.len() < limit)

@@ -21,9 +21,11 @@ use crate::health::Health;
 use crate::log::LogEntry;
 use crate::log::append::LogHead;
 use crate::log::codec;
+use crate::log::keys::AuditKey;
 use crate::log::store::{
     CF_AUDIT, CF_BILLING, CF_CHECKPOINTS, CF_HOURLY, CF_MONTHLY, Store, StoreError,
 };
+use crate::log::values;
 use crate::projection::billing::{BillingFold, PendingRows};
 use crate::projection::quota::StoreQuotaReads;
 use crate::quota::fold::QuotaFold;
@@ -240,8 +242,12 @@ fn fold_entries(
         if let LogEntry::Audit(record) = entry {
             batch.put(
                 CF_AUDIT,
-                audit_key(&record.tenant, *seq),
-                codec::encode_audit(record),
+                AuditKey {
+                    tenant: &record.tenant,
+                    seq: *seq,
+                }
+                .encode(),
+                values::encode_audit(record),
             );
         }
     }
@@ -364,14 +370,6 @@ fn write_collected(store: &Store, collected: &mut Gathered) -> Result<(), StoreE
     )
 }
 
-/// `tenant\0 seq`: one tenant's audit records in log order.
-pub fn audit_key(tenant: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + 9);
-    crate::log::keys::push_str(&mut key, tenant);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
 #[cfg(test)]
 mod tests {
     //! The fold with merge operands against a plain fold: same rows for any batching, any
@@ -390,7 +388,7 @@ mod tests {
         i: usize,
         (tenant, ns, metric, quantity, quarter): (u8, u8, usize, i64, i64),
     ) -> LogEntry {
-        crate::projection::tests::entry(i, tenant, ns, metric, quantity, quarter, 0)
+        tally_core::projection::testing::entry(i, tenant, ns, metric, quantity, quarter, 0)
     }
 
     /// `entries` with, at `at` (when given), the close of each test tenant's November period:
@@ -462,7 +460,7 @@ mod tests {
             batch.put(
                 CF_LOG,
                 keys::seq_key(seq as u64),
-                codec::encode_entry(entry),
+                values::encode_entry(entry),
             );
         }
         store.commit(batch, true).expect("log");

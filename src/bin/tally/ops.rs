@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tally::config::{Config, LogFormat, ServeArgs};
+use tally::config::{Config, LogFormat, ServeArgs, sibling_dir};
 use tally::engine::Engine;
 use tally::ingest::replay::{ReplayStart, repair_dead_letters, replay_kafka};
 use tally::log::store::{COLUMN_FAMILIES, Store, StoreOptions};
@@ -356,7 +356,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             let checkpoint = store
                 .checkpoint(tally::projection::USAGE_PROJECTION)?
                 .unwrap_or(0);
-            let forgotten_before = Some(store.ids_forgotten_before())
+            let forgotten_before = Some(store.horizon().ids_forgotten_before())
                 .filter(|&at| at != i64::MIN)
                 .map(time::format_rfc3339);
             let sizes: serde_json::Map<String, serde_json::Value> = COLUMN_FAMILIES
@@ -424,7 +424,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             let seq = match (seq, tenant, id) {
                 (Some(seq), _, _) => seq,
                 (None, Some(tenant), Some(id)) => {
-                    let key = tally::event::dedup_key(&tenant, &id);
+                    let key = tally::log::keys::dedup_key(&tenant, &id);
                     match store.dedup_lookup(&[key])?.into_iter().next().flatten() {
                         Some(record) => record.seq,
                         None => bail!("no event `{id}` of tenant `{tenant}` is remembered"),
@@ -594,7 +594,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             args.from.display()
         );
     }
-    let staging = replay::sibling_dir(data_dir, ".restoring");
+    let staging = sibling_dir(data_dir, ".restoring");
     if staging.exists() {
         // Left by a restore that was cut short; nothing refers to it.
         std::fs::remove_dir_all(&staging)

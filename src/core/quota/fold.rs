@@ -14,8 +14,8 @@ use crate::catalog::{Aggregation, Catalog, Meter, QuotaKind, QuotaSpec};
 use crate::event::UsageEvent;
 use crate::log::LogEntry;
 use crate::log::codec::CodecError;
+use crate::log::keys::QuotaKey;
 use crate::log::keys::Scope;
-use crate::log::keys::quota::{band_key, object_key, series_key, total_key};
 use crate::quota::decide::TenantQuotas;
 use crate::quota::{
     Alert, BandChange, LimitKey, Limits, QuotaObject, band, crossings, effective_limits,
@@ -149,18 +149,19 @@ impl RowsToRead {
                     let Some(key) = bound_key_of(catalog, &event.metric_label) else {
                         continue;
                     };
-                    rows.series.insert(series_key(&event.tenant, &key, event));
+                    rows.series
+                        .insert(QuotaKey::series_level(&event.tenant, &key, event).encode());
                     if !seen_scopes.insert([series[0], series[1], series[2]]) {
                         continue;
                     }
-                    rows.totals.insert(total_key(
-                        &event.tenant,
-                        Scope::Namespace(&event.namespace),
-                        &key,
-                    ));
+                    rows.totals.insert(
+                        QuotaKey::total(&event.tenant, Scope::Namespace(&event.namespace), &key)
+                            .encode(),
+                    );
                     rows.totals
-                        .insert(total_key(&event.tenant, Scope::Tenant, &key));
-                    rows.bands.insert(band_key(&event.tenant, &key));
+                        .insert(QuotaKey::total(&event.tenant, Scope::Tenant, &key).encode());
+                    rows.bands
+                        .insert(QuotaKey::band(&event.tenant, &key).encode());
                 }
                 LogEntry::QuotaObjectPut { object, .. } => {
                     rechecked
@@ -178,8 +179,9 @@ impl RowsToRead {
         }
         for (tenant, keys) in &rechecked {
             for key in keys {
-                rows.totals.insert(total_key(tenant, Scope::Tenant, key));
-                rows.bands.insert(band_key(tenant, key));
+                rows.totals
+                    .insert(QuotaKey::total(tenant, Scope::Tenant, key).encode());
+                rows.bands.insert(QuotaKey::band(tenant, key).encode());
             }
         }
         rows
@@ -373,7 +375,12 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 self.tenant_objects(&object.tenant)?.apply(entry);
                 self.limits.remove(&object.tenant);
                 self.writes.objects.insert(
-                    object_key(&object.tenant, &object.namespace, &object.name),
+                    QuotaKey::Object {
+                        tenant: &object.tenant,
+                        namespace: &object.namespace,
+                        name: &object.name,
+                    }
+                    .encode(),
                     Some(object.clone()),
                 );
                 self.recheck(&object.tenant, before, seq, *at)
@@ -387,9 +394,15 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
                 let before = self.limit_keys(tenant)?;
                 self.tenant_objects(tenant)?.apply(entry);
                 self.limits.remove(tenant);
-                self.writes
-                    .objects
-                    .insert(object_key(tenant, namespace, name), None);
+                self.writes.objects.insert(
+                    QuotaKey::Object {
+                        tenant,
+                        namespace,
+                        name,
+                    }
+                    .encode(),
+                    None,
+                );
                 self.recheck(tenant, before, seq, *at)
             }
             // Appended by releases before log format v2: the fold finds the same crossings
@@ -429,7 +442,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         let Some(limit_key) = bound_key(meter) else {
             return Ok(());
         };
-        let key = series_key(&event.tenant, &limit_key, event);
+        let key = QuotaKey::series_level(&event.tenant, &limit_key, event).encode();
         let old = match self.writes.series.get(&key) {
             Some(level) => Some(*level),
             None => self.reads.series(&key)?,
@@ -462,7 +475,7 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
             return Ok(());
         }
         for scope in [Scope::Namespace(&event.namespace), Scope::Tenant] {
-            let key = total_key(&event.tenant, scope, &limit_key);
+            let key = QuotaKey::total(&event.tenant, scope, &limit_key).encode();
             let total = self.total(&key)? + delta;
             self.writes.totals.insert(key, total);
         }
@@ -500,9 +513,9 @@ impl<'a, R: QuotaReads> QuotaFold<'a, R> {
         at: UnixMicros,
     ) -> Result<(), R::Error> {
         let limit = self.limits(tenant)?.level_limit(key);
-        let level = self.total(&total_key(tenant, Scope::Tenant, key))?;
+        let level = self.total(&QuotaKey::total(tenant, Scope::Tenant, key).encode())?;
         let new_band = band(level, limit);
-        let band_row = band_key(tenant, key);
+        let band_row = QuotaKey::band(tenant, key).encode();
         let old_band = match self.writes.bands.get(&band_row) {
             Some(b) => *b,
             None => self.reads.band(&band_row)?,

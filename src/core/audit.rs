@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Caller;
 use crate::billing::BillingChange;
+use crate::identity::Caller;
 use crate::time::UnixMicros;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +113,7 @@ mod tests {
         Caller {
             token_id: "c".into(),
             tenant: "acme".into(),
-            role: crate::auth::Role::Admin,
+            role: crate::identity::Role::Admin,
             namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
             operator: false,
         }

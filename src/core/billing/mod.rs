@@ -2,7 +2,7 @@
 //! methods, coupons and invoices, as a per-tenant state folded from [`BillingChange`] entries.
 //!
 //! Usage reaches invoices through per-period usage rows (kept by the projection); closing a
-//! period turns them into priced lines with [`invoice_lines`]. Nothing here does I/O.
+//! period turns them into priced lines with [`usage_lines`]. Nothing here does I/O.
 
 pub mod decide;
 pub mod pdf;
@@ -186,7 +186,7 @@ pub struct Invoice {
 /// (closed periods, invoices, decided transitions) this value holds.
 ///
 /// The projection stores the header as one small row and each closed period, invoice and
-/// decided transition as a row of its own ([`crate::projection::billing`]): a fold loads the
+/// decided transition as a row of its own (`tally::projection::billing`): a fold loads the
 /// header and only the history rows its batch needs, while reads load all of it. Every rule
 /// here holds on such a partial state: the open period is always the last of `periods`,
 /// invoices are numbered by `invoices_issued`, and the first period is found by

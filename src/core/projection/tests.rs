@@ -8,41 +8,7 @@ use super::*;
 use crate::event::EventSource;
 use crate::units::Micros;
 
-const METRICS: [&str; 4] = [
-    "http_lb_requests",
-    "object_storage_peak_bytes",
-    "http_loadbalancers",
-    "waf_security_events",
-];
-
-pub(super) fn entry(
-    i: usize,
-    tenant: u8,
-    ns: u8,
-    metric: usize,
-    quantity: i64,
-    hour_offset: i64,
-    object: u8,
-) -> LogEntry {
-    // Late November 2026, spanning a month boundary with the hour offsets below.
-    let base = time::parse_rfc3339("2026-11-30T20:00:00Z").unwrap_or_default();
-    LogEntry::UsageRecorded {
-        event: UsageEvent {
-            tenant: format!("t{tenant}"),
-            id: format!("e{i}"),
-            namespace: format!("ns{ns}"),
-            metric_label: METRICS[metric].to_owned(),
-            quantity: Micros(quantity),
-            timestamp: base + hour_offset * time::MICROS_PER_HOUR / 4,
-            object_name: format!("o{object}"),
-            deployment: String::new(),
-            container: String::new(),
-            labels: BTreeMap::new(),
-        },
-        source: EventSource::Http { received_at: 0 },
-        recorded_at: 0,
-    }
-}
+use super::testing::{METRICS, entry};
 
 fn entries() -> impl Strategy<Value = Vec<LogEntry>> {
     proptest::collection::vec(
@@ -103,9 +69,17 @@ fn reference_fold(events: &[LogEntry], catalog: &Catalog) -> RowUpdates {
             keys::Scope::Tenant,
         ] {
             for (rows, bucket) in [(&mut hourly, hour), (&mut monthly, month)] {
-                rows.entry(keys::series_key(&event.tenant, scope, bucket, &series))
-                    .or_default()
-                    .merge(&Aggregate::of(event));
+                rows.entry(
+                    keys::SeriesKey {
+                        tenant: &event.tenant,
+                        scope,
+                        bucket,
+                        series,
+                    }
+                    .encode(),
+                )
+                .or_default()
+                .merge(&Aggregate::of(event));
             }
         }
     }

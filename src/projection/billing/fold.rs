@@ -1,278 +1,20 @@
-//! The billing projection in RocksDB: each tenant's billing header, its history rows (closed
-//! periods, invoices, decided transitions), per-period usage rows, and the fold that keeps
-//! them (usage attributed to its billing period; a closing period issues its invoice, with
-//! adjustments for late usage of invoiced periods).
-//!
-//! A fold reads a tenant's header and only the history rows its batch needs, all before the
-//! fold: no batch decodes a tenant's whole history. Reads load every row.
+//! The billing fold: usage attributed to its billing period; a closing period issues its
+//! invoice, with adjustments for late usage of invoiced periods. It reads a tenant's header and
+//! only the history rows its batch needs, all before the fold: no batch decodes a tenant's
+//! whole history.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
-use super::Aggregate;
-use crate::billing::{
-    self, Coupon, Invoice, IssueInput, PaymentMethod, Period, PeriodBilled, TenantBilling,
-    Transition, TransitionState,
-};
+use super::read::rows_under;
+use super::{corrupt, decode_header, decode_invoice, decode_period_row};
+use crate::billing::{self, IssueInput, TenantBilling};
 use crate::catalog::Catalog;
 use crate::log::LogEntry;
-use crate::log::codec::{self, CodecError};
-use crate::log::keys::{self, SeriesRef};
+use crate::log::keys::{BillingKey, SeriesRef};
 use crate::log::store::{Batch, CF_BILLING, Store, StoreError};
+use crate::projection::Aggregate;
+use crate::projection::billing_rows::{PendingRows, rows_of, values_of};
 use crate::time::UnixMicros;
-
-/// The header row: what every fold of the tenant and every command reads (storage struct:
-/// its own shape, whatever the domain type becomes).
-#[derive(Serialize, Deserialize)]
-struct StoredHeader {
-    tenant: String,
-    plan: String,
-    subscription_start: UnixMicros,
-    open: Period,
-    addons: BTreeSet<String>,
-    payment_methods: BTreeMap<String, PaymentMethod>,
-    coupons: Vec<Coupon>,
-    /// Transitions waiting for their verdict; decided ones are history rows.
-    waiting: BTreeMap<String, Transition>,
-    late_periods: BTreeMap<String, UnixMicros>,
-    invoices_issued: u32,
-}
-
-/// A closed period's row: the period and what its invoices billed of each meter.
-#[derive(Serialize, Deserialize)]
-struct StoredPeriod {
-    period: Period,
-    billed: PeriodBilled,
-}
-
-fn corrupt(source: CodecError) -> StoreError {
-    StoreError::Corrupt {
-        cf: CF_BILLING,
-        source,
-    }
-}
-
-/// Decodes a header row into a state holding no history.
-pub fn decode_header(bytes: &[u8]) -> Result<TenantBilling, CodecError> {
-    let header: StoredHeader = codec::decode_record(bytes, "billing header")?;
-    Ok(TenantBilling {
-        tenant: header.tenant,
-        plan: header.plan,
-        subscription_start: header.subscription_start,
-        periods: vec![header.open],
-        addons: header.addons,
-        transitions: header.waiting,
-        payment_methods: header.payment_methods,
-        coupons: header.coupons,
-        invoices: Vec::new(),
-        invoices_issued: header.invoices_issued,
-        billed: BTreeMap::new(),
-        late_periods: header.late_periods,
-    })
-}
-
-/// Decodes a closed period's row: the period and what its invoices billed.
-pub fn decode_period_row(bytes: &[u8]) -> Result<(Period, PeriodBilled), CodecError> {
-    let row: StoredPeriod = codec::decode_record(bytes, "billing period")?;
-    Ok((row.period, row.billed))
-}
-
-pub fn decode_invoice(bytes: &[u8]) -> Result<Invoice, CodecError> {
-    codec::decode_record(bytes, "invoice")
-}
-
-pub fn decode_transition(bytes: &[u8]) -> Result<Transition, CodecError> {
-    codec::decode_record(bytes, "plan transition")
-}
-
-/// The rows `state` is stored as: its header and a row per closed period, invoice and
-/// decided transition it holds.
-fn rows_of(state: &TenantBilling) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let tenant = state.tenant.as_str();
-    let waiting = |t: &&Transition| t.state == TransitionState::WaitingForApproval;
-    let header = StoredHeader {
-        tenant: tenant.to_owned(),
-        plan: state.plan.clone(),
-        subscription_start: state.subscription_start,
-        open: state.open_period().clone(),
-        addons: state.addons.clone(),
-        payment_methods: state.payment_methods.clone(),
-        coupons: state.coupons.clone(),
-        waiting: state
-            .transitions
-            .values()
-            .filter(waiting)
-            .map(|t| (t.id.clone(), t.clone()))
-            .collect(),
-        late_periods: state.late_periods.clone(),
-        invoices_issued: state.invoices_issued,
-    };
-    let mut rows = vec![(keys::billing::header(tenant), codec::encode_record(&header))];
-    let closed = state
-        .periods
-        .split_last()
-        .map_or(&[][..], |(_, closed)| closed);
-    for period in closed {
-        let row = StoredPeriod {
-            period: period.clone(),
-            billed: state.billed.get(&period.uid).cloned().unwrap_or_default(),
-        };
-        rows.push((
-            keys::billing::period(tenant, period.start),
-            codec::encode_record(&row),
-        ));
-    }
-    for invoice in &state.invoices {
-        // Names are made by `issue_invoice` and always end with their number.
-        let number = billing::invoice_number(&invoice.name).unwrap_or_default();
-        rows.push((
-            keys::billing::invoice(tenant, number),
-            codec::encode_record(invoice),
-        ));
-    }
-    for transition in state.transitions.values().filter(|t| !waiting(t)) {
-        rows.push((
-            keys::billing::transition(tenant, &transition.id),
-            codec::encode_record(transition),
-        ));
-    }
-    rows
-}
-
-/// The tenant's whole billing state: its header and every history row.
-pub fn load_tenant(store: &Store, tenant: &str) -> Result<Option<TenantBilling>, StoreError> {
-    let Some(mut state) = load_header(store, tenant)? else {
-        return Ok(None);
-    };
-    store.scan_prefix_decoding(CF_BILLING, &keys::billing::periods(tenant), |_, value| {
-        let (period, billed) = decode_period_row(value)?;
-        state.load_closed_period(period, billed);
-        Ok(true)
-    })?;
-    store.scan_prefix_decoding(CF_BILLING, &keys::billing::invoices(tenant), |_, value| {
-        state.invoices.push(decode_invoice(value)?);
-        Ok(true)
-    })?;
-    store.scan_prefix_decoding(
-        CF_BILLING,
-        &keys::billing::transitions(tenant),
-        |_, value| {
-            let transition = decode_transition(value)?;
-            state.transitions.insert(transition.id.clone(), transition);
-            Ok(true)
-        },
-    )?;
-    Ok(Some(state))
-}
-
-/// The tenant's billing header alone (plan, open period, payment methods…), no history.
-pub fn load_header(store: &Store, tenant: &str) -> Result<Option<TenantBilling>, StoreError> {
-    store
-        .get(CF_BILLING, &keys::billing::header(tenant))?
-        .map(|bytes| decode_header(&bytes).map_err(corrupt))
-        .transpose()
-}
-
-/// Every tenant's billing header (the billing clock's round: open periods only).
-pub fn all_headers(store: &Store) -> Result<Vec<TenantBilling>, StoreError> {
-    let mut tenants = Vec::new();
-    store.scan_prefix_decoding(CF_BILLING, &keys::billing::headers(), |_, value| {
-        tenants.push(decode_header(value)?);
-        Ok(true)
-    })?;
-    Ok(tenants)
-}
-
-/// The tenant a plan transition belongs to.
-pub fn transition_tenant(store: &Store, id: &str) -> Result<Option<String>, StoreError> {
-    Ok(store
-        .get(CF_BILLING, &keys::billing::transition_owner(id))?
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// Each meter's value over a period (summed over series), micro-units: stored rows merged
-/// with `pending` deltas not yet written.
-pub fn period_values(
-    store: &Store,
-    catalog: &Catalog,
-    tenant: &str,
-    period_uid: &str,
-    pending: &PendingRows,
-) -> Result<BTreeMap<String, i128>, StoreError> {
-    let prefix = keys::billing::usage_of_period(tenant, period_uid);
-    values_under(store, catalog, prefix.len(), &prefix, pending)
-}
-
-/// Each meter's value over a period in one namespace (`None`: every namespace), micro-units:
-/// the rows the period's invoice bills, so `current_usage` of a billing period and its
-/// invoice agree to the unit.
-pub fn period_usage(
-    store: &Store,
-    catalog: &Catalog,
-    tenant: &str,
-    period_uid: &str,
-    namespace: Option<&str>,
-) -> Result<BTreeMap<String, i128>, StoreError> {
-    let period_len = keys::billing::usage_of_period(tenant, period_uid).len();
-    let prefix = match namespace {
-        Some(namespace) => keys::billing::usage_of_namespace(tenant, period_uid, namespace),
-        None => keys::billing::usage_of_period(tenant, period_uid),
-    };
-    values_under(store, catalog, period_len, &prefix, &PendingRows::default())
-}
-
-/// Per-meter values of the usage rows under `prefix` (which starts with a period prefix of
-/// `period_len` bytes) and of the `pending` deltas under it.
-fn values_under(
-    store: &Store,
-    catalog: &Catalog,
-    period_len: usize,
-    prefix: &[u8],
-    pending: &PendingRows,
-) -> Result<BTreeMap<String, i128>, StoreError> {
-    let rows = rows_under(store, prefix)?;
-    Ok(values_of(rows, catalog, period_len, prefix, pending))
-}
-
-/// The stored usage rows under `prefix`.
-fn rows_under(store: &Store, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Aggregate>, StoreError> {
-    let mut rows: BTreeMap<Vec<u8>, Aggregate> = BTreeMap::new();
-    store.scan_prefix_decoding(CF_BILLING, prefix, |key, value| {
-        rows.insert(key.to_vec(), Aggregate::decode(value)?);
-        Ok(true)
-    })?;
-    Ok(rows)
-}
-
-/// Per-meter values of `rows` (stored usage rows under `prefix`) merged with the `pending`
-/// deltas under it.
-fn values_of(
-    mut rows: BTreeMap<Vec<u8>, Aggregate>,
-    catalog: &Catalog,
-    period_len: usize,
-    prefix: &[u8],
-    pending: &PendingRows,
-) -> BTreeMap<String, i128> {
-    // A scan of every pending row, but only when a period closes: once a month a tenant.
-    for (key, delta) in pending.iter().filter(|(key, _)| key.starts_with(prefix)) {
-        rows.entry(key.to_vec()).or_default().merge(delta);
-    }
-    let mut values = BTreeMap::new();
-    for (key, aggregate) in rows {
-        let Some(metric) = keys::billing::usage_metric(&key, period_len) else {
-            continue;
-        };
-        let Some(meter) = catalog.meter(metric) else {
-            continue;
-        };
-        *values.entry(metric.to_owned()).or_insert(0) += aggregate.value(meter.aggregation);
-    }
-    values
-}
-
-/// Usage deltas of a batch not yet written, by `u` row key.
-pub type PendingRows = HashMap<Box<[u8]>, Aggregate, foldhash::fast::RandomState>;
 
 /// A plan change the quota fold must hear of.
 pub struct PlanChange {
@@ -360,7 +102,10 @@ impl<'a> BillingFold<'a> {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        let keys: Vec<Vec<u8>> = wanted.iter().map(|t| keys::billing::header(t)).collect();
+        let keys: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|tenant| BillingKey::Header { tenant }.encode())
+            .collect();
         for (tenant, stored) in wanted
             .into_iter()
             .zip(self.store.multi_get(CF_BILLING, &keys)?)
@@ -416,8 +161,10 @@ impl<'a> BillingFold<'a> {
                     ..
                 } if self.stored.contains(tenant) => {
                     if let Some(number) = billing::invoice_number(invoice) {
-                        history_keys
-                            .insert((tenant.clone(), keys::billing::invoice(tenant, number)));
+                        history_keys.insert((
+                            tenant.clone(),
+                            BillingKey::Invoice { tenant, number }.encode(),
+                        ));
                     }
                 }
                 _ => {}
@@ -426,8 +173,14 @@ impl<'a> BillingFold<'a> {
         for tenant in &closing {
             if let Some(state) = self.tenants.get(*tenant) {
                 for start in state.late_periods.values() {
-                    history_keys
-                        .insert((tenant.to_string(), keys::billing::period(tenant, *start)));
+                    history_keys.insert((
+                        tenant.to_string(),
+                        BillingKey::Period {
+                            tenant,
+                            start: *start,
+                        }
+                        .encode(),
+                    ));
                 }
             }
         }
@@ -473,7 +226,7 @@ impl<'a> BillingFold<'a> {
             }
         }
         for (tenant, uid) in wanted {
-            let rows = rows_under(self.store, &keys::billing::usage_of_period(&tenant, &uid))?;
+            let rows = rows_under(self.store, &BillingKey::usage_of_period(&tenant, &uid))?;
             self.period_rows.insert((tenant, uid), rows);
         }
         Ok(())
@@ -486,8 +239,12 @@ impl<'a> BillingFold<'a> {
 
     /// Reads the last closed period of `tenant` starting at or before `at` into its state.
     fn read_period_at(&mut self, tenant: &str, at: UnixMicros) -> Result<(), StoreError> {
-        let prefix = keys::billing::periods(tenant);
-        let end = keys::billing::period(tenant, at.saturating_add(1));
+        let prefix = BillingKey::periods(tenant);
+        let end = BillingKey::Period {
+            tenant,
+            start: at.saturating_add(1),
+        }
+        .encode();
         let mut found = None;
         self.store
             .scan_reverse_decoding(CF_BILLING, &prefix, &end, |key, value| {
@@ -522,7 +279,7 @@ impl<'a> BillingFold<'a> {
         let Some(state) = self.tenants.get_mut(tenant) else {
             return Ok(());
         };
-        if key.starts_with(&keys::billing::periods(tenant)) {
+        if key.starts_with(&BillingKey::periods(tenant)) {
             let (period, billed) = decode_period_row(&value).map_err(corrupt)?;
             state.load_closed_period(period, billed);
         } else {
@@ -575,7 +332,7 @@ impl<'a> BillingFold<'a> {
         tenant: &str,
         uid: &str,
     ) -> Result<BTreeMap<String, i128>, StoreError> {
-        let prefix = keys::billing::usage_of_period(tenant, uid);
+        let prefix = BillingKey::usage_of_period(tenant, uid);
         let rows = match self.period_rows.get(&(tenant.to_owned(), uid.to_owned())) {
             Some(rows) => rows.clone(),
             None if !self.stored.contains(tenant) && self.fetched.contains(tenant) => {
@@ -636,7 +393,7 @@ impl<'a> BillingFold<'a> {
                     .ok_or(StoreError::Closed)?;
                 let period = state.period_for(event.timestamp, self.catalog);
                 let key = &mut self.scratch;
-                keys::billing::usage_into(key, &event.tenant, &period.uid, &SeriesRef::of(event));
+                BillingKey::usage_into(key, &event.tenant, &period.uid, &SeriesRef::of(event));
                 // Late usage of an invoiced period: the next invoice adjusts it.
                 let late = (period.invoiced
                     && !state.late_periods.contains_key(period.uid.as_ref()))
@@ -660,7 +417,7 @@ impl<'a> BillingFold<'a> {
                     }
                     billing::BillingChange::InvoicePaid { invoice, .. } => {
                         let row = billing::invoice_number(invoice)
-                            .map(|number| keys::billing::invoice(tenant, number));
+                            .map(|number| BillingKey::Invoice { tenant, number }.encode());
                         self.tenant(tenant, *at)?;
                         self.ensure_rows(tenant, row.into_iter().collect())?;
                     }
@@ -709,7 +466,13 @@ impl<'a> BillingFold<'a> {
         let late_rows = late
             .iter()
             .filter(|(_, start)| !held.contains(start))
-            .map(|(_, start)| keys::billing::period(tenant, *start))
+            .map(|(_, start)| {
+                BillingKey::Period {
+                    tenant,
+                    start: *start,
+                }
+                .encode()
+            })
             .collect();
         self.ensure_rows(tenant, late_rows)?;
         let mut late_values = BTreeMap::new();
@@ -739,7 +502,7 @@ impl<'a> BillingFold<'a> {
     pub fn write(self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
         // Deltas, merged into the stored rows by RocksDB (no read of a usage row); in key
         // order, so each memtable insert starts its search where the previous one ended.
-        for (key, delta) in super::sorted_rows(&self.deltas) {
+        for (key, delta) in crate::projection::sorted_rows(&self.deltas) {
             batch.merge(CF_BILLING, key, delta.encode());
         }
         for (tenant, state) in &self.tenants {
@@ -755,7 +518,7 @@ impl<'a> BillingFold<'a> {
         for (id, tenant) in &self.transitions {
             batch.put(
                 CF_BILLING,
-                keys::billing::transition_owner(id),
+                BillingKey::TransitionOwner { id }.encode(),
                 tenant.as_bytes(),
             );
         }
@@ -774,6 +537,7 @@ mod tests {
     use super::*;
     use crate::event::{EventSource, UsageEvent};
     use crate::log::store::StoreOptions;
+    use crate::projection::billing::{load_header, load_tenant, period_usage, period_values};
     use crate::units::Micros;
 
     fn usage(id: &str, namespace: &str, at: UnixMicros, quantity: i64) -> LogEntry {
@@ -913,7 +677,7 @@ mod tests {
         let mut seq = 0;
         let header_len = || {
             store
-                .get(CF_BILLING, &keys::billing::header("t"))
+                .get(CF_BILLING, &BillingKey::Header { tenant: "t" }.encode())
                 .unwrap()
                 .unwrap()
                 .len()

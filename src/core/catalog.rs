@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::units::Cents;
 
 /// The catalog Tally ships with; see `schemas/catalog.md` for the format.
-pub const DEFAULT_CATALOG_JSON: &str = include_str!("../schemas/catalog.default.json");
+pub const DEFAULT_CATALOG_JSON: &str = include_str!("../../schemas/catalog.default.json");
 
 /// Why a catalog was refused. Each stops start-up with its message.
 #[derive(Debug, thiserror::Error)]

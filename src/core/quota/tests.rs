@@ -198,7 +198,7 @@ struct Maps {
 impl QuotaReads for Maps {
     type Error = std::convert::Infallible;
     fn objects(&self, tenant: &str) -> Result<Vec<QuotaObject>, Self::Error> {
-        let prefix = crate::log::keys::quota::objects_prefix(tenant);
+        let prefix = crate::log::keys::QuotaKey::objects_prefix(tenant);
         Ok(self
             .objects
             .borrow()
@@ -250,11 +250,10 @@ impl Maps {
     }
 
     fn tenant_level(&self, key: &LimitKey) -> i128 {
-        self.total(&crate::log::keys::quota::total_key(
-            "acme",
-            crate::log::keys::Scope::Tenant,
-            key,
-        ))
+        self.total(
+            &crate::log::keys::QuotaKey::total("acme", crate::log::keys::Scope::Tenant, key)
+                .encode(),
+        )
         .unwrap()
     }
 }
