@@ -372,24 +372,20 @@ pub struct OffsetKey<'a> {
 impl<'a> OffsetKey<'a> {
     /// `topic\0 partition`
     pub fn encode(&self) -> Vec<u8> {
-        let mut key = Self::topic_prefix(self.topic);
-        key.extend_from_slice(&self.partition.to_be_bytes());
-        key
+        text_then_number(self.topic, &self.partition.to_be_bytes())
     }
 
     pub fn decode(bytes: &'a [u8]) -> Option<OffsetKey<'a>> {
-        let (topic, rest) = take_str_ref(bytes)?;
+        let (topic, partition) = split_text_then_number(bytes)?;
         Some(OffsetKey {
             topic,
-            partition: i32::from_be_bytes(rest.try_into().ok()?),
+            partition: i32::from_be_bytes(partition),
         })
     }
 
     /// `topic\0` — every partition of one topic.
     pub fn topic_prefix(topic: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(topic.len() + 5);
-        push_str(&mut key, topic);
-        key
+        text_then_number(topic, &[])
     }
 }
 
@@ -403,25 +399,35 @@ pub struct AuditKey<'a> {
 impl<'a> AuditKey<'a> {
     /// `tenant\0 seq`
     pub fn encode(&self) -> Vec<u8> {
-        let mut key = Self::tenant_prefix(self.tenant);
-        key.extend_from_slice(&self.seq.to_be_bytes());
-        key
+        text_then_number(self.tenant, &self.seq.to_be_bytes())
     }
 
     pub fn decode(bytes: &'a [u8]) -> Option<AuditKey<'a>> {
-        let (tenant, rest) = take_str_ref(bytes)?;
+        let (tenant, seq) = split_text_then_number(bytes)?;
         Some(AuditKey {
             tenant,
-            seq: u64::from_be_bytes(rest.try_into().ok()?),
+            seq: u64::from_be_bytes(seq),
         })
     }
 
     /// `tenant\0` — every audit record of a tenant.
     pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(tenant.len() + 9);
-        push_str(&mut key, tenant);
-        key
+        text_then_number(tenant, &[])
     }
+}
+
+/// `text\0` then `number` (big-endian bytes; none for a prefix of every number).
+fn text_then_number(text: &str, number: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(text.len() + 1 + number.len());
+    push_str(&mut key, text);
+    key.extend_from_slice(number);
+    key
+}
+
+/// The text and the `N` number bytes of a [`text_then_number`] key.
+fn split_text_then_number<const N: usize>(bytes: &[u8]) -> Option<(&str, [u8; N])> {
+    let (text, rest) = take_str_ref(bytes)?;
+    Some((text, rest.try_into().ok()?))
 }
 
 /// A row of the `quota` family (see the table above): one variant per kind of row, each
