@@ -20,7 +20,9 @@
 //!   every entry, pure), [`log::legacy`] (format 1, read only by `tally migrate`),
 //!   [`log::keys`] (every key of every column family, typed), [`log::codec`], [`log::store`],
 //!   [`log::append`] (the single writer) and [`log::migrate`] (the log into v2 in place).
-//! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
+//! - [`ingest`]: the one ingest path HTTP and Kafka share (decoding, scope and ownership
+//!   checks, outcome counts), the Kafka consumer (offsets stored with the events, a
+//!   partition's phases in one state machine) and `tally produce`.
 //! - [`cluster`]: which partitions (so which tenants) this engine owns in a cluster, and
 //!   whether they are restored.
 //! - [`projection::runner`]: the projector thread: each batch reads the state it touches
