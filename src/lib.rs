@@ -18,7 +18,9 @@
 //!   [`projection::quota`], [`projection::read`]: the other projection reads and writes.
 //! - [`auth`]: the token set (cached, written through to the store) and the failed-login
 //!   limit; the core's [`identity`] types are re-exported there.
-//! - [`ingest`]: the Kafka consumer (offsets stored with the events) and `tally produce`.
+//! - [`ingest`]: the one ingest path HTTP and Kafka share (decoding, scope and ownership
+//!   checks, outcome counts), the Kafka consumer (offsets stored with the events, a
+//!   partition's phases in one state machine) and `tally produce`.
 //! - [`cluster`]: which partitions (so which tenants) this engine owns in a cluster, the
 //!   changelog and the control topic.
 //! - [`engine`]: starts and stops the store, writer and projector together; its parts are

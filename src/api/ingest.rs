@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, AppState, require_role};
 use crate::auth::{Caller, Role};
-use crate::event::{self, EventSource, Refusal, Rejection};
-use crate::log::DeadLetter;
-use crate::log::append::{Candidate, Outcome};
+use crate::event::{self, EventSource};
+use crate::ingest::path::{self, OutcomeTally, Placement};
+use crate::log::append::Outcome;
 
 /// Most events one request may carry.
 pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
@@ -100,68 +100,48 @@ pub async fn ingest_events(
     let in_scope = |namespace: &str| caller.may_read_namespace(namespace);
     let mut candidates = Vec::with_capacity(events.len());
     for (index, raw) in events.iter().enumerate() {
-        candidates.push(match event::decode_within(raw, &context, &in_scope) {
-            Ok(event) => match engine.ownership().check(&event.tenant, engine.projected()) {
-                Ok(()) => Candidate::Event {
-                    event,
-                    source: source.clone(),
-                },
-                // Recorded here, it would not be where its tenant's usage is folded.
-                Err(reason) => Candidate::Rejected(DeadLetter::new(
-                    now,
-                    source.clone(),
-                    &event.tenant,
-                    Rejection::new(
-                        Some(&event.id),
-                        "tenant",
-                        format!("{reason}; send it to that engine or to the Kafka topic"),
-                    ),
-                    raw,
-                )),
-            },
-            Err(Refusal::Invalid(rejection)) => Candidate::Rejected(DeadLetter::new(
-                now,
-                source.clone(),
-                &caller.tenant,
-                rejection,
-                raw,
-            )),
-            Err(Refusal::OutOfScope(rejection)) => {
-                return Err(ApiError::Forbidden(format!(
-                    "event {index}: {}: {}; nothing was recorded",
-                    rejection.field, rejection.reason
-                )));
-            }
-        });
+        // Recorded here, an event of a tenant answered elsewhere would not be where its
+        // tenant's usage is folded.
+        let placement = Placement::AnsweredHere {
+            projected: engine.projected(),
+        };
+        let candidate = path::judge(
+            engine.ownership(),
+            &context,
+            &in_scope,
+            placement,
+            source.clone(),
+            raw,
+        )
+        .map_err(|rejection| {
+            ApiError::Forbidden(format!(
+                "event {index}: {}: {}; nothing was recorded",
+                rejection.field, rejection.reason
+            ))
+        })?;
+        candidates.push(candidate);
     }
     let outcomes = engine.appender().append(candidates).await?;
     // In a cluster: answered once the changelog holds them.
     engine.wait_published(&outcomes).await?;
 
+    let tally = OutcomeTally::of(&outcomes);
+    tally.count(engine.metrics(), "http");
     let mut response = IngestResponse {
-        accepted: 0,
-        duplicates: 0,
+        accepted: usize::try_from(tally.recorded).unwrap_or(usize::MAX),
+        duplicates: usize::try_from(tally.duplicate).unwrap_or(usize::MAX),
         rejected: Vec::new(),
         projected: true,
     };
-    let mut conflicts = 0;
     let mut next_seq = 0;
     for (index, outcome) in outcomes.into_iter().enumerate() {
         let rejection = match outcome {
             Outcome::Recorded { seq } => {
-                response.accepted += 1;
                 next_seq = next_seq.max(seq + 1);
                 continue;
             }
-            Outcome::Duplicate { .. } => {
-                response.duplicates += 1;
-                continue;
-            }
-            Outcome::Conflict(rejection) => {
-                conflicts += 1;
-                rejection
-            }
-            Outcome::Rejected(rejection) => rejection,
+            Outcome::Duplicate { .. } => continue,
+            Outcome::Conflict(rejection) | Outcome::Rejected(rejection) => rejection,
         };
         response.rejected.push(RejectedEvent {
             index,
@@ -170,15 +150,6 @@ pub async fn ingest_events(
             reason: rejection.reason,
         });
     }
-    let metrics = engine.metrics();
-    metrics.count_events("recorded", "http", response.accepted as u64);
-    metrics.count_events("duplicate", "http", response.duplicates as u64);
-    metrics.count_events("conflict", "http", conflicts);
-    metrics.count_events(
-        "rejected",
-        "http",
-        (response.rejected.len() as u64).saturating_sub(conflicts),
-    );
 
     // Read-your-writes: answer once the projections include these events (they are durable
     // already; if folding lags past the wait, they still show up moments later).

@@ -18,13 +18,18 @@ use std::sync::Mutex;
 
 use crate::ingest::produce::partition_of_tenant;
 
-/// How far a partition owned here is.
+/// How far a partition owned here is. Moves only forward, [`Ownership`] told by the consumer
+/// (whose own phases of a partition, in `ingest::kafka::partition`, match these): assigned
+/// ([`Ownership::assigned`]) → restored from the changelog and sought to its stored offset
+/// ([`Ownership::changelog_restored`]) → source read to its end ([`Ownership::caught_up`]);
+/// revoked from any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionState {
     /// Assigned; being restored from the changelog, its source messages not read yet.
     FromChangelog,
-    /// Restored from the changelog; the consumer has not yet read the source to its end.
-    Restoring,
+    /// Restored from the changelog; the consumer reads the source but has not yet read it to
+    /// its end.
+    FromSource,
     /// Read to the end when the log head was at this position; ready once the projections
     /// hold every entry below it.
     CaughtUp { log_head: u64 },
@@ -41,7 +46,7 @@ impl PartitionState {
     fn phase(self, projected: u64) -> RestorePhase {
         match self {
             PartitionState::FromChangelog => RestorePhase::Changelog,
-            PartitionState::Restoring => RestorePhase::Source,
+            PartitionState::FromSource => RestorePhase::Source,
             PartitionState::CaughtUp { .. } if self.ready(projected) => RestorePhase::Ready,
             PartitionState::CaughtUp { .. } => RestorePhase::Folding,
         }
@@ -157,7 +162,7 @@ impl Ownership {
     pub fn changelog_restored(&self, partition: i32) {
         self.with((), |owned| {
             if let Some(state @ PartitionState::FromChangelog) = owned.owned.get_mut(&partition) {
-                *state = PartitionState::Restoring;
+                *state = PartitionState::FromSource;
             }
         });
     }
@@ -206,7 +211,7 @@ impl Ownership {
     /// `log_head` in the log.
     pub fn caught_up(&self, partition: i32, log_head: u64) {
         self.with((), |owned| {
-            if let Some(state @ PartitionState::Restoring) = owned.owned.get_mut(&partition) {
+            if let Some(state @ PartitionState::FromSource) = owned.owned.get_mut(&partition) {
                 *state = PartitionState::CaughtUp { log_head };
             }
         });
@@ -232,9 +237,9 @@ impl Ownership {
 
     /// Whether `partition` is owned here, restored from the changelog, and its source topic
     /// not yet read to the end.
-    pub fn is_restoring(&self, partition: i32) -> bool {
+    pub fn is_reading_source(&self, partition: i32) -> bool {
         self.with(false, |owned| {
-            owned.owned.get(&partition) == Some(&PartitionState::Restoring)
+            owned.owned.get(&partition) == Some(&PartitionState::FromSource)
         })
     }
 
@@ -362,7 +367,7 @@ mod tests {
         );
         ownership.assigned(&[3]);
         assert!(ownership.is_from_changelog(3));
-        assert!(!ownership.is_restoring(3));
+        assert!(!ownership.is_reading_source(3));
         assert!(matches!(
             ownership.check("default", 0),
             Err(NotHere::Restoring { partition: 3, .. })
@@ -372,7 +377,7 @@ mod tests {
         ownership.caught_up(3, 10);
         assert_eq!(ownership.owned(10)[0].phase, RestorePhase::Changelog);
         ownership.changelog_restored(3);
-        assert!(ownership.is_restoring(3));
+        assert!(ownership.is_reading_source(3));
         assert_eq!(ownership.owned(10)[0].phase, RestorePhase::Source);
         assert!(ownership.check("default", 10).is_err());
         ownership.caught_up(3, 50);

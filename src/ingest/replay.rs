@@ -12,7 +12,8 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::kafka::{Polled, decode_message, partitions_of};
+use super::kafka::{Polled, partitions_of};
+use super::path::{OutcomeTally, decode_message};
 use super::watermarks::bare_consumer;
 use crate::engine::IngestHandle;
 use crate::event::{self, EventSource};
@@ -40,14 +41,11 @@ pub struct ReplayCounts {
 
 impl ReplayCounts {
     fn add(&mut self, outcomes: &[Outcome]) {
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Recorded { .. } => self.new += 1,
-                Outcome::Duplicate { .. } => self.duplicate += 1,
-                Outcome::Conflict(_) => self.conflict += 1,
-                Outcome::Rejected(_) => self.rejected += 1,
-            }
-        }
+        let tally = OutcomeTally::of(outcomes);
+        self.new += tally.recorded;
+        self.duplicate += tally.duplicate;
+        self.conflict += tally.conflict;
+        self.rejected += tally.rejected;
     }
 }
 
@@ -128,12 +126,7 @@ pub fn replay_kafka(
                 last_message = Instant::now();
                 counts.read += 1;
                 next.insert(message.partition(), message.offset() + 1);
-                let polled = Polled {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                };
+                let polled = Polled::of(&message);
                 let source = EventSource::Kafka {
                     topic: topic.to_owned(),
                     partition: polled.partition,
