@@ -26,8 +26,10 @@
 //! - [`engine`]: starts and stops the store, writer and projector together; its parts are
 //!   reached through narrow handles: [`engine::Status`] (how far, health),
 //!   [`engine::IngestHandle`] (event sources), [`engine::WebhookHandle`], and accessors.
-//! - [`commands`]: the write side: what each tenant's commands are decided against (its
-//!   projection, or the state its unfolded facts left), one turn per tenant and kind.
+//! - [`commands`]: the write side: the one path of every quota, billing and token command
+//!   ([`commands::execute`]: turn, basis, decide, append with audit records, apply, answer),
+//!   with domain errors a front end maps; a tenant's commands are decided against its
+//!   projection, or the state its unfolded facts left, one turn per tenant and kind.
 //! - [`api`]: the axum router, whose handlers start from [`api::extract`] (caller, access to
 //!   the path's namespace, then the JSON body); [`server`]: serving with graceful shutdown;
 //!   [`stop`]: the one stop signal its background tasks obey, and the thread that obeys it.

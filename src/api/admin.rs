@@ -10,6 +10,7 @@ use super::AppState;
 use super::extract::{JsonBody, Operator, RequestBody};
 use crate::api::ApiError;
 use crate::backup::{self, BackupPathError};
+use crate::commands::{self, Audit};
 use crate::replay;
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,8 +40,8 @@ pub async fn rebuild(
     })
     .await?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let audit = (caller.tenant.clone(), "admin.rebuild".to_owned(), name);
-    super::append_audited(&state, &caller, Vec::new(), vec![audit]).await?;
+    let audit = Audit::new(&caller.tenant, "admin.rebuild", name);
+    commands::record_audits(&state.engine, &caller, vec![audit]).await?;
     Ok(Json(
         serde_json::to_value(report).unwrap_or_else(|_| json!({})),
     ))
@@ -79,11 +80,7 @@ pub async fn backup(
     tokio::task::spawn_blocking(move || store.checkpoint_to(&target))
         .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let audit = (
-        caller.tenant.clone(),
-        "admin.backup".to_owned(),
-        to.display().to_string(),
-    );
-    super::append_audited(&state, &caller, Vec::new(), vec![audit]).await?;
+    let audit = Audit::new(&caller.tenant, "admin.backup", to.display().to_string());
+    commands::record_audits(&state.engine, &caller, vec![audit]).await?;
     Ok(Json(json!({"backup": to.display().to_string()})))
 }

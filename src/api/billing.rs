@@ -18,6 +18,8 @@ use crate::auth::Caller;
 use crate::billing::decide::{BillingCommand, TransitionRequest as Transition, Verdict};
 use crate::billing::{self, BillingChange, Coupon, DiscountKind, PaymentRole, TenantBilling};
 use crate::catalog::{Catalog, Plan};
+use crate::commands::billing::Done;
+use crate::commands::{self, OnTenant};
 use crate::projection::billing as rows;
 use crate::time;
 
@@ -28,82 +30,19 @@ pub(crate) async fn tenant_state(
     tenant: &str,
 ) -> Result<TenantBilling, ApiError> {
     super::readable(state, tenant).await;
-    projected_state(state, tenant).await
+    Ok(commands::billing::projected(&state.engine, tenant).await?)
 }
 
-/// The tenant's billing state as the projection holds it now.
-async fn projected_state(state: &AppState, tenant: &str) -> Result<TenantBilling, ApiError> {
-    let store = state.engine.store().clone();
-    let owned = tenant.to_owned();
-    let stored = tokio::task::spawn_blocking(move || rows::load_tenant(&store, &owned)).await??;
-    Ok(stored.unwrap_or_else(|| {
-        TenantBilling::new(tenant, &state.engine.config().catalog, state.engine.now())
-    }))
-}
-
-/// A billing command that was carried out: the facts it recorded and the state they leave.
-struct Done {
-    changes: Vec<BillingChange>,
-    state: TenantBilling,
-}
-
-/// Carries out `command` for `tenant` in its turn: decided against the tenant's own facts
-/// ([`crate::commands`]), appended with an audit record of each fact in one durable batch,
-/// and answered without waiting for the projector.
+/// Carries out a billing command for `tenant` ([`commands::execute`]): answered once its
+/// facts are durable, without waiting for the projector.
 async fn run(
     state: &AppState,
     caller: &Caller,
     tenant: &str,
     command: BillingCommand,
 ) -> Result<Done, ApiError> {
-    // The operator's commands come here without a namespace extractor to refuse them.
-    super::extract::answered_here(state, tenant)?;
-    let engine = &state.engine;
-    let mut turn = engine.commands().billing.begin(tenant).await;
-    if command.needs_folded_state() && !engine.wait_tenant_current(tenant).await {
-        return Err(super::projections_behind());
-    }
-    let current = super::command_basis(state, &mut turn, projected_state(state, tenant)).await?;
-    let catalog = &engine.config().catalog;
-    let changes = billing::decide::decide(&current, catalog, command)?;
-    if changes.is_empty() {
-        return Ok(Done {
-            changes,
-            state: current,
-        });
-    }
-    let at = engine.now();
-    let audits = changes
-        .iter()
-        .map(|change| {
-            let (action, target) = crate::audit::billing_action(change);
-            (tenant.to_owned(), action.to_owned(), target)
-        })
-        .collect();
-    let entries = changes
-        .iter()
-        .map(|change| crate::log::LogEntry::Billing {
-            tenant: tenant.to_owned(),
-            at,
-            change: change.clone(),
-        })
-        .collect();
-    let folded = engine.projected();
-    let through = super::append_audited(state, caller, entries, audits).await?;
-    let mut next = current;
-    for change in &changes {
-        billing::apply(&mut next, change, at, catalog);
-        if let BillingChange::TransitionRequested { id, .. } = change {
-            engine
-                .commands()
-                .note_transition(id, tenant, through, folded);
-        }
-    }
-    turn.record(next.clone(), through);
-    Ok(Done {
-        changes,
-        state: next,
-    })
+    let command = OnTenant::new(tenant, command);
+    Ok(commands::execute(&state.engine, caller, command).await?)
 }
 
 fn addon_details(catalog: &Catalog, names: &[String]) -> Vec<Value> {

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::billing::decide::BillingRejection;
+use crate::cluster::NotHere;
+use crate::commands::{CommandError, TokenRejection};
 use crate::log::append::AppendError;
 use crate::log::store::StoreError;
 use crate::quota::decide::QuotaRejection;
@@ -203,6 +205,47 @@ impl From<QuotaRejection> for ApiError {
             QuotaRejection::AlreadyExists { .. } => ApiError::Conflict(message),
             QuotaRejection::NotFound { .. } => ApiError::NotFound(message),
             QuotaRejection::TooMany { .. } => ApiError::LimitReached(message),
+        }
+    }
+}
+
+/// Each token rejection answers the status its variant documents.
+impl From<TokenRejection> for ApiError {
+    fn from(rejection: TokenRejection) -> Self {
+        let message = rejection.to_string();
+        match rejection {
+            TokenRejection::TooMany { .. } => ApiError::Conflict(message),
+            TokenRejection::NotFound => ApiError::NotFound(message),
+            TokenRejection::OperatorToken => ApiError::BadRequest(message),
+        }
+    }
+}
+
+/// A tenant answered by another engine of the cluster (421), or not yet by this one (503).
+impl From<NotHere> for ApiError {
+    fn from(reason: NotHere) -> Self {
+        match reason {
+            NotHere::OwnedElsewhere { .. } => {
+                ApiError::Misdirected(format!("{reason}; ask that engine"))
+            }
+            _ => ApiError::Restoring(reason.to_string()),
+        }
+    }
+}
+
+/// A command's failure answers as each of its causes does on its own.
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Quota(rejection) => rejection.into(),
+            CommandError::Billing(rejection) => rejection.into(),
+            CommandError::Token(rejection) => rejection.into(),
+            CommandError::ProjectionsBehind => ApiError::Unavailable(error.to_string()),
+            CommandError::NotHere(reason) => reason.into(),
+            CommandError::Append(error) => error.into(),
+            CommandError::Store(error) => error.into(),
+            CommandError::ControlNotConfirmed(_) => ApiError::Unavailable(error.to_string()),
+            CommandError::Task(error) => error.into(),
         }
     }
 }

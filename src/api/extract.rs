@@ -115,15 +115,8 @@ impl<A: Access> FromRequestParts<AppState> for InNamespace<A> {
 /// published to the changelog before it is answered, so they move with the partition).
 /// Always so for a single engine.
 pub fn answered_here(state: &AppState, tenant: &str) -> Result<(), ApiError> {
-    use crate::cluster::NotHere;
     let engine = &state.engine;
-    match engine.ownership().check(tenant, engine.projected()) {
-        Ok(()) => Ok(()),
-        Err(reason @ NotHere::OwnedElsewhere { .. }) => {
-            Err(ApiError::Misdirected(format!("{reason}; ask that engine")))
-        }
-        Err(reason) => Err(ApiError::Restoring(reason.to_string())),
-    }
+    Ok(engine.ownership().check(tenant, engine.projected())?)
 }
 
 /// The caller, once `check` let it through.

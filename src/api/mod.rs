@@ -1,7 +1,8 @@
 //! The HTTP API: F5 Billing & Usage paths, Tally's own `/api/tally/…`, health and metrics.
 //!
 //! [`router`] builds every route in one place; handlers are thin: parse, authorize, call the
-//! store or the pure report code, shape the answer.
+//! store or the pure report code, or carry out a command ([`crate::commands::execute`]), and
+//! shape the answer.
 
 pub mod admin;
 pub mod billing;
@@ -57,8 +58,6 @@ pub struct AppState {
     pub limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// Failed authentications per client address (none when `--auth-failure-limit 0`).
     pub auth_failures: Option<Arc<FailureLimit>>,
-    /// Serialises token changes, so the per-tenant cap is judged against every earlier one.
-    pub token_lock: Arc<tokio::sync::Mutex<()>>,
     /// In a cluster: sends requests on to the engine that owns their tenant.
     pub forwarder: reqwest::Client,
 }
@@ -75,7 +74,6 @@ impl AppState {
             rebuild_lock: Arc::default(),
             limiter: rate_limiter(engine_rate_limit),
             auth_failures,
-            token_lock: Arc::default(),
             forwarder: reqwest::Client::builder()
                 .timeout(forward::FORWARD_TIMEOUT)
                 .connect_timeout(std::time::Duration::from_secs(2))
@@ -509,72 +507,6 @@ pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
 /// from what is projected when the wait runs out.
 pub async fn readable(state: &AppState, tenant: &str) {
     state.engine.wait_tenant_current(tenant).await;
-}
-
-/// The 503 of a command whose tenant's facts the projections did not reach in time.
-pub fn projections_behind() -> ApiError {
-    ApiError::Unavailable(
-        "the projections are behind this tenant's last change; retry shortly".into(),
-    )
-}
-
-/// What a command is decided against in its `turn`: the state its tenant's unfolded facts
-/// left, or else the projection (`projected` reads it) once it holds the tenant's every fact
-/// of this kind. Other tenants' backlog is never waited for.
-pub async fn command_basis<S: Clone>(
-    state: &AppState,
-    turn: &mut crate::commands::Turn<S>,
-    projected: impl std::future::Future<Output = Result<S, ApiError>>,
-) -> Result<S, ApiError> {
-    let engine = &state.engine;
-    // Read apart from the match: a watch borrow held across the wait below would stall the
-    // projector that the wait is for.
-    let folded = engine.projected();
-    match turn.basis(folded) {
-        crate::commands::Basis::Unfolded(current) => Ok(current),
-        crate::commands::Basis::Projection { settled_at } => {
-            let position = settled_at.max(engine.status().log_entries_at_start);
-            if !engine.wait_projected(position, PROJECTION_WAIT).await {
-                return Err(projections_behind());
-            }
-            projected.await
-        }
-    }
-}
-
-/// Appends `entries` together with an audit record of each `(tenant, action, target)` the
-/// caller did, in one durable batch. Returns the log position just past them.
-pub async fn append_audited(
-    state: &AppState,
-    caller: &Caller,
-    entries: Vec<crate::log::LogEntry>,
-    audits: Vec<(String, String, String)>,
-) -> Result<u64, ApiError> {
-    let all = with_audit_records(state, caller, entries, audits);
-    let outcomes = state.engine.append_facts(all).await?;
-    Ok(crate::engine::recorded_next(&outcomes).unwrap_or_else(|| state.engine.head()))
-}
-
-/// `entries` followed by an audit record of each `(tenant, action, target)` the caller did.
-pub fn with_audit_records(
-    state: &AppState,
-    caller: &Caller,
-    entries: Vec<crate::log::LogEntry>,
-    audits: Vec<(String, String, String)>,
-) -> Vec<crate::log::LogEntry> {
-    let at = state.engine.now();
-    let mut all = entries;
-    all.extend(audits.into_iter().map(|(tenant, action, target)| {
-        crate::log::LogEntry::Audit(crate::audit::AuditRecord {
-            at,
-            actor: caller.token_id.clone(),
-            actor_tenant: caller.tenant.clone(),
-            tenant,
-            action,
-            target,
-        })
-    }));
-    all
 }
 
 /// The `page_size` of a Tally list that refuses sizes out of range: `default` when absent,

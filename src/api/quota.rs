@@ -16,11 +16,11 @@ use super::extract::{InNamespace, JsonBody, Read, RequestBody, Write, scope_of};
 use crate::api::ApiError;
 use crate::auth::Caller;
 use crate::catalog::{Catalog, QuotaKind, RateLimitType};
-use crate::log::LogEntry;
+use crate::commands::{self, OnTenant};
 use crate::log::keys::Scope;
 use crate::log::store::Store;
 use crate::projection::{quota as rows, read};
-use crate::quota::decide::{QuotaCommand, TenantQuotas};
+use crate::quota::decide::QuotaCommand;
 use crate::quota::{
     self, LabelFilter, LimitKey, Limits, QuotaInput, QuotaObject, UNLIMITED, effective_limits,
 };
@@ -120,39 +120,11 @@ fn object_json(object: &QuotaObject) -> Value {
     })
 }
 
-/// Carries out a quota command of the caller's tenant in its turn: decided against the
-/// tenant's own objects ([`crate::commands`]), appended with its audit record in one durable
-/// batch, and answered without waiting for the projector.
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    command: QuotaCommand,
-    action: &str,
-) -> Result<(), ApiError> {
-    let engine = &state.engine;
-    let tenant = caller.tenant.clone();
-    let mut turn = engine.commands().quota.begin(&tenant).await;
-    let owned = tenant.clone();
-    let projected = blocking(state, move |s| {
-        Ok(TenantQuotas::from_objects(rows::list_objects(
-            s, &owned, None,
-        )?))
-    });
-    let current = super::command_basis(state, &mut turn, projected).await?;
-    let fact = quota::decide::decide(&current, command)?;
-    let target = match &fact {
-        LogEntry::QuotaObjectPut { object, .. } => format!("{}/{}", object.namespace, object.name),
-        LogEntry::QuotaObjectDeleted {
-            namespace, name, ..
-        } => format!("{namespace}/{name}"),
-        _ => String::new(),
-    };
-    let mut next = current;
-    next.apply(&fact);
-    let audit = (tenant, action.to_owned(), target);
-    let through = super::append_audited(state, caller, vec![fact], vec![audit]).await?;
-    turn.record(next, through);
-    Ok(())
+/// Carries out a quota command of the caller's tenant ([`commands::execute`]): answered once
+/// its fact is durable, without waiting for the projector.
+async fn run(state: &AppState, caller: &Caller, command: QuotaCommand) -> Result<(), ApiError> {
+    let command = OnTenant::new(&caller.tenant, command);
+    Ok(commands::execute(&state.engine, caller, command).await?)
 }
 
 /// `POST /api/web/namespaces/{metadata.namespace}/quotas`
@@ -181,13 +153,7 @@ pub async fn create(
     };
     let answer = object_json(&object);
     let cap = state.engine.config().max_quota_objects;
-    run(
-        &state,
-        &caller,
-        QuotaCommand::Create { object, cap },
-        "quota.create",
-    )
-    .await?;
+    run(&state, &caller, QuotaCommand::Create { object, cap }).await?;
     Ok(Json(answer))
 }
 
@@ -206,7 +172,7 @@ pub async fn replace(
         valid,
         at: state.engine.now(),
     };
-    run(&state, &caller, command, "quota.replace").await?;
+    run(&state, &caller, command).await?;
     Ok(Json(json!({})))
 }
 
@@ -255,7 +221,7 @@ pub async fn delete(
         name,
         at: state.engine.now(),
     };
-    run(&state, &caller, command, "quota.delete").await?;
+    run(&state, &caller, command).await?;
     Ok(Json(json!({})))
 }
 

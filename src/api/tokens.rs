@@ -2,7 +2,8 @@
 //!
 //! The operator may manage tokens of any tenant; a tenant's admin only its own tenant's whose
 //! namespaces are all within its own scope, and never issues one wider than that. A token it
-//! may not manage is "not found". Each change and its audit record are one write batch.
+//! may not manage is "not found". Changes are commands ([`crate::commands::tokens`]): each
+//! and its audit record are one write batch.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -13,7 +14,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Admin, JsonBody, RequestBody};
 use crate::api::ApiError;
-use crate::auth::{Caller, Role, TokenChange, TokenRecord, Tokens};
+use crate::auth::{Role, TokenRecord, Tokens};
+use crate::commands::{self, TokenCommand};
 use crate::event::{is_dns1035_label, is_tenant_name};
 use crate::time;
 
@@ -96,18 +98,9 @@ pub async fn create(
             Some(at)
         }
     };
-    let guard = state.token_lock.clone().lock_owned().await;
-    let cap = state.engine.config().max_tokens_per_tenant;
-    if state.engine.tokens().count(&tenant) >= cap {
-        return Err(ApiError::Conflict(format!(
-            "tenant `{tenant}` holds {cap} tokens, the most --max-tokens-per-tenant allows; revoke one first"
-        )));
-    }
     let (record, token) = Tokens::mint(&tenant, request.role, request.namespaces, expires_at, now);
-    let target = crate::audit::token_target(&record.id, &record.namespaces);
-    let audit = (tenant, "token.create".to_owned(), target);
     let mut answer = token_json(&record);
-    apply_change(&state, &caller, guard, audit, TokenChange::Put(record)).await?;
+    commands::execute(&state.engine, &caller, TokenCommand::Create { record }).await?;
     super::put_field(&mut answer, "token", json!(token));
     Ok(Json(answer))
 }
@@ -196,67 +189,12 @@ pub async fn revoke(
     Admin(caller): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let not_found = || ApiError::NotFound("no token has this id".into());
-    let guard = state.token_lock.clone().lock_owned().await;
-    let record = state.engine.tokens().get(&id).ok_or_else(not_found)?;
-    if !caller.may_manage(&record) {
-        return Err(not_found());
-    }
-    if record.operator {
-        return Err(ApiError::BadRequest(
-            "id: the operator token is replaced by restarting with another TALLY_ADMIN_TOKEN"
-                .into(),
-        ));
-    }
-    let target = crate::audit::token_target(&record.id, &record.namespaces);
-    let audit = (record.tenant.clone(), "token.revoke".to_owned(), target);
-    apply_change(
-        &state,
-        &caller,
-        guard,
-        audit,
-        TokenChange::Delete(id.clone()),
-    )
-    .await?;
+    let command = TokenCommand::Revoke {
+        id: id.clone(),
+        by: caller.clone(),
+    };
+    commands::execute(&state.engine, &caller, command).await?;
     Ok(Json(json!({"id": id, "revoked": true})))
-}
-
-/// Writes a token change with its audit record, then applies it to the tokens in memory, as
-/// one task that a dropped request (a client gone, a shutdown) cannot cut in half: what the
-/// store says and which tokens verify never disagree. `guard` (the token lock) is held until
-/// both are done. In a cluster the change goes to the control topic first, so every engine
-/// verifies the token alike and a fresh engine learns it; it is answered once Kafka holds it.
-async fn apply_change(
-    state: &AppState,
-    caller: &Caller,
-    guard: tokio::sync::OwnedMutexGuard<()>,
-    audit: (String, String, String),
-    change: TokenChange,
-) -> Result<(), ApiError> {
-    let entries = super::with_audit_records(state, caller, Vec::new(), vec![audit]);
-    let engine = state.engine.clone();
-    tokio::spawn(async move {
-        let _guard = guard;
-        if let Some(control) = engine.control() {
-            control.publish_token(&change).await.map_err(|error| {
-                ApiError::Unavailable(format!(
-                    "the cluster's control topic did not confirm the token change ({error}); retry later"
-                ))
-            })?;
-        }
-        let row = match &change {
-            TokenChange::Put(record) => Tokens::put_row(record),
-            TokenChange::Delete(id) => Tokens::delete_row(id),
-        };
-        engine.append_facts_with_rows(entries, vec![row]).await?;
-        // In force from the moment it is durable (the audit list waits for its record).
-        match change {
-            TokenChange::Put(record) => engine.tokens().remember(record),
-            TokenChange::Delete(id) => engine.tokens().forget(&id),
-        }
-        Ok::<(), ApiError>(())
-    })
-    .await?
 }
 
 #[derive(Debug, Deserialize)]
