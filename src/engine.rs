@@ -11,7 +11,6 @@ use crate::billing::BillingChange;
 use crate::cluster::Ownership;
 use crate::cluster::changelog::{self, Published};
 use crate::cluster::control::Control;
-use crate::commands::WriteSide;
 use crate::config::Config;
 use crate::event::DecodeContext;
 use crate::health::{Health, PartitionStalls};
@@ -24,6 +23,7 @@ use crate::log::store::{CF_META, Store, StoreError, StoreOptions};
 use crate::metrics::Metrics;
 use crate::projection::runner;
 use crate::time::{Clock, UnixMicros};
+use crate::turns::WriteSide;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -21,6 +21,8 @@
 //! - [`ingest`]: the one ingest path HTTP and Kafka share (decoding, scope and ownership
 //!   checks, outcome counts), the Kafka consumer (offsets stored with the events, a
 //!   partition's phases in one state machine) and `tally produce`.
+//! - [`kafka`]: Kafka client pieces the consumer, the tools and the cluster share (the
+//!   tenant partitioner, bare consumers, high watermarks).
 //! - [`cluster`]: which partitions (so which tenants) this engine owns in a cluster, the
 //!   changelog and the control topic.
 //! - [`engine`]: starts and stops the store, writer and projector together; its parts are
@@ -29,7 +31,8 @@
 //! - [`commands`]: the write side: the one path of every quota, billing and token command
 //!   ([`commands::execute`]: turn, basis, decide, append with audit records, apply, answer),
 //!   with domain errors a front end maps; a tenant's commands are decided against its
-//!   projection, or the state its unfolded facts left, one turn per tenant and kind.
+//!   projection, or the state its unfolded facts left ([`turns`], held by the engine), one
+//!   turn per tenant and kind.
 //! - [`api`]: the axum router, whose handlers start from [`api::extract`] (caller, access to
 //!   the path's namespace, then the JSON body); [`server`]: serving with graceful shutdown;
 //!   [`stop`]: the one stop signal its background tasks obey, and the thread that obeys it.
@@ -67,10 +70,12 @@ pub mod config;
 pub mod engine;
 pub mod health;
 pub mod ingest;
+pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod projection;
 pub mod replay;
 pub mod server;
 pub mod stop;
+pub mod turns;
 pub mod webhook;

@@ -11,7 +11,8 @@ use chrono::{SecondsFormat, Utc};
 use common::Server;
 use common::kafka::Broker;
 use serde_json::{Value, json};
-use tally::ingest::produce::{TenantProducer, partition_of_tenant};
+use tally::ingest::produce::TenantProducer;
+use tally::kafka::partition_of_tenant;
 
 const TOPIC: &str = "usage";
 const PARTITIONS: i32 = 6;

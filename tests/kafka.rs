@@ -425,7 +425,7 @@ fn each_tenant_lands_on_the_partition_partition_of_tenant_names() {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    use tally::ingest::produce::partition_of_tenant;
+    use tally::kafka::partition_of_tenant;
 
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_memory(dir.path());

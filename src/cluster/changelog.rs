@@ -481,7 +481,7 @@ pub fn restore(
         return Ok(BTreeMap::new());
     }
     let topic = changelog_topic(&context.source_topic);
-    let consumer = crate::ingest::watermarks::bare_consumer(
+    let consumer = crate::kafka::bare_consumer(
         &context.brokers,
         &format!("tally-restore-{:016x}", context.origin),
     )?;

@@ -194,7 +194,7 @@ impl Control {
             .set("acks", "all")
             .set("linger.ms", "0")
             .create()?;
-        let consumer = crate::ingest::watermarks::bare_consumer(
+        let consumer = crate::kafka::bare_consumer(
             &settings.brokers,
             &format!("tally-control-{}", settings.instance),
         )?;

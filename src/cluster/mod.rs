@@ -16,7 +16,7 @@ pub mod control;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::ingest::produce::partition_of_tenant;
+use crate::kafka::partition_of_tenant;
 
 /// How far a partition owned here is. Moves only forward, [`Ownership`] told by the consumer
 /// (whose own phases of a partition, in `ingest::kafka::partition`, match these): assigned

@@ -1,8 +1,8 @@
 //! Billing commands on the write side: a tenant's billing state is what they are decided
 //! against ([`crate::billing::decide`] holds the rules); each records zero or more changes.
 
-use super::turns::{Turn, tenant_basis, tenant_turn};
 use super::{Audit, Command, CommandError, OnTenant, Recorded, Written, blocking};
+use super::{tenant_basis, tenant_turn};
 use crate::billing::decide::{self, BillingCommand};
 use crate::billing::{self, BillingChange, TenantBilling};
 use crate::config::Config;
@@ -10,6 +10,7 @@ use crate::engine::Engine;
 use crate::log::LogEntry;
 use crate::projection::billing as rows;
 use crate::time::UnixMicros;
+use crate::turns::Turn;
 
 /// The changes a billing command decided for its tenant.
 #[derive(Debug)]

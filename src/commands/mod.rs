@@ -5,14 +5,14 @@
 //! pure rules of its kind, has its facts appended with an audit record of each in one durable
 //! batch (in a cluster: answered once the changelog holds them), applies them to the state
 //! the next command starts from, and answers. Each kind ([`quota`], [`billing`], [`tokens`])
-//! says only what differs, through [`Command`]; the turns and bases are [`turns`].
+//! says only what differs, through [`Command`]. The per-tenant turns and the states
+//! commands are decided against are [`crate::turns`], which the engine holds.
 
 pub mod billing;
 pub mod quota;
 pub mod tokens;
-mod turns;
 
-pub use turns::{Basis, CommandStates, Turn, WriteSide};
+pub use crate::turns::{Basis, CommandStates, Turn, WriteSide};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::auth::Caller;
 use crate::billing::decide::BillingRejection;
 use crate::cluster::NotHere;
 use crate::config::Config;
-use crate::engine::{Engine, recorded_next};
+use crate::engine::{Engine, PROJECTION_WAIT, recorded_next};
 use crate::log::LogEntry;
 use crate::log::append::{AppendError, RowWrite};
 use crate::log::store::StoreError;
@@ -242,4 +242,39 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, CommandError> {
     let store = engine.store().clone();
     Ok(tokio::task::spawn_blocking(move || read(&store)).await??)
+}
+
+/// The turn of a command on `tenant`'s own state. In a cluster only the engine that owns the
+/// tenant's partition (and has restored it) takes the tenant's commands: their facts are
+/// published to the partition's changelog, so they move with it.
+async fn tenant_turn<S: Clone>(
+    engine: &Engine,
+    states: &CommandStates<S>,
+    tenant: &str,
+) -> Result<Turn<S>, CommandError> {
+    engine.ownership().check(tenant, engine.projected())?;
+    Ok(states.begin(tenant).await)
+}
+
+/// What a command on a tenant's own state is decided against in its `turn`: the state its
+/// tenant's unfolded facts left, or else the projection (`projected` reads it) once it holds
+/// the tenant's every fact of this kind. Other tenants' backlog is never waited for.
+async fn tenant_basis<S: Clone>(
+    engine: &Engine,
+    turn: &mut Turn<S>,
+    projected: impl Future<Output = Result<S, CommandError>>,
+) -> Result<S, CommandError> {
+    // Read apart from the match: a watch borrow held across the wait below would stall the
+    // projector that the wait is for.
+    let folded = engine.projected();
+    match turn.basis(folded) {
+        Basis::Unfolded(current) => Ok(current),
+        Basis::Projection { settled_at } => {
+            let position = settled_at.max(engine.status().log_entries_at_start);
+            if !engine.wait_projected(position, PROJECTION_WAIT).await {
+                return Err(CommandError::ProjectionsBehind);
+            }
+            projected.await
+        }
+    }
 }

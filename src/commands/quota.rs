@@ -1,14 +1,15 @@
 //! Quota commands on the write side: a tenant's quota objects are what they are decided
 //! against ([`crate::quota::decide`] holds the rules); each records one fact.
 
-use super::turns::{Turn, tenant_basis, tenant_turn};
 use super::{Audit, Command, CommandError, OnTenant, Recorded, Written, blocking};
+use super::{tenant_basis, tenant_turn};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::log::LogEntry;
 use crate::projection::quota as rows;
 use crate::quota::decide::{self, QuotaCommand, TenantQuotas};
 use crate::time::UnixMicros;
+use crate::turns::Turn;
 
 /// The one fact a quota command records, and what the audit trail calls it.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::kafka::partitions_of;
-use super::watermarks::bare_consumer;
+use crate::kafka::bare_consumer;
 
 /// How long a drain waits for a message before it calls the topic drained.
 const IDLE: Duration = Duration::from_secs(10);
@@ -27,7 +27,7 @@ pub struct DrainSummary {
 /// Reads every partition of `topic` from its start until each has reached the high watermark
 /// its fetch responses report (or nothing arrived for [`IDLE`]). The end is taken from fetch
 /// responses rather than asked for up front, which Tansu 0.6 answers too low (see
-/// [`watermarks`](super::watermarks)).
+/// [`kafka`](crate::kafka)).
 pub fn drain(brokers: &str, topic: &str) -> Result<DrainSummary, KafkaError> {
     let consumer = bare_consumer(brokers, "tally-drain")?;
     let partitions = partitions_of(&consumer, topic, Duration::from_secs(10))?;

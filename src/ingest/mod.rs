@@ -6,4 +6,3 @@ pub mod kafka;
 pub(crate) mod path;
 pub mod produce;
 pub mod replay;
-pub mod watermarks;

@@ -7,7 +7,6 @@ use crate::auth::DEFAULT_TENANT;
 use crate::cluster::Ownership;
 use crate::engine::IngestHandle;
 use crate::event::{self, DecodeContext, EventSource, Refusal, Rejection, UsageEvent};
-use crate::ingest::kafka::Polled;
 use crate::log::DeadLetter;
 use crate::log::append::{Candidate, Outcome};
 use crate::metrics::Metrics;
@@ -112,6 +111,13 @@ pub(crate) fn judge_keeping(
     })
 }
 
+/// A Kafka message as the ingest path reads it: its partition, key and payload.
+pub(crate) struct KafkaMessage<'a> {
+    pub(crate) partition: i32,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) payload: &'a [u8],
+}
+
 /// Judges one Kafka message. The message key is the tenant; a message without a key is the
 /// event's own tenant or the default one. An event naming another tenant than its key is
 /// refused.
@@ -119,9 +125,9 @@ pub(crate) fn decode_message(
     sink: &IngestHandle,
     now: UnixMicros,
     source: EventSource,
-    message: &Polled,
+    message: KafkaMessage<'_>,
 ) -> Candidate {
-    let key_tenant = match message.key.as_deref().map(std::str::from_utf8) {
+    let key_tenant = match message.key.map(std::str::from_utf8) {
         None => None,
         Some(Ok(tenant)) if event::is_tenant_name(tenant) => Some(tenant),
         Some(_) => {
@@ -135,7 +141,7 @@ pub(crate) fn decode_message(
                 source,
                 DEFAULT_TENANT,
                 rejection,
-                &message.payload,
+                message.payload,
             ));
         }
     };
@@ -146,7 +152,7 @@ pub(crate) fn decode_message(
         &context,
         Placement::InPartition(message.partition),
         source,
-        &message.payload,
+        message.payload,
     )
 }
 

@@ -191,18 +191,6 @@ impl Default for ProducerSettings {
 /// The compression codecs librdkafka is built with here.
 pub const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd"];
 
-/// The partition a message keyed by `tenant` goes to on a topic of `partitions`, as this
-/// producer sends it: librdkafka's `consistent_random` partitioner, CRC-32 (zlib's) of the key
-/// modulo the partition count. `None` for an empty key (sent to a random partition) or no
-/// partitions. Java clients partition by murmur2 instead; a topic must have one partitioner.
-pub fn partition_of_tenant(tenant: &str, partitions: i32) -> Option<i32> {
-    let partitions = u32::try_from(partitions).ok().filter(|&n| n > 0)?;
-    if tenant.is_empty() {
-        return None;
-    }
-    i32::try_from(crc32fast::hash(tenant.as_bytes()) % partitions).ok()
-}
-
 /// An idempotent producer keyed by tenant.
 pub struct TenantProducer {
     producer: ThreadedProducer<CountingContext>,
@@ -247,7 +235,7 @@ impl TenantProducer {
     }
 
     /// Queues one message, waiting while the local queue is full. It goes to the partition
-    /// [`partition_of_tenant`] names.
+    /// [`partition_of_tenant`](crate::kafka::partition_of_tenant) names.
     pub fn send(&mut self, tenant: &str, payload: &[u8]) -> Result<(), KafkaError> {
         let mut record = BaseRecord::to(&self.topic).key(tenant).payload(payload);
         loop {
@@ -336,24 +324,6 @@ pub enum ProduceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_tenant_partition_is_the_crc32_of_its_key_modulo_the_partitions() {
-        // zlib's CRC-32 check value, and two tenants, worked out with Python's `zlib.crc32`.
-        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
-        assert_eq!(partition_of_tenant("123456789", 12), Some(2));
-        assert_eq!(partition_of_tenant("default", 12), Some(7));
-        assert_eq!(partition_of_tenant("default", 4), Some(3));
-        assert_eq!(partition_of_tenant("tenant-7", 12), Some(10));
-        assert_eq!(partition_of_tenant("acme", 1), Some(0));
-        assert_eq!(
-            partition_of_tenant("", 12),
-            None,
-            "an empty key goes anywhere"
-        );
-        assert_eq!(partition_of_tenant("acme", 0), None);
-        assert_eq!(partition_of_tenant("acme", -3), None);
-    }
 
     fn spec(events: u64) -> SyntheticSpec {
         SyntheticSpec {

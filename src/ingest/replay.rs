@@ -12,11 +12,11 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::kafka::{Polled, partitions_of};
-use super::path::{OutcomeTally, decode_message};
-use super::watermarks::bare_consumer;
+use super::kafka::partitions_of;
+use super::path::{KafkaMessage, OutcomeTally, decode_message};
 use crate::engine::IngestHandle;
 use crate::event::{self, EventSource};
+use crate::kafka::bare_consumer;
 use crate::log::append::{AppendError, Candidate, Outcome};
 use crate::log::store::StoreError;
 
@@ -126,13 +126,17 @@ pub fn replay_kafka(
                 last_message = Instant::now();
                 counts.read += 1;
                 next.insert(message.partition(), message.offset() + 1);
-                let polled = Polled::of(&message);
                 let source = EventSource::Kafka {
                     topic: topic.to_owned(),
-                    partition: polled.partition,
-                    offset: polled.offset,
+                    partition: message.partition(),
+                    offset: message.offset(),
                 };
-                match decode_message(sink, sink.now(), source, &polled) {
+                let judged = KafkaMessage {
+                    partition: message.partition(),
+                    key: message.key(),
+                    payload: message.payload().unwrap_or_default(),
+                };
+                match decode_message(sink, sink.now(), source, judged) {
                     Candidate::Rejected(_) => counts.rejected += 1,
                     candidate if forgotten(sink, &candidate) => counts.rejected += 1,
                     candidate => batch.push(candidate),

@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::event::EventSource;
-use crate::units::Micros;
 
-use super::testing::{METRICS, entry};
+use super::testing::entry;
 
 fn entries() -> impl Strategy<Value = Vec<LogEntry>> {
     proptest::collection::vec(

@@ -36,7 +36,16 @@ pub(super) fn prepare(
             offset: message.offset,
         };
         next_offsets.insert(message.partition, message.offset + 1);
-        candidates.push(path::decode_message(sink, now, source, message));
+        candidates.push(path::decode_message(
+            sink,
+            now,
+            source,
+            path::KafkaMessage {
+                partition: message.partition,
+                key: message.key.as_deref(),
+                payload: &message.payload,
+            },
+        ));
     }
     let offsets = next_offsets
         .into_iter()

@@ -12,7 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use super::fetch::{partitions_of, rewound, stored_offsets};
-use super::partition::Partitions;
+use super::partition::{AssignmentChange, Partitions, push_changes};
 use super::restore::{RestoreJob, restored_at_stored};
 use super::{KafkaSettings, TallyContext};
 use crate::cluster::Ownership;
@@ -46,26 +46,6 @@ pub(super) struct GroupMember {
     pub(super) changes: Arc<Mutex<Vec<AssignmentChange>>>,
 }
 
-/// What happened to a partition since the poll loop last looked; it applies each to its
-/// [`Partitions`] (see [`apply_changes`]).
-pub(super) enum AssignmentChange {
-    /// Assigned; none of its messages is taken while it is restored from the changelog.
-    Assigned {
-        partition: i32,
-        assignment: u64,
-    },
-    /// Restored from the changelog for that assignment, with the offset then stored for it:
-    /// messages below it are recorded, reading resumes there.
-    Restored {
-        partition: i32,
-        assignment: u64,
-        stored: i64,
-    },
-    Revoked {
-        partition: i32,
-    },
-}
-
 impl GroupMember {
     fn push(&self, changes: impl IntoIterator<Item = AssignmentChange>) {
         push_changes(&self.changes, changes);
@@ -74,16 +54,6 @@ impl GroupMember {
     fn take_changes(&self) -> Vec<AssignmentChange> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
     }
-}
-
-pub(super) fn push_changes(
-    changes: &Mutex<Vec<AssignmentChange>>,
-    new: impl IntoIterator<Item = AssignmentChange>,
-) {
-    changes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .extend(new);
 }
 
 /// Applies the changes since the last poll to `partitions` (a restore finished for an earlier

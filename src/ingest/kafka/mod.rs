@@ -46,14 +46,14 @@ use rdkafka::statistics::Statistics;
 
 use crate::engine::IngestHandle;
 use crate::health::Health;
-use crate::ingest::watermarks::{self, FetchedWatermarks, STATISTICS_INTERVAL_MS};
+use crate::kafka::{self, FetchedWatermarks, STATISTICS_INTERVAL_MS};
 use crate::stop::{SignalledThread, StopSignal};
 use batch::InFlight;
-use membership::{AssignmentChange, GroupMember};
-use partition::Partitions;
+use membership::GroupMember;
+use partition::{AssignmentChange, Partitions};
 use stall::StallDetector;
 
-pub(crate) use fetch::{Polled, partitions_of};
+pub(crate) use fetch::partitions_of;
 
 pub use crate::config::KafkaSettings;
 
@@ -122,7 +122,7 @@ impl KafkaConsumer {
                 _ => None,
             },
         };
-        let mut config = watermarks::fetch_tuned();
+        let mut config = kafka::fetch_tuned();
         config
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group)

@@ -21,6 +21,7 @@
 //! its end).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 /// Where one partition stands on this consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +173,37 @@ impl Partitions {
         );
         true
     }
+}
+
+/// What happened to a partition since the poll loop last looked; it applies each to its
+/// [`Partitions`] (see [`apply_changes`]).
+pub(super) enum AssignmentChange {
+    /// Assigned; none of its messages is taken while it is restored from the changelog.
+    Assigned {
+        partition: i32,
+        assignment: u64,
+    },
+    /// Restored from the changelog for that assignment, with the offset then stored for it:
+    /// messages below it are recorded, reading resumes there.
+    Restored {
+        partition: i32,
+        assignment: u64,
+        stored: i64,
+    },
+    Revoked {
+        partition: i32,
+    },
+}
+
+/// Adds `new` to the changes the poll loop takes next.
+pub(super) fn push_changes(
+    changes: &Mutex<Vec<AssignmentChange>>,
+    new: impl IntoIterator<Item = AssignmentChange>,
+) {
+    changes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(new);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rdkafka::error::KafkaError;
 
 use super::KafkaSettings;
 use super::fetch::stored_offsets;
-use super::membership::{AssignmentChange, push_changes};
+use super::partition::{AssignmentChange, push_changes};
 use crate::cluster::changelog::{self, ChangelogError, RestoreContext};
 use crate::engine::IngestHandle;
 use crate::log::store::Store;

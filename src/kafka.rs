@@ -1,5 +1,7 @@
-//! High watermarks as the broker reports them in fetch responses, learnt from librdkafka's
-//! statistics: the end of each partition, for lag and for knowing when a drain is done.
+//! Kafka client pieces that the consumer, the tools and the cluster share: the partition a
+//! tenant's messages go to, bare consumers, and high watermarks as the broker reports them in
+//! fetch responses, learnt from librdkafka's statistics: the end of each partition, for lag
+//! and for knowing when a drain is done.
 //!
 //! The rdkafka crate exposes watermarks only through ListOffsets, which Tansu 0.6 answers for
 //! `latest` with the base offset of the newest record batch plus one (too low by up to a
@@ -11,6 +13,18 @@ use std::sync::{Arc, Mutex};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::statistics::Statistics;
+
+/// The partition a message keyed by `tenant` goes to on a topic of `partitions`, as this
+/// producer sends it: librdkafka's `consistent_random` partitioner, CRC-32 (zlib's) of the key
+/// modulo the partition count. `None` for an empty key (sent to a random partition) or no
+/// partitions. Java clients partition by murmur2 instead; a topic must have one partitioner.
+pub fn partition_of_tenant(tenant: &str, partitions: i32) -> Option<i32> {
+    let partitions = u32::try_from(partitions).ok().filter(|&n| n > 0)?;
+    if tenant.is_empty() {
+        return None;
+    }
+    i32::try_from(crc32fast::hash(tenant.as_bytes()) % partitions).ok()
+}
 
 /// How often librdkafka emits statistics (the `statistics.interval.ms` to configure).
 pub const STATISTICS_INTERVAL_MS: &str = "1000";
@@ -92,4 +106,27 @@ pub fn fetch_tuned() -> rdkafka::config::ClientConfig {
         .set("max.partition.fetch.bytes", "10485760")
         .set("fetch.wait.max.ms", "50");
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_partition_is_the_crc32_of_its_key_modulo_the_partitions() {
+        // zlib's CRC-32 check value, and two tenants, worked out with Python's `zlib.crc32`.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        assert_eq!(partition_of_tenant("123456789", 12), Some(2));
+        assert_eq!(partition_of_tenant("default", 12), Some(7));
+        assert_eq!(partition_of_tenant("default", 4), Some(3));
+        assert_eq!(partition_of_tenant("tenant-7", 12), Some(10));
+        assert_eq!(partition_of_tenant("acme", 1), Some(0));
+        assert_eq!(
+            partition_of_tenant("", 12),
+            None,
+            "an empty key goes anywhere"
+        );
+        assert_eq!(partition_of_tenant("acme", 0), None);
+        assert_eq!(partition_of_tenant("acme", -3), None);
+    }
 }

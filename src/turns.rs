@@ -12,9 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::CommandError;
 use crate::billing::TenantBilling;
-use crate::engine::{Engine, PROJECTION_WAIT};
 use crate::quota::decide::TenantQuotas;
 
 /// The write sides of the engine: billing and quota commands, each serialised on its own per
@@ -161,41 +159,6 @@ impl<S: Clone> Turn<S> {
         let mut known = lock(&self.slot.known);
         known.settled_at = known.settled_at.max(through);
         known.unfolded = (known.generation == self.generation).then_some((state, through));
-    }
-}
-
-/// The turn of a command on `tenant`'s own state. In a cluster only the engine that owns the
-/// tenant's partition (and has restored it) takes the tenant's commands: their facts are
-/// published to the partition's changelog, so they move with it.
-pub(super) async fn tenant_turn<S: Clone>(
-    engine: &Engine,
-    states: &CommandStates<S>,
-    tenant: &str,
-) -> Result<Turn<S>, CommandError> {
-    engine.ownership().check(tenant, engine.projected())?;
-    Ok(states.begin(tenant).await)
-}
-
-/// What a command on a tenant's own state is decided against in its `turn`: the state its
-/// tenant's unfolded facts left, or else the projection (`projected` reads it) once it holds
-/// the tenant's every fact of this kind. Other tenants' backlog is never waited for.
-pub(super) async fn tenant_basis<S: Clone>(
-    engine: &Engine,
-    turn: &mut Turn<S>,
-    projected: impl Future<Output = Result<S, CommandError>>,
-) -> Result<S, CommandError> {
-    // Read apart from the match: a watch borrow held across the wait below would stall the
-    // projector that the wait is for.
-    let folded = engine.projected();
-    match turn.basis(folded) {
-        Basis::Unfolded(current) => Ok(current),
-        Basis::Projection { settled_at } => {
-            let position = settled_at.max(engine.status().log_entries_at_start);
-            if !engine.wait_projected(position, PROJECTION_WAIT).await {
-                return Err(CommandError::ProjectionsBehind);
-            }
-            projected.await
-        }
     }
 }
 
