@@ -113,7 +113,7 @@ pub async fn ingest_events(
             source.clone(),
             raw,
         )
-        .map_err(|rejection| {
+        .map_err(|(rejection, _)| {
             ApiError::Forbidden(format!(
                 "event {index}: {}: {}; nothing was recorded",
                 rejection.field, rejection.reason

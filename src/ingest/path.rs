@@ -54,8 +54,8 @@ impl Placement {
 /// Judges one raw event arriving from `source`: decoded against `context`, its namespace
 /// checked against `may_write` and its tenant's ownership against `placement`. A bad or
 /// misplaced event becomes a dead letter (of the context's tenant when it cannot be decoded).
-/// `Err` is an event outside the sender's namespaces: the caller refuses it (see
-/// [`judge_keeping`] for a source that cannot be answered).
+/// `Err` is an event outside the sender's namespaces, with its source handed back: the caller
+/// refuses it (see [`judge_keeping`] for a source that cannot be answered).
 pub(crate) fn judge(
     ownership: &Ownership,
     context: &DecodeContext<'_>,
@@ -63,7 +63,7 @@ pub(crate) fn judge(
     placement: Placement,
     source: EventSource,
     raw: &[u8],
-) -> Result<Candidate, Rejection> {
+) -> Result<Candidate, (Rejection, EventSource)> {
     let now = context.now;
     match event::decode_within(raw, context, may_write) {
         Ok(event) => Ok(match placement.misplaced(ownership, &event) {
@@ -79,7 +79,7 @@ pub(crate) fn judge(
             rejection,
             raw,
         ))),
-        Err(Refusal::OutOfScope(rejection)) => Err(rejection),
+        Err(Refusal::OutOfScope(rejection)) => Err((rejection, source)),
     }
 }
 
@@ -92,23 +92,17 @@ pub(crate) fn judge_keeping(
     source: EventSource,
     raw: &[u8],
 ) -> Candidate {
-    judge(
-        ownership,
-        context,
-        &|_| true,
-        placement,
-        source.clone(),
-        raw,
+    judge(ownership, context, &|_| true, placement, source, raw).unwrap_or_else(
+        |(rejection, source)| {
+            Candidate::Rejected(DeadLetter::new(
+                context.now,
+                source,
+                context.tenant,
+                rejection,
+                raw,
+            ))
+        },
     )
-    .unwrap_or_else(|rejection| {
-        Candidate::Rejected(DeadLetter::new(
-            context.now,
-            source,
-            context.tenant,
-            rejection,
-            raw,
-        ))
-    })
 }
 
 /// A Kafka message as the ingest path reads it: its partition, key and payload.
