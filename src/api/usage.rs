@@ -10,6 +10,7 @@ use super::extract::{InNamespace, JsonBody, Read, RequestBody, scope_of};
 use super::{ApiError, AppState, list_headers};
 use std::collections::BTreeMap;
 
+use crate::billing::TenantBilling;
 use crate::catalog::Catalog;
 use crate::log::keys::{Scope, SeriesRow};
 use crate::projection::Aggregate;
@@ -112,6 +113,23 @@ fn parse_time(field: &str, text: &str) -> Result<UnixMicros, ApiError> {
 
 fn shorten(text: &str) -> String {
     text.chars().take(64).collect()
+}
+
+/// The tenant's billing state and the range `request` asks for: by default the tenant's open
+/// billing period (the default of `usage_details` and `current_usage` alike).
+async fn billing_and_range(
+    state: &AppState,
+    tenant: &str,
+    request: &RangeRequest,
+) -> Result<(TenantBilling, (UnixMicros, UnixMicros)), ApiError> {
+    let billing = super::billing::tenant_state(state, tenant).await?;
+    let open = billing.open_period();
+    let range = resolve_range(
+        request.from.as_deref(),
+        request.to.as_deref(),
+        (open.start, open.end),
+    )?;
+    Ok((billing, range))
 }
 
 /// Resolves `from`/`to` (each optional) against a default range and checks it.
@@ -223,14 +241,7 @@ pub async fn usage_details(
     JsonBody(request): JsonBody<RangeRequest>,
 ) -> Result<(HeaderMap, Json<UsageDetailsResponse>), ApiError> {
     let scope = scope_of(&namespace);
-    // The same default as `current_usage`: the tenant's open billing period.
-    let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
-    let open = billing.open_period();
-    let (from, to) = resolve_range(
-        request.from.as_deref(),
-        request.to.as_deref(),
-        (open.start, open.end),
-    )?;
+    let (_, (from, to)) = billing_and_range(&state, &caller.tenant, &request).await?;
     let range = HourRange::covering(from, to);
     let cap = state.engine.config().max_list_items;
     let items = UsageItems::new(cap);
@@ -303,13 +314,7 @@ pub async fn current_usage(
 ) -> Result<Json<CurrentUsageResponse>, ApiError> {
     let scope = scope_of(&namespace);
     let engine = &state.engine;
-    let billing = super::billing::tenant_state(&state, &caller.tenant).await?;
-    let open = billing.open_period();
-    let (from, to) = resolve_range(
-        request.from.as_deref(),
-        request.to.as_deref(),
-        (open.start, open.end),
-    )?;
+    let (billing, (from, to)) = billing_and_range(&state, &caller.tenant, &request).await?;
     let catalog = &engine.config().catalog;
     let mut plan = catalog
         .plan(&billing.plan)
