@@ -1,3 +1,6 @@
+//! Tests of billing: periods, transitions, payment methods, coupons and invoices, decided
+//! and applied.
+
 use super::*;
 use crate::catalog::Catalog;
 

@@ -1,3 +1,5 @@
+//! Tests of quotas: validation, effective limits, levels and the alerts the fold raises.
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
