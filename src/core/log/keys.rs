@@ -309,38 +309,30 @@ pub const OUTBOX_PREFIX: &[u8] = b"changelog_outbox/";
 const APPLIED_PREFIX: &[u8] = b"changelog_applied/";
 
 impl MetaKey {
-    /// The names of the single-row keys, as stored.
-    const NAMED: [(MetaKey, &'static [u8]); 7] = [
-        (MetaKey::FormatVersion, b"format_version"),
-        (MetaKey::IdsForgottenBefore, b"ids_forgotten_before"),
-        (MetaKey::LongestDedupHorizon, b"longest_dedup_horizon"),
-        (MetaKey::MeterDefinitions, b"meter_definitions"),
-        (
-            MetaKey::AlertsIndexedPerTenant,
-            b"alerts_indexed_per_tenant",
-        ),
-        (MetaKey::WebhookCursor, b"webhook_cursor"),
-        (MetaKey::ChangelogOrigin, b"changelog_origin"),
+    /// The keys of one row each (the others carry a number after their prefix).
+    const SINGLE_ROWS: [MetaKey; 7] = [
+        MetaKey::FormatVersion,
+        MetaKey::IdsForgottenBefore,
+        MetaKey::LongestDedupHorizon,
+        MetaKey::MeterDefinitions,
+        MetaKey::AlertsIndexedPerTenant,
+        MetaKey::WebhookCursor,
+        MetaKey::ChangelogOrigin,
     ];
 
     pub fn encode(&self) -> Vec<u8> {
-        match *self {
-            MetaKey::ChangelogOutbox { first_seq } => {
-                let mut key = OUTBOX_PREFIX.to_vec();
-                key.extend_from_slice(&first_seq.to_be_bytes());
-                key
-            }
-            MetaKey::ChangelogApplied { partition } => {
-                let mut key = APPLIED_PREFIX.to_vec();
-                key.extend_from_slice(&partition.to_be_bytes());
-                key
-            }
-            named => Self::NAMED
-                .iter()
-                .find(|(key, _)| *key == named)
-                .map(|(_, name)| name.to_vec())
-                .unwrap_or_default(),
-        }
+        let (prefix, number): (&[u8], &[u8]) = match self {
+            MetaKey::FormatVersion => (b"format_version", &[]),
+            MetaKey::IdsForgottenBefore => (b"ids_forgotten_before", &[]),
+            MetaKey::LongestDedupHorizon => (b"longest_dedup_horizon", &[]),
+            MetaKey::MeterDefinitions => (b"meter_definitions", &[]),
+            MetaKey::AlertsIndexedPerTenant => (b"alerts_indexed_per_tenant", &[]),
+            MetaKey::WebhookCursor => (b"webhook_cursor", &[]),
+            MetaKey::ChangelogOrigin => (b"changelog_origin", &[]),
+            MetaKey::ChangelogOutbox { first_seq } => (OUTBOX_PREFIX, &first_seq.to_be_bytes()),
+            MetaKey::ChangelogApplied { partition } => (APPLIED_PREFIX, &partition.to_be_bytes()),
+        };
+        [prefix, number].concat()
     }
 
     /// The key `bytes` encode, if they are a meta key of this build.
@@ -355,10 +347,9 @@ impl MetaKey {
                 partition: i32::from_be_bytes(partition.try_into().ok()?),
             });
         }
-        Self::NAMED
-            .iter()
-            .find(|(_, name)| *name == bytes)
-            .map(|(key, _)| *key)
+        Self::SINGLE_ROWS
+            .into_iter()
+            .find(|key| key.encode() == bytes)
     }
 }
 

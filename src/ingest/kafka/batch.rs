@@ -14,10 +14,11 @@ use crate::event::EventSource;
 use crate::ingest::path::{self, OutcomeTally};
 use crate::log::append::{AppendError, Candidate, OnWritten, PendingAppend, SourceOffset};
 
-/// A batch queued for the log writer, with the messages it came from.
+/// A batch queued for the log writer, with each partition's next offset past it (what is
+/// committed to Kafka once it is durable).
 pub(super) struct InFlight {
     pending: PendingAppend,
-    batch: Vec<Polled>,
+    next_offsets: Vec<(i32, i64)>,
 }
 
 /// Decodes a batch into the log writer's candidates and the partitions' next offsets.
@@ -62,10 +63,14 @@ pub(super) fn prepare(
 pub(super) fn submit(
     sink: &IngestHandle,
     (candidates, offsets): (Vec<Candidate>, Vec<SourceOffset>),
-    batch: Vec<Polled>,
 ) -> Result<InFlight, AppendError> {
     let metrics = sink.metrics.clone();
-    let batch_len = batch.len();
+    // One candidate per polled message.
+    let batch_len = candidates.len();
+    let next_offsets = offsets
+        .iter()
+        .map(|offset| (offset.partition, offset.next_offset))
+        .collect();
     let count: OnWritten = Box::new(move |outcomes| {
         OutcomeTally::of(outcomes).count(&metrics, "kafka");
         metrics.kafka_batch_size.observe(batch_len as f64);
@@ -73,7 +78,10 @@ pub(super) fn submit(
     let pending = sink
         .appender
         .submit_blocking(candidates, offsets, Some(count))?;
-    Ok(InFlight { pending, batch })
+    Ok(InFlight {
+        pending,
+        next_offsets,
+    })
 }
 
 /// Waits for a queued batch (the writer counted its outcomes) and commits its offsets to Kafka
@@ -86,7 +94,7 @@ pub(super) fn finish(
 ) -> Result<(), AppendError> {
     match written.pending.wait() {
         Ok(_) => {
-            commit_hint(consumer, settings, &written.batch);
+            commit_hint(consumer, settings, &written.next_offsets);
             Ok(())
         }
         Err(error) => {
@@ -97,13 +105,13 @@ pub(super) fn finish(
 }
 
 /// Commits the batch's next offsets to Kafka: only a hint for lag tools; RocksDB is the truth.
-fn commit_hint(consumer: &BaseConsumer<TallyContext>, settings: &KafkaSettings, batch: &[Polled]) {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for message in batch {
-        next.insert(message.partition, message.offset + 1);
-    }
+fn commit_hint(
+    consumer: &BaseConsumer<TallyContext>,
+    settings: &KafkaSettings,
+    next_offsets: &[(i32, i64)],
+) {
     let mut list = TopicPartitionList::new();
-    for (partition, offset) in next {
+    for &(partition, offset) in next_offsets {
         let _ = list.add_partition_offset(&settings.topic, partition, Offset::Offset(offset));
     }
     if let Err(error) = consumer.commit(&list, CommitMode::Async) {

@@ -244,7 +244,7 @@ fn run(
             continue;
         }
         if let Some(prepared) = prepared {
-            match batch::submit(sink, prepared, batch) {
+            match batch::submit(sink, prepared) {
                 Ok(pending) => in_flight = Some(pending),
                 Err(error) => {
                     tracing::error!(%error, "kafka batch not appended; will read it again");
